@@ -1,0 +1,190 @@
+//! Records shared by the kernel programs and the userspace daemon.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding so that both sides
+//! agree on the byte layout without relying on the compiler: the kernel
+//! writes these into the ring buffer and userspace decodes them from bytes.
+#![no_std]
+
+/// How many user frames an allocation event carries. Frames beyond this are
+/// cut, and the event says so (`stack_len == MAX_STACK_DEPTH`).
+pub const MAX_STACK_DEPTH: usize = 64;
+
+/// Which traced function a probe is attached to. The value travels as the
+/// uprobe's attach cookie, so one kernel program serves every function.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AllocFn {
+    Malloc = 1,
+    Calloc = 2,
+    Realloc = 3,
+    Reallocarray = 4,
+    PosixMemalign = 5,
+    AlignedAlloc = 6,
+    Memalign = 7,
+    Valloc = 8,
+    Pvalloc = 9,
+    Free = 10,
+    Mallocx = 11,
+    Rallocx = 12,
+    Xallocx = 13,
+    Dallocx = 14,
+    Sdallocx = 15,
+    Mmap = 16,
+    Munmap = 17,
+    Mremap = 18,
+}
+
+impl AllocFn {
+    pub const ALL: [AllocFn; 18] = [
+        AllocFn::Malloc,
+        AllocFn::Calloc,
+        AllocFn::Realloc,
+        AllocFn::Reallocarray,
+        AllocFn::PosixMemalign,
+        AllocFn::AlignedAlloc,
+        AllocFn::Memalign,
+        AllocFn::Valloc,
+        AllocFn::Pvalloc,
+        AllocFn::Free,
+        AllocFn::Mallocx,
+        AllocFn::Rallocx,
+        AllocFn::Xallocx,
+        AllocFn::Dallocx,
+        AllocFn::Sdallocx,
+        AllocFn::Mmap,
+        AllocFn::Munmap,
+        AllocFn::Mremap,
+    ];
+
+    pub fn from_u32(value: u32) -> Option<AllocFn> {
+        AllocFn::ALL.into_iter().find(|f| *f as u32 == value)
+    }
+
+    /// The symbol the function is exported as.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            AllocFn::Malloc => "malloc",
+            AllocFn::Calloc => "calloc",
+            AllocFn::Realloc => "realloc",
+            AllocFn::Reallocarray => "reallocarray",
+            AllocFn::PosixMemalign => "posix_memalign",
+            AllocFn::AlignedAlloc => "aligned_alloc",
+            AllocFn::Memalign => "memalign",
+            AllocFn::Valloc => "valloc",
+            AllocFn::Pvalloc => "pvalloc",
+            AllocFn::Free => "free",
+            AllocFn::Mallocx => "mallocx",
+            AllocFn::Rallocx => "rallocx",
+            AllocFn::Xallocx => "xallocx",
+            AllocFn::Dallocx => "dallocx",
+            AllocFn::Sdallocx => "sdallocx",
+            AllocFn::Mmap => "mmap",
+            AllocFn::Munmap => "munmap",
+            AllocFn::Mremap => "mremap",
+        }
+    }
+
+    /// Whether the function only releases memory: it needs no return probe
+    /// and its event carries no stack.
+    pub fn is_release(self) -> bool {
+        matches!(
+            self,
+            AllocFn::Free | AllocFn::Dallocx | AllocFn::Sdallocx | AllocFn::Munmap
+        )
+    }
+}
+
+/// Argument registers stashed at function entry, read back at return.
+///
+/// Keyed by thread id: one allocator call is in flight per thread at a time
+/// from the tracer's point of view. Calls the allocator makes into itself or
+/// into mmap (malloc mapping an arena, reallocarray calling realloc) see the
+/// outer stash, bump `nested` and are not reported: the outer call already
+/// accounts for the memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EntryStash {
+    /// `AllocFn` of the outermost call.
+    pub func: u32,
+    /// Calls into the allocator made by the outer call, still running.
+    pub nested: u32,
+    /// User stack pointer at entry of the outer call. A stash whose `sp` is
+    /// below the current one belongs to a call that never returned (thread
+    /// unwound by longjmp or killed), and is replaced.
+    pub sp: u64,
+    pub args: [u64; 4],
+}
+
+/// What every ring-buffer record starts with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    /// `AllocFn` that produced the record.
+    pub func: u32,
+    /// Thread group id (the "pid" users see).
+    pub pid: u32,
+    pub tid: u32,
+    /// Valid entries in `AllocEvent::stack`; 0 for release events.
+    pub stack_len: u32,
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns).
+    pub timestamp_ns: u64,
+}
+
+/// A call that may have created memory: malloc family, mmap, mremap.
+///
+/// The kernel sends the raw argument registers and the return register; the
+/// daemon's `ingest` stage interprets them per function (realloc's rules,
+/// calloc's overflow, MAP_FAILED...). Keeping the semantics out of the kernel
+/// keeps the probe cheap and the rules unit-testable.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AllocEvent {
+    pub header: EventHeader,
+    /// The first four argument registers at entry (rdi, rsi, rdx, rcx).
+    pub args: [u64; 4],
+    /// The return register (rax).
+    pub ret: u64,
+    /// posix_memalign only: the pointer it stored through its out-pointer,
+    /// read when it returned 0.
+    pub out: u64,
+    /// Return addresses, innermost first, captured at the call's return: the
+    /// first one is inside the function that called the allocator.
+    pub stack: [u64; MAX_STACK_DEPTH],
+}
+
+/// A call that releases memory: free, dallocx, sdallocx, munmap.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReleaseEvent {
+    pub header: EventHeader,
+    /// The first two argument registers: the block (or range start) and,
+    /// for munmap and sdallocx, its length.
+    pub args: [u64; 2],
+}
+
+/// `EventHeader::func` of a record saying that a traced process called
+/// exec: every block it had is gone with its old address space.
+pub const EXEC_EVENT: u32 = 100;
+
+/// Indexes into the per-CPU loss counters the kernel keeps.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossCounter {
+    /// An event could not be reserved: the ring buffer was full.
+    RingBufferFull = 0,
+    /// The entry stash map was full: a call went unrecorded.
+    StashMapFull = 1,
+    /// bpf_get_stack failed: the event was sent with an empty stack.
+    StackCaptureFailed = 2,
+    /// A return probe fired without its entry (call in flight at attach).
+    ReturnWithoutEntry = 3,
+}
+
+pub const LOSS_COUNTERS: u32 = 4;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data with explicit layout and no padding holes that
+    // could leak uninitialised bytes (all fields are u32/u64, sized in pairs).
+    unsafe impl aya::Pod for super::EntryStash {}
+}

@@ -1,0 +1,222 @@
+//! Kernel-side programs: three uprobe programs serve every traced function.
+//!
+//! - `alloc_entry` (uprobe) stashes the argument registers per thread.
+//! - `alloc_return` (uretprobe) sends them with the return value and the
+//!   user stack as one `AllocEvent`.
+//! - `release_entry` (uprobe) sends a `ReleaseEvent` for free and friends.
+//!
+//! Which function fired comes from the attach cookie (`AllocFn`), so the
+//! same programs serve glibc, jemalloc and any other allocator. Everything
+//! the rules of each function imply (realloc, calloc overflow, MAP_FAILED)
+//! is decided in userspace; the kernel only copies registers, so that the
+//! cost per call stays at the uprobe floor.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_F_USER_STACK,
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns,
+        bpf_probe_read_user,
+    },
+    macros::{map, tracepoint, uprobe, uretprobe},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+};
+use leaktrace_common::{
+    AllocEvent, AllocFn, EXEC_EVENT, EntryStash, EventHeader, LOSS_COUNTERS, LossCounter,
+    MAX_STACK_DEPTH, ReleaseEvent,
+};
+
+/// Events to userspace. The size is set by the loader (`--ring-buffer-size`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Entry-to-return hand-off, keyed by thread id.
+#[map]
+static STASH: HashMap<u32, EntryStash> = HashMap::with_max_entries(65536, 0);
+
+/// Per-CPU counts of everything the kernel side had to drop.
+#[map]
+static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_COUNTERS, 0);
+
+#[inline(always)]
+fn count_loss(counter: LossCounter) {
+    if let Some(slot) = LOSSES.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, programs on one CPU do not preempt each other.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn header(func: u32, pid_tgid: u64) -> EventHeader {
+    EventHeader {
+        func,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        stack_len: 0,
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+#[inline(always)]
+fn user_sp<C: EbpfContext>(ctx: &C) -> u64 {
+    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+    // SAFETY: uprobe contexts are the traced thread's saved user registers.
+    unsafe { (*regs).rsp }
+}
+
+/// True when an outer allocator call is running on this thread, i.e. the
+/// current call is the allocator calling into itself.
+#[inline(always)]
+fn inside_allocator(tid: u32, sp: u64) -> bool {
+    // SAFETY: the value is only read.
+    match unsafe { STASH.get(&tid) } {
+        Some(outer) => outer.sp > sp,
+        None => false,
+    }
+}
+
+#[uprobe]
+pub fn alloc_entry(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let sp = user_sp(&ctx);
+    if let Some(outer) = STASH.get_ptr_mut(&tid) {
+        // SAFETY: the entry belongs to this thread; no other CPU writes it.
+        unsafe {
+            if (*outer).sp > sp {
+                (*outer).nested += 1;
+                return 0;
+            }
+        }
+    }
+    let stash = EntryStash {
+        func: unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32,
+        nested: 0,
+        sp,
+        args: [
+            ctx.arg::<u64>(0).unwrap_or(0),
+            ctx.arg::<u64>(1).unwrap_or(0),
+            ctx.arg::<u64>(2).unwrap_or(0),
+            ctx.arg::<u64>(3).unwrap_or(0),
+        ],
+    };
+    if STASH.insert(&tid, &stash, 0).is_err() {
+        count_loss(LossCounter::StashMapFull);
+    }
+    0
+}
+
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let Some(stash) = STASH.get_ptr_mut(&tid) else {
+        count_loss(LossCounter::ReturnWithoutEntry);
+        return 0;
+    };
+    // SAFETY: the entry belongs to this thread.
+    let stash = unsafe {
+        if (*stash).nested > 0 {
+            (*stash).nested -= 1;
+            return 0;
+        }
+        *stash
+    };
+    let _ = STASH.remove(&tid);
+
+    let ret: u64 = ctx.ret();
+    let mut out = 0u64;
+    if stash.func == AllocFn::PosixMemalign as u32 && ret == 0 {
+        // SAFETY: bpf_probe_read_user checks the user address.
+        out = unsafe { bpf_probe_read_user(stash.args[0] as *const u64) }.unwrap_or(0);
+    }
+
+    let Some(mut entry) = EVENTS.reserve::<AllocEvent>(0) else {
+        count_loss(LossCounter::RingBufferFull);
+        return 0;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points into the reserved record, which is ours until
+    // submit; bpf_get_stack writes at most the size it is given.
+    unsafe {
+        (*event).header = header(stash.func, pid_tgid);
+        (*event).args = stash.args;
+        (*event).ret = ret;
+        (*event).out = out;
+        let stack = (*event).stack.as_mut_ptr();
+        let written = bpf_get_stack(
+            ctx.as_ptr(),
+            stack.cast(),
+            (MAX_STACK_DEPTH * 8) as u32,
+            BPF_F_USER_STACK as u64,
+        );
+        if written < 0 {
+            count_loss(LossCounter::StackCaptureFailed);
+            (*event).header.stack_len = 0;
+        } else {
+            (*event).header.stack_len = (written as u32) / 8;
+        }
+    }
+    entry.submit(0);
+    0
+}
+
+#[uprobe]
+pub fn release_entry(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if inside_allocator(pid_tgid as u32, user_sp(&ctx)) {
+        return 0;
+    }
+    let addr = ctx.arg::<u64>(0).unwrap_or(0);
+    if addr == 0 {
+        // free(NULL) is a no-op; it costs no event.
+        return 0;
+    }
+    let release = ReleaseEvent {
+        header: header(
+            unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32,
+            pid_tgid,
+        ),
+        args: [addr, ctx.arg::<u64>(1).unwrap_or(0)],
+    };
+    if EVENTS.output::<ReleaseEvent>(&release, 0).is_err() {
+        count_loss(LossCounter::RingBufferFull);
+    }
+    0
+}
+
+/// Processes being traced (filled by userspace): the exec tracepoint fires
+/// for every process on the host, uprobes only for the attached one.
+#[map]
+static TRACED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// sched:sched_process_exec: a traced process replaced its image.
+#[tracepoint]
+pub fn on_exec(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    // SAFETY: read-only lookup.
+    if unsafe { TRACED_PIDS.get(&pid) }.is_none() {
+        return 0;
+    }
+    if EVENTS
+        .output::<EventHeader>(&header(EXEC_EVENT, pid_tgid), 0)
+        .is_err()
+    {
+        count_loss(LossCounter::RingBufferFull);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,17 @@
+//! Compiles the kernel programs (leaktrace-ebpf) with the pinned nightly and
+//! bpf-linker, so that the userspace binary embeds them.
+
+/// The nightly whose LLVM bpf-linker can read (see DESIGN.md).
+const EBPF_TOOLCHAIN: &str = "nightly-2026-07-01";
+
+fn main() -> anyhow::Result<()> {
+    let root_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../leaktrace-ebpf");
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "leaktrace-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::Custom(EBPF_TOOLCHAIN),
+    )
+}

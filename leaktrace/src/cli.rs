@@ -1,0 +1,170 @@
+//! Command line: what each subcommand and option does, with examples.
+use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::report::Format;
+
+/// Find memory leaks in a running process, from the outside.
+///
+/// leaktrace attaches eBPF uprobes to the allocator a process uses (glibc,
+/// jemalloc, tcmalloc, mimalloc, or one linked into the program), records
+/// every allocation and release, and reports, per call site, the bytes and
+/// allocations that are still outstanding, with symbolized stacks. The
+/// target is not modified, restarted or slowed once leaktrace exits.
+/// Needs root.
+#[derive(Debug, Parser)]
+#[command(
+    name = "leaktrace",
+    version,
+    after_help = "Examples:\n  sudo leaktrace trace --pid 1234 --duration 60s --interval 10s\n  sudo leaktrace run --format folded --output leaks.folded -- ./server --port 8080"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach to a running process (all its threads) and report what it
+    /// allocated since attach and has not freed.
+    #[command(
+        after_help = "Example:\n  sudo leaktrace trace --pid 1234 --duration 5m --interval 30s --min-age 10s --top 5"
+    )]
+    Trace {
+        /// The process to trace.
+        #[arg(long, short)]
+        pid: u32,
+        #[command(flatten)]
+        options: ReportOptions,
+    },
+    /// Start a command traced from its first allocation, wait for it, and
+    /// report what it had not freed when it exited. Exits with its status.
+    #[command(
+        after_help = "Example:\n  sudo leaktrace run --format json --output leaks.json -- python3 script.py"
+    )]
+    Run {
+        #[command(flatten)]
+        options: ReportOptions,
+        /// The command and its arguments (after `--`).
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<OsString>,
+    },
+}
+
+/// Options shared by `trace` and `run`.
+#[derive(Debug, Args, Clone)]
+pub struct ReportOptions {
+    /// Stop after this long (e.g. 30s, 5m, 1h); default: until the process
+    /// exits or leaktrace is interrupted (Ctrl-C, SIGTERM).
+    #[arg(long, short, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Also report every INTERVAL while tracing (e.g. 5s).
+    #[arg(long, short, value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Call sites shown in the text report, largest first (folded and JSON
+    /// always carry every site).
+    #[arg(long, short = 'T', default_value_t = 10)]
+    pub top: usize,
+    /// Only count allocations at least this old when a report is made
+    /// (e.g. 500ms): hides short-lived memory from a live process.
+    #[arg(long, short = 'o', value_parser = parse_duration, default_value = "0s")]
+    pub min_age: Duration,
+    /// Report format: text (for people), folded (flamegraph.pl, inferno,
+    /// speedscope), json (schema in README.md).
+    #[arg(long, short, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write the report to PATH instead of stdout (rewritten at each
+    /// interval, so it always holds the latest report).
+    #[arg(long, short = 'O', value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Also write the final report as folded stacks to PATH.
+    #[arg(long, value_name = "PATH")]
+    pub folded: Option<PathBuf>,
+    /// Kernel-to-daemon ring buffer size in MiB (a power of two). Raise it
+    /// if reports show "ring buffer full" losses.
+    #[arg(long, default_value_t = 64, value_parser = parse_ring_buffer_mib)]
+    pub ring_buffer_mib: u32,
+    /// No progress messages on stderr (errors are still printed).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (examples: 500ms, 30s, 5m, 1h)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit '{unit}' in '{text}' (use ms, s, m or h)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_ring_buffer_mib(text: &str) -> Result<u32, String> {
+    let mib: u32 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of MiB"))?;
+    if !mib.is_power_of_two() || mib > 1024 {
+        return Err(format!(
+            "{mib} MiB: the ring buffer size must be a power of two up to 1024"
+        ));
+    }
+    Ok(mib)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent_and_run_takes_the_command_after_dashes() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["leaktrace", "run", "--format", "json", "--", "ls", "-l"])
+            .unwrap();
+        match cli.command {
+            Command::Run { options, command } => {
+                assert_eq!(options.format, Format::Json);
+                assert_eq!(command, ["ls", "-l"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["leaktrace", "trace", "--pid", "1", "--format", "xml"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["leaktrace", "trace", "--pid", "1", "--ring-buffer-mib", "3"])
+                .is_err()
+        );
+    }
+}

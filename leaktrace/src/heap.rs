@@ -1,0 +1,381 @@
+//! Heap table: the allocations that are still outstanding.
+//!
+//! Heap blocks are keyed by (pid, address): a block is outstanding from the
+//! call that returned it until the call that releases that address. Mapped
+//! regions are kept apart, ordered by start, because munmap may release any
+//! page range, including the middle of a region (which splits it).
+//!
+//! Frees of addresses the table never saw (blocks allocated before attach)
+//! and allocations at an address still recorded live (a lost free) are
+//! counted, never silently absorbed.
+use std::collections::{BTreeMap, HashMap};
+
+use crate::{ingest::HeapOp, sites::SiteId};
+
+/// One outstanding block or region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    pub size: u64,
+    pub site: SiteId,
+    /// When it was allocated (CLOCK_MONOTONIC ns).
+    pub timestamp_ns: u64,
+}
+
+/// Counters of what the table saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub allocations: u64,
+    pub releases: u64,
+    pub failed_calls: u64,
+    /// Releases of addresses not in the table (allocated before tracing began).
+    pub unmatched_releases: u64,
+    /// Allocations returned at an address the table still held: the free of
+    /// the old block was lost or happened before tracing began.
+    pub replaced_blocks: u64,
+}
+
+/// A piece of a mapped region: what munmap left of one mmap call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Region {
+    block: Block,
+    /// Start address the mmap call returned: pieces of one call count as
+    /// one allocation.
+    origin: u64,
+}
+
+#[derive(Default)]
+pub struct HeapTable {
+    blocks: HashMap<(u32, u64), Block>,
+    regions: BTreeMap<(u32, u64), Region>,
+    pub stats: TableStats,
+}
+
+impl HeapTable {
+    /// Applies what one call of process `pid` did. `site` is where the
+    /// call was made; `timestamp_ns` when.
+    pub fn apply(&mut self, pid: u32, op: HeapOp, site: SiteId, timestamp_ns: u64) {
+        match op {
+            HeapOp::Alloc { addr, size, mapped } => {
+                self.stats.allocations += 1;
+                let block = Block {
+                    size,
+                    site,
+                    timestamp_ns,
+                };
+                if mapped {
+                    // A fresh mapping replaces whatever it overlaps (MAP_FIXED).
+                    self.unmap(pid, addr, size);
+                    self.regions.insert(
+                        (pid, addr),
+                        Region {
+                            block,
+                            origin: addr,
+                        },
+                    );
+                } else {
+                    self.insert_block(pid, addr, block);
+                }
+            }
+            HeapOp::Free { addr } => {
+                self.stats.releases += 1;
+                if self.blocks.remove(&(pid, addr)).is_none() {
+                    self.stats.unmatched_releases += 1;
+                }
+            }
+            HeapOp::Realloc { old, new, size } => {
+                self.stats.allocations += 1;
+                self.stats.releases += 1;
+                if self.blocks.remove(&(pid, old)).is_none() {
+                    self.stats.unmatched_releases += 1;
+                }
+                self.insert_block(
+                    pid,
+                    new,
+                    Block {
+                        size,
+                        site,
+                        timestamp_ns,
+                    },
+                );
+            }
+            HeapOp::Resize { addr, size } => {
+                if let Some(block) = self.blocks.get_mut(&(pid, addr)) {
+                    block.size = size;
+                }
+            }
+            HeapOp::Unmap { addr, len } => {
+                self.stats.releases += 1;
+                if self.unmap(pid, addr, len) == 0 {
+                    self.stats.unmatched_releases += 1;
+                }
+            }
+            HeapOp::Remap {
+                old,
+                old_len,
+                new,
+                new_len,
+            } => {
+                // The memory keeps the site that first mapped it; an
+                // untracked range (mapped before attach) stays untracked.
+                let origin = self.regions.get(&(pid, old)).copied();
+                self.unmap(pid, old, old_len);
+                if let Some(origin) = origin {
+                    self.unmap(pid, new, new_len);
+                    let block = Block {
+                        size: new_len,
+                        ..origin.block
+                    };
+                    self.regions
+                        .insert((pid, new), Region { block, origin: new });
+                }
+            }
+            HeapOp::Failed => self.stats.failed_calls += 1,
+            HeapOp::Ignored => {}
+        }
+    }
+
+    fn insert_block(&mut self, pid: u32, addr: u64, block: Block) {
+        if self.blocks.insert((pid, addr), block).is_some() {
+            self.stats.replaced_blocks += 1;
+        }
+    }
+
+    /// Removes [addr, addr+len) from the mapped regions of `pid`, splitting
+    /// regions that straddle its ends. Returns the bytes removed.
+    fn unmap(&mut self, pid: u32, addr: u64, len: u64) -> u64 {
+        let end = addr.saturating_add(len);
+        let overlapping: Vec<(u64, Region)> = self
+            .regions
+            .range((pid, 0)..(pid, end))
+            .rev()
+            .take_while(|((_, start), region)| start + region.block.size > addr)
+            .map(|((_, start), region)| (*start, *region))
+            .collect();
+        let mut removed = 0;
+        for (start, region) in overlapping {
+            let region_end = start + region.block.size;
+            self.regions.remove(&(pid, start));
+            let piece = |size| Region {
+                block: Block {
+                    size,
+                    ..region.block
+                },
+                ..region
+            };
+            if start < addr {
+                self.regions.insert((pid, start), piece(addr - start));
+            }
+            if region_end > end {
+                self.regions.insert((pid, end), piece(region_end - end));
+            }
+            removed += region_end.min(end) - start.max(addr);
+        }
+        removed
+    }
+
+    /// Forgets everything about `pid` (it exited or exec'd).
+    pub fn forget_process(&mut self, pid: u32) {
+        self.blocks.retain(|(p, _), _| *p != pid);
+        self.regions.retain(|(p, _), _| *p != pid);
+    }
+
+    /// Every outstanding heap block and mapped piece, with its pid and
+    /// whether it counts as an allocation of its own (every piece but the
+    /// first one met of a region that munmap split).
+    pub fn outstanding(&self) -> impl Iterator<Item = (u32, &Block, bool)> {
+        let mut origins_seen = std::collections::HashSet::new();
+        self.blocks
+            .iter()
+            .map(|((pid, _), block)| (*pid, block, true))
+            .chain(self.regions.iter().map(move |((pid, _), region)| {
+                (
+                    *pid,
+                    &region.block,
+                    origins_seen.insert((*pid, region.origin)),
+                )
+            }))
+    }
+
+    pub fn len(&self) -> usize {
+        self.blocks.len() + self.regions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alloc(addr: u64, size: u64) -> HeapOp {
+        HeapOp::Alloc {
+            addr,
+            size,
+            mapped: false,
+        }
+    }
+
+    fn map(addr: u64, size: u64) -> HeapOp {
+        HeapOp::Alloc {
+            addr,
+            size,
+            mapped: true,
+        }
+    }
+
+    fn sizes(table: &HeapTable) -> Vec<(u32, u64)> {
+        let mut v: Vec<_> = table
+            .outstanding()
+            .map(|(_, b, _)| (b.site, b.size))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn alloc_free_and_unmatched_free() {
+        let mut t = HeapTable::default();
+        t.apply(1, alloc(0x10, 100), 7, 0);
+        t.apply(1, alloc(0x20, 50), 8, 0);
+        t.apply(1, HeapOp::Free { addr: 0x10 }, 0, 0);
+        t.apply(1, HeapOp::Free { addr: 0x999 }, 0, 0);
+        assert_eq!(sizes(&t), [(8, 50)]);
+        assert_eq!(t.stats.unmatched_releases, 1);
+        assert_eq!(t.stats.allocations, 2);
+        assert_eq!(t.stats.releases, 2);
+    }
+
+    #[test]
+    fn same_address_in_two_processes_is_two_blocks() {
+        let mut t = HeapTable::default();
+        t.apply(1, alloc(0x10, 100), 1, 0);
+        t.apply(2, alloc(0x10, 200), 2, 0);
+        t.apply(1, HeapOp::Free { addr: 0x10 }, 0, 0);
+        assert_eq!(sizes(&t), [(2, 200)]);
+    }
+
+    #[test]
+    fn realloc_moves_the_block_to_the_new_site() {
+        let mut t = HeapTable::default();
+        t.apply(1, alloc(0x10, 100), 1, 0);
+        t.apply(
+            1,
+            HeapOp::Realloc {
+                old: 0x10,
+                new: 0x80,
+                size: 300,
+            },
+            2,
+            5,
+        );
+        assert_eq!(sizes(&t), [(2, 300)]);
+        t.apply(1, HeapOp::Failed, 3, 6);
+        assert_eq!(t.stats.failed_calls, 1);
+        assert_eq!(sizes(&t), [(2, 300)]);
+    }
+
+    #[test]
+    fn lost_free_is_counted_when_the_address_comes_back() {
+        let mut t = HeapTable::default();
+        t.apply(1, alloc(0x10, 100), 1, 0);
+        t.apply(1, alloc(0x10, 40), 2, 0);
+        assert_eq!(t.stats.replaced_blocks, 1);
+        assert_eq!(sizes(&t), [(2, 40)]);
+    }
+
+    #[test]
+    fn partial_munmap_splits_regions() {
+        let mut t = HeapTable::default();
+        t.apply(1, map(0x10000, 16 * 4096), 1, 0);
+        // Unmap pages 4..8: leaves [0,4) and [8,16).
+        t.apply(
+            1,
+            HeapOp::Unmap {
+                addr: 0x10000 + 4 * 4096,
+                len: 4 * 4096,
+            },
+            0,
+            0,
+        );
+        assert_eq!(sizes(&t), [(1, 4 * 4096), (1, 8 * 4096)]);
+        // Two pieces, one allocation.
+        assert_eq!(t.outstanding().filter(|(_, _, counts)| *counts).count(), 1);
+        // Unmap across both remaining pieces' inner edges.
+        t.apply(
+            1,
+            HeapOp::Unmap {
+                addr: 0x10000 + 3 * 4096,
+                len: 6 * 4096,
+            },
+            0,
+            0,
+        );
+        assert_eq!(sizes(&t), [(1, 3 * 4096), (1, 7 * 4096)]);
+        // A munmap that hits nothing tracked is unmatched.
+        t.apply(
+            1,
+            HeapOp::Unmap {
+                addr: 0x900000,
+                len: 4096,
+            },
+            0,
+            0,
+        );
+        assert_eq!(t.stats.unmatched_releases, 1);
+        // Heap blocks are never touched by munmap.
+        t.apply(1, alloc(0x10000 + 3 * 4096, 8), 2, 0);
+        t.apply(
+            1,
+            HeapOp::Unmap {
+                addr: 0x10000,
+                len: 16 * 4096,
+            },
+            0,
+            0,
+        );
+        assert_eq!(sizes(&t), [(2, 8)]);
+    }
+
+    #[test]
+    fn mremap_keeps_the_origin_site() {
+        let mut t = HeapTable::default();
+        t.apply(1, map(0x10000, 4096), 1, 0);
+        t.apply(
+            1,
+            HeapOp::Remap {
+                old: 0x10000,
+                old_len: 4096,
+                new: 0x50000,
+                new_len: 3 * 4096,
+            },
+            9,
+            0,
+        );
+        assert_eq!(sizes(&t), [(1, 3 * 4096)]);
+        // Untracked ranges stay untracked.
+        t.apply(
+            1,
+            HeapOp::Remap {
+                old: 0x90000,
+                old_len: 4096,
+                new: 0xa0000,
+                new_len: 4096,
+            },
+            9,
+            0,
+        );
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn forget_process_drops_only_that_process() {
+        let mut t = HeapTable::default();
+        t.apply(1, alloc(0x10, 1), 1, 0);
+        t.apply(2, map(0x10000, 4096), 2, 0);
+        t.apply(2, alloc(0x10, 1), 2, 0);
+        t.forget_process(2);
+        assert_eq!(sizes(&t), [(1, 1)]);
+    }
+}

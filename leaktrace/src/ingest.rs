@@ -1,0 +1,402 @@
+//! Ingest: decodes ring-buffer records and turns each call into what it did
+//! to the heap, following each function's contract.
+//!
+//! The kernel sends raw registers; the rules live here, as pure functions:
+//! - realloc(NULL, n) is malloc(n); realloc(p, 0) returning NULL freed p;
+//!   a realloc that fails (NULL for n > 0) leaves p allocated.
+//! - calloc(n, m) and reallocarray(p, n, m) fail when n*m overflows.
+//! - posix_memalign returns its block through the out-pointer, 0 on success.
+//! - mmap and mremap fail with MAP_FAILED (-1), not 0; only anonymous maps
+//!   are heap memory; lengths are rounded up to whole pages.
+use leaktrace_common::{
+    AllocEvent, AllocFn, EXEC_EVENT, EventHeader, MAX_STACK_DEPTH, ReleaseEvent,
+};
+
+pub const PAGE_SIZE: u64 = 4096;
+const MAP_ANONYMOUS: u64 = 0x20;
+
+/// A record as it came from the kernel.
+#[derive(Clone, Copy, Debug)]
+pub enum Record<'a> {
+    Alloc(&'a AllocEvent),
+    Release(&'a ReleaseEvent),
+    /// The process called exec: its old address space is gone.
+    Exec(&'a EventHeader),
+}
+
+/// Why a record could not be decoded (counted as a loss).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    TooShort,
+    UnknownFunction(u32),
+    Misaligned,
+}
+
+/// Reinterprets ring-buffer bytes. The kernel reserves records 8-byte aligned.
+pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
+    if bytes.len() < size_of::<EventHeader>() {
+        return Err(DecodeError::TooShort);
+    }
+    if bytes.as_ptr().align_offset(8) != 0 {
+        return Err(DecodeError::Misaligned);
+    }
+    // SAFETY: length checked, alignment checked, EventHeader is plain data.
+    let header = unsafe { &*bytes.as_ptr().cast::<EventHeader>() };
+    if header.func == EXEC_EVENT {
+        return Ok(Record::Exec(header));
+    }
+    let func = AllocFn::from_u32(header.func).ok_or(DecodeError::UnknownFunction(header.func))?;
+    if func.is_release() {
+        if bytes.len() < size_of::<ReleaseEvent>() {
+            return Err(DecodeError::TooShort);
+        }
+        // SAFETY: as above, for the longer type.
+        Ok(Record::Release(unsafe {
+            &*bytes.as_ptr().cast::<ReleaseEvent>()
+        }))
+    } else {
+        if bytes.len() < size_of::<AllocEvent>() {
+            return Err(DecodeError::TooShort);
+        }
+        // SAFETY: as above, for the longer type.
+        Ok(Record::Alloc(unsafe {
+            &*bytes.as_ptr().cast::<AllocEvent>()
+        }))
+    }
+}
+
+/// What one call did to the heap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeapOp {
+    /// A new heap block (or mapped region when `mapped`).
+    Alloc { addr: u64, size: u64, mapped: bool },
+    /// A heap block was released.
+    Free { addr: u64 },
+    /// A block moved or was resized: `old` is released, `new` allocated.
+    Realloc { old: u64, new: u64, size: u64 },
+    /// A block changed size in place (jemalloc's xallocx).
+    Resize { addr: u64, size: u64 },
+    /// Pages [addr, addr+len) were unmapped.
+    Unmap { addr: u64, len: u64 },
+    /// A mapped range moved or changed size.
+    Remap {
+        old: u64,
+        old_len: u64,
+        new: u64,
+        new_len: u64,
+    },
+    /// The call failed and changed nothing.
+    Failed,
+    /// A call that does not concern the heap (a file-backed mmap).
+    Ignored,
+}
+
+fn page_round(len: u64) -> u64 {
+    len.div_ceil(PAGE_SIZE) * PAGE_SIZE
+}
+
+fn map_failed(ret: u64) -> bool {
+    // The raw syscall returns -errno; the libc wrapper returns -1.
+    ret > u64::MAX - 4096
+}
+
+/// The effect of an allocating call, from its arguments and return value.
+pub fn interpret_alloc(func: AllocFn, args: [u64; 4], ret: u64, out: u64) -> HeapOp {
+    let alloc = |addr: u64, size: u64| {
+        if addr == 0 {
+            HeapOp::Failed
+        } else {
+            HeapOp::Alloc {
+                addr,
+                size,
+                mapped: false,
+            }
+        }
+    };
+    let realloc = |old: u64, size: Option<u64>| match (old, size) {
+        // Overflowing size: the call fails before touching the block.
+        (_, None) => HeapOp::Failed,
+        (0, Some(size)) => alloc(ret, size),
+        (old, Some(0)) if ret == 0 => HeapOp::Free { addr: old },
+        (_, Some(_)) if ret == 0 => HeapOp::Failed,
+        (old, Some(size)) => HeapOp::Realloc {
+            old,
+            new: ret,
+            size,
+        },
+    };
+    match func {
+        AllocFn::Malloc | AllocFn::Valloc | AllocFn::Pvalloc | AllocFn::Mallocx => {
+            alloc(ret, args[0])
+        }
+        AllocFn::Calloc => match args[0].checked_mul(args[1]) {
+            Some(size) => alloc(ret, size),
+            None => HeapOp::Failed,
+        },
+        AllocFn::AlignedAlloc | AllocFn::Memalign => alloc(ret, args[1]),
+        AllocFn::PosixMemalign => {
+            if ret == 0 {
+                alloc(out, args[2])
+            } else {
+                HeapOp::Failed
+            }
+        }
+        AllocFn::Realloc => realloc(args[0], Some(args[1])),
+        AllocFn::Reallocarray => realloc(args[0], args[1].checked_mul(args[2])),
+        AllocFn::Rallocx => {
+            if ret == 0 {
+                HeapOp::Failed
+            } else {
+                HeapOp::Realloc {
+                    old: args[0],
+                    new: ret,
+                    size: args[1],
+                }
+            }
+        }
+        AllocFn::Xallocx => HeapOp::Resize {
+            addr: args[0],
+            size: ret,
+        },
+        AllocFn::Mmap => {
+            if map_failed(ret) {
+                HeapOp::Failed
+            } else if args[3] & MAP_ANONYMOUS == 0 {
+                HeapOp::Ignored
+            } else {
+                HeapOp::Alloc {
+                    addr: ret,
+                    size: page_round(args[1]),
+                    mapped: true,
+                }
+            }
+        }
+        AllocFn::Mremap => {
+            if map_failed(ret) {
+                HeapOp::Failed
+            } else {
+                HeapOp::Remap {
+                    old: args[0],
+                    old_len: page_round(args[1]),
+                    new: ret,
+                    new_len: page_round(args[2]),
+                }
+            }
+        }
+        AllocFn::Free | AllocFn::Dallocx | AllocFn::Sdallocx | AllocFn::Munmap => {
+            interpret_release(func, [args[0], args[1]])
+        }
+    }
+}
+
+/// The effect of a releasing call.
+pub fn interpret_release(func: AllocFn, args: [u64; 2]) -> HeapOp {
+    match func {
+        AllocFn::Munmap => HeapOp::Unmap {
+            addr: args[0],
+            len: page_round(args[1]),
+        },
+        _ if args[0] == 0 => HeapOp::Ignored,
+        _ => HeapOp::Free { addr: args[0] },
+    }
+}
+
+/// The captured stack of an allocating record (innermost first).
+pub fn stack(event: &AllocEvent) -> &[u64] {
+    let len = (event.header.stack_len as usize).min(MAX_STACK_DEPTH);
+    &event.stack[..len]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NO: [u64; 4] = [0; 4];
+
+    #[test]
+    fn malloc_family_success_and_failure() {
+        assert_eq!(
+            interpret_alloc(AllocFn::Malloc, [100, 0, 0, 0], 0x1000, 0),
+            HeapOp::Alloc {
+                addr: 0x1000,
+                size: 100,
+                mapped: false
+            }
+        );
+        assert_eq!(
+            interpret_alloc(AllocFn::Malloc, [100, 0, 0, 0], 0, 0),
+            HeapOp::Failed
+        );
+        assert_eq!(
+            interpret_alloc(AllocFn::Memalign, [64, 300, 0, 0], 0x2000, 0),
+            HeapOp::Alloc {
+                addr: 0x2000,
+                size: 300,
+                mapped: false
+            }
+        );
+    }
+
+    #[test]
+    fn calloc_multiplies_and_overflow_fails() {
+        assert_eq!(
+            interpret_alloc(AllocFn::Calloc, [10, 12, 0, 0], 0x1000, 0),
+            HeapOp::Alloc {
+                addr: 0x1000,
+                size: 120,
+                mapped: false
+            }
+        );
+        assert_eq!(
+            interpret_alloc(AllocFn::Calloc, [u64::MAX / 2, 3, 0, 0], 0x1000, 0),
+            HeapOp::Failed
+        );
+    }
+
+    #[test]
+    fn realloc_rules() {
+        // realloc(NULL, n) is malloc.
+        assert_eq!(
+            interpret_alloc(AllocFn::Realloc, [0, 50, 0, 0], 0x1000, 0),
+            HeapOp::Alloc {
+                addr: 0x1000,
+                size: 50,
+                mapped: false
+            }
+        );
+        // Moves.
+        assert_eq!(
+            interpret_alloc(AllocFn::Realloc, [0x1000, 5000, 0, 0], 0x9000, 0),
+            HeapOp::Realloc {
+                old: 0x1000,
+                new: 0x9000,
+                size: 5000
+            }
+        );
+        // Fails: the old block stays.
+        assert_eq!(
+            interpret_alloc(AllocFn::Realloc, [0x1000, 1 << 62, 0, 0], 0, 0),
+            HeapOp::Failed
+        );
+        // realloc(p, 0) returning NULL freed p.
+        assert_eq!(
+            interpret_alloc(AllocFn::Realloc, [0x1000, 0, 0, 0], 0, 0),
+            HeapOp::Free { addr: 0x1000 }
+        );
+        // reallocarray overflow fails without freeing.
+        assert_eq!(
+            interpret_alloc(AllocFn::Reallocarray, [0x1000, u64::MAX, 2, 0], 0, 0),
+            HeapOp::Failed
+        );
+        assert_eq!(
+            interpret_alloc(AllocFn::Reallocarray, [0x1000, 10, 20, 0], 0x1000, 0),
+            HeapOp::Realloc {
+                old: 0x1000,
+                new: 0x1000,
+                size: 200
+            }
+        );
+    }
+
+    #[test]
+    fn posix_memalign_uses_the_out_pointer() {
+        assert_eq!(
+            interpret_alloc(AllocFn::PosixMemalign, [0x7ff0, 64, 1000, 0], 0, 0x4000),
+            HeapOp::Alloc {
+                addr: 0x4000,
+                size: 1000,
+                mapped: false
+            }
+        );
+        // ENOMEM (12).
+        assert_eq!(
+            interpret_alloc(AllocFn::PosixMemalign, [0x7ff0, 64, 1000, 0], 12, 0),
+            HeapOp::Failed
+        );
+    }
+
+    #[test]
+    fn mmap_rules() {
+        let anon_private = 0x20 | 0x02;
+        assert_eq!(
+            interpret_alloc(
+                AllocFn::Mmap,
+                [0, 10000, 3, anon_private],
+                0x7f00_0000_0000,
+                0
+            ),
+            HeapOp::Alloc {
+                addr: 0x7f00_0000_0000,
+                size: 12288,
+                mapped: true
+            }
+        );
+        assert_eq!(
+            interpret_alloc(AllocFn::Mmap, [0, 4096, 3, anon_private], u64::MAX, 0),
+            HeapOp::Failed
+        );
+        // Address 0 is a valid mmap result (MAP_FIXED at 0); only MAP_FAILED fails.
+        assert!(matches!(
+            interpret_alloc(AllocFn::Mmap, [0, 4096, 3, anon_private | 0x10], 0, 0),
+            HeapOp::Alloc { addr: 0, .. }
+        ));
+        assert_eq!(
+            interpret_alloc(AllocFn::Mmap, [0, 4096, 1, 0x02], 0x5000, 0),
+            HeapOp::Ignored
+        );
+        assert_eq!(
+            interpret_alloc(AllocFn::Mremap, [0x1000, 4096, 8192, 1], 0x8000, 0),
+            HeapOp::Remap {
+                old: 0x1000,
+                old_len: 4096,
+                new: 0x8000,
+                new_len: 8192
+            }
+        );
+        assert_eq!(
+            interpret_alloc(AllocFn::Mremap, NO, u64::MAX, 0),
+            HeapOp::Failed
+        );
+    }
+
+    #[test]
+    fn releases() {
+        assert_eq!(
+            interpret_release(AllocFn::Free, [0x10, 0]),
+            HeapOp::Free { addr: 0x10 }
+        );
+        assert_eq!(interpret_release(AllocFn::Free, [0, 0]), HeapOp::Ignored);
+        assert_eq!(
+            interpret_release(AllocFn::Sdallocx, [0x10, 32]),
+            HeapOp::Free { addr: 0x10 }
+        );
+        assert_eq!(
+            interpret_release(AllocFn::Munmap, [0x1000, 100]),
+            HeapOp::Unmap {
+                addr: 0x1000,
+                len: 4096
+            }
+        );
+    }
+
+    #[test]
+    fn decode_rejects_short_and_unknown_records() {
+        #[repr(C, align(8))]
+        struct Aligned([u8; 64]);
+        let mut buf = Aligned([0; 64]);
+        assert_eq!(decode(&buf.0[..8]).unwrap_err(), DecodeError::TooShort);
+        buf.0[0] = 99;
+        assert_eq!(
+            decode(&buf.0).unwrap_err(),
+            DecodeError::UnknownFunction(99)
+        );
+        buf.0[0] = AllocFn::Free as u8;
+        buf.0[24] = 0x42;
+        match decode(&buf.0).unwrap() {
+            Record::Release(r) => assert_eq!(r.args[0], 0x42),
+            other => panic!("{other:?}"),
+        }
+        buf.0[0] = AllocFn::Malloc as u8;
+        assert_eq!(decode(&buf.0).unwrap_err(), DecodeError::TooShort);
+    }
+}

@@ -1,0 +1,180 @@
+//! Kernel: loads the eBPF object, attaches the planned uprobes to one
+//! process, and hands out the ring buffer and the loss counters.
+//!
+//! Every probe is an fd-based perf link: when leaktrace exits, however it
+//! exits (SIGKILL included), the kernel closes the fds and removes the
+//! probes, so the traced process never keeps paying for a dead tracer.
+use std::{num::NonZeroU32, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
+use leaktrace_common::{LOSS_COUNTERS, LossCounter};
+
+use crate::probes::{Attachment, Program};
+
+/// Counts of what the kernel side had to drop, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLosses {
+    pub ring_buffer_full: u64,
+    pub stash_map_full: u64,
+    pub stack_capture_failed: u64,
+    pub return_without_entry: u64,
+}
+
+/// The loaded programs and their maps. Dropping it detaches everything.
+pub struct KernelProbes {
+    // Kept alive: owns the programs and their links.
+    _ebpf: Ebpf,
+    losses: PerCpuArray<MapData, u64>,
+    pub attached: usize,
+}
+
+/// Checks that this process may load BPF programs and the kernel has uprobes.
+pub fn check_environment() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("leaktrace must run as root (it loads eBPF programs and uprobes): try sudo");
+    }
+    if !Path::new("/sys/bus/event_source/devices/uprobe/type").exists() {
+        bail!("this kernel has no uprobe support (CONFIG_UPROBES is off): nothing can be traced");
+    }
+    ensure_tracefs();
+    Ok(())
+}
+
+/// The exec tracepoint is found through tracefs, which a minimal system may
+/// not have mounted. Mounting it changes nothing else; a failure surfaces
+/// later as a clear attach error.
+fn ensure_tracefs() {
+    let tracing = Path::new("/sys/kernel/tracing");
+    if tracing.join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return;
+    }
+    // SAFETY: static NUL-terminated strings.
+    unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+}
+
+impl KernelProbes {
+    /// Loads the programs and attaches `plan` to process `pid` (all its
+    /// threads, and its image after an exec). Returns the ring buffer the
+    /// events arrive in.
+    pub fn attach(
+        pid: u32,
+        plan: &[Attachment],
+        ring_buffer_bytes: u32,
+    ) -> Result<(KernelProbes, RingBuf<MapData>)> {
+        check_environment()?;
+        raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", ring_buffer_bytes)
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/leaktrace"
+            )))
+            .context("loading the eBPF programs")?;
+        for program in [
+            Program::AllocEntry,
+            Program::AllocReturn,
+            Program::ReleaseEntry,
+        ] {
+            let uprobe: &mut UProbe = ebpf
+                .program_mut(program.name())
+                .with_context(|| {
+                    format!("program {} missing from the eBPF object", program.name())
+                })?
+                .try_into()?;
+            uprobe
+                .load()
+                .with_context(|| format!("loading program {}", program.name()))?;
+        }
+        let scope =
+            UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0 cannot be traced")?);
+        for attachment in plan {
+            let uprobe: &mut UProbe = ebpf
+                .program_mut(attachment.program.name())
+                .expect("loaded above")
+                .try_into()?;
+            uprobe
+                .attach(
+                    UProbeAttachPoint {
+                        location: UProbeAttachLocation::AbsoluteOffset(attachment.file_offset),
+                        cookie: Some(attachment.func as u64),
+                    },
+                    &attachment.object,
+                    scope,
+                )
+                .with_context(|| {
+                    format!(
+                        "attaching {} to {} in {} (offset {:#x})",
+                        attachment.program.name(),
+                        attachment.func.symbol(),
+                        attachment.object.display(),
+                        attachment.file_offset
+                    )
+                })?;
+        }
+        let mut traced: HashMap<_, u32, u8> = HashMap::try_from(
+            ebpf.map_mut("TRACED_PIDS")
+                .context("TRACED_PIDS map missing")?,
+        )?;
+        traced.insert(pid, 1, 0)?;
+        let on_exec: &mut TracePoint = ebpf
+            .program_mut("on_exec")
+            .context("program on_exec missing from the eBPF object")?
+            .try_into()?;
+        on_exec.load().context("loading program on_exec")?;
+        on_exec
+            .attach("sched", "sched_process_exec")
+            .context("attaching to tracepoint sched:sched_process_exec (is tracefs mounted?)")?;
+        let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+        let losses = PerCpuArray::try_from(ebpf.take_map("LOSSES").context("LOSSES map missing")?)?;
+        Ok((
+            KernelProbes {
+                _ebpf: ebpf,
+                losses,
+                attached: plan.len(),
+            },
+            events,
+        ))
+    }
+
+    /// Reads the kernel's loss counters.
+    pub fn losses(&self) -> Result<KernelLosses> {
+        let mut totals = [0u64; LOSS_COUNTERS as usize];
+        for (index, total) in totals.iter_mut().enumerate() {
+            let per_cpu = self.losses.get(&(index as u32), 0)?;
+            *total = per_cpu.iter().sum();
+        }
+        Ok(KernelLosses {
+            ring_buffer_full: totals[LossCounter::RingBufferFull as usize],
+            stash_map_full: totals[LossCounter::StashMapFull as usize],
+            stack_capture_failed: totals[LossCounter::StackCaptureFailed as usize],
+            return_without_entry: totals[LossCounter::ReturnWithoutEntry as usize],
+        })
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer; failure is harmless here.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}

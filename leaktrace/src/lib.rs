@@ -1,0 +1,23 @@
+//! leaktrace: find the call sites that hold memory a process never frees.
+//!
+//! The data path, one module per stage, each knowing only the next:
+//!
+//! ```text
+//! target -> probes -> kernel (eBPF, ring buffer) -> ingest -> heap -> aggregate -> symbolize -> report
+//! ```
+//!
+//! `target`, `probes`, `ingest`, `heap`, `aggregate` and `report` are pure
+//! logic tested on made-up input; `kernel`, `launch` and `session` talk to
+//! the kernel and are tested by the integration suite on real processes.
+pub mod aggregate;
+pub mod cli;
+pub mod heap;
+pub mod ingest;
+pub mod kernel;
+pub mod launch;
+pub mod probes;
+pub mod report;
+pub mod session;
+pub mod sites;
+pub mod symbolize;
+pub mod target;

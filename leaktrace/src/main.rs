@@ -1,0 +1,38 @@
+//! The `leaktrace` command: parses arguments and hands over to the library.
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use leaktrace::cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = err.print();
+                return ExitCode::SUCCESS;
+            }
+            // One line: the first line of clap's message, without its prefix.
+            let text = err.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("leaktrace: error: {first} (see leaktrace --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match leaktrace::session::main(cli) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(err) => {
+            // The whole cause chain, on one line.
+            let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
+            eprintln!("leaktrace: error: {}", chain.join(": "));
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! JSON: the whole report, field names stable (documented in README.md).
+use super::Report;
+
+pub fn render(report: &Report) -> String {
+    let mut out = serde_json::to_string_pretty(report).expect("a report always serializes");
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures;
+
+    #[test]
+    fn carries_every_site_frame_and_counter() {
+        let value: serde_json::Value =
+            serde_json::from_str(&super::render(&fixtures::report())).unwrap();
+        assert_eq!(value["pids"], serde_json::json!([42]));
+        assert_eq!(value["final"], true);
+        assert_eq!(value["totals"]["outstanding_bytes"], 4196);
+        assert_eq!(value["losses"]["total"], 0);
+        let sites = value["sites"].as_array().unwrap();
+        assert_eq!(sites.len(), 2);
+        assert_eq!(sites[0]["allocator"], "malloc");
+        assert_eq!(sites[0]["bytes"], 4096);
+        assert_eq!(sites[0]["count"], 4);
+        assert_eq!(sites[0]["oldest_age_ms"], 1200);
+        let frame = &sites[0]["frames"][0];
+        assert_eq!(frame["function"], "leak_a");
+        assert_eq!(frame["file"], "prog.c");
+        assert_eq!(frame["line"], 10);
+        assert_eq!(frame["module"], "/usr/bin/prog");
+        assert_eq!(frame["address"], 0x401000);
+        assert_eq!(frame["inlined"], false);
+        assert!(sites[1]["frames"][0]["file"].is_null());
+    }
+}

@@ -1,0 +1,290 @@
+//! Report: what a user reads. Built from the aggregated sites, symbolized,
+//! then written as text, folded stacks or JSON (each in its own module).
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::{
+    aggregate::SiteTotal,
+    heap::TableStats,
+    kernel::KernelLosses,
+    sites::CallSites,
+    symbolize::{Frame, ProcessMaps, Symbolizer},
+};
+
+pub mod folded;
+pub mod json;
+pub mod text;
+
+/// The report format (`--format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Top call sites with their stacks, for people.
+    Text,
+    /// One line per call site, `root;...;leaf bytes`, for flamegraph tools.
+    Folded,
+    /// Every call site and counter, for programs (schema in README.md).
+    Json,
+}
+
+/// Totals over everything outstanding and everything seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+    pub call_sites: u64,
+    /// Records received from the kernel.
+    pub events: u64,
+    pub allocations: u64,
+    pub releases: u64,
+    pub failed_calls: u64,
+    /// Releases of blocks allocated before tracing began.
+    pub unmatched_releases: u64,
+    /// Blocks found at an address already outstanding (a release was missed).
+    pub replaced_blocks: u64,
+    /// Times the process called exec (its earlier blocks were dropped).
+    pub execs: u64,
+}
+
+/// Everything that was lost on the way: never silently zero.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Losses {
+    pub ring_buffer_full: u64,
+    pub stash_map_full: u64,
+    pub stack_capture_failed: u64,
+    pub return_without_entry: u64,
+    pub decode_errors: u64,
+    pub total: u64,
+}
+
+impl Losses {
+    pub fn new(kernel: KernelLosses, decode_errors: u64) -> Losses {
+        let KernelLosses {
+            ring_buffer_full,
+            stash_map_full,
+            stack_capture_failed,
+            return_without_entry,
+        } = kernel;
+        Losses {
+            ring_buffer_full,
+            stash_map_full,
+            stack_capture_failed,
+            return_without_entry,
+            decode_errors,
+            total: ring_buffer_full
+                + stash_map_full
+                + stack_capture_failed
+                + return_without_entry
+                + decode_errors,
+        }
+    }
+
+    /// "0 events lost" or the breakdown.
+    pub fn summary(&self) -> String {
+        if self.total == 0 {
+            return "0 events lost".into();
+        }
+        let parts: Vec<String> = [
+            ("ring buffer full", self.ring_buffer_full),
+            ("entry map full", self.stash_map_full),
+            ("stack capture failed", self.stack_capture_failed),
+            ("return without entry", self.return_without_entry),
+            ("undecodable", self.decode_errors),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(what, n)| format!("{what}: {n}"))
+        .collect();
+        format!("{} events lost ({})", self.total, parts.join(", "))
+    }
+}
+
+/// One call site's outstanding memory and its symbolized stack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SiteReport {
+    pub pid: u32,
+    /// The allocator function called (malloc, calloc, mmap...).
+    pub allocator: String,
+    pub bytes: u64,
+    pub count: u64,
+    pub oldest_age_ms: u64,
+    /// Innermost first: `frames[0]` called the allocator.
+    pub frames: Vec<Frame>,
+}
+
+/// A whole report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    pub pids: Vec<u32>,
+    pub command: Option<Vec<String>>,
+    pub allocator_objects: Vec<String>,
+    pub elapsed_ms: u64,
+    /// The last report of the session (the process exited or tracing ended).
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    pub min_age_ms: u64,
+    pub totals: Totals,
+    pub losses: Losses,
+    /// Largest first.
+    pub sites: Vec<SiteReport>,
+}
+
+/// What the session knows when it asks for a report.
+pub struct ReportInput<'a> {
+    pub pids: Vec<u32>,
+    pub command: Option<Vec<String>>,
+    pub allocator_objects: Vec<String>,
+    pub elapsed: Duration,
+    pub is_final: bool,
+    pub min_age: Duration,
+    pub now_ns: u64,
+    pub stats: TableStats,
+    pub events: u64,
+    pub execs: u64,
+    pub losses: Losses,
+    pub totals: &'a [SiteTotal],
+    pub sites: &'a CallSites,
+}
+
+/// Symbolizes and assembles a report.
+pub fn build(input: ReportInput<'_>, maps: &ProcessMaps, symbolizer: &mut Symbolizer) -> Report {
+    let sites: Vec<SiteReport> = input
+        .totals
+        .iter()
+        .map(|total| {
+            let site = input.sites.get(total.site);
+            SiteReport {
+                pid: site.pid,
+                allocator: site.func.symbol().to_string(),
+                bytes: total.bytes,
+                count: total.count,
+                oldest_age_ms: input.now_ns.saturating_sub(total.oldest_ns) / 1_000_000,
+                frames: symbolizer.symbolize_stack(maps, &site.stack),
+            }
+        })
+        .collect();
+    let TableStats {
+        allocations,
+        releases,
+        failed_calls,
+        unmatched_releases,
+        replaced_blocks,
+    } = input.stats;
+    Report {
+        pids: input.pids,
+        command: input.command,
+        allocator_objects: input.allocator_objects,
+        elapsed_ms: input.elapsed.as_millis() as u64,
+        is_final: input.is_final,
+        min_age_ms: input.min_age.as_millis() as u64,
+        totals: Totals {
+            outstanding_bytes: sites.iter().map(|s| s.bytes).sum(),
+            outstanding_allocations: sites.iter().map(|s| s.count).sum(),
+            call_sites: sites.len() as u64,
+            events: input.events,
+            allocations,
+            releases,
+            failed_calls,
+            unmatched_releases,
+            replaced_blocks,
+            execs: input.execs,
+        },
+        losses: input.losses,
+        sites,
+    }
+}
+
+/// Renders a report in `format`. `top` limits the text format only:
+/// folded and JSON always carry every site.
+pub fn render(report: &Report, format: Format, top: usize) -> String {
+    match format {
+        Format::Text => text::render(report, top),
+        Format::Folded => folded::render(report),
+        Format::Json => json::render(report),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    pub fn frame(function: &str, file: Option<&str>, line: Option<u32>) -> Frame {
+        Frame {
+            function: function.into(),
+            file: file.map(Into::into),
+            line,
+            module: "/usr/bin/prog".into(),
+            address: 0x401000,
+            inlined: false,
+        }
+    }
+
+    /// Two sites: 4096 bytes in 4 mallocs from leak_a, 100 bytes from one calloc in leak_b.
+    pub fn report() -> Report {
+        Report {
+            pids: vec![42],
+            command: Some(vec!["./prog".into()]),
+            allocator_objects: vec!["/lib/libc.so.6".into()],
+            elapsed_ms: 1500,
+            is_final: true,
+            min_age_ms: 0,
+            totals: Totals {
+                outstanding_bytes: 4196,
+                outstanding_allocations: 5,
+                call_sites: 2,
+                events: 20,
+                allocations: 12,
+                releases: 7,
+                ..Totals::default()
+            },
+            losses: Losses::default(),
+            sites: vec![
+                SiteReport {
+                    pid: 42,
+                    allocator: "malloc".into(),
+                    bytes: 4096,
+                    count: 4,
+                    oldest_age_ms: 1200,
+                    frames: vec![
+                        frame("leak_a", Some("prog.c"), Some(10)),
+                        frame("main", Some("prog.c"), Some(30)),
+                    ],
+                },
+                SiteReport {
+                    pid: 42,
+                    allocator: "calloc".into(),
+                    bytes: 100,
+                    count: 1,
+                    oldest_age_ms: 3,
+                    frames: vec![
+                        frame("leak;b", None, None),
+                        frame("main", Some("prog.c"), Some(31)),
+                    ],
+                },
+            ],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_summary_says_zero_or_breaks_down() {
+        assert_eq!(Losses::default().summary(), "0 events lost");
+        let losses = Losses::new(
+            KernelLosses {
+                ring_buffer_full: 3,
+                stack_capture_failed: 1,
+                ..Default::default()
+            },
+            2,
+        );
+        assert_eq!(losses.total, 6);
+        assert_eq!(
+            losses.summary(),
+            "6 events lost (ring buffer full: 3, stack capture failed: 1, undecodable: 2)"
+        );
+    }
+}

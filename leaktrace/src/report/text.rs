@@ -1,0 +1,158 @@
+//! Text: a header with totals and losses, then the top call sites by
+//! outstanding bytes, each with its stack one frame per line.
+use std::fmt::Write as _;
+
+use super::Report;
+use crate::symbolize::Frame;
+
+/// 1536 -> "1.5 KiB"; exact byte counts stay next to it in the header.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn human_age(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
+}
+
+fn frame_line(frame: &Frame) -> String {
+    let mut line = frame.function.clone();
+    if let Some(file) = &frame.file {
+        let _ = write!(line, " at {file}");
+        if let Some(n) = frame.line {
+            let _ = write!(line, ":{n}");
+        }
+    } else {
+        let _ = write!(line, " in {}", frame.module);
+    }
+    if frame.inlined {
+        line.push_str(" [inlined]");
+    }
+    line
+}
+
+pub fn render(report: &Report, top: usize) -> String {
+    let mut out = String::new();
+    let pids: Vec<String> = report.pids.iter().map(u32::to_string).collect();
+    let what = match &report.command {
+        Some(command) => format!(" ({})", command.join(" ")),
+        None => String::new(),
+    };
+    let kind = if report.is_final {
+        "final report"
+    } else {
+        "interval report"
+    };
+    let _ = writeln!(
+        out,
+        "leaktrace {kind}: pid {}{what}, traced {}",
+        pids.join(","),
+        human_age(report.elapsed_ms)
+    );
+    let t = &report.totals;
+    let _ = writeln!(
+        out,
+        "outstanding: {} bytes ({}) in {} allocations at {} call sites{}",
+        t.outstanding_bytes,
+        human_bytes(t.outstanding_bytes),
+        t.outstanding_allocations,
+        t.call_sites,
+        if report.min_age_ms > 0 {
+            format!(", older than {}", human_age(report.min_age_ms))
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "seen: {} events, {} allocations, {} releases, {} failed calls, {} releases of blocks from before tracing",
+        t.events, t.allocations, t.releases, t.failed_calls, t.unmatched_releases
+    );
+    let _ = writeln!(out, "lost: {}", report.losses.summary());
+    if t.replaced_blocks > 0 || t.execs > 0 {
+        let _ = writeln!(
+            out,
+            "note: {} blocks were reallocated at a live address (a missed release), {} exec calls dropped earlier blocks",
+            t.replaced_blocks, t.execs
+        );
+    }
+    for (rank, site) in report.sites.iter().take(top).enumerate() {
+        let _ = writeln!(
+            out,
+            "\n#{} {} bytes ({}) in {} allocations from {}, oldest {}",
+            rank + 1,
+            site.bytes,
+            human_bytes(site.bytes),
+            site.count,
+            site.allocator,
+            human_age(site.oldest_age_ms)
+        );
+        if site.frames.is_empty() {
+            let _ = writeln!(out, "    [no stack captured]");
+        }
+        for frame in &site.frames {
+            let _ = writeln!(out, "    {}", frame_line(frame));
+        }
+    }
+    if report.sites.len() > top {
+        let _ = writeln!(
+            out,
+            "\n({} more call sites not shown; --top changes how many)",
+            report.sites.len() - top
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures;
+    use super::*;
+
+    #[test]
+    fn header_sites_and_frames() {
+        let text = render(&fixtures::report(), 10);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "leaktrace final report: pid 42 (./prog), traced 1.5 s"
+        );
+        assert_eq!(
+            lines[1],
+            "outstanding: 4196 bytes (4.1 KiB) in 5 allocations at 2 call sites"
+        );
+        assert_eq!(lines[3], "lost: 0 events lost");
+        assert_eq!(
+            lines[5],
+            "#1 4096 bytes (4.0 KiB) in 4 allocations from malloc, oldest 1.2 s"
+        );
+        assert_eq!(lines[6], "    leak_a at prog.c:10");
+        assert_eq!(lines[7], "    main at prog.c:30");
+        assert_eq!(
+            lines[9],
+            "#2 100 bytes (100 B) in 1 allocations from calloc, oldest 3 ms"
+        );
+        assert_eq!(lines[10], "    leak;b in /usr/bin/prog");
+    }
+
+    #[test]
+    fn top_limits_sites_and_says_so() {
+        let text = render(&fixtures::report(), 1);
+        assert!(!text.contains("#2"));
+        assert!(text.ends_with("(1 more call sites not shown; --top changes how many)\n"));
+    }
+}

@@ -1,0 +1,425 @@
+//! Session: runs one trace from attach to final report.
+//!
+//! Wires the stages together: attaches the probes, drains the ring buffer
+//! into the heap table as events arrive, reports at each interval and at
+//! the end (duration elapsed, Ctrl-C or SIGTERM, or the process exited:
+//! whatever the ring buffer still holds is drained before the last report).
+use std::{
+    ffi::OsString,
+    fs,
+    io::Write as _,
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    aggregate,
+    cli::{Cli, Command, ReportOptions},
+    heap::HeapTable,
+    ingest::{self, Record},
+    kernel::{self, KernelProbes},
+    launch, probes,
+    report::{self, Format, Losses, ReportInput},
+    sites::CallSites,
+    symbolize::{ProcessMaps, Symbolizer},
+    target::{self, ProbedObject},
+};
+
+/// Runs the parsed command line; returns the process exit code.
+pub fn main(cli: Cli) -> Result<i32> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Trace { pid, options } => runtime.block_on(trace_pid(pid, options)),
+        Command::Run { options, command } => runtime.block_on(run_command(command, options)),
+    }
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Everything the daemon keeps about one traced process.
+struct Engine {
+    pid: u32,
+    command: Option<Vec<String>>,
+    objects: Vec<ProbedObject>,
+    table: HeapTable,
+    sites: CallSites,
+    maps: Arc<Mutex<ProcessMaps>>,
+    symbolizer: Symbolizer,
+    events: u64,
+    decode_errors: u64,
+    execs: u64,
+    /// `run` attaches before the command's exec; that exec is expected.
+    launch_exec_pending: bool,
+    started: Instant,
+    options: ReportOptions,
+}
+
+impl Engine {
+    /// Applies every record waiting in the ring buffer.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            self.ingest(&item);
+        }
+    }
+
+    fn ingest(&mut self, bytes: &[u8]) {
+        self.events += 1;
+        match ingest::decode(bytes) {
+            Err(_) => self.decode_errors += 1,
+            Ok(Record::Exec(header)) => {
+                if self.launch_exec_pending {
+                    // `run`'s own exec of the command: nothing to forget.
+                    self.launch_exec_pending = false;
+                    return;
+                }
+                self.execs += 1;
+                self.table.forget_process(header.pid);
+                // The mapping history is kept: the newest mapping of an
+                // address wins, and blocks from before the exec are gone.
+                self.maps.lock().expect("maps lock").refresh();
+            }
+            Ok(Record::Release(event)) => {
+                let func = leaktrace_common::AllocFn::from_u32(event.header.func).expect("decoded");
+                let op = ingest::interpret_release(func, event.args);
+                self.table
+                    .apply(event.header.pid, op, 0, event.header.timestamp_ns);
+            }
+            Ok(Record::Alloc(event)) => {
+                let func = leaktrace_common::AllocFn::from_u32(event.header.func).expect("decoded");
+                let op = ingest::interpret_alloc(func, event.args, event.ret, event.out);
+                let stack = ingest::stack(event);
+                let known_sites = self.sites.len();
+                let site = self.sites.intern(event.header.pid, func, stack);
+                if self.sites.len() > known_sites {
+                    // A new stack: make sure its code is in the mappings we
+                    // know while the process is still there to ask.
+                    let mut maps = self.maps.lock().expect("maps lock");
+                    if !stack.iter().all(|&a| maps.covers(a.saturating_sub(1))) {
+                        maps.refresh();
+                    }
+                }
+                self.table
+                    .apply(event.header.pid, op, site, event.header.timestamp_ns);
+            }
+        }
+    }
+
+    fn report(&mut self, kernel: &KernelProbes, is_final: bool) -> Result<report::Report> {
+        let now_ns = monotonic_ns();
+        let min_age = self.options.min_age;
+        let totals = aggregate::outstanding_by_site(&self.table, now_ns, min_age.as_nanos() as u64);
+        let losses = Losses::new(kernel.losses()?, self.decode_errors);
+        let maps = self.maps.lock().expect("maps lock").clone();
+        Ok(report::build(
+            ReportInput {
+                pids: vec![self.pid],
+                command: self.command.clone(),
+                allocator_objects: self
+                    .objects
+                    .iter()
+                    .map(|o| o.display_path.clone())
+                    .collect(),
+                elapsed: self.started.elapsed(),
+                is_final,
+                min_age,
+                now_ns,
+                stats: self.table.stats,
+                events: self.events,
+                execs: self.execs,
+                losses,
+                totals: &totals,
+                sites: &self.sites,
+            },
+            &maps,
+            &mut self.symbolizer,
+        ))
+    }
+
+    /// Writes a report where the options say.
+    fn emit(&mut self, kernel: &KernelProbes, is_final: bool) -> Result<()> {
+        let report = self.report(kernel, is_final)?;
+        let options = &self.options;
+        let rendered = report::render(&report, options.format, options.top);
+        match &options.output {
+            Some(path) => write_atomically(path, &rendered)?,
+            None => {
+                let mut stdout = std::io::stdout().lock();
+                let separator = if options.format == Format::Text && !is_final {
+                    "\n"
+                } else {
+                    ""
+                };
+                stdout.write_all(rendered.as_bytes())?;
+                stdout.write_all(separator.as_bytes())?;
+                stdout.flush()?;
+            }
+        }
+        if is_final && let Some(path) = &options.folded {
+            write_atomically(path, &report::render(&report, Format::Folded, 0))?;
+        }
+        if is_final && !options.quiet {
+            eprintln!(
+                "leaktrace: {} bytes outstanding in {} allocations at {} call sites; {}",
+                report.totals.outstanding_bytes,
+                report.totals.outstanding_allocations,
+                report.totals.call_sites,
+                report.losses.summary()
+            );
+        }
+        Ok(())
+    }
+
+    fn progress(&self, message: &str) {
+        if !self.options.quiet {
+            eprintln!("leaktrace: {message}");
+        }
+    }
+}
+
+/// Writes through a temporary file and a rename, so a reader never sees a
+/// half-written report.
+fn write_atomically(path: &Path, contents: &str) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    fs::write(&tmp, contents).with_context(|| format!("writing {}", Path::new(&tmp).display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Why tracing stopped.
+enum Stop {
+    Exited(Option<launch::ExitStatus>),
+    DurationElapsed,
+    Signal(&'static str),
+}
+
+/// A future that resolves when the traced process is gone.
+enum ExitWatch {
+    Pidfd(AsyncFd<OwnedFd>),
+    Child(tokio::sync::oneshot::Receiver<launch::ExitStatus>),
+}
+
+impl ExitWatch {
+    async fn wait(&mut self) -> Option<launch::ExitStatus> {
+        match self {
+            ExitWatch::Pidfd(fd) => {
+                let _ = fd.readable().await;
+                None
+            }
+            ExitWatch::Child(rx) => rx.await.ok(),
+        }
+    }
+}
+
+fn pidfd_open(pid: u32) -> Result<OwnedFd> {
+    // SAFETY: plain syscall; the fd returned is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            bail!("no such process: {pid}");
+        }
+        return Err(err).context("pidfd_open");
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+async fn trace_pid(pid: u32, options: ReportOptions) -> Result<i32> {
+    kernel::check_environment()?;
+    target::check_pid(pid)?;
+    let pidfd = pidfd_open(pid)?;
+    let objects = target::objects_for_pid(pid)?;
+    let plan = probes::plan(&objects);
+    let kernel = KernelProbes::attach(pid, &plan, options.ring_buffer_mib << 20)?;
+    let mut maps = ProcessMaps::new(pid);
+    maps.refresh();
+    let engine = Engine::new(pid, None, objects, maps, options);
+    engine.progress(&format!(
+        "tracing pid {pid} ({}): {} probes on {}",
+        fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        kernel.0.attached,
+        engine.object_list()
+    ));
+    // SAFETY: the OwnedFd stays open, and the same fd, inside the AsyncFd.
+    let pidfd = unsafe { AsyncFd::register(pidfd) }.map_err(std::io::Error::from)?;
+    let watch = ExitWatch::Pidfd(pidfd);
+    let (stop, _) = trace_loop(engine, kernel, watch, None).await?;
+    Ok(match stop {
+        Stop::Exited(_) | Stop::DurationElapsed | Stop::Signal(_) => 0,
+    })
+}
+
+async fn run_command(command: Vec<OsString>, options: ReportOptions) -> Result<i32> {
+    kernel::check_environment()?;
+    let program = target::resolve_program(Path::new(&command[0]))?;
+    let objects = target::objects_for_command(&program)?;
+    let plan = probes::plan(&objects);
+    let maps = Arc::new(Mutex::new(ProcessMaps::from_mappings(0, Vec::new())));
+    let maps_at_exit = maps.clone();
+    let (child, exit) = launch::spawn_held(&program, &command, move || {
+        maps_at_exit.lock().expect("maps lock").refresh();
+    })?;
+    let pid = child.pid;
+    *maps.lock().expect("maps lock") = ProcessMaps::new(pid);
+    // Probes first, then exec: nothing the command allocates is missed.
+    // If attaching fails, dropping `child` kills the held child.
+    let kernel = KernelProbes::attach(pid, &plan, options.ring_buffer_mib << 20)?;
+    let words: Vec<String> = command
+        .iter()
+        .map(|w| w.to_string_lossy().into_owned())
+        .collect();
+    let mut engine = Engine::new(
+        pid,
+        Some(words.clone()),
+        objects,
+        ProcessMaps::new(pid),
+        options,
+    );
+    engine.maps = maps;
+    engine.launch_exec_pending = true;
+    child.start()?;
+    engine.progress(&format!(
+        "tracing pid {pid} ({}): {} probes on {}",
+        words.join(" "),
+        kernel.0.attached,
+        engine.object_list()
+    ));
+    let (stop, _) = trace_loop(engine, kernel, ExitWatch::Child(exit), Some(pid)).await?;
+    Ok(match stop {
+        Stop::Exited(Some(status)) => status.as_exit_code(),
+        _ => 0,
+    })
+}
+
+impl Engine {
+    fn new(
+        pid: u32,
+        command: Option<Vec<String>>,
+        objects: Vec<ProbedObject>,
+        maps: ProcessMaps,
+        options: ReportOptions,
+    ) -> Engine {
+        Engine {
+            pid,
+            command,
+            objects,
+            table: HeapTable::default(),
+            sites: CallSites::default(),
+            maps: Arc::new(Mutex::new(maps)),
+            symbolizer: Symbolizer::default(),
+            events: 0,
+            decode_errors: 0,
+            execs: 0,
+            launch_exec_pending: false,
+            started: Instant::now(),
+            options,
+        }
+    }
+
+    fn object_list(&self) -> String {
+        self.objects
+            .iter()
+            .map(|o| format!("{} ({} functions)", o.display_path, o.functions.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Drains events until a stop condition, then drains the rest and writes
+/// the final report. `child` is the pid to forward SIGINT/SIGTERM to when
+/// leaktrace launched it (the command decides when to stop).
+async fn trace_loop(
+    mut engine: Engine,
+    kernel: (KernelProbes, RingBuf<MapData>),
+    mut watch: ExitWatch,
+    child: Option<u32>,
+) -> Result<(Stop, Engine)> {
+    let (kernel, ring) = kernel;
+    // SAFETY: the ring buffer's map fd stays open, and the same fd, inside
+    // the AsyncFd.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(std::io::Error::from)
+        .context("watching the ring buffer")?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let deadline = engine
+        .options
+        .duration
+        .map(|d| tokio::time::Instant::now() + d);
+    let interval = engine.options.interval;
+    let mut next_report = interval.map(|i| tokio::time::Instant::now() + i);
+    let mut forwarded = 0;
+    let stop = loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                engine.drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            status = watch.wait() => break Stop::Exited(status),
+            _ = sleep_until(deadline) => break Stop::DurationElapsed,
+            _ = sleep_until(next_report) => {
+                engine.drain(ring.get_mut());
+                engine.emit(&kernel, false)?;
+                next_report = interval.map(|i| tokio::time::Instant::now() + i);
+            }
+            _ = interrupt.recv() => match child {
+                Some(pid) if forwarded == 0 => {
+                    forwarded += 1;
+                    engine.progress("interrupted: passing SIGINT to the command, reporting when it exits (again to stop now)");
+                    // SAFETY: signalling our own child.
+                    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+                }
+                _ => break Stop::Signal("SIGINT"),
+            },
+            _ = terminate.recv() => match child {
+                Some(pid) if forwarded == 0 => {
+                    forwarded += 1;
+                    engine.progress("terminated: passing SIGTERM to the command, reporting when it exits");
+                    // SAFETY: signalling our own child.
+                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                }
+                _ => break Stop::Signal("SIGTERM"),
+            },
+        }
+    };
+    engine.drain(ring.get_mut());
+    match &stop {
+        Stop::Exited(Some(status)) => engine.progress(&format!("the command exited ({status:?})")),
+        Stop::Exited(None) => engine.progress(&format!("pid {} exited", engine.pid)),
+        Stop::DurationElapsed => engine.progress("duration elapsed"),
+        Stop::Signal(name) => engine.progress(&format!("stopped by {name}")),
+    }
+    engine.emit(&kernel, true)?;
+    Ok((stop, engine))
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,440 @@
+//! Target: which ELF objects of a process provide its allocator.
+//!
+//! Nothing is assumed about paths. The malloc family is probed in the object
+//! whose `malloc` the dynamic linker binds to: the executable itself when it
+//! defines one (static binaries, Go with cgo, programs that link jemalloc
+//! in), otherwise an interposer such as a preloaded jemalloc, tcmalloc or
+//! mimalloc (any object that defines `malloc` but is not the C library),
+//! otherwise the C library. mmap/munmap/mremap are probed where they are
+//! defined, which is the C library even when the allocator is jemalloc.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use leaktrace_common::AllocFn;
+use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
+
+/// A traced function found in an object, at the file offset uprobes take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionSymbol {
+    pub func: AllocFn,
+    pub file_offset: u64,
+    /// Other traced names at the same address (glibc's `aligned_alloc` is
+    /// `memalign`): probed once, reported under `func`.
+    pub aliases: Vec<AllocFn>,
+}
+
+/// One ELF object to probe and the functions to probe in it.
+#[derive(Clone, Debug)]
+pub struct ProbedObject {
+    /// Path to open and attach to, as seen from leaktrace's mount namespace.
+    pub path: PathBuf,
+    /// Path as the target sees it, for messages and reports.
+    pub display_path: String,
+    pub functions: Vec<FunctionSymbol>,
+}
+
+/// What an object defines, as far as choosing the allocator goes.
+#[derive(Clone, Debug, Default)]
+pub struct ObjectSymbols {
+    pub functions: Vec<FunctionSymbol>,
+    /// Defines `__libc_start_main`: it is the C library, never an interposer.
+    pub is_c_library: bool,
+}
+
+impl ObjectSymbols {
+    fn defines(&self, func: AllocFn) -> bool {
+        self.functions
+            .iter()
+            .any(|f| f.func == func || f.aliases.contains(&func))
+    }
+}
+
+const MALLOC_FAMILY: [AllocFn; 15] = [
+    AllocFn::Malloc,
+    AllocFn::Calloc,
+    AllocFn::Realloc,
+    AllocFn::Reallocarray,
+    AllocFn::PosixMemalign,
+    AllocFn::AlignedAlloc,
+    AllocFn::Memalign,
+    AllocFn::Valloc,
+    AllocFn::Pvalloc,
+    AllocFn::Free,
+    AllocFn::Mallocx,
+    AllocFn::Rallocx,
+    AllocFn::Xallocx,
+    AllocFn::Dallocx,
+    AllocFn::Sdallocx,
+];
+const MAPPING_FAMILY: [AllocFn; 3] = [AllocFn::Mmap, AllocFn::Munmap, AllocFn::Mremap];
+
+/// Reads the traced functions an ELF image defines (dynamic symbols first,
+/// then the full symbol table for static or unstripped executables).
+pub fn object_symbols(data: &[u8]) -> Result<ObjectSymbols> {
+    let file = object::File::parse(data).context("not an ELF object")?;
+    let mut found: Vec<(AllocFn, u64)> = Vec::new();
+    let mut is_c_library = false;
+    for symbol in file.dynamic_symbols().chain(file.symbols()) {
+        if !symbol.is_definition() || !symbol.is_global() {
+            continue;
+        }
+        let Ok(name) = symbol.name() else { continue };
+        if name == "__libc_start_main" {
+            is_c_library = true;
+            continue;
+        }
+        if symbol.kind() != object::SymbolKind::Text {
+            continue;
+        }
+        // `mmap64` is glibc's other name for `mmap`.
+        let name = if name == "mmap64" { "mmap" } else { name };
+        let Some(func) = AllocFn::ALL.into_iter().find(|f| f.symbol() == name) else {
+            continue;
+        };
+        if found.iter().any(|(f, _)| *f == func) {
+            continue;
+        }
+        let file_offset = virtual_to_file_offset(&file, symbol.address()).ok_or_else(|| {
+            anyhow!(
+                "{name} at {:#x} is outside every loadable segment",
+                symbol.address()
+            )
+        })?;
+        found.push((func, file_offset));
+    }
+    found.sort_by_key(|(func, _)| *func);
+    let mut functions: Vec<FunctionSymbol> = Vec::new();
+    for (func, file_offset) in found {
+        match functions.iter_mut().find(|f| f.file_offset == file_offset) {
+            Some(existing) => existing.aliases.push(func),
+            None => functions.push(FunctionSymbol {
+                func,
+                file_offset,
+                aliases: Vec::new(),
+            }),
+        }
+    }
+    Ok(ObjectSymbols {
+        functions,
+        is_c_library,
+    })
+}
+
+fn virtual_to_file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
+    file.segments().find_map(|segment| {
+        let (file_start, file_size) = segment.file_range();
+        let start = segment.address();
+        (address >= start && address < start + file_size).then(|| address - start + file_start)
+    })
+}
+
+/// An object mapped in (or to be loaded by) the target, in the dynamic
+/// linker's search order, with what it defines.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub path: PathBuf,
+    pub display_path: String,
+    pub symbols: ObjectSymbols,
+}
+
+/// Chooses what to probe among objects in symbol-resolution order (the
+/// executable first). Pure, so the choice is tested on made-up objects.
+pub fn choose_objects(candidates: &[Candidate]) -> Result<Vec<ProbedObject>> {
+    let defines_malloc: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| c.symbols.defines(AllocFn::Malloc))
+        .collect();
+    let allocator = match defines_malloc.first() {
+        None => bail!(
+            "no allocator found: none of the target's {} objects defines malloc",
+            candidates.len()
+        ),
+        Some(first) if std::ptr::eq(*first, &candidates[0]) => *first,
+        Some(_) => defines_malloc
+            .iter()
+            .find(|c| !c.symbols.is_c_library)
+            .or(defines_malloc.first())
+            .copied()
+            .expect("non-empty"),
+    };
+    let mut objects = vec![ProbedObject {
+        path: allocator.path.clone(),
+        display_path: allocator.display_path.clone(),
+        functions: pick(&allocator.symbols, &MALLOC_FAMILY),
+    }];
+    if let Some(mapper) = candidates.iter().find(|c| c.symbols.defines(AllocFn::Mmap)) {
+        let functions = pick(&mapper.symbols, &MAPPING_FAMILY);
+        match objects.iter_mut().find(|o| o.path == mapper.path) {
+            Some(same) => same.functions.extend(functions),
+            None => objects.push(ProbedObject {
+                path: mapper.path.clone(),
+                display_path: mapper.display_path.clone(),
+                functions,
+            }),
+        }
+    }
+    Ok(objects)
+}
+
+fn pick(symbols: &ObjectSymbols, family: &[AllocFn]) -> Vec<FunctionSymbol> {
+    symbols
+        .functions
+        .iter()
+        .filter(|f| family.contains(&f.func))
+        .cloned()
+        .collect()
+}
+
+fn candidate(path: PathBuf, display_path: String) -> Result<Candidate> {
+    let data = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let symbols =
+        object_symbols(&data).with_context(|| format!("reading symbols of {display_path}"))?;
+    Ok(Candidate {
+        path,
+        display_path,
+        symbols,
+    })
+}
+
+/// Error text for a PID that is not there.
+pub fn check_pid(pid: u32) -> Result<()> {
+    if pid == 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+        bail!("no such process: {pid}");
+    }
+    Ok(())
+}
+
+/// The objects to probe in a running process, from /proc/PID/maps.
+pub fn objects_for_pid(pid: u32) -> Result<Vec<ProbedObject>> {
+    check_pid(pid)?;
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
+        .with_context(|| format!("reading /proc/{pid}/maps"))?;
+    let exe = fs::read_link(format!("/proc/{pid}/exe"))
+        .with_context(|| format!("reading /proc/{pid}/exe (is {pid} a kernel thread?)"))?;
+    let mut paths: Vec<String> = vec![exe.to_string_lossy().into_owned()];
+    for mapping in crate::symbolize::parse_maps(&maps) {
+        if mapping.executable && !paths.iter().any(|p| **p == *mapping.path) {
+            paths.push(mapping.path.to_string());
+        }
+    }
+    let root = crate::symbolize::process_root(pid);
+    let mut candidates = Vec::new();
+    for display_path in paths {
+        let path = root.join(display_path.trim_start_matches('/'));
+        // Deleted or unreadable objects cannot be probed; skip, not fail.
+        if let Ok(c) = candidate(path, display_path) {
+            candidates.push(c);
+        }
+    }
+    choose_objects(&candidates)
+}
+
+/// Finds `program` the way execvp would.
+pub fn resolve_program(program: &Path) -> Result<PathBuf> {
+    if program.components().count() > 1 {
+        return Ok(program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow!("command not found: {}", program.display()))
+}
+
+/// The objects to probe for a command not started yet: the executable,
+/// then what its dynamic linker would load (`ld.so --list`, which honours
+/// LD_PRELOAD and LD_LIBRARY_PATH exactly as the launch will).
+pub fn objects_for_command(program: &Path) -> Result<Vec<ProbedObject>> {
+    let data = fs::read(program).with_context(|| format!("reading {}", program.display()))?;
+    let interpreter = program_interpreter(&data)
+        .with_context(|| format!("{} is not an ELF executable", program.display()))?;
+    let display = program.to_string_lossy().into_owned();
+    let mut candidates = vec![Candidate {
+        path: program.to_path_buf(),
+        display_path: display,
+        symbols: object_symbols(&data)?,
+    }];
+    if let Some(interpreter) = interpreter {
+        let listing = Command::new(&interpreter)
+            .arg("--list")
+            .arg(program)
+            .output()
+            .with_context(|| format!("running {} --list", interpreter.display()))?;
+        if !listing.status.success() {
+            bail!(
+                "{} --list {} failed: {}",
+                interpreter.display(),
+                program.display(),
+                String::from_utf8_lossy(&listing.stderr).trim()
+            );
+        }
+        for path in parse_ld_list(&String::from_utf8_lossy(&listing.stdout)) {
+            if let Ok(c) = candidate(PathBuf::from(&path), path) {
+                candidates.push(c);
+            }
+        }
+    }
+    choose_objects(&candidates)
+}
+
+/// The dynamic linker named by PT_INTERP; None for a static executable.
+pub fn program_interpreter(data: &[u8]) -> Result<Option<PathBuf>> {
+    use object::read::elf::{ElfFile64, ProgramHeader as _};
+    let elf = ElfFile64::<object::Endianness>::parse(data)?;
+    let endian = elf.endian();
+    for header in elf.elf_program_headers() {
+        if header.p_type(endian) == object::elf::PT_INTERP {
+            let bytes = header
+                .data(endian, data)
+                .map_err(|()| anyhow!("PT_INTERP is outside the file"))?;
+            let path = String::from_utf8_lossy(bytes)
+                .trim_end_matches('\0')
+                .to_string();
+            return Ok(Some(PathBuf::from(path)));
+        }
+    }
+    Ok(None)
+}
+
+/// Paths from `ld.so --list` output, in load order.
+pub fn parse_ld_list(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let path = match line.split_once(" => ") {
+                Some((_, rest)) => rest.split(" (").next()?,
+                None => line.split(" (").next()?,
+            };
+            path.starts_with('/').then(|| path.to_string())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn symbols(funcs: &[(AllocFn, u64)], is_c_library: bool) -> ObjectSymbols {
+        ObjectSymbols {
+            functions: funcs
+                .iter()
+                .map(|&(func, file_offset)| FunctionSymbol {
+                    func,
+                    file_offset,
+                    aliases: vec![],
+                })
+                .collect(),
+            is_c_library,
+        }
+    }
+
+    fn cand(name: &str, symbols: ObjectSymbols) -> Candidate {
+        Candidate {
+            path: PathBuf::from(name),
+            display_path: name.into(),
+            symbols,
+        }
+    }
+
+    #[test]
+    fn glibc_program_probes_libc_for_both_families() {
+        let objects = choose_objects(&[
+            cand("/usr/bin/prog", symbols(&[], false)),
+            cand(
+                "/lib/libc.so.6",
+                symbols(
+                    &[
+                        (AllocFn::Malloc, 0x100),
+                        (AllocFn::Free, 0x200),
+                        (AllocFn::Mmap, 0x300),
+                    ],
+                    true,
+                ),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(objects.len(), 1);
+        assert_eq!(objects[0].display_path, "/lib/libc.so.6");
+        let funcs: Vec<_> = objects[0].functions.iter().map(|f| f.func).collect();
+        assert_eq!(funcs, [AllocFn::Malloc, AllocFn::Free, AllocFn::Mmap]);
+    }
+
+    #[test]
+    fn preloaded_jemalloc_wins_over_libc_and_mmap_stays_in_libc() {
+        let objects = choose_objects(&[
+            cand("/usr/bin/redis-server", symbols(&[], false)),
+            cand(
+                "/lib/libc.so.6",
+                symbols(&[(AllocFn::Malloc, 0x100), (AllocFn::Mmap, 0x300)], true),
+            ),
+            cand(
+                "/lib/libjemalloc.so.2",
+                symbols(&[(AllocFn::Malloc, 0x10), (AllocFn::Mallocx, 0x20)], false),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(objects[0].display_path, "/lib/libjemalloc.so.2");
+        assert_eq!(objects[0].functions.len(), 2);
+        assert_eq!(objects[1].display_path, "/lib/libc.so.6");
+        assert_eq!(objects[1].functions[0].func, AllocFn::Mmap);
+    }
+
+    #[test]
+    fn static_executable_is_its_own_allocator() {
+        let objects = choose_objects(&[cand(
+            "/app",
+            symbols(&[(AllocFn::Malloc, 0x100), (AllocFn::Mmap, 0x500)], true),
+        )])
+        .unwrap();
+        assert_eq!(objects.len(), 1);
+        assert_eq!(objects[0].functions.len(), 2);
+    }
+
+    #[test]
+    fn no_malloc_anywhere_is_an_error() {
+        let err = choose_objects(&[cand("/app", symbols(&[], false))]).unwrap_err();
+        assert!(err.to_string().contains("no allocator found"), "{err}");
+    }
+
+    #[test]
+    fn real_libc_aliases_memalign_and_aligned_alloc() {
+        let Ok(data) = fs::read("/lib/x86_64-linux-gnu/libc.so.6") else {
+            eprintln!("SKIPPED: no glibc at /lib/x86_64-linux-gnu/libc.so.6");
+            return;
+        };
+        let symbols = object_symbols(&data).unwrap();
+        assert!(symbols.is_c_library);
+        for func in [
+            AllocFn::Malloc,
+            AllocFn::Free,
+            AllocFn::Calloc,
+            AllocFn::Realloc,
+            AllocFn::Mmap,
+        ] {
+            assert!(symbols.defines(func), "{func:?}");
+        }
+        let aligned = symbols
+            .functions
+            .iter()
+            .find(|f| f.func == AllocFn::AlignedAlloc)
+            .unwrap();
+        assert_eq!(aligned.aliases, [AllocFn::Memalign]);
+    }
+
+    #[test]
+    fn ld_list_output_is_parsed_in_order() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibjemalloc.so.2 => /lib/x86_64-linux-gnu/libjemalloc.so.2 (0x00007f)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007e)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
+        assert_eq!(
+            parse_ld_list(text),
+            [
+                "/lib/x86_64-linux-gnu/libjemalloc.so.2",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+    }
+}

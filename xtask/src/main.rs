@@ -1,0 +1,162 @@
+//! `cargo xtask <command>`: everything a fresh machine needs, idempotently.
+//!
+//! - `setup`: the pinned nightly with rust-src, LLVM 22 dev packages,
+//!   bpf-linker built against them, tracefs. Skips what is already there.
+//! - `build`: setup, then build leaktrace (release) with its eBPF object.
+//! - `demo`: build, compile the bundled leaking program, trace it, print
+//!   the report and write folded stacks beside it.
+//! - `test`: setup, then the whole test suite (unit and, as root,
+//!   integration tests that trace real processes).
+//! - `bench`: the malloc+free loop untraced and traced, and the daemon's
+//!   drain rate.
+mod bench;
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "leaktrace's set-up, build, demo, test and bench commands"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building leaktrace needs (idempotent).
+    Setup,
+    /// Set up and build leaktrace in release mode.
+    Build,
+    /// Build, then trace the bundled leaking program and print its report.
+    Demo,
+    /// Set up, then run every test (integration tests need root).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Measure the cost per malloc+free pair untraced and traced, and the
+    /// daemon's drain rate.
+    Bench {
+        /// Iterations of the malloc+free loop per measurement.
+        #[arg(long, default_value_t = 200_000)]
+        pairs: u64,
+        /// Repetitions of each measurement (min and median are printed).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::all(),
+        Task::Build => {
+            setup::all()?;
+            build_release()
+        }
+        Task::Demo => demo(),
+        Task::Test { args } => test(&args),
+        Task::Bench { pairs, runs } => {
+            setup::all()?;
+            build_release()?;
+            bench::run(pairs, runs)
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command, failing with its name if it fails.
+pub fn run(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(workspace_root());
+    setup::add_tool_paths(&mut command);
+    command
+}
+
+fn build_release() -> Result<()> {
+    eprintln!("xtask: building leaktrace (release)");
+    run(cargo().args(["build", "--release", "--package", "leaktrace"]))
+}
+
+/// Path of the release binary.
+pub fn leaktrace_binary() -> PathBuf {
+    workspace_root().join("target/release/leaktrace")
+}
+
+/// Compiles a C program with frame pointers (stacks are frame-pointer
+/// unwound for now) and debug info (for file:line).
+pub fn compile_c(source: &std::path::Path, output: &std::path::Path) -> Result<()> {
+    run(Command::new("cc")
+        .args([
+            "-O1",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-fno-inline",
+            "-pthread",
+            "-o",
+        ])
+        .arg(output)
+        .arg(source))
+}
+
+fn demo() -> Result<()> {
+    setup::all()?;
+    build_release()?;
+    let out_dir = workspace_root().join("demo-out");
+    std::fs::create_dir_all(&out_dir)?;
+    let program = out_dir.join("leaky_cache");
+    compile_c(&workspace_root().join("xtask/demo/leaky_cache.c"), &program)?;
+    let folded = out_dir.join("leaky_cache.folded");
+    eprintln!("xtask: tracing {} with leaktrace run", program.display());
+    let status = Command::new(leaktrace_binary())
+        .args(["run", "--top", "5", "--folded"])
+        .arg(&folded)
+        .arg("--")
+        .arg(&program)
+        .status()
+        .context("running leaktrace")?;
+    if !status.success() {
+        bail!("leaktrace run failed: {status}");
+    }
+    eprintln!("xtask: folded stacks written to {}", folded.display());
+    Ok(())
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup::all()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { geteuid() } != 0 {
+        eprintln!(
+            "xtask: WARNING: not root: the integration tests that load eBPF programs will SKIP (run as root for the full suite)"
+        );
+    }
+    // Default members: the eBPF crate is built by leaktrace's build script.
+    run(cargo().arg("test").args(args))
+}
+
+unsafe extern "C" {
+    fn geteuid() -> u32;
+}

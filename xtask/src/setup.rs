@@ -1,0 +1,143 @@
+//! Idempotent set-up of the eBPF toolchain (facts from DESIGN.md):
+//! - `nightly-2026-07-01` with rust-src: its LLVM (22) is one bpf-linker reads;
+//! - Debian's LLVM 22 dev packages, which bpf-linker links against;
+//! - bpf-linker 0.13.0 built with `--features llvm-22`, with LLVM 22's
+//!   llvm-config first on PATH (otherwise it finds LLVM 14 and fails);
+//! - tracefs mounted, for the exec tracepoint.
+//!
+//! Each step checks first and does nothing when its tool is there.
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, Result};
+
+use crate::run;
+
+pub const NIGHTLY: &str = "nightly-2026-07-01";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+const LLVM_PACKAGES: [&str; 4] = [
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+
+pub fn all() -> Result<()> {
+    nightly()?;
+    llvm()?;
+    bpf_linker()?;
+    tracefs();
+    Ok(())
+}
+
+fn cargo_bin() -> std::path::PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(Into::into)
+        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
+    home.join("bin")
+}
+
+/// Puts cargo's bin directory (bpf-linker) on a command's PATH.
+pub fn add_tool_paths(command: &mut Command) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths: Vec<_> = std::env::split_paths(&path).collect();
+    let bin = cargo_bin();
+    if !paths.contains(&bin) {
+        paths.insert(0, bin);
+    }
+    command.env("PATH", std::env::join_paths(paths).expect("valid PATH"));
+}
+
+fn output_of(command: &mut Command) -> Option<String> {
+    let output = command.output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn nightly() -> Result<()> {
+    let has_src = output_of(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))
+    .is_some_and(|list| list.lines().any(|l| l.starts_with("rust-src")));
+    if has_src {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {NIGHTLY} with rust-src (the eBPF crate needs it)");
+    run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        NIGHTLY,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+fn llvm() -> Result<()> {
+    let installed = output_of(
+        Command::new("dpkg-query")
+            .args(["-W", "-f", "${Status}\n"])
+            .args(LLVM_PACKAGES),
+    )
+    .is_some_and(|out| {
+        out.lines().count() == LLVM_PACKAGES.len() && out.lines().all(|l| l.ends_with(" installed"))
+    });
+    if installed && Path::new(LLVM_BIN).join("llvm-config").exists() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing {} (bpf-linker links against them)",
+        LLVM_PACKAGES.join(" ")
+    );
+    run(Command::new("apt-get").arg("update").arg("-q"))
+        .context("apt-get update (are you root?)")?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(LLVM_PACKAGES)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn bpf_linker() -> Result<()> {
+    let linker = cargo_bin().join("bpf-linker");
+    let version = output_of(Command::new(&linker).arg("--version")).unwrap_or_default();
+    if version.contains(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (takes a few minutes, once)"
+    );
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![Path::new(LLVM_BIN).to_path_buf()];
+    paths.extend(std::env::split_paths(&path));
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("PATH", std::env::join_paths(paths)?),
+    )
+}
+
+/// The kernel programs attach to a tracepoint, found through tracefs.
+fn tracefs() {
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        return;
+    }
+    let _ = Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status();
+}
