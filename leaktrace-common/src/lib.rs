@@ -108,9 +108,10 @@ pub struct EntryStash {
     pub func: u32,
     /// Calls into the allocator made by the outer call, still running.
     pub nested: u32,
-    /// User stack pointer at entry of the outer call. A stash whose `sp` is
-    /// below the current one belongs to a call that never returned (thread
-    /// unwound by longjmp or killed), and is replaced.
+    /// User stack pointer at entry of the outer call. A call that starts at
+    /// most 64 KiB below it is nested; a stash farther away belongs to a call
+    /// that never returned (thread unwound by longjmp, or killed and its id
+    /// reused), and is replaced.
     pub sp: u64,
     pub args: [u64; 4],
 }

@@ -21,7 +21,7 @@ use aya_ebpf::{
         bpf_probe_read_user,
     },
     macros::{map, tracepoint, uprobe, uretprobe},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use leaktrace_common::{
@@ -40,6 +40,12 @@ static STASH: HashMap<u32, EntryStash> = HashMap::with_max_entries(65536, 0);
 /// Per-CPU counts of everything the kernel side had to drop.
 #[map]
 static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_COUNTERS, 0);
+
+/// Set to 1 by userspace once every probe is attached. Before that, a return
+/// whose entry was not seen is a call that began while the probes were
+/// going live, not a loss.
+#[map]
+static ARMED: Array<u32> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 fn count_loss(counter: LossCounter) {
@@ -67,13 +73,24 @@ fn user_sp<C: EbpfContext>(ctx: &C) -> u64 {
     unsafe { (*regs).rsp }
 }
 
+/// How far below an outer allocator call's entry a call may start and still
+/// be that call's own doing. The same sp counts: glibc's realloc(NULL, n)
+/// tail-calls malloc. A stash further away (or above) was left by a call
+/// that never returned, e.g. on a dead thread whose id was reused.
+const NESTING_WINDOW: u64 = 64 * 1024;
+
+#[inline(always)]
+fn is_nested(outer_sp: u64, sp: u64) -> bool {
+    outer_sp.wrapping_sub(sp) < NESTING_WINDOW
+}
+
 /// True when an outer allocator call is running on this thread, i.e. the
 /// current call is the allocator calling into itself.
 #[inline(always)]
 fn inside_allocator(tid: u32, sp: u64) -> bool {
     // SAFETY: the value is only read.
     match unsafe { STASH.get(&tid) } {
-        Some(outer) => outer.sp > sp,
+        Some(outer) => is_nested(outer.sp, sp),
         None => false,
     }
 }
@@ -86,7 +103,7 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
     if let Some(outer) = STASH.get_ptr_mut(&tid) {
         // SAFETY: the entry belongs to this thread; no other CPU writes it.
         unsafe {
-            if (*outer).sp > sp {
+            if is_nested((*outer).sp, sp) {
                 (*outer).nested += 1;
                 return 0;
             }
@@ -114,7 +131,9 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let Some(stash) = STASH.get_ptr_mut(&tid) else {
-        count_loss(LossCounter::ReturnWithoutEntry);
+        if ARMED.get(0).is_some_and(|armed| *armed != 0) {
+            count_loss(LossCounter::ReturnWithoutEntry);
+        }
         return 0;
     };
     // SAFETY: the entry belongs to this thread.
@@ -185,6 +204,18 @@ pub fn release_entry(ctx: ProbeContext) -> u32 {
     if EVENTS.output::<ReleaseEvent>(&release, 0).is_err() {
         count_loss(LossCounter::RingBufferFull);
     }
+    0
+}
+
+/// Benchmark floor: the same probes, attached to programs that do nothing.
+#[uprobe]
+pub fn empty_entry(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+/// Benchmark floor, return side.
+#[uretprobe]
+pub fn empty_return(_ctx: RetProbeContext) -> u32 {
     0
 }
 

@@ -9,7 +9,7 @@ use std::{num::NonZeroU32, path::Path};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
@@ -26,6 +26,14 @@ pub struct KernelLosses {
     pub stash_map_full: u64,
     pub stack_capture_failed: u64,
     pub return_without_entry: u64,
+}
+
+/// How to load the kernel side.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelOptions {
+    pub ring_buffer_bytes: u32,
+    /// Attach programs that return at once: the cost floor of the probes.
+    pub empty_programs: bool,
 }
 
 /// The loaded programs and their maps. Dropping it detaches everything.
@@ -76,12 +84,17 @@ impl KernelProbes {
     pub fn attach(
         pid: u32,
         plan: &[Attachment],
-        ring_buffer_bytes: u32,
+        options: &KernelOptions,
     ) -> Result<(KernelProbes, RingBuf<MapData>)> {
+        let program_name = |program: Program| match (options.empty_programs, program) {
+            (false, program) => program.name(),
+            (true, Program::AllocReturn) => "empty_return",
+            (true, _) => "empty_entry",
+        };
         check_environment()?;
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries("EVENTS", ring_buffer_bytes)
+            .map_max_entries("EVENTS", options.ring_buffer_bytes)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/leaktrace"
@@ -106,7 +119,7 @@ impl KernelProbes {
             UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0 cannot be traced")?);
         for attachment in plan {
             let uprobe: &mut UProbe = ebpf
-                .program_mut(attachment.program.name())
+                .program_mut(program_name(attachment.program))
                 .expect("loaded above")
                 .try_into()?;
             uprobe
@@ -141,6 +154,10 @@ impl KernelProbes {
         on_exec
             .attach("sched", "sched_process_exec")
             .context("attaching to tracepoint sched:sched_process_exec (is tracefs mounted?)")?;
+        // Every probe is live: from now on a return without entry is a loss.
+        let mut armed: Array<_, u32> =
+            Array::try_from(ebpf.map_mut("ARMED").context("ARMED map missing")?)?;
+        armed.set(0, 1, 0)?;
         let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let losses = PerCpuArray::try_from(ebpf.take_map("LOSSES").context("LOSSES map missing")?)?;
         Ok((

@@ -15,6 +15,8 @@ pub mod heap;
 pub mod ingest;
 pub mod kernel;
 pub mod launch;
+pub mod pipeline;
+pub mod placement;
 pub mod probes;
 pub mod report;
 pub mod session;

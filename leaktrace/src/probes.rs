@@ -42,8 +42,31 @@ pub struct Attachment {
     pub file_offset: u64,
 }
 
-/// Every attachment needed to trace `objects`.
-pub fn plan(objects: &[ProbedObject]) -> Vec<Attachment> {
+/// Every attachment needed to trace `objects`, in the order they must be
+/// attached. Probes go live one by one, so the order decides what a call
+/// made during attach looks like:
+/// 1. releases first: a block whose free is missed would look leaked until
+///    its address came back; a free of a block allocated before its malloc
+///    probe is only counted as unmatched;
+/// 2. returns before entries: a return without its entry is counted and
+///    dropped, while an entry without its return would leave a stash that
+///    makes later, deeper calls look nested.
+///
+/// With `placed`, entry (and return) probes sit at each function's placed
+/// offset; otherwise at its first instruction. A return probe can move
+/// with its entry probe because nothing before the placed offset moves
+/// rsp: [rsp] still holds the return address the kernel hijacks.
+pub fn plan(objects: &[ProbedObject], placed: bool) -> Vec<Attachment> {
+    let mut attachments = unordered_plan(objects, placed);
+    attachments.sort_by_key(|a| match a.program {
+        Program::ReleaseEntry => 0,
+        Program::AllocReturn => 1,
+        Program::AllocEntry => 2,
+    });
+    attachments
+}
+
+fn unordered_plan(objects: &[ProbedObject], placed: bool) -> Vec<Attachment> {
     let mut attachments = Vec::new();
     for object in objects {
         for function in &object.functions {
@@ -57,7 +80,8 @@ pub fn plan(objects: &[ProbedObject]) -> Vec<Attachment> {
                     program,
                     func: function.func,
                     object: object.path.clone(),
-                    file_offset: function.file_offset,
+                    file_offset: function.file_offset
+                        + if placed { function.placement.offset } else { 0 },
                 });
             }
         }
@@ -68,44 +92,52 @@ pub fn plan(objects: &[ProbedObject]) -> Vec<Attachment> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::FunctionSymbol;
+    use crate::{
+        placement::{Placement, PlacementReason},
+        target::FunctionSymbol,
+    };
+
+    fn function(func: AllocFn, file_offset: u64, placed_at: u64) -> FunctionSymbol {
+        FunctionSymbol {
+            func,
+            file_offset,
+            placement: Placement {
+                offset: placed_at,
+                reason: PlacementReason::NotPlaced,
+            },
+            aliases: vec![],
+        }
+    }
 
     #[test]
-    fn allocating_functions_get_entry_and_return_release_functions_entry_only() {
+    fn releases_then_returns_then_entries_at_placed_offsets() {
         let objects = [ProbedObject {
             path: "/lib/libc.so.6".into(),
             display_path: "/lib/libc.so.6".into(),
             functions: vec![
-                FunctionSymbol {
-                    func: AllocFn::Malloc,
-                    file_offset: 0x10,
-                    aliases: vec![],
-                },
-                FunctionSymbol {
-                    func: AllocFn::Free,
-                    file_offset: 0x20,
-                    aliases: vec![],
-                },
-                FunctionSymbol {
-                    func: AllocFn::Munmap,
-                    file_offset: 0x30,
-                    aliases: vec![],
-                },
+                function(AllocFn::Malloc, 0x10, 0),
+                function(AllocFn::Free, 0x20, 3),
+                function(AllocFn::Munmap, 0x30, 0),
             ],
         }];
-        let plan = plan(&objects);
-        let summary: Vec<_> = plan
-            .iter()
-            .map(|a| (a.program, a.func, a.file_offset))
-            .collect();
+        let summary = |plan: Vec<Attachment>| -> Vec<_> {
+            plan.iter()
+                .map(|a| (a.program, a.func, a.file_offset))
+                .collect()
+        };
         assert_eq!(
-            summary,
+            summary(plan(&objects, true)),
             [
-                (Program::AllocEntry, AllocFn::Malloc, 0x10),
-                (Program::AllocReturn, AllocFn::Malloc, 0x10),
-                (Program::ReleaseEntry, AllocFn::Free, 0x20),
+                (Program::ReleaseEntry, AllocFn::Free, 0x23),
                 (Program::ReleaseEntry, AllocFn::Munmap, 0x30),
+                (Program::AllocReturn, AllocFn::Malloc, 0x10),
+                (Program::AllocEntry, AllocFn::Malloc, 0x10),
             ]
+        );
+        // --probe-placement entry: every probe at the first instruction.
+        assert_eq!(
+            summary(plan(&objects, false))[0],
+            (Program::ReleaseEntry, AllocFn::Free, 0x20)
         );
     }
 }

@@ -23,13 +23,12 @@ use tokio::{
 
 use crate::{
     aggregate,
-    cli::{Cli, Command, ReportOptions},
-    heap::HeapTable,
-    ingest::{self, Record},
-    kernel::{self, KernelProbes},
-    launch, probes,
+    cli::{Cli, Command, ProbePlacement, ReportOptions},
+    kernel::{self, KernelOptions, KernelProbes},
+    launch,
+    pipeline::{Ingested, Pipeline},
+    probes,
     report::{self, Format, Losses, ReportInput},
-    sites::CallSites,
     symbolize::{ProcessMaps, Symbolizer},
     target::{self, ProbedObject},
 };
@@ -62,15 +61,9 @@ struct Engine {
     pid: u32,
     command: Option<Vec<String>>,
     objects: Vec<ProbedObject>,
-    table: HeapTable,
-    sites: CallSites,
+    pipeline: Pipeline,
     maps: Arc<Mutex<ProcessMaps>>,
     symbolizer: Symbolizer,
-    events: u64,
-    decode_errors: u64,
-    execs: u64,
-    /// `run` attaches before the command's exec; that exec is expected.
-    launch_exec_pending: bool,
     started: Instant,
     options: ReportOptions,
 }
@@ -84,43 +77,20 @@ impl Engine {
     }
 
     fn ingest(&mut self, bytes: &[u8]) {
-        self.events += 1;
-        match ingest::decode(bytes) {
-            Err(_) => self.decode_errors += 1,
-            Ok(Record::Exec(header)) => {
-                if self.launch_exec_pending {
-                    // `run`'s own exec of the command: nothing to forget.
-                    self.launch_exec_pending = false;
-                    return;
+        match self.pipeline.ingest(bytes) {
+            Ingested::Applied => {}
+            Ingested::NewSite(stack) => {
+                // Make sure the new stack's code is in the mappings we know,
+                // while the process is still there to ask.
+                let mut maps = self.maps.lock().expect("maps lock");
+                if !stack.iter().all(|&a| maps.covers(a.saturating_sub(1))) {
+                    maps.refresh();
                 }
-                self.execs += 1;
-                self.table.forget_process(header.pid);
+            }
+            Ingested::Exec(_) => {
                 // The mapping history is kept: the newest mapping of an
-                // address wins, and blocks from before the exec are gone.
+                // address wins.
                 self.maps.lock().expect("maps lock").refresh();
-            }
-            Ok(Record::Release(event)) => {
-                let func = leaktrace_common::AllocFn::from_u32(event.header.func).expect("decoded");
-                let op = ingest::interpret_release(func, event.args);
-                self.table
-                    .apply(event.header.pid, op, 0, event.header.timestamp_ns);
-            }
-            Ok(Record::Alloc(event)) => {
-                let func = leaktrace_common::AllocFn::from_u32(event.header.func).expect("decoded");
-                let op = ingest::interpret_alloc(func, event.args, event.ret, event.out);
-                let stack = ingest::stack(event);
-                let known_sites = self.sites.len();
-                let site = self.sites.intern(event.header.pid, func, stack);
-                if self.sites.len() > known_sites {
-                    // A new stack: make sure its code is in the mappings we
-                    // know while the process is still there to ask.
-                    let mut maps = self.maps.lock().expect("maps lock");
-                    if !stack.iter().all(|&a| maps.covers(a.saturating_sub(1))) {
-                        maps.refresh();
-                    }
-                }
-                self.table
-                    .apply(event.header.pid, op, site, event.header.timestamp_ns);
             }
         }
     }
@@ -128,8 +98,10 @@ impl Engine {
     fn report(&mut self, kernel: &KernelProbes, is_final: bool) -> Result<report::Report> {
         let now_ns = monotonic_ns();
         let min_age = self.options.min_age;
-        let totals = aggregate::outstanding_by_site(&self.table, now_ns, min_age.as_nanos() as u64);
-        let losses = Losses::new(kernel.losses()?, self.decode_errors);
+        let pipeline = &self.pipeline;
+        let totals =
+            aggregate::outstanding_by_site(&pipeline.table, now_ns, min_age.as_nanos() as u64);
+        let losses = Losses::new(kernel.losses()?, pipeline.decode_errors);
         let maps = self.maps.lock().expect("maps lock").clone();
         Ok(report::build(
             ReportInput {
@@ -144,12 +116,12 @@ impl Engine {
                 is_final,
                 min_age,
                 now_ns,
-                stats: self.table.stats,
-                events: self.events,
-                execs: self.execs,
+                stats: pipeline.table.stats,
+                events: pipeline.events,
+                execs: pipeline.execs,
                 losses,
                 totals: &totals,
-                sites: &self.sites,
+                sites: &pipeline.sites,
             },
             &maps,
             &mut self.symbolizer,
@@ -245,13 +217,20 @@ fn pidfd_open(pid: u32) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+fn kernel_options(options: &ReportOptions) -> KernelOptions {
+    KernelOptions {
+        ring_buffer_bytes: options.ring_buffer_mib << 20,
+        empty_programs: options.empty_programs,
+    }
+}
+
 async fn trace_pid(pid: u32, options: ReportOptions) -> Result<i32> {
     kernel::check_environment()?;
     target::check_pid(pid)?;
     let pidfd = pidfd_open(pid)?;
     let objects = target::objects_for_pid(pid)?;
-    let plan = probes::plan(&objects);
-    let kernel = KernelProbes::attach(pid, &plan, options.ring_buffer_mib << 20)?;
+    let plan = probes::plan(&objects, options.probe_placement == ProbePlacement::Auto);
+    let kernel = KernelProbes::attach(pid, &plan, &kernel_options(&options))?;
     let mut maps = ProcessMaps::new(pid);
     maps.refresh();
     let engine = Engine::new(pid, None, objects, maps, options);
@@ -276,7 +255,7 @@ async fn run_command(command: Vec<OsString>, options: ReportOptions) -> Result<i
     kernel::check_environment()?;
     let program = target::resolve_program(Path::new(&command[0]))?;
     let objects = target::objects_for_command(&program)?;
-    let plan = probes::plan(&objects);
+    let plan = probes::plan(&objects, options.probe_placement == ProbePlacement::Auto);
     let maps = Arc::new(Mutex::new(ProcessMaps::from_mappings(0, Vec::new())));
     let maps_at_exit = maps.clone();
     let (child, exit) = launch::spawn_held(&program, &command, move || {
@@ -286,7 +265,7 @@ async fn run_command(command: Vec<OsString>, options: ReportOptions) -> Result<i
     *maps.lock().expect("maps lock") = ProcessMaps::new(pid);
     // Probes first, then exec: nothing the command allocates is missed.
     // If attaching fails, dropping `child` kills the held child.
-    let kernel = KernelProbes::attach(pid, &plan, options.ring_buffer_mib << 20)?;
+    let kernel = KernelProbes::attach(pid, &plan, &kernel_options(&options))?;
     let words: Vec<String> = command
         .iter()
         .map(|w| w.to_string_lossy().into_owned())
@@ -299,7 +278,7 @@ async fn run_command(command: Vec<OsString>, options: ReportOptions) -> Result<i
         options,
     );
     engine.maps = maps;
-    engine.launch_exec_pending = true;
+    engine.pipeline.launch_exec_pending = true;
     child.start()?;
     engine.progress(&format!(
         "tracing pid {pid} ({}): {} probes on {}",
@@ -326,14 +305,9 @@ impl Engine {
             pid,
             command,
             objects,
-            table: HeapTable::default(),
-            sites: CallSites::default(),
+            pipeline: Pipeline::default(),
             maps: Arc::new(Mutex::new(maps)),
             symbolizer: Symbolizer::default(),
-            events: 0,
-            decode_errors: 0,
-            execs: 0,
-            launch_exec_pending: false,
             started: Instant::now(),
             options,
         }

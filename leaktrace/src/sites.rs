@@ -5,7 +5,7 @@
 //! never share an id (the "stack id collision" bug of stack-map based tools).
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, Hash, Hasher},
+    hash::BuildHasher,
 };
 
 use leaktrace_common::AllocFn;
@@ -35,9 +35,7 @@ impl CallSites {
     /// The id of this site, creating it on first sight. Does not allocate
     /// when the site is known.
     pub fn intern(&mut self, pid: u32, func: AllocFn, stack: &[u64]) -> SiteId {
-        let mut hasher = self.hasher.build_hasher();
-        (pid, func as u32, stack).hash(&mut hasher);
-        let hash = hasher.finish();
+        let hash = self.hasher.hash_one((pid, func as u32, stack));
         let ids = self.by_hash.entry(hash).or_default();
         for &id in ids.iter() {
             let site = &self.sites[id as usize];

@@ -15,13 +15,19 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use leaktrace_common::AllocFn;
-use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
+
+use crate::placement::{self, Placement};
 
 /// A traced function found in an object, at the file offset uprobes take.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FunctionSymbol {
     pub func: AllocFn,
+    /// File offset of the function's first instruction.
     pub file_offset: u64,
+    /// Where its entry probe goes, from the first instruction (see
+    /// `placement`): 0, or the first instruction the kernel emulates.
+    pub placement: Placement,
     /// Other traced names at the same address (glibc's `aligned_alloc` is
     /// `memalign`): probed once, reported under `func`.
     pub aliases: Vec<AllocFn>,
@@ -76,7 +82,7 @@ const MAPPING_FAMILY: [AllocFn; 3] = [AllocFn::Mmap, AllocFn::Munmap, AllocFn::M
 /// then the full symbol table for static or unstripped executables).
 pub fn object_symbols(data: &[u8]) -> Result<ObjectSymbols> {
     let file = object::File::parse(data).context("not an ELF object")?;
-    let mut found: Vec<(AllocFn, u64)> = Vec::new();
+    let mut found: Vec<(AllocFn, u64, u64)> = Vec::new();
     let mut is_c_library = false;
     for symbol in file.dynamic_symbols().chain(file.symbols()) {
         if !symbol.is_definition() || !symbol.is_global() {
@@ -95,7 +101,7 @@ pub fn object_symbols(data: &[u8]) -> Result<ObjectSymbols> {
         let Some(func) = AllocFn::ALL.into_iter().find(|f| f.symbol() == name) else {
             continue;
         };
-        if found.iter().any(|(f, _)| *f == func) {
+        if found.iter().any(|(f, _, _)| *f == func) {
             continue;
         }
         let file_offset = virtual_to_file_offset(&file, symbol.address()).ok_or_else(|| {
@@ -104,24 +110,79 @@ pub fn object_symbols(data: &[u8]) -> Result<ObjectSymbols> {
                 symbol.address()
             )
         })?;
-        found.push((func, file_offset));
+        found.push((func, file_offset, symbol.address()));
     }
-    found.sort_by_key(|(func, _)| *func);
+    found.sort_by_key(|(func, _, _)| *func);
     let mut functions: Vec<FunctionSymbol> = Vec::new();
-    for (func, file_offset) in found {
+    let mut addresses = Vec::new();
+    for (func, file_offset, address) in found {
         match functions.iter_mut().find(|f| f.file_offset == file_offset) {
             Some(existing) => existing.aliases.push(func),
-            None => functions.push(FunctionSymbol {
-                func,
-                file_offset,
-                aliases: Vec::new(),
-            }),
+            None => {
+                functions.push(FunctionSymbol {
+                    func,
+                    file_offset,
+                    placement: Placement::default(),
+                    aliases: Vec::new(),
+                });
+                addresses.push(address);
+            }
         }
     }
+    place_probes(&file, data, &mut functions, &addresses);
     Ok(ObjectSymbols {
         functions,
         is_c_library,
     })
+}
+
+/// Decodes each function's first instructions to place its probe, then
+/// undoes any placement whose skipped bytes some direct jump or call in the
+/// object's code lands in (the probe could then fire without a call, or a
+/// call could miss it).
+fn place_probes(
+    file: &object::File<'_>,
+    data: &[u8],
+    functions: &mut [FunctionSymbol],
+    addresses: &[u64],
+) {
+    for (function, &address) in functions.iter_mut().zip(addresses) {
+        let start = function.file_offset as usize;
+        let Some(code) = data.get(start..(start + 64).min(data.len())) else {
+            continue;
+        };
+        let mut protected = placement::argument_registers(function.func).to_vec();
+        for alias in &function.aliases {
+            protected.extend_from_slice(placement::argument_registers(*alias));
+        }
+        function.placement = placement::place(code, address, &protected);
+    }
+    if functions.iter().all(|f| f.placement.offset == 0) {
+        return;
+    }
+    let windows: Vec<(u64, u64)> = functions
+        .iter()
+        .zip(addresses)
+        .map(|(f, &address)| (address + 1, address + f.placement.offset))
+        .collect();
+    for section in file.sections() {
+        if section.kind() != object::SectionKind::Text {
+            continue;
+        }
+        let Ok(code) = section.data() else { continue };
+        for target in placement::direct_branch_targets(code, section.address()) {
+            for (function, (low, high)) in functions.iter_mut().zip(&windows) {
+                if (*low..=*high).contains(&target) && function.placement.offset != 0 {
+                    function.placement = Placement {
+                        offset: 0,
+                        reason: placement::PlacementReason::Blocked(format!(
+                            "code jumps to {target:#x}, inside the skipped instructions"
+                        )),
+                    };
+                }
+            }
+        }
+    }
 }
 
 fn virtual_to_file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
@@ -214,7 +275,7 @@ pub fn objects_for_pid(pid: u32) -> Result<Vec<ProbedObject>> {
     let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
         .with_context(|| format!("reading /proc/{pid}/maps"))?;
     let exe = fs::read_link(format!("/proc/{pid}/exe"))
-        .with_context(|| format!("reading /proc/{pid}/exe (is {pid} a kernel thread?)"))?;
+        .map_err(|_| anyhow!("pid {pid} has no user-space program to trace (a kernel thread?)"))?;
     let mut paths: Vec<String> = vec![exe.to_string_lossy().into_owned()];
     for mapping in crate::symbolize::parse_maps(&maps) {
         if mapping.executable && !paths.iter().any(|p| **p == *mapping.path) {
@@ -236,6 +297,9 @@ pub fn objects_for_pid(pid: u32) -> Result<Vec<ProbedObject>> {
 /// Finds `program` the way execvp would.
 pub fn resolve_program(program: &Path) -> Result<PathBuf> {
     if program.components().count() > 1 {
+        if !program.exists() {
+            bail!("command not found: {}", program.display());
+        }
         return Ok(program.to_path_buf());
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
@@ -325,6 +389,7 @@ mod tests {
                 .map(|&(func, file_offset)| FunctionSymbol {
                     func,
                     file_offset,
+                    placement: Placement::default(),
                     aliases: vec![],
                 })
                 .collect(),
@@ -423,6 +488,55 @@ mod tests {
             .find(|f| f.func == AllocFn::AlignedAlloc)
             .unwrap();
         assert_eq!(aligned.aliases, [AllocFn::Memalign]);
+        // Debian 12's free starts with test %rdi,%rdi; je: probed on the je.
+        let offset_of = |func| {
+            symbols
+                .functions
+                .iter()
+                .find(|f| f.func == func)
+                .unwrap()
+                .placement
+                .offset
+        };
+        assert_eq!(offset_of(AllocFn::Free), 3);
+        assert_eq!(offset_of(AllocFn::Malloc), 0);
+        assert_eq!(offset_of(AllocFn::PosixMemalign), 7);
+    }
+
+    #[test]
+    fn real_jemalloc_malloc_and_free_move_off_their_single_stepped_first_instruction() {
+        let Ok(data) = fs::read("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2") else {
+            eprintln!("SKIPPED: libjemalloc2 not installed (cargo xtask test installs it)");
+            return;
+        };
+        let symbols = object_symbols(&data).unwrap();
+        assert!(!symbols.is_c_library);
+        let placement_of = |func| {
+            symbols
+                .functions
+                .iter()
+                .find(|f| f.func == func)
+                .unwrap()
+                .placement
+                .clone()
+        };
+        assert_eq!(
+            placement_of(AllocFn::Malloc).offset,
+            7,
+            "{:?}",
+            placement_of(AllocFn::Malloc)
+        );
+        let free = placement_of(AllocFn::Free);
+        assert!(free.offset > 0, "{free:?}");
+        for func in [
+            AllocFn::Mallocx,
+            AllocFn::Rallocx,
+            AllocFn::Xallocx,
+            AllocFn::Dallocx,
+            AllocFn::Sdallocx,
+        ] {
+            assert!(symbols.defines(func), "{func:?}");
+        }
     }
 
     #[test]

@@ -1,0 +1,118 @@
+//! Bad input: every refusal is one line on stderr starting with
+//! `leaktrace: error: ` and a non-zero exit, and says why.
+mod common;
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use common::{
+    TempDir, assert_one_error_line, build_nomalloc, have_tool, is_root, leaktrace, leaktrace_bin,
+    require_root, run_with_timeout, serial,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A pid that cannot exist (pid_max is at most 2^22) is refused.
+#[test]
+fn trace_of_missing_pid_is_refused() {
+    if !require_root("trace_of_missing_pid_is_refused") {
+        return;
+    }
+    let _serial = serial();
+    let finished = leaktrace(&["trace", "--pid", "999999999"], TIMEOUT);
+    assert_one_error_line("trace --pid 999999999", &finished);
+}
+
+/// Whether every directory above `path` is searchable and `path` itself
+/// executable by anyone.
+fn world_executable(path: &Path) -> bool {
+    let mode = |p: &Path| fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
+    mode(path) & 0o001 != 0 && path.ancestors().skip(1).all(|dir| mode(dir) & 0o001 != 0)
+}
+
+/// The leaktrace binary where an unprivileged user can run it.
+fn binary_for_nobody(dir: &TempDir) -> PathBuf {
+    let bin = leaktrace_bin();
+    if world_executable(&bin) {
+        return bin;
+    }
+    let copy = dir.join("leaktrace");
+    fs::copy(&bin, &copy).expect("copying leaktrace for the unprivileged user");
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod 755");
+    copy
+}
+
+/// Not root: refused before anything is attached or started, and the
+/// message says root is needed. As root, the test drops to nobody (uid
+/// 65534) with setpriv (or runuser); as a normal user it runs as is.
+#[test]
+fn non_root_is_refused() {
+    let _serial = serial();
+    let dir = TempDir::new("nonroot");
+    let own_pid = std::process::id().to_string();
+    let cases: [&[&str]; 2] = [&["trace", "--pid", &own_pid], &["run", "--", "/bin/true"]];
+    for args in cases {
+        let mut command = if is_root() {
+            let bin = binary_for_nobody(&dir);
+            if have_tool("setpriv") {
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                    .arg(bin);
+                c
+            } else if have_tool("runuser") {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "nobody", "--"]).arg(bin);
+                c
+            } else {
+                eprintln!("SKIPPED: non_root_is_refused: neither setpriv nor runuser is installed");
+                return;
+            }
+        } else {
+            Command::new(leaktrace_bin())
+        };
+        command.args(args).current_dir(dir.path());
+        let finished = run_with_timeout("leaktrace (unprivileged)", &mut command, TIMEOUT);
+        let line = assert_one_error_line(&format!("unprivileged leaktrace {args:?}"), &finished);
+        assert!(
+            line.to_lowercase().contains("root"),
+            "the message should say root is needed: {line}"
+        );
+    }
+}
+
+/// A static program with no libc has no malloc to probe: refused with
+/// "no allocator found".
+#[test]
+fn target_without_allocator_is_refused() {
+    if !require_root("target_without_allocator_is_refused") {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("nomalloc");
+    let nomalloc = build_nomalloc(&dir);
+    let finished = leaktrace(&["run", "--", nomalloc.to_str().unwrap()], TIMEOUT);
+    let line = assert_one_error_line("run -- nomalloc", &finished);
+    assert!(
+        line.contains("no allocator found"),
+        "expected 'no allocator found', got: {line}"
+    );
+}
+
+/// An unknown report format is a usage error: one line, non-zero exit, for
+/// both subcommands (no root needed: arguments are checked first).
+#[test]
+fn unknown_format_is_refused() {
+    let finished = leaktrace(&["run", "--format", "xml", "--", "/bin/true"], TIMEOUT);
+    let line = assert_one_error_line("run --format xml", &finished);
+    assert!(
+        line.contains("xml"),
+        "the message should name the bad value: {line}"
+    );
+    let finished = leaktrace(&["trace", "--pid", "1", "--format", "xml"], TIMEOUT);
+    assert_one_error_line("trace --format xml", &finished);
+}

@@ -1,0 +1,62 @@
+//! Probe placement end to end: the probes `--probe-placement auto` moves
+//! off each function's first instruction (glibc's free onto its `je`,
+//! posix_memalign past its `cmpb`) must see exactly what probes at offset 0
+//! see. Both runs of `leaky` are checked against its table, and against
+//! each other site by site.
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    EXPECTED_LEAKS, TempDir, build_leaky, bytes_by_fixture_function, check_report_against_table,
+    leaktrace, read_json, require_root, serial,
+};
+
+fn traced_leaky(dir: &TempDir, placement: &str) -> serde_json::Value {
+    let leaky = build_leaky(dir);
+    let report = dir.join(&format!("report-{placement}.json"));
+    let finished = leaktrace(
+        &[
+            "run",
+            "--probe-placement",
+            placement,
+            "--format",
+            "json",
+            "--output",
+            report.to_str().unwrap(),
+            "--",
+            leaky.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(
+        finished.status.success(),
+        "leaktrace run --probe-placement {placement}: {:?}\n{}",
+        finished.status,
+        finished.stderr
+    );
+    read_json(&report)
+}
+
+#[test]
+fn placed_probes_report_the_same_as_probes_at_offset_zero() {
+    if !require_root("placed_probes_report_the_same_as_probes_at_offset_zero") {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("placement");
+    let placed = traced_leaky(&dir, "auto");
+    let at_entry = traced_leaky(&dir, "entry");
+    check_report_against_table(&placed, EXPECTED_LEAKS, None);
+    check_report_against_table(&at_entry, EXPECTED_LEAKS, None);
+    assert_eq!(
+        bytes_by_fixture_function(&placed),
+        bytes_by_fixture_function(&at_entry)
+    );
+    for field in ["allocations", "releases", "failed_calls"] {
+        assert_eq!(
+            placed["totals"][field], at_entry["totals"][field],
+            "totals.{field} differ between placements"
+        );
+    }
+}

@@ -1,0 +1,455 @@
+//! End-to-end tests of `leaktrace run` and `leaktrace trace --pid` against
+//! the `leaky` fixture (tests/fixtures/leaky.c), whose outstanding memory
+//! per call site is known exactly (common::EXPECTED_LEAKS), and against the
+//! `spin` fixture for probe cleanup after SIGKILL.
+//!
+//! They need root (eBPF); without it each prints `SKIPPED (needs root)` and
+//! passes, unless `CI` is set. They run one at a time (common::serial).
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::Write as _,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{
+    EXPECTED_LEAKS, Guarded, Lines, TempDir, build_leaky, build_spin, check_report_against_table,
+    leaktrace, leaktrace_bin, read_json, require_root, serial, sites,
+};
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `leaktrace run` reports, for every leaking call site of `leaky`, exactly
+/// the bytes and allocations it left (one site per function, attributed to
+/// the function that called the allocator, with the right allocator name,
+/// caller, file and line), and nothing for the temporary allocations, the
+/// failing calls, realloc(p, 0) or free(NULL). The fixture's sites add up to
+/// the table exactly, and no event was lost.
+#[test]
+fn run_reports_exact_leaks_per_call_site() {
+    if !require_root("run_reports_exact_leaks_per_call_site") {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("run");
+    let leaky = build_leaky(&dir);
+    let report_path = dir.join("report.json");
+    let leaky_str = leaky.to_str().expect("utf-8 temp path");
+    let finished = leaktrace(
+        &[
+            "run",
+            "--format",
+            "json",
+            "--output",
+            report_path.to_str().unwrap(),
+            "--",
+            leaky_str,
+        ],
+        RUN_TIMEOUT,
+    );
+    assert!(
+        finished.status.success(),
+        "leaktrace run -- leaky: {:?}\nstderr:\n{}",
+        finished.status,
+        finished.stderr
+    );
+    let report = read_json(&report_path);
+    assert_eq!(
+        report["command"],
+        serde_json::json!([leaky_str]),
+        "command in the report"
+    );
+    let objects = report["allocator_objects"]
+        .as_array()
+        .expect("allocator_objects array");
+    assert!(
+        objects
+            .iter()
+            .any(|o| o.as_str().is_some_and(|p| p.ends_with("libc.so.6"))),
+        "leaky uses glibc's allocator, allocator_objects is {objects:?}"
+    );
+    assert_eq!(report["min_age_ms"], 0);
+    check_report_against_table(&report, EXPECTED_LEAKS, None);
+    let pids = report["pids"].as_array().expect("pids array");
+    assert_eq!(pids.len(), 1, "one process: {pids:?}");
+    for site in sites(&report) {
+        assert_eq!(
+            site["pid"], pids[0],
+            "every site belongs to the one process"
+        );
+    }
+}
+
+/// `leaktrace trace --pid` attached to a running `leaky` (which waits for a
+/// line on stdin before allocating anything) reports the same exact table,
+/// ends by itself when the process exits, and still writes its final report.
+#[test]
+fn trace_pid_reports_exact_leaks() {
+    if !require_root("trace_pid_reports_exact_leaks") {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("trace");
+    let leaky = build_leaky(&dir);
+    let report_path = dir.join("report.json");
+
+    let mut fixture = Guarded::spawn(
+        "leaky wait",
+        Command::new(&leaky)
+            .arg("wait")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let fixture_pid = fixture.pid();
+    let fixture_out = fixture.stdout_lines();
+    let fixture_err = fixture.stderr_lines();
+    fixture_out
+        .wait_for(Duration::from_secs(10), |l| l == "ready")
+        .unwrap_or_else(|e| panic!("leaky wait never said ready: {e}"));
+
+    let mut tracer = Guarded::spawn(
+        "leaktrace trace",
+        Command::new(leaktrace_bin())
+            .args([
+                "trace",
+                "--pid",
+                &fixture_pid.to_string(),
+                "--format",
+                "json",
+                "--output",
+            ])
+            .arg(&report_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let tracer_out = tracer.stdout_lines();
+    let tracer_err = tracer.stderr_lines();
+    let tracing_line = tracer_err.wait_for(Duration::from_secs(60), |l| {
+        l.starts_with("leaktrace: tracing pid ")
+    });
+    if let Err(e) = tracing_line {
+        let status = tracer.wait_timeout(Duration::from_millis(100));
+        panic!("leaktrace never said 'leaktrace: tracing pid ' (status {status:?}): {e}");
+    }
+
+    // Go: the fixture allocates, frees, leaks, says done and exits.
+    let mut stdin = fixture.take_stdin();
+    stdin.write_all(b"go\n").expect("writing to leaky's stdin");
+    stdin.flush().expect("flushing leaky's stdin");
+    drop(stdin);
+    let fixture_status = fixture
+        .wait_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|| {
+            panic!(
+                "leaky did not exit within 60 s; stderr:\n{}",
+                fixture_err.text()
+            )
+        });
+    assert!(
+        fixture_status.success(),
+        "leaky wait: {fixture_status:?}\nstderr:\n{}",
+        fixture_err.text()
+    );
+    assert!(
+        fixture_out.all().iter().any(|l| l == "done"),
+        "leaky never said done: {:?}",
+        fixture_out.all()
+    );
+
+    // The traced process is gone: leaktrace must notice, report and exit.
+    let Some(status) = tracer.wait_timeout(Duration::from_secs(60)) else {
+        tracer.kill_and_reap();
+        panic!(
+            "leaktrace trace did not exit within 60 s of the traced process exiting\nstderr:\n{}",
+            tracer_err.finish(Duration::from_secs(1)).join("\n")
+        );
+    };
+    let stderr = tracer_err.finish(Duration::from_secs(5)).join("\n");
+    assert!(
+        status.success(),
+        "leaktrace trace: {status:?}\nstderr:\n{stderr}"
+    );
+    let stdout = tracer_out.finish(Duration::from_secs(5));
+    assert!(
+        stdout.iter().all(|l| l.trim().is_empty()),
+        "the report went to --output, stdout has: {stdout:?}"
+    );
+
+    let report = read_json(&report_path);
+    check_report_against_table(&report, EXPECTED_LEAKS, Some(fixture_pid));
+}
+
+/// `leaktrace run` exits with the command's exit status (7 here), and the
+/// folded report has one `frame;frame;...;allocator BYTES` line per site,
+/// root first, with leak_malloc's site as `...;main;leak_malloc;malloc 4444`
+/// and the thread site as `...;thread_main;leak_in_thread;malloc 6660`.
+#[test]
+fn run_passes_exit_status_and_writes_folded_stacks() {
+    if !require_root("run_passes_exit_status_and_writes_folded_stacks") {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("folded");
+    let leaky = build_leaky(&dir);
+    let folded_path = dir.join("report.folded");
+    let finished = leaktrace(
+        &[
+            "run",
+            "--format",
+            "folded",
+            "--output",
+            folded_path.to_str().unwrap(),
+            "--",
+            leaky.to_str().unwrap(),
+            "exit",
+            "7",
+        ],
+        RUN_TIMEOUT,
+    );
+    assert_eq!(
+        finished.status.code(),
+        Some(7),
+        "leaktrace run must exit with the command's status\nstderr:\n{}",
+        finished.stderr
+    );
+    let text = fs::read_to_string(&folded_path).expect("reading the folded report");
+    let mut stacks: Vec<(Vec<&str>, u64)> = Vec::new();
+    for line in text.lines() {
+        let (stack, bytes) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("folded line without ' BYTES': {line:?}"));
+        let bytes: u64 = bytes
+            .parse()
+            .unwrap_or_else(|_| panic!("folded line ends with a non-number: {line:?}"));
+        let frames: Vec<&str> = stack.split(';').collect();
+        assert!(
+            frames.len() >= 2 && frames.iter().all(|f| !f.is_empty()),
+            "folded stack needs frames and an allocator, none empty: {line:?}"
+        );
+        assert!(bytes > 0, "a reported site holds bytes: {line:?}");
+        stacks.push((frames, bytes));
+    }
+    let find = |tail: &[&str], bytes: u64| {
+        stacks
+            .iter()
+            .any(|(frames, b)| *b == bytes && frames.ends_with(tail))
+    };
+    assert!(
+        find(&["main", "leak_malloc", "malloc"], 4444),
+        "no folded line ending 'main;leak_malloc;malloc 4444' in:\n{text}"
+    );
+    assert!(
+        find(&["thread_main", "leak_in_thread", "malloc"], 6660),
+        "no folded line ending 'thread_main;leak_in_thread;malloc 6660' in:\n{text}"
+    );
+    assert!(
+        find(&["main", "leak_mmap_partial", "mmap"], 12 * 4096),
+        "no folded line ending 'main;leak_mmap_partial;mmap 49152' in:\n{text}"
+    );
+    // Root first: main comes before the leaking function, the allocator last.
+    let (frames, _) = stacks
+        .iter()
+        .find(|(frames, _)| frames.ends_with(&["leak_malloc", "malloc"]))
+        .expect("leak_malloc's line");
+    assert!(
+        frames.contains(&"main"),
+        "main is on leak_malloc's stack: {frames:?}"
+    );
+}
+
+/// `--min-age` hides what is younger than the age: with `--min-age 1h`
+/// nothing `leaky` left is old enough, so the report has no site, and says
+/// which age it applied.
+#[test]
+fn run_min_age_hides_young_allocations() {
+    if !require_root("run_min_age_hides_young_allocations") {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("minage");
+    let leaky = build_leaky(&dir);
+    let report_path = dir.join("report.json");
+    let finished = leaktrace(
+        &[
+            "run",
+            "--min-age",
+            "1h",
+            "--format",
+            "json",
+            "--output",
+            report_path.to_str().unwrap(),
+            "--",
+            leaky.to_str().unwrap(),
+        ],
+        RUN_TIMEOUT,
+    );
+    assert!(
+        finished.status.success(),
+        "{:?}\nstderr:\n{}",
+        finished.status,
+        finished.stderr
+    );
+    let report = read_json(&report_path);
+    assert_eq!(report["min_age_ms"], 3_600_000);
+    assert_eq!(
+        sites(&report).len(),
+        0,
+        "nothing is an hour old:\n{}",
+        common::describe_sites(&report)
+    );
+    assert_eq!(report["totals"]["outstanding_bytes"], 0);
+    assert_eq!(report["totals"]["outstanding_allocations"], 0);
+    // It still saw everything: only the report is filtered.
+    assert!(
+        report["totals"]["allocations"].as_u64().unwrap_or(0) >= 10_000,
+        "{}",
+        report["totals"]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// SIGKILL cleanup
+// ---------------------------------------------------------------------------
+
+/// Where the kernel lists uprobes created through tracefs (mounts tracefs
+/// if it is missing).
+fn uprobe_events_path() -> Option<&'static Path> {
+    let tracefs = Path::new("/sys/kernel/tracing/uprobe_events");
+    if !tracefs.exists() {
+        let _ = Command::new("mount")
+            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+            .status();
+    }
+    [
+        tracefs,
+        Path::new("/sys/kernel/debug/tracing/uprobe_events"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+}
+
+fn uprobe_events(path: Option<&Path>) -> BTreeSet<String> {
+    path.and_then(|p| fs::read_to_string(p).ok())
+        .map(|text| {
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The median of the next `samples` per-200-ms counts from `spin`, after
+/// discarding everything already received and `skip` more (an interval that
+/// straddles a change of state).
+fn spin_rate(lines: &Lines, skip: usize, samples: usize) -> u64 {
+    lines.drain();
+    let next = || {
+        let line = lines
+            .next(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("spin stopped reporting; output so far:\n{}", lines.text()));
+        line.trim()
+            .parse::<u64>()
+            .unwrap_or_else(|_| panic!("spin printed {line:?}"))
+    };
+    for _ in 0..skip {
+        next();
+    }
+    let mut values: Vec<u64> = (0..samples).map(|_| next()).collect();
+    values.sort_unstable();
+    values[values.len() / 2]
+}
+
+/// SIGKILL gives leaktrace no chance to clean up, yet the kernel must remove
+/// its probes: a process doing malloc+free in a loop runs much slower while
+/// traced (the probes fire) and at least half its untraced speed again once
+/// leaktrace is killed (they are gone), and no uprobe was left registered in
+/// tracefs. Rates are compared within one run, never to absolute numbers.
+#[test]
+fn sigkill_leaves_no_probe_behind() {
+    if !require_root("sigkill_leaves_no_probe_behind") {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("sigkill");
+    let spin = build_spin(&dir);
+    let events_path = uprobe_events_path();
+    let events_before = uprobe_events(events_path);
+
+    let mut spinner = Guarded::spawn(
+        "spin",
+        Command::new(&spin)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let counts = spinner.stdout_lines();
+    let untraced = spin_rate(&counts, 2, 5);
+    assert!(untraced > 0, "spin does nothing untraced");
+
+    let mut tracer = Guarded::spawn(
+        "leaktrace trace (spin)",
+        Command::new(leaktrace_bin())
+            .args([
+                "trace",
+                "--pid",
+                &spinner.pid().to_string(),
+                "--format",
+                "json",
+                "--output",
+            ])
+            .arg(dir.join("report.json"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let tracer_err = tracer.stderr_lines();
+    if let Err(e) = tracer_err.wait_for(Duration::from_secs(60), |l| {
+        l.starts_with("leaktrace: tracing pid ")
+    }) {
+        panic!("leaktrace never said 'leaktrace: tracing pid ': {e}");
+    }
+    let traced = spin_rate(&counts, 1, 5);
+    eprintln!("spin: {untraced} malloc+free per 200 ms untraced, {traced} traced");
+    assert!(
+        traced * 3 < untraced,
+        "tracing should slow malloc+free down a lot (the probes fire on every call): untraced {untraced}, traced {traced} per 200 ms"
+    );
+    let events_while_tracing = uprobe_events(events_path);
+
+    let status = tracer.kill_and_reap();
+    assert!(!status.success(), "leaktrace was killed: {status:?}");
+
+    // The kernel tears the probes down as the killed process's files close;
+    // give a loaded machine up to three 1-second windows to show it.
+    let mut after = 0;
+    for _ in 0..3 {
+        after = after.max(spin_rate(&counts, 1, 5));
+        if after * 2 >= untraced {
+            break;
+        }
+    }
+    eprintln!("spin: {after} malloc+free per 200 ms after SIGKILL of leaktrace");
+    let events_after = uprobe_events(events_path);
+    let left: Vec<&String> = events_after.difference(&events_before).collect();
+    assert!(
+        left.is_empty(),
+        "uprobes left registered in {:?} after SIGKILL: {left:?} (while tracing: {} new)",
+        events_path,
+        events_while_tracing.difference(&events_before).count()
+    );
+    assert!(
+        after * 2 >= untraced,
+        "after SIGKILL of leaktrace, spin runs at {after} per 200 ms, under half its untraced {untraced}: probes are still firing"
+    );
+    assert!(
+        spinner.wait_timeout(Duration::ZERO).is_none(),
+        "spin died while traced"
+    );
+}
