@@ -94,20 +94,31 @@ impl AllocFn {
     }
 }
 
+/// Slots in the entry-to-return hand-off array (a power of two).
+pub const STASH_SLOTS: u32 = 1 << 16;
+
 /// Argument registers stashed at function entry, read back at return.
 ///
-/// Keyed by thread id: one allocator call is in flight per thread at a time
-/// from the tracer's point of view. Calls the allocator makes into itself or
-/// into mmap (malloc mapping an arena, reallocarray calling realloc) see the
-/// outer stash, bump `nested` and are not reported: the outer call already
-/// accounts for the memory.
+/// One slot per thread, at index `tid % STASH_SLOTS`: an array slot is a
+/// load the verifier inlines, where a hash map costs a hashed lookup, an
+/// insert and a delete per call. The slot records its thread; a thread
+/// that finds another thread's call in flight in its slot takes the slot
+/// and counts a collision (the other call's return then finds no entry and
+/// is counted too), so a collision is never silent.
+///
+/// Calls the allocator makes into itself or into mmap (malloc mapping an
+/// arena, reallocarray calling realloc) see the outer stash, bump `nested`
+/// and are not reported: the outer call already accounts for the memory.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EntryStash {
-    /// `AllocFn` of the outermost call.
+    /// `AllocFn` of the outermost call in flight; 0 when the slot is free.
     pub func: u32,
     /// Calls into the allocator made by the outer call, still running.
     pub nested: u32,
+    /// The thread whose call this is.
+    pub tid: u32,
+    pub _padding: u32,
     /// User stack pointer at entry of the outer call. A call that starts at
     /// most 64 KiB below it is nested; a stash farther away belongs to a call
     /// that never returned (thread unwound by longjmp, or killed and its id
@@ -173,8 +184,9 @@ pub const EXEC_EVENT: u32 = 100;
 pub enum LossCounter {
     /// An event could not be reserved: the ring buffer was full.
     RingBufferFull = 0,
-    /// The entry stash map was full: a call went unrecorded.
-    StashMapFull = 1,
+    /// Two threads in flight in the same stash slot: the earlier call was
+    /// displaced and goes unrecorded.
+    EntrySlotCollision = 1,
     /// bpf_get_stack failed: the event was sent with an empty stack.
     StackCaptureFailed = 2,
     /// A return probe fired without its entry (call in flight at attach).

@@ -23,7 +23,7 @@ use crate::probes::{Attachment, Program};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelLosses {
     pub ring_buffer_full: u64,
-    pub stash_map_full: u64,
+    pub entry_slot_collisions: u64,
     pub stack_capture_failed: u64,
     pub return_without_entry: u64,
 }
@@ -100,20 +100,24 @@ impl KernelProbes {
                 "/leaktrace"
             )))
             .context("loading the eBPF programs")?;
+        let mut loaded = Vec::new();
         for program in [
             Program::AllocEntry,
             Program::AllocReturn,
             Program::ReleaseEntry,
         ] {
+            let name = program_name(program);
+            if loaded.contains(&name) {
+                continue;
+            }
             let uprobe: &mut UProbe = ebpf
-                .program_mut(program.name())
-                .with_context(|| {
-                    format!("program {} missing from the eBPF object", program.name())
-                })?
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the eBPF object"))?
                 .try_into()?;
             uprobe
                 .load()
-                .with_context(|| format!("loading program {}", program.name()))?;
+                .with_context(|| format!("loading program {name}"))?;
+            loaded.push(name);
         }
         let scope =
             UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0 cannot be traced")?);
@@ -179,7 +183,7 @@ impl KernelProbes {
         }
         Ok(KernelLosses {
             ring_buffer_full: totals[LossCounter::RingBufferFull as usize],
-            stash_map_full: totals[LossCounter::StashMapFull as usize],
+            entry_slot_collisions: totals[LossCounter::EntrySlotCollision as usize],
             stack_capture_failed: totals[LossCounter::StackCaptureFailed as usize],
             return_without_entry: totals[LossCounter::ReturnWithoutEntry as usize],
         })

@@ -322,6 +322,9 @@ impl Engine {
     }
 }
 
+/// How often the ring buffer is drained when the kernel has not woken us.
+const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Drains events until a stop condition, then drains the rest and writes
 /// the final report. `child` is the pid to forward SIGINT/SIGTERM to when
 /// leaktrace launched it (the command decides when to stop).
@@ -345,6 +348,10 @@ async fn trace_loop(
         .map(|d| tokio::time::Instant::now() + d);
     let interval = engine.options.interval;
     let mut next_report = interval.map(|i| tokio::time::Instant::now() + i);
+    // The kernel wakes us only past a fill mark (see the eBPF side); this
+    // timer drains what waits below it.
+    let mut drain_timer = tokio::time::interval(DRAIN_PERIOD);
+    drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut forwarded = 0;
     let stop = loop {
         tokio::select! {
@@ -353,6 +360,7 @@ async fn trace_loop(
                 engine.drain(guard.get_inner_mut());
                 guard.clear_ready();
             }
+            _ = drain_timer.tick() => engine.drain(ring.get_mut()),
             status = watch.wait() => break Stop::Exited(status),
             _ = sleep_until(deadline) => break Stop::DurationElapsed,
             _ = sleep_until(next_report) => {

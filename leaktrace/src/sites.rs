@@ -3,10 +3,7 @@
 //!
 //! Stacks are compared in full, never by a hash alone: two different stacks
 //! never share an id (the "stack id collision" bug of stack-map based tools).
-use std::{
-    collections::HashMap,
-    hash::BuildHasher,
-};
+use std::{collections::HashMap, hash::BuildHasher};
 
 use leaktrace_common::AllocFn;
 

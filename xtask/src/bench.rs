@@ -1,44 +1,75 @@
-//! `cargo xtask bench`: the cost leaktrace adds to a malloc+free loop, and
-//! the daemon's own throughput and memory.
+//! `cargo xtask bench`: what leaktrace costs the process it traces, and
+//! what the daemon can take.
 //!
-//! The loop runs untraced and under `leaktrace run`, interleaved in one
-//! invocation (these machines are noisy: only ratios within one run mean
-//! anything), several times; min and median are printed. The traced runs
-//! also check that no event was lost, so the live event rate they reach
-//! is a rate the daemon drained without loss.
+//! One malloc+free loop (xtask/bench/pairs.c) runs, interleaved in one
+//! invocation and several times each (these machines are noisy: only ratios
+//! within one run mean anything):
+//! - untraced;
+//! - floor: the same probes at the same offsets, attached to empty programs;
+//! - leaktrace exact (`leaktrace run`), which also checks no event was lost;
+//! - leaktrace with probes at offset 0 (`--probe-placement entry`);
+//! - bpftrace doing what bcc memleak does (Debian's bpftrace, installed if
+//!   missing; BPFTRACE_MAP_KEYS_MAX raised so its maps do not fill).
+//!
+//! Then the daemon's replay benchmark (benches/ingest.rs).
 use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::{compile_c, leaktrace_binary, workspace_root};
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+/// A bcc-memleak-like script: size at malloc entry per thread, the block
+/// with its stack at malloc's return, deleted at free.
+const BPFTRACE_MEMLEAK: &str = r#"
+uprobe:LIBC:malloc /pid == cpid/ { @size[tid] = arg0; }
+uretprobe:LIBC:malloc /pid == cpid && @size[tid]/ { @allocs[retval] = (@size[tid], ustack); delete(@size[tid]); }
+uprobe:LIBC:free /pid == cpid/ { delete(@allocs[arg0]); }
+END { clear(@allocs); clear(@size); }
+"#;
+
+const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Untraced,
+    Floor,
+    Exact,
+    ExactAtEntry,
+    Bpftrace,
 }
 
-fn min(values: &[f64]) -> f64 {
-    values.iter().copied().fold(f64::INFINITY, f64::min)
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Untraced => "untraced",
+            Mode::Floor => "floor (empty programs)",
+            Mode::Exact => "leaktrace exact",
+            Mode::ExactAtEntry => "leaktrace exact, offset 0",
+            Mode::Bpftrace => "bpftrace memleak-like",
+        }
+    }
 }
 
-/// ns per pair printed by the loop program.
+/// ns per pair, as the loop printed it (last line of its stdout).
 fn parse_ns(stdout: &[u8]) -> Result<f64> {
     String::from_utf8_lossy(stdout)
-        .trim()
-        .parse()
+        .lines()
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .next_back()
         .context("the loop printed no ns/pair figure")
 }
 
-fn untraced(program: &Path, pairs: u64) -> Result<f64> {
-    let output = Command::new(program).arg(pairs.to_string()).output()?;
-    parse_ns(&output.stdout)
+struct Measured {
+    ns: f64,
+    lost: u64,
+    events: u64,
 }
 
-/// Returns ns/pair, events and lost events of one traced run.
-fn traced(program: &Path, pairs: u64, report: &Path) -> Result<(f64, u64, u64)> {
+fn leaktrace_run(extra: &[&str], program: &Path, pairs: u64, report: &Path) -> Result<Measured> {
     let output = Command::new(leaktrace_binary())
         .args(["run", "--quiet", "--format", "json", "--output"])
         .arg(report)
+        .args(extra)
         .arg("--")
         .arg(program)
         .arg(pairs.to_string())
@@ -49,7 +80,6 @@ fn traced(program: &Path, pairs: u64, report: &Path) -> Result<(f64, u64, u64)> 
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let ns = parse_ns(&output.stdout)?;
     let json = std::fs::read_to_string(report)?;
     let field = |name: &str| -> u64 {
         json.split(&format!("\"{name}\": "))
@@ -58,50 +88,124 @@ fn traced(program: &Path, pairs: u64, report: &Path) -> Result<(f64, u64, u64)> 
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
-    Ok((ns, field("events"), field("total")))
+    Ok(Measured {
+        ns: parse_ns(&output.stdout)?,
+        lost: field("total"),
+        events: field("events"),
+    })
+}
+
+fn measure(mode: Mode, program: &Path, pairs: u64, dir: &Path) -> Result<Measured> {
+    let report = dir.join("report.json");
+    match mode {
+        Mode::Untraced => {
+            let output = Command::new(program).arg(pairs.to_string()).output()?;
+            Ok(Measured {
+                ns: parse_ns(&output.stdout)?,
+                lost: 0,
+                events: 0,
+            })
+        }
+        Mode::Floor => leaktrace_run(&["--empty-programs"], program, pairs, &report),
+        Mode::Exact => leaktrace_run(&[], program, pairs, &report),
+        Mode::ExactAtEntry => {
+            leaktrace_run(&["--probe-placement", "entry"], program, pairs, &report)
+        }
+        Mode::Bpftrace => {
+            let script = BPFTRACE_MEMLEAK.replace("LIBC", LIBC);
+            let output = Command::new("bpftrace")
+                .arg("-e")
+                .arg(script)
+                .arg("-c")
+                .arg(format!("{} {pairs}", program.display()))
+                .env("BPFTRACE_MAP_KEYS_MAX", (4 * pairs + 65536).to_string())
+                .output()
+                .context("running bpftrace")?;
+            Ok(Measured {
+                ns: parse_ns(&output.stdout)?,
+                lost: 0,
+                events: 0,
+            })
+        }
+    }
+}
+
+fn ensure_bpftrace() -> Result<()> {
+    if Command::new("bpftrace").arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian's bpftrace (the bench compares against it)");
+    crate::run(Command::new("apt-get").args(["install", "-y", "-q", "bpftrace"]))
+}
+
+fn stats(values: &[f64]) -> (f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    (sorted[0], sorted[sorted.len() / 2])
 }
 
 pub fn run(pairs: u64, runs: usize) -> Result<()> {
+    ensure_bpftrace()?;
     let dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let program = dir.join("pairs");
     compile_c(&workspace_root().join("xtask/bench/pairs.c"), &program)?;
-    let report = dir.join("report.json");
 
-    let mut plain = Vec::new();
-    let mut exact = Vec::new();
-    let mut lost = 0;
-    let mut events = 0;
-    eprintln!("xtask: {runs} interleaved runs of {pairs} malloc+free pairs");
-    for _ in 0..runs {
-        plain.push(untraced(&program, pairs)?);
-        let (ns, n, l) = traced(&program, pairs, &report)?;
-        exact.push(ns);
-        events += n;
-        lost += l;
+    let modes = [
+        Mode::Untraced,
+        Mode::Floor,
+        Mode::Exact,
+        Mode::ExactAtEntry,
+        Mode::Bpftrace,
+    ];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let (mut events, mut lost) = (0, 0);
+    eprintln!(
+        "xtask: {runs} interleaved rounds of {pairs} malloc+free pairs in {} modes",
+        modes.len()
+    );
+    for round in 0..runs {
+        for (i, &mode) in modes.iter().enumerate() {
+            let measured = measure(mode, &program, pairs, &dir)
+                .with_context(|| format!("round {round}, {}", mode.label()))?;
+            samples[i].push(measured.ns);
+            if mode == Mode::Exact {
+                events += measured.events;
+                lost += measured.lost;
+            }
+        }
     }
-    let (plain_median, exact_median) = (median(&mut plain), median(&mut exact));
-    println!("malloc+free pair, ns (min / median over {runs} runs):");
+    let medians: Vec<f64> = samples.iter().map(|s| stats(s).1).collect();
+    let (untraced, floor) = (medians[0], medians[1]);
+    println!("malloc+free pair, {runs} rounds of {pairs} pairs:");
     println!(
-        "  untraced              {:>10.1} / {:>10.1}",
-        min(&plain),
-        plain_median
+        "  {:<28} {:>10} {:>10} {:>9} {:>11}",
+        "mode", "min ns", "median ns", "x floor", "x untraced"
+    );
+    for (i, mode) in modes.iter().enumerate() {
+        let (min, median) = stats(&samples[i]);
+        println!(
+            "  {:<28} {:>10.1} {:>10.1} {:>9.2} {:>11.0}",
+            mode.label(),
+            min,
+            median,
+            median / floor,
+            median / untraced
+        );
+    }
+    let exact = medians[2];
+    println!(
+        "  leaktrace exact is {:.2}x the floor and {:.1}x cheaper than bpftrace; placement saves {:.1}x",
+        exact / floor,
+        medians[4] / exact,
+        medians[3] / exact
     );
     println!(
-        "  leaktrace exact       {:>10.1} / {:>10.1}   ({:.0}x untraced)",
-        min(&exact),
-        exact_median,
-        exact_median / plain_median
-    );
-    let events_per_second = 2.0 * 1e9 / exact_median;
-    println!(
-        "live drain: {events} events over the traced runs, {lost} lost; the traced loop produced {:.0} events/s on one thread",
-        events_per_second
+        "live drain: {events} events in the exact runs, {lost} lost ({:.0} events/s from one thread at the median)",
+        2.0 * 1e9 / exact
     );
     if lost > 0 {
-        println!(
-            "  WARNING: events were lost: the drain rate above was NOT sustained without loss"
-        );
+        println!("  WARNING: events were lost");
     }
     crate::run(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))

@@ -50,7 +50,7 @@ pub struct Totals {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Losses {
     pub ring_buffer_full: u64,
-    pub stash_map_full: u64,
+    pub entry_slot_collisions: u64,
     pub stack_capture_failed: u64,
     pub return_without_entry: u64,
     pub decode_errors: u64,
@@ -61,18 +61,18 @@ impl Losses {
     pub fn new(kernel: KernelLosses, decode_errors: u64) -> Losses {
         let KernelLosses {
             ring_buffer_full,
-            stash_map_full,
+            entry_slot_collisions,
             stack_capture_failed,
             return_without_entry,
         } = kernel;
         Losses {
             ring_buffer_full,
-            stash_map_full,
+            entry_slot_collisions,
             stack_capture_failed,
             return_without_entry,
             decode_errors,
             total: ring_buffer_full
-                + stash_map_full
+                + entry_slot_collisions
                 + stack_capture_failed
                 + return_without_entry
                 + decode_errors,
@@ -86,7 +86,7 @@ impl Losses {
         }
         let parts: Vec<String> = [
             ("ring buffer full", self.ring_buffer_full),
-            ("entry map full", self.stash_map_full),
+            ("entry slot collision", self.entry_slot_collisions),
             ("stack capture failed", self.stack_capture_failed),
             ("return without entry", self.return_without_entry),
             ("undecodable", self.decode_errors),
