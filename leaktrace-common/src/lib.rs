@@ -138,7 +138,8 @@ pub struct EventHeader {
     pub tid: u32,
     /// Valid entries in `AllocEvent::stack`; 0 for release events.
     pub stack_len: u32,
-    /// CLOCK_MONOTONIC (bpf_ktime_get_ns).
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns); 0 on release records, whose
+    /// time nothing uses (it saves a clock read per free).
     pub timestamp_ns: u64,
 }
 
@@ -148,8 +149,13 @@ pub struct EventHeader {
 /// daemon's `ingest` stage interprets them per function (realloc's rules,
 /// calloc's overflow, MAP_FAILED...). Keeping the semantics out of the kernel
 /// keeps the probe cheap and the rules unit-testable.
+///
+/// On the wire the event is followed by `header.stack_len` return addresses
+/// (u64, innermost first, captured at the call's return: the first one is
+/// inside the function that called the allocator), and nothing more: a
+/// record is as long as its stack, not `MAX_STACK_DEPTH` frames.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct AllocEvent {
     pub header: EventHeader,
     /// The first four argument registers at entry (rdi, rsi, rdx, rcx).
@@ -159,8 +165,14 @@ pub struct AllocEvent {
     /// posix_memalign only: the pointer it stored through its out-pointer,
     /// read when it returned 0.
     pub out: u64,
-    /// Return addresses, innermost first, captured at the call's return: the
-    /// first one is inside the function that called the allocator.
+}
+
+/// Where the kernel builds an allocating record before sending the used
+/// part of it (a per-CPU scratch slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AllocRecord {
+    pub event: AllocEvent,
     pub stack: [u64; MAX_STACK_DEPTH],
 }
 

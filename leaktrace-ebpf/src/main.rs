@@ -17,16 +17,15 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs},
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns,
-        bpf_probe_read_user,
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
     },
     macros::{map, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use leaktrace_common::{
-    AllocEvent, AllocFn, EXEC_EVENT, EntryStash, EventHeader, LOSS_COUNTERS, LossCounter,
-    MAX_STACK_DEPTH, ReleaseEvent, STASH_SLOTS,
+    AllocEvent, AllocFn, AllocRecord, EXEC_EVENT, EntryStash, EventHeader, LOSS_COUNTERS,
+    LossCounter, MAX_STACK_DEPTH, ReleaseEvent, STASH_SLOTS,
 };
 
 /// Events to userspace. The size is set by the loader (`--ring-buffer-size`).
@@ -78,15 +77,20 @@ fn submit_flags() -> u64 {
 }
 
 #[inline(always)]
-fn header(func: u32, pid_tgid: u64) -> EventHeader {
+fn header(func: u32, pid_tgid: u64, timestamp_ns: u64) -> EventHeader {
     EventHeader {
         func,
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         stack_len: 0,
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        timestamp_ns,
     }
 }
+
+/// Per-CPU scratch where an allocating record is built: only its used part
+/// (the event and the frames captured) goes into the ring buffer.
+#[map]
+static SCRATCH: PerCpuArray<AllocRecord> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn user_sp<C: EbpfContext>(ctx: &C) -> u64 {
@@ -233,21 +237,30 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         out = unsafe { bpf_probe_read_user(stash.args[0] as *const u64) }.unwrap_or(0);
     }
 
-    let Some(mut entry) = EVENTS.reserve::<AllocEvent>(0) else {
-        count_loss(LossCounter::RingBufferFull);
+    let Some(record) = SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    let event = entry.as_mut_ptr();
-    // SAFETY: `event` points into the reserved record, which is ours until
-    // submit; capture_stack writes within the stack array.
+    // SAFETY: this CPU's scratch slot; programs on one CPU do not preempt
+    // each other. The length sent is bounded by the slot's size.
     unsafe {
-        (*event).header = header(stash.func, pid_tgid);
-        (*event).args = stash.args;
-        (*event).ret = ret;
-        (*event).out = out;
-        (*event).header.stack_len = capture_stack(ctx.as_ptr().cast(), &mut (*event).stack);
+        let depth = capture_stack(ctx.as_ptr().cast(), &mut (*record).stack);
+        let mut event_header = header(stash.func, pid_tgid, bpf_ktime_get_ns());
+        event_header.stack_len = depth;
+        (*record).event = AllocEvent {
+            header: event_header,
+            args: stash.args,
+            ret,
+            out,
+        };
+        let depth = (depth as usize).min(MAX_STACK_DEPTH);
+        let bytes = core::slice::from_raw_parts(
+            record.cast::<u8>(),
+            size_of::<AllocEvent>() + depth * size_of::<u64>(),
+        );
+        if EVENTS.output::<[u8]>(bytes, submit_flags()).is_err() {
+            count_loss(LossCounter::RingBufferFull);
+        }
     }
-    entry.submit(submit_flags());
     0
 }
 
@@ -266,6 +279,7 @@ pub fn release_entry(ctx: ProbeContext) -> u32 {
         header: header(
             unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32,
             pid_tgid,
+            0,
         ),
         args: [addr, ctx.arg::<u64>(1).unwrap_or(0)],
     };
@@ -305,7 +319,10 @@ pub fn on_exec(_ctx: TracePointContext) -> u32 {
         return 0;
     }
     if EVENTS
-        .output::<EventHeader>(&header(EXEC_EVENT, pid_tgid), 0)
+        .output::<EventHeader>(
+            &header(EXEC_EVENT, pid_tgid, unsafe { bpf_ktime_get_ns() }),
+            0,
+        )
         .is_err()
     {
         count_loss(LossCounter::RingBufferFull);

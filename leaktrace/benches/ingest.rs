@@ -6,58 +6,42 @@
 //! Run: `cargo bench -p leaktrace --bench ingest` (or `cargo xtask bench`).
 use std::time::Instant;
 
-use leaktrace::pipeline::Pipeline;
-use leaktrace_common::{AllocEvent, AllocFn, EventHeader, MAX_STACK_DEPTH, ReleaseEvent};
+use leaktrace::{
+    ingest::{as_bytes, encode_alloc, encode_release},
+    pipeline::Pipeline,
+};
+use leaktrace_common::{AllocEvent, AllocFn, EventHeader, ReleaseEvent};
 
 /// Stacks per synthetic process: real services have hundreds of sites.
 const SITES: u64 = 512;
 
-fn record<T>(value: &T) -> Vec<u64> {
-    let mut words = vec![0u64; size_of::<T>().div_ceil(8)];
-    // SAFETY: copying a plain-data record into a buffer at least as large.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            (value as *const T).cast::<u8>(),
-            words.as_mut_ptr().cast::<u8>(),
-            size_of::<T>(),
-        )
-    };
-    words
-}
-
-fn as_bytes(words: &[u64]) -> &[u8] {
-    // SAFETY: viewing initialised u64s as bytes.
-    unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), words.len() * 8) }
-}
-
 fn alloc(addr: u64, site: u64, depth: usize) -> Vec<u64> {
-    let mut stack = [0u64; MAX_STACK_DEPTH];
-    for (i, frame) in stack.iter_mut().take(depth).enumerate() {
-        *frame = 0x40_0000 + site * 0x100 + i as u64 * 0x10;
-    }
-    record(&AllocEvent {
+    let stack: Vec<u64> = (0..depth as u64)
+        .map(|i| 0x40_0000 + site * 0x100 + i * 0x10)
+        .collect();
+    let event = AllocEvent {
         header: EventHeader {
             func: AllocFn::Malloc as u32,
             pid: 1,
             tid: 1,
-            stack_len: depth as u32,
+            stack_len: 0,
             timestamp_ns: addr,
         },
         args: [64, 0, 0, 0],
         ret: addr,
         out: 0,
-        stack,
-    })
+    };
+    encode_alloc(&event, &stack)
 }
 
 fn free(addr: u64) -> Vec<u64> {
-    record(&ReleaseEvent {
+    encode_release(&ReleaseEvent {
         header: EventHeader {
             func: AllocFn::Free as u32,
             pid: 1,
             tid: 1,
             stack_len: 0,
-            timestamp_ns: addr,
+            timestamp_ns: 0,
         },
         args: [addr, 0],
     })

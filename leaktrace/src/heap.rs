@@ -1,6 +1,6 @@
 //! Heap table: the allocations that are still outstanding.
 //!
-//! Heap blocks are keyed by (pid, address): a block is outstanding from the
+//! One table per process, keyed by address: a block is outstanding from the
 //! call that returned it until the call that releases that address. Mapped
 //! regions are kept apart, ordered by start, because munmap may release any
 //! page range, including the middle of a region (which splits it).
@@ -8,7 +8,16 @@
 //! Frees of addresses the table never saw (blocks allocated before attach)
 //! and allocations at an address still recorded live (a lost free) are
 //! counted, never silently absorbed.
-use std::collections::{BTreeMap, HashMap};
+//!
+//! Memory: a block costs its 8-byte key and this 16-byte `Block` in the
+//! hash table (measured by `cargo xtask bench`): times are kept as u32
+//! milliseconds since the table's epoch (49 days of tracing; later times
+//! saturate) rather than u64 nanoseconds.
+use std::collections::BTreeMap;
+
+// Fx hashing: keys are addresses and pids, not attacker-chosen strings, and
+// SipHash was a third of the time per record (cargo xtask bench).
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::{ingest::HeapOp, sites::SiteId};
 
@@ -17,8 +26,8 @@ use crate::{ingest::HeapOp, sites::SiteId};
 pub struct Block {
     pub size: u64,
     pub site: SiteId,
-    /// When it was allocated (CLOCK_MONOTONIC ns).
-    pub timestamp_ns: u64,
+    /// When it was allocated, in ms since the table's epoch.
+    pub time_ms: u32,
 }
 
 /// Counters of what the table saw.
@@ -43,70 +52,143 @@ struct Region {
     origin: u64,
 }
 
+/// What one process holds.
+#[derive(Default)]
+struct ProcessHeap {
+    blocks: HashMap<u64, Block>,
+    regions: BTreeMap<u64, Region>,
+}
+
+impl ProcessHeap {
+    /// Removes [addr, addr+len) from the mapped regions, splitting regions
+    /// that straddle its ends. Returns the bytes removed.
+    fn unmap(&mut self, addr: u64, len: u64) -> u64 {
+        let end = addr.saturating_add(len);
+        let overlapping: Vec<(u64, Region)> = self
+            .regions
+            .range(..end)
+            .rev()
+            .take_while(|(start, region)| *start + region.block.size > addr)
+            .map(|(start, region)| (*start, *region))
+            .collect();
+        let mut removed = 0;
+        for (start, region) in overlapping {
+            let region_end = start + region.block.size;
+            self.regions.remove(&start);
+            let piece = |size| Region {
+                block: Block {
+                    size,
+                    ..region.block
+                },
+                ..region
+            };
+            if start < addr {
+                self.regions.insert(start, piece(addr - start));
+            }
+            if region_end > end {
+                self.regions.insert(end, piece(region_end - end));
+            }
+            removed += region_end.min(end) - start.max(addr);
+        }
+        removed
+    }
+}
+
+/// Outstanding blocks and regions of every traced process.
 #[derive(Default)]
 pub struct HeapTable {
-    blocks: HashMap<(u32, u64), Block>,
-    regions: BTreeMap<(u32, u64), Region>,
+    processes: HashMap<u32, ProcessHeap>,
+    /// CLOCK_MONOTONIC ns that `Block::time_ms` counts from.
+    epoch_ns: u64,
     pub stats: TableStats,
 }
 
 impl HeapTable {
+    /// A table whose block times count from `epoch_ns` (CLOCK_MONOTONIC).
+    pub fn with_epoch(epoch_ns: u64) -> HeapTable {
+        HeapTable {
+            epoch_ns,
+            ..HeapTable::default()
+        }
+    }
+
+    /// `timestamp_ns` as whole ms since the epoch, rounded down (0 before
+    /// it, saturating after 49 days). Used for "now".
+    pub fn ms_since_epoch(&self, timestamp_ns: u64) -> u32 {
+        let ms = timestamp_ns.saturating_sub(self.epoch_ns) / 1_000_000;
+        u32::try_from(ms).unwrap_or(u32::MAX)
+    }
+
+    /// A block's time, rounded up: with "now" rounded down, an age is never
+    /// overestimated, so `--min-age` never counts a block too young.
+    fn block_time_ms(&self, timestamp_ns: u64) -> u32 {
+        let ms = timestamp_ns
+            .saturating_sub(self.epoch_ns)
+            .div_ceil(1_000_000);
+        u32::try_from(ms).unwrap_or(u32::MAX)
+    }
+
     /// Applies what one call of process `pid` did. `site` is where the
     /// call was made; `timestamp_ns` when.
     pub fn apply(&mut self, pid: u32, op: HeapOp, site: SiteId, timestamp_ns: u64) {
+        let time_ms = self.block_time_ms(timestamp_ns);
+        let stats = &mut self.stats;
+        let heap = self.processes.entry(pid).or_default();
+        let mut insert_block = |heap: &mut ProcessHeap, addr: u64, size: u64| {
+            let block = Block {
+                size,
+                site,
+                time_ms,
+            };
+            if heap.blocks.insert(addr, block).is_some() {
+                stats.replaced_blocks += 1;
+            }
+        };
         match op {
             HeapOp::Alloc { addr, size, mapped } => {
-                self.stats.allocations += 1;
-                let block = Block {
-                    size,
-                    site,
-                    timestamp_ns,
-                };
+                stats.allocations += 1;
                 if mapped {
                     // A fresh mapping replaces whatever it overlaps (MAP_FIXED).
-                    self.unmap(pid, addr, size);
-                    self.regions.insert(
-                        (pid, addr),
+                    heap.unmap(addr, size);
+                    let block = Block {
+                        size,
+                        site,
+                        time_ms,
+                    };
+                    heap.regions.insert(
+                        addr,
                         Region {
                             block,
                             origin: addr,
                         },
                     );
                 } else {
-                    self.insert_block(pid, addr, block);
+                    insert_block(heap, addr, size);
                 }
             }
             HeapOp::Free { addr } => {
-                self.stats.releases += 1;
-                if self.blocks.remove(&(pid, addr)).is_none() {
-                    self.stats.unmatched_releases += 1;
+                stats.releases += 1;
+                if heap.blocks.remove(&addr).is_none() {
+                    stats.unmatched_releases += 1;
                 }
             }
             HeapOp::Realloc { old, new, size } => {
-                self.stats.allocations += 1;
-                self.stats.releases += 1;
-                if self.blocks.remove(&(pid, old)).is_none() {
-                    self.stats.unmatched_releases += 1;
+                stats.allocations += 1;
+                stats.releases += 1;
+                if heap.blocks.remove(&old).is_none() {
+                    stats.unmatched_releases += 1;
                 }
-                self.insert_block(
-                    pid,
-                    new,
-                    Block {
-                        size,
-                        site,
-                        timestamp_ns,
-                    },
-                );
+                insert_block(heap, new, size);
             }
             HeapOp::Resize { addr, size } => {
-                if let Some(block) = self.blocks.get_mut(&(pid, addr)) {
+                if let Some(block) = heap.blocks.get_mut(&addr) {
                     block.size = size;
                 }
             }
             HeapOp::Unmap { addr, len } => {
-                self.stats.releases += 1;
-                if self.unmap(pid, addr, len) == 0 {
-                    self.stats.unmatched_releases += 1;
+                stats.releases += 1;
+                if heap.unmap(addr, len) == 0 {
+                    stats.unmatched_releases += 1;
                 }
             }
             HeapOp::Remap {
@@ -117,87 +199,49 @@ impl HeapTable {
             } => {
                 // The memory keeps the site that first mapped it; an
                 // untracked range (mapped before attach) stays untracked.
-                let origin = self.regions.get(&(pid, old)).copied();
-                self.unmap(pid, old, old_len);
+                let origin = heap.regions.get(&old).copied();
+                heap.unmap(old, old_len);
                 if let Some(origin) = origin {
-                    self.unmap(pid, new, new_len);
+                    heap.unmap(new, new_len);
                     let block = Block {
                         size: new_len,
                         ..origin.block
                     };
-                    self.regions
-                        .insert((pid, new), Region { block, origin: new });
+                    heap.regions.insert(new, Region { block, origin: new });
                 }
             }
-            HeapOp::Failed => self.stats.failed_calls += 1,
+            HeapOp::Failed => stats.failed_calls += 1,
             HeapOp::Ignored => {}
         }
     }
 
-    fn insert_block(&mut self, pid: u32, addr: u64, block: Block) {
-        if self.blocks.insert((pid, addr), block).is_some() {
-            self.stats.replaced_blocks += 1;
-        }
-    }
-
-    /// Removes [addr, addr+len) from the mapped regions of `pid`, splitting
-    /// regions that straddle its ends. Returns the bytes removed.
-    fn unmap(&mut self, pid: u32, addr: u64, len: u64) -> u64 {
-        let end = addr.saturating_add(len);
-        let overlapping: Vec<(u64, Region)> = self
-            .regions
-            .range((pid, 0)..(pid, end))
-            .rev()
-            .take_while(|((_, start), region)| start + region.block.size > addr)
-            .map(|((_, start), region)| (*start, *region))
-            .collect();
-        let mut removed = 0;
-        for (start, region) in overlapping {
-            let region_end = start + region.block.size;
-            self.regions.remove(&(pid, start));
-            let piece = |size| Region {
-                block: Block {
-                    size,
-                    ..region.block
-                },
-                ..region
-            };
-            if start < addr {
-                self.regions.insert((pid, start), piece(addr - start));
-            }
-            if region_end > end {
-                self.regions.insert((pid, end), piece(region_end - end));
-            }
-            removed += region_end.min(end) - start.max(addr);
-        }
-        removed
-    }
-
     /// Forgets everything about `pid` (it exited or exec'd).
     pub fn forget_process(&mut self, pid: u32) {
-        self.blocks.retain(|(p, _), _| *p != pid);
-        self.regions.retain(|(p, _), _| *p != pid);
+        self.processes.remove(&pid);
     }
 
     /// Every outstanding heap block and mapped piece, with its pid and
     /// whether it counts as an allocation of its own (every piece but the
     /// first one met of a region that munmap split).
     pub fn outstanding(&self) -> impl Iterator<Item = (u32, &Block, bool)> {
-        let mut origins_seen = std::collections::HashSet::new();
-        self.blocks
-            .iter()
-            .map(|((pid, _), block)| (*pid, block, true))
-            .chain(self.regions.iter().map(move |((pid, _), region)| {
-                (
-                    *pid,
-                    &region.block,
-                    origins_seen.insert((*pid, region.origin)),
+        self.processes.iter().flat_map(|(&pid, heap)| {
+            let mut origins_seen = std::collections::HashSet::new();
+            heap.blocks
+                .values()
+                .map(move |block| (pid, block, true))
+                .chain(
+                    heap.regions.values().map(move |region| {
+                        (pid, &region.block, origins_seen.insert(region.origin))
+                    }),
                 )
-            }))
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.blocks.len() + self.regions.len()
+        self.processes
+            .values()
+            .map(|heap| heap.blocks.len() + heap.regions.len())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {

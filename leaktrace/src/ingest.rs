@@ -18,7 +18,8 @@ const MAP_ANONYMOUS: u64 = 0x20;
 /// A record as it came from the kernel.
 #[derive(Clone, Copy, Debug)]
 pub enum Record<'a> {
-    Alloc(&'a AllocEvent),
+    /// The event and its stack (return addresses, innermost first).
+    Alloc(&'a AllocEvent, &'a [u64]),
     Release(&'a ReleaseEvent),
     /// The process called exec: its old address space is gone.
     Exec(&'a EventHeader),
@@ -55,15 +56,64 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
             &*bytes.as_ptr().cast::<ReleaseEvent>()
         }))
     } else {
-        if bytes.len() < size_of::<AllocEvent>() {
+        let fixed = size_of::<AllocEvent>();
+        if bytes.len() < fixed {
             return Err(DecodeError::TooShort);
         }
-        // SAFETY: as above, for the longer type.
-        Ok(Record::Alloc(unsafe {
-            &*bytes.as_ptr().cast::<AllocEvent>()
-        }))
+        // SAFETY: as above, for the fixed part of the record.
+        let event = unsafe { &*bytes.as_ptr().cast::<AllocEvent>() };
+        let frames = (event.header.stack_len as usize).min(MAX_STACK_DEPTH);
+        let stack_bytes = &bytes[fixed..];
+        if stack_bytes.len() < frames * size_of::<u64>() {
+            return Err(DecodeError::TooShort);
+        }
+        // SAFETY: `fixed` is a multiple of 8 from an 8-aligned start, and
+        // the length was checked.
+        let stack =
+            unsafe { std::slice::from_raw_parts(stack_bytes.as_ptr().cast::<u64>(), frames) };
+        Ok(Record::Alloc(event, stack))
     }
 }
+
+/// Encodes an allocating record as the kernel sends it (tests, benchmarks).
+/// u64 storage keeps the 8-byte alignment the ring buffer guarantees.
+pub fn encode_alloc(event: &AllocEvent, stack: &[u64]) -> Vec<u64> {
+    let mut event = *event;
+    event.header.stack_len = stack.len() as u32;
+    let mut words = vec![0u64; size_of::<AllocEvent>() / 8];
+    // SAFETY: AllocEvent is plain data whose size is a multiple of 8.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (&raw const event).cast::<u8>(),
+            words.as_mut_ptr().cast::<u8>(),
+            size_of::<AllocEvent>(),
+        )
+    };
+    words.extend_from_slice(stack);
+    words
+}
+
+/// Encodes a release record as the kernel sends it.
+pub fn encode_release(event: &ReleaseEvent) -> Vec<u64> {
+    let mut words = vec![0u64; size_of::<ReleaseEvent>() / 8];
+    // SAFETY: ReleaseEvent is plain data whose size is a multiple of 8.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (event as *const ReleaseEvent).cast::<u8>(),
+            words.as_mut_ptr().cast::<u8>(),
+            size_of::<ReleaseEvent>(),
+        )
+    };
+    words
+}
+
+/// Views encoded words as the bytes the ring buffer hands over.
+pub fn as_bytes(words: &[u64]) -> &[u8] {
+    // SAFETY: viewing initialised u64s as bytes.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), words.len() * 8) }
+}
+
+const _: () = assert!(size_of::<AllocEvent>() % 8 == 0 && size_of::<ReleaseEvent>() % 8 == 0);
 
 /// What one call did to the heap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,12 +249,6 @@ pub fn interpret_release(func: AllocFn, args: [u64; 2]) -> HeapOp {
         _ if args[0] == 0 => HeapOp::Ignored,
         _ => HeapOp::Free { addr: args[0] },
     }
-}
-
-/// The captured stack of an allocating record (innermost first).
-pub fn stack(event: &AllocEvent) -> &[u64] {
-    let len = (event.header.stack_len as usize).min(MAX_STACK_DEPTH);
-    &event.stack[..len]
 }
 
 #[cfg(test)]
@@ -397,6 +441,27 @@ mod tests {
             other => panic!("{other:?}"),
         }
         buf.0[0] = AllocFn::Malloc as u8;
-        assert_eq!(decode(&buf.0).unwrap_err(), DecodeError::TooShort);
+        assert_eq!(decode(&buf.0[..56]).unwrap_err(), DecodeError::TooShort);
+        // A record as long as its stack, no longer.
+        let event = AllocEvent {
+            header: EventHeader {
+                func: AllocFn::Malloc as u32,
+                ..EventHeader::default()
+            },
+            ..AllocEvent::default()
+        };
+        let words = encode_alloc(&event, &[0xa, 0xb]);
+        match decode(as_bytes(&words)).unwrap() {
+            Record::Alloc(e, stack) => {
+                assert_eq!(e.header.stack_len, 2);
+                assert_eq!(stack, [0xa, 0xb]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // stack_len promising more frames than sent is rejected.
+        assert_eq!(
+            decode(&as_bytes(&words)[..as_bytes(&words).len() - 8]).unwrap_err(),
+            DecodeError::TooShort
+        );
     }
 }

@@ -4,11 +4,13 @@
 //!
 //! ```text
 //! target -> probes -> kernel (eBPF, ring buffer) -> ingest -> heap -> aggregate -> symbolize -> report
+//!           (placement)                             (pipeline: ingest + sites + heap, bytes in, table out)
 //! ```
 //!
-//! `target`, `probes`, `ingest`, `heap`, `aggregate` and `report` are pure
-//! logic tested on made-up input; `kernel`, `launch` and `session` talk to
-//! the kernel and are tested by the integration suite on real processes.
+//! `target`, `placement`, `probes`, `ingest`, `sites`, `heap`, `pipeline`,
+//! `aggregate` and `report` are pure logic tested on made-up input or real
+//! object files; `kernel`, `launch` and `session` talk to the kernel and are
+//! tested by the integration suite on real processes.
 pub mod aggregate;
 pub mod cli;
 pub mod heap;

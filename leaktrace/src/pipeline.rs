@@ -56,10 +56,9 @@ impl Pipeline {
                     .apply(event.header.pid, op, 0, event.header.timestamp_ns);
                 Ingested::Applied
             }
-            Ok(Record::Alloc(event)) => {
+            Ok(Record::Alloc(event, stack)) => {
                 let func = AllocFn::from_u32(event.header.func).expect("decode checked it");
                 let op = ingest::interpret_alloc(func, event.args, event.ret, event.out);
-                let stack = ingest::stack(event);
                 let known_sites = self.sites.len();
                 let site = self.sites.intern(event.header.pid, func, stack);
                 self.table
@@ -76,56 +75,36 @@ impl Pipeline {
 
 #[cfg(test)]
 mod tests {
-    use leaktrace_common::{AllocEvent, EventHeader, MAX_STACK_DEPTH, ReleaseEvent};
+    use leaktrace_common::{AllocEvent, EventHeader, ReleaseEvent};
 
     use super::*;
+    use crate::ingest::{as_bytes, encode_alloc, encode_release};
 
-    fn bytes<T>(record: &T) -> Vec<u64> {
-        // u64 storage keeps the 8-byte alignment the kernel guarantees.
-        let mut words = vec![0u64; size_of::<T>().div_ceil(8)];
-        // SAFETY: copying a plain-data record into a buffer at least as large.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                (record as *const T).cast::<u8>(),
-                words.as_mut_ptr().cast::<u8>(),
-                size_of::<T>(),
-            )
-        };
-        words
-    }
-
-    fn as_bytes(words: &[u64]) -> &[u8] {
-        // SAFETY: viewing initialised u64s as bytes.
-        unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), words.len() * 8) }
-    }
-
-    fn malloc(addr: u64, size: u64, stack: &[u64]) -> AllocEvent {
-        let mut event = AllocEvent {
+    fn malloc(addr: u64, size: u64, stack: &[u64]) -> Vec<u64> {
+        let event = AllocEvent {
             header: EventHeader {
                 func: AllocFn::Malloc as u32,
                 pid: 7,
                 tid: 7,
-                stack_len: stack.len() as u32,
+                stack_len: 0,
                 timestamp_ns: 1,
             },
             args: [size, 0, 0, 0],
             ret: addr,
             out: 0,
-            stack: [0; MAX_STACK_DEPTH],
         };
-        event.stack[..stack.len()].copy_from_slice(stack);
-        event
+        encode_alloc(&event, stack)
     }
 
     #[test]
     fn records_flow_into_the_table_and_new_sites_are_announced() {
         let mut pipeline = Pipeline::default();
-        let first = bytes(&malloc(0x1000, 10, &[0xa, 0xb]));
+        let first = malloc(0x1000, 10, &[0xa, 0xb]);
         assert!(matches!(
             pipeline.ingest(as_bytes(&first)),
             Ingested::NewSite(&[0xa, 0xb])
         ));
-        let again = bytes(&malloc(0x2000, 10, &[0xa, 0xb]));
+        let again = malloc(0x2000, 10, &[0xa, 0xb]);
         assert!(matches!(
             pipeline.ingest(as_bytes(&again)),
             Ingested::Applied
@@ -136,11 +115,11 @@ mod tests {
                 pid: 7,
                 tid: 7,
                 stack_len: 0,
-                timestamp_ns: 2,
+                timestamp_ns: 0,
             },
             args: [0x1000, 0],
         };
-        pipeline.ingest(as_bytes(&bytes(&free)));
+        pipeline.ingest(as_bytes(&encode_release(&free)));
         assert_eq!(pipeline.table.len(), 1);
         assert_eq!(pipeline.events, 3);
         pipeline.ingest(&[1, 2, 3]);

@@ -24,6 +24,7 @@ use tokio::{
 use crate::{
     aggregate,
     cli::{Cli, Command, ProbePlacement, ReportOptions},
+    heap::HeapTable,
     kernel::{self, KernelOptions, KernelProbes},
     launch,
     pipeline::{Ingested, Pipeline},
@@ -115,7 +116,6 @@ impl Engine {
                 elapsed: self.started.elapsed(),
                 is_final,
                 min_age,
-                now_ns,
                 stats: pipeline.table.stats,
                 events: pipeline.events,
                 execs: pipeline.execs,
@@ -305,7 +305,10 @@ impl Engine {
             pid,
             command,
             objects,
-            pipeline: Pipeline::default(),
+            pipeline: Pipeline {
+                table: HeapTable::with_epoch(monotonic_ns()),
+                ..Pipeline::default()
+            },
             maps: Arc::new(Mutex::new(maps)),
             symbolizer: Symbolizer::default(),
             started: Instant::now(),

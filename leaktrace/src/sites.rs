@@ -3,7 +3,9 @@
 //!
 //! Stacks are compared in full, never by a hash alone: two different stacks
 //! never share an id (the "stack id collision" bug of stack-map based tools).
-use std::{collections::HashMap, hash::BuildHasher};
+use std::hash::BuildHasher;
+
+use rustc_hash::{FxBuildHasher, FxHashMap as HashMap};
 
 use leaktrace_common::AllocFn;
 
@@ -25,7 +27,9 @@ pub struct CallSites {
     sites: Vec<CallSite>,
     /// Hash of (pid, func, stack) to the ids with that hash.
     by_hash: HashMap<u64, Vec<SiteId>>,
-    hasher: std::collections::hash_map::RandomState,
+    /// Fx: stacks come from the kernel, and a collision only costs a
+    /// comparison (ids are checked against the full stack).
+    hasher: FxBuildHasher,
 }
 
 impl CallSites {

@@ -147,6 +147,7 @@ fn demo() -> Result<()> {
 
 fn test(args: &[String]) -> Result<()> {
     setup::all()?;
+    setup::test_dependencies()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { geteuid() } != 0 {
         eprintln!(

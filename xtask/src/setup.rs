@@ -30,6 +30,44 @@ pub fn all() -> Result<()> {
     Ok(())
 }
 
+/// What the test suite needs beyond the build: jemalloc (traced as Debian's
+/// redis-server uses it) and valgrind (the oracle the leak numbers are
+/// checked against).
+pub fn test_dependencies() -> Result<()> {
+    apt_packages(
+        &["libjemalloc2", "valgrind"],
+        "the test suite traces jemalloc and checks against valgrind",
+    )
+}
+
+fn apt_packages(packages: &[&str], why: &str) -> Result<()> {
+    if dpkg_installed(packages) {
+        return Ok(());
+    }
+    apt_install(packages, why)
+}
+
+fn dpkg_installed(packages: &[&str]) -> bool {
+    output_of(
+        Command::new("dpkg-query")
+            .args(["-W", "-f", "${Status}\n"])
+            .args(packages),
+    )
+    .is_some_and(|out| {
+        out.lines().count() == packages.len() && out.lines().all(|l| l.ends_with(" installed"))
+    })
+}
+
+fn apt_install(packages: &[&str], why: &str) -> Result<()> {
+    eprintln!("xtask: installing {} ({why})", packages.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-q"))
+        .context("apt-get update (are you root?)")?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 fn cargo_bin() -> std::path::PathBuf {
     let home = std::env::var_os("CARGO_HOME")
         .map(Into::into)
@@ -81,27 +119,11 @@ fn nightly() -> Result<()> {
 }
 
 fn llvm() -> Result<()> {
-    let installed = output_of(
-        Command::new("dpkg-query")
-            .args(["-W", "-f", "${Status}\n"])
-            .args(LLVM_PACKAGES),
-    )
-    .is_some_and(|out| {
-        out.lines().count() == LLVM_PACKAGES.len() && out.lines().all(|l| l.ends_with(" installed"))
-    });
-    if installed && Path::new(LLVM_BIN).join("llvm-config").exists() {
-        return Ok(());
+    let why = "bpf-linker links against them";
+    if !Path::new(LLVM_BIN).join("llvm-config").exists() {
+        return apt_install(&LLVM_PACKAGES, why);
     }
-    eprintln!(
-        "xtask: installing {} (bpf-linker links against them)",
-        LLVM_PACKAGES.join(" ")
-    );
-    run(Command::new("apt-get").arg("update").arg("-q"))
-        .context("apt-get update (are you root?)")?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(LLVM_PACKAGES)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    apt_packages(&LLVM_PACKAGES, why)
 }
 
 fn bpf_linker() -> Result<()> {

@@ -137,7 +137,6 @@ pub struct ReportInput<'a> {
     pub elapsed: Duration,
     pub is_final: bool,
     pub min_age: Duration,
-    pub now_ns: u64,
     pub stats: TableStats,
     pub events: u64,
     pub execs: u64,
@@ -158,7 +157,7 @@ pub fn build(input: ReportInput<'_>, maps: &ProcessMaps, symbolizer: &mut Symbol
                 allocator: site.func.symbol().to_string(),
                 bytes: total.bytes,
                 count: total.count,
-                oldest_age_ms: input.now_ns.saturating_sub(total.oldest_ns) / 1_000_000,
+                oldest_age_ms: total.oldest_age_ms,
                 frames: symbolizer.symbolize_stack(maps, &site.stack),
             }
         })
