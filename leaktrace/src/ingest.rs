@@ -113,7 +113,9 @@ pub fn as_bytes(words: &[u64]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), words.len() * 8) }
 }
 
-const _: () = assert!(size_of::<AllocEvent>() % 8 == 0 && size_of::<ReleaseEvent>() % 8 == 0);
+const _: () = assert!(
+    size_of::<AllocEvent>().is_multiple_of(8) && size_of::<ReleaseEvent>().is_multiple_of(8)
+);
 
 /// What one call did to the heap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
