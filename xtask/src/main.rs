@@ -154,8 +154,38 @@ fn test(args: &[String]) -> Result<()> {
             "xtask: WARNING: not root: the integration tests that load eBPF programs will SKIP (run as root for the full suite)"
         );
     }
-    // Default members: the eBPF crate is built by leaktrace's build script.
-    run(cargo().arg("test").args(args))
+    // Default members (the eBPF crate is built by leaktrace's build
+    // script); no doc tests (there are none, and their empty runs would
+    // end the log on "0 passed").
+    let mut command = cargo();
+    command
+        .args(["test", "--lib", "--bins", "--tests"])
+        .args(args)
+        .stdout(std::process::Stdio::piped());
+    let mut child = command.spawn().context("running cargo test")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut totals = [0u64; 3];
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some(counts) = line.strip_prefix("test result: ") {
+            for (total, word) in totals.iter_mut().zip(["passed", "failed", "ignored"]) {
+                *total += counts
+                    .split([';', '.'])
+                    .find_map(|part| part.trim().strip_suffix(word)?.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!(
+        "total: {} passed, {} failed, {} skipped",
+        totals[0], totals[1], totals[2]
+    );
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
 }
 
 unsafe extern "C" {
