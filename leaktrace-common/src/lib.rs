@@ -5,6 +5,9 @@
 //! writes these into the ring buffer and userspace decodes them from bytes.
 #![no_std]
 
+mod unwinding;
+pub use unwinding::*;
+
 /// How many user frames an allocation event carries. Frames beyond this are
 /// cut, and the event says so (`stack_len == MAX_STACK_DEPTH`).
 pub const MAX_STACK_DEPTH: usize = 64;
@@ -165,6 +168,9 @@ pub struct AllocEvent {
     /// posix_memalign only: the pointer it stored through its out-pointer,
     /// read when it returned 0.
     pub out: u64,
+    /// Bit i set: frame i was found by falling back to frame pointers (code
+    /// without unwind rows) while unwinding with .eh_frame tables.
+    pub fp_frames: u64,
 }
 
 /// Where the kernel builds an allocating record before sending the used
@@ -207,9 +213,45 @@ pub enum LossCounter {
 
 pub const LOSS_COUNTERS: u32 = 4;
 
+/// How to unwind one frame, from `pc` up to the next row's `pc`, in an
+/// object's compact unwind table (built from .eh_frame by userspace, searched
+/// by the eBPF unwinder). The return address is always at CFA - 8 (x86_64).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindRow {
+    /// First instruction the row covers: the object's ELF virtual address.
+    pub pc: u32,
+    /// CFA = (rsp or rbp, per `kind`) + cfa_offset.
+    pub cfa_offset: i16,
+    /// Where the caller's rbp was saved: CFA + rbp_offset; 0 when rbp still
+    /// holds the caller's value (not saved yet, or never touched).
+    pub rbp_offset: i16,
+    /// One of the UNWIND_* kinds.
+    pub kind: u8,
+    pub _padding: [u8; 3],
+}
+
+/// No unwind information covers this pc (a gap between FDEs, or a rule the
+/// table cannot express): the unwinder falls back to frame pointers.
+pub const UNWIND_NONE: u8 = 0;
+/// CFA = rsp + cfa_offset.
+pub const UNWIND_CFA_RSP: u8 = 1;
+/// CFA = rbp + cfa_offset.
+pub const UNWIND_CFA_RBP: u8 = 2;
+/// The return address is undefined here: the outermost frame (_start, clone's thread start). Stop.
+pub const UNWIND_OUTERMOST: u8 = 3;
+/// A PLT stub: CFA = rsp + 8, plus 8 when (pc & 15) >= 11 (the standard .plt CFA expression).
+pub const UNWIND_PLT: u8 = 4;
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data with explicit layout and no padding holes that
     // could leak uninitialised bytes (all fields are u32/u64, sized in pairs).
     unsafe impl aya::Pod for super::EntryStash {}
+    // SAFETY: 12 bytes (u32, 2 x i16, u8, [u8; 3]): explicit padding, no holes.
+    unsafe impl aya::Pod for super::UnwindRow {}
+    // SAFETY: as above; u64/u32 fields only, explicit padding.
+    unsafe impl aya::Pod for super::UnwindMapping {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProcessMappings {}
 }

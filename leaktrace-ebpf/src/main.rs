@@ -13,6 +13,8 @@
 #![no_std]
 #![no_main]
 
+mod unwind;
+
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs},
@@ -24,8 +26,9 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use leaktrace_common::{
-    AllocEvent, AllocFn, AllocRecord, EXEC_EVENT, EntryStash, EventHeader, LOSS_COUNTERS,
-    LossCounter, MAX_STACK_DEPTH, ReleaseEvent, STASH_SLOTS,
+    AllocEvent, AllocFn, AllocRecord, CONFIG_ENTRIES, CONFIG_STACK_MODE, EXEC_EVENT, EntryStash,
+    EventHeader, LOSS_COUNTERS, LossCounter, MAX_STACK_DEPTH, ReleaseEvent, STACK_MODE_DWARF,
+    STASH_SLOTS,
 };
 
 /// Events to userspace. The size is set by the loader (`--ring-buffer-size`).
@@ -51,6 +54,10 @@ static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_COUNTERS, 0
 /// going live, not a loss.
 #[map]
 static ARMED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Settings from userspace (`CONFIG_*` indexes).
+#[map]
+static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_ENTRIES, 0);
 
 #[inline(always)]
 fn count_loss(counter: LossCounter) {
@@ -90,7 +97,7 @@ fn header(func: u32, pid_tgid: u64, timestamp_ns: u64) -> EventHeader {
 /// Per-CPU scratch where an allocating record is built: only its used part
 /// (the event and the frames captured) goes into the ring buffer.
 #[map]
-static SCRATCH: PerCpuArray<AllocRecord> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static SCRATCH: PerCpuArray<AllocRecord> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn user_sp<C: EbpfContext>(ctx: &C) -> u64 {
@@ -243,7 +250,20 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     // SAFETY: this CPU's scratch slot; programs on one CPU do not preempt
     // each other. The length sent is bounded by the slot's size.
     unsafe {
-        let depth = capture_stack(ctx.as_ptr().cast(), &mut (*record).stack);
+        let regs: *const pt_regs = ctx.as_ptr().cast();
+        let dwarf = CONFIG
+            .get(CONFIG_STACK_MODE)
+            .is_some_and(|mode| *mode == STACK_MODE_DWARF);
+        let (depth, fp_frames) = if dwarf {
+            unwind::walk(
+                (pid_tgid >> 32) as u32,
+                (*regs).rip,
+                (*regs).rsp,
+                (*regs).rbp,
+            )
+        } else {
+            (capture_stack(regs, &mut (*record).stack), 0)
+        };
         let mut event_header = header(stash.func, pid_tgid, bpf_ktime_get_ns());
         event_header.stack_len = depth;
         (*record).event = AllocEvent {
@@ -251,6 +271,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
             args: stash.args,
             ret,
             out,
+            fp_frames,
         };
         let depth = (depth as usize).min(MAX_STACK_DEPTH);
         let bytes = core::slice::from_raw_parts(

@@ -30,6 +30,7 @@ fn alloc(addr: u64, site: u64, depth: usize) -> Vec<u64> {
         args: [64, 0, 0, 0],
         ret: addr,
         out: 0,
+        fp_frames: 0,
     };
     encode_alloc(&event, &stack)
 }

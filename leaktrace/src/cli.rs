@@ -96,6 +96,16 @@ pub struct ReportOptions {
     /// first instruction, as other tools do.
     #[arg(long, value_enum, default_value_t = ProbePlacement::Auto)]
     pub probe_placement: ProbePlacement,
+    /// How stacks are unwound: `dwarf` follows each object's .eh_frame
+    /// tables (complete stacks through code built without frame pointers,
+    /// like Debian's libc and python3), falling back to frame pointers for
+    /// code without tables; `fp` follows frame pointers only (cheaper).
+    #[arg(long, value_enum, default_value_t = StackMode::Dwarf)]
+    pub stack_mode: StackMode,
+    /// Room for unwind table rows in the kernel (12 bytes each; python3 and
+    /// its libraries take about N rows).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub unwind_rows: u32,
     /// Benchmark floor: attach the same probes to programs that do nothing
     /// (the report stays empty). For `cargo xtask bench`.
     #[arg(long, hide = true)]
@@ -103,6 +113,13 @@ pub struct ReportOptions {
     /// No progress messages on stderr (errors are still printed).
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// `--stack-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StackMode {
+    Fp,
+    Dwarf,
 }
 
 /// `--probe-placement`.

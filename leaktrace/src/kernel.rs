@@ -15,9 +15,14 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
-use leaktrace_common::{LOSS_COUNTERS, LossCounter};
+use leaktrace_common::{
+    CONFIG_STACK_MODE, LOSS_COUNTERS, LossCounter, STACK_MODE_DWARF, STACK_MODE_FP,
+};
 
-use crate::probes::{Attachment, Program};
+use crate::{
+    probes::{Attachment, Program},
+    unwind_maps::UnwindTables,
+};
 
 /// Counts of what the kernel side had to drop, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -32,6 +37,10 @@ pub struct KernelLosses {
 #[derive(Clone, Copy, Debug)]
 pub struct KernelOptions {
     pub ring_buffer_bytes: u32,
+    /// Unwind with .eh_frame tables (rows in a map of `unwind_rows` entries)
+    /// instead of frame pointers only.
+    pub dwarf: bool,
+    pub unwind_rows: u32,
     /// Attach programs that return at once: the cost floor of the probes.
     pub empty_programs: bool,
 }
@@ -85,7 +94,7 @@ impl KernelProbes {
         pid: u32,
         plan: &[Attachment],
         options: &KernelOptions,
-    ) -> Result<(KernelProbes, RingBuf<MapData>)> {
+    ) -> Result<(KernelProbes, RingBuf<MapData>, Option<UnwindTables>)> {
         let program_name = |program: Program| match (options.empty_programs, program) {
             (false, program) => program.name(),
             (true, Program::AllocReturn) => "empty_return",
@@ -95,6 +104,14 @@ impl KernelProbes {
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", options.ring_buffer_bytes)
+            .map_max_entries(
+                "UNWIND_ROWS",
+                if options.dwarf {
+                    options.unwind_rows
+                } else {
+                    1
+                },
+            )
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/leaktrace"
@@ -158,6 +175,28 @@ impl KernelProbes {
         on_exec
             .attach("sched", "sched_process_exec")
             .context("attaching to tracepoint sched:sched_process_exec (is tracefs mounted?)")?;
+        let mut config: Array<_, u32> =
+            Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?;
+        let mode = if options.dwarf {
+            STACK_MODE_DWARF
+        } else {
+            STACK_MODE_FP
+        };
+        config.set(CONFIG_STACK_MODE, mode, 0)?;
+        let unwind_tables = if options.dwarf {
+            Some(UnwindTables::new(
+                Array::try_from(
+                    ebpf.take_map("UNWIND_ROWS")
+                        .context("UNWIND_ROWS map missing")?,
+                )?,
+                HashMap::try_from(
+                    ebpf.take_map("PROCESS_MAPPINGS")
+                        .context("PROCESS_MAPPINGS map missing")?,
+                )?,
+            ))
+        } else {
+            None
+        };
         // Every probe is live: from now on a return without entry is a loss.
         let mut armed: Array<_, u32> =
             Array::try_from(ebpf.map_mut("ARMED").context("ARMED map missing")?)?;
@@ -171,6 +210,7 @@ impl KernelProbes {
                 attached: plan.len(),
             },
             events,
+            unwind_tables,
         ))
     }
 

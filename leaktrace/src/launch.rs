@@ -2,11 +2,16 @@
 //!
 //! The child is forked and held before exec until every probe is attached
 //! to it; uprobes follow its pid through exec, so nothing it allocates is
-//! missed. The parent thread also ptrace-seizes the child with only
-//! PTRACE_O_TRACEEXIT: the child then stops once, at its exit, while its
-//! address space still exists, so its mappings can be read for the report
-//! of a program that exits before anyone could look at it. Signals are
-//! passed through unchanged; if leaktrace dies, the kernel detaches it.
+//! missed. The parent thread also ptrace-seizes the child, for two stops:
+//! - at its entry point (a one-shot int3 planted at AT_ENTRY when it
+//!   execs): the dynamic linker has mapped every library by then, and
+//!   `at_entry` loads their unwind tables before main runs;
+//! - at its exit (PTRACE_O_TRACEEXIT), while its address space still
+//!   exists, so `at_exit` can read its mappings for the report of a program
+//!   that exits before anyone could look at it.
+//!
+//! Signals are passed through unchanged; if leaktrace dies, the kernel
+//! detaches it.
 use std::{
     ffi::{CString, OsString},
     os::unix::ffi::OsStrExt as _,
@@ -47,6 +52,7 @@ pub struct HeldChild {
 pub fn spawn_held(
     program: &Path,
     args: &[OsString],
+    at_entry: impl FnOnce() + Send + 'static,
     at_exit: impl FnOnce() + Send + 'static,
 ) -> Result<(HeldChild, tokio::sync::oneshot::Receiver<ExitStatus>)> {
     let path =
@@ -83,7 +89,7 @@ pub fn spawn_held(
             }
             let pid = child.pid;
             let _ = started_tx.send(child.release());
-            let _ = exit_tx.send(wait_traced(pid, at_exit));
+            let _ = exit_tx.send(wait_traced(pid, at_entry, at_exit));
         })
         .context("starting the child-watching thread")?;
     let pid = pid_rx.recv().context("child thread died")??;
@@ -162,7 +168,7 @@ fn fork_held(path: &CString, argv: &[CString]) -> Result<Forked> {
             libc::PTRACE_SEIZE,
             pid as libc::pid_t,
             0,
-            libc::PTRACE_O_TRACEEXIT as libc::c_long,
+            (libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_TRACEEXEC) as libc::c_long,
         )
     };
     if seized != 0 {
@@ -213,10 +219,71 @@ fn wait_plain(pid: u32) {
     unsafe { libc::waitpid(pid as i32, &mut status, libc::__WALL) };
 }
 
-/// Waits for the seized child, passing every signal through, and runs
-/// `at_exit` at its exit stop.
-fn wait_traced(pid: u32, at_exit: impl FnOnce()) -> ExitStatus {
+/// The program's entry point, from the auxiliary vector the kernel gave it.
+fn entry_point(pid: u32) -> Option<u64> {
+    let auxv = std::fs::read(format!("/proc/{pid}/auxv")).ok()?;
+    auxv.chunks_exact(16).find_map(|pair| {
+        let key = u64::from_ne_bytes(pair[..8].try_into().ok()?);
+        let value = u64::from_ne_bytes(pair[8..].try_into().ok()?);
+        (key == libc::AT_ENTRY).then_some(value)
+    })
+}
+
+/// A one-shot int3 planted at the entry point.
+struct EntryBreakpoint {
+    address: u64,
+    original: libc::c_long,
+}
+
+impl EntryBreakpoint {
+    /// Plants it; None if the text cannot be read or written.
+    fn plant(pid: u32) -> Option<EntryBreakpoint> {
+        let address = entry_point(pid)?;
+        // SAFETY: ptrace on our stopped tracee; errors are checked via errno.
+        unsafe {
+            *libc::__errno_location() = 0;
+            let original = libc::ptrace(libc::PTRACE_PEEKTEXT, pid as i32, address, 0);
+            if original == -1 && *libc::__errno_location() != 0 {
+                return None;
+            }
+            let with_int3 = (original & !0xff) | 0xcc;
+            if libc::ptrace(libc::PTRACE_POKETEXT, pid as i32, address, with_int3) != 0 {
+                return None;
+            }
+            Some(EntryBreakpoint { address, original })
+        }
+    }
+
+    /// If the tracee stopped on it: restores the instruction, rewinds rip
+    /// onto it and returns true.
+    fn hit(&self, pid: u32) -> bool {
+        // SAFETY: ptrace on our stopped tracee with a valid regs buffer.
+        unsafe {
+            let mut regs: libc::user_regs_struct = std::mem::zeroed();
+            if libc::ptrace(libc::PTRACE_GETREGS, pid as i32, 0, &mut regs) != 0
+                || regs.rip != self.address + 1
+            {
+                return false;
+            }
+            libc::ptrace(
+                libc::PTRACE_POKETEXT,
+                pid as i32,
+                self.address,
+                self.original,
+            );
+            regs.rip = self.address;
+            libc::ptrace(libc::PTRACE_SETREGS, pid as i32, 0, &regs);
+        }
+        true
+    }
+}
+
+/// Waits for the seized child, passing every signal through; runs
+/// `at_entry` when it reaches its entry point and `at_exit` at its exit stop.
+fn wait_traced(pid: u32, at_entry: impl FnOnce(), at_exit: impl FnOnce()) -> ExitStatus {
+    let mut at_entry = Some(at_entry);
     let mut at_exit = Some(at_exit);
+    let mut breakpoint: Option<EntryBreakpoint> = None;
     loop {
         let mut status = 0;
         // SAFETY: waiting for our own child.
@@ -240,7 +307,27 @@ fn wait_traced(pid: u32, at_exit: impl FnOnce()) -> ExitStatus {
         let signal = libc::WSTOPSIG(status);
         // SAFETY: ptrace requests on our stopped tracee.
         unsafe {
-            if event == libc::PTRACE_EVENT_EXIT {
+            if event == libc::PTRACE_EVENT_EXEC {
+                if at_entry.is_some() && breakpoint.is_none() {
+                    breakpoint = EntryBreakpoint::plant(pid);
+                    if breakpoint.is_none()
+                        && let Some(f) = at_entry.take()
+                    {
+                        // No breakpoint: load what can be loaded now.
+                        f();
+                    }
+                }
+                libc::ptrace(libc::PTRACE_CONT, pid as i32, 0, 0);
+            } else if signal == libc::SIGTRAP
+                && event == 0
+                && breakpoint.as_ref().is_some_and(|b| b.hit(pid))
+            {
+                breakpoint = None;
+                if let Some(f) = at_entry.take() {
+                    f();
+                }
+                libc::ptrace(libc::PTRACE_CONT, pid as i32, 0, 0);
+            } else if event == libc::PTRACE_EVENT_EXIT {
                 if let Some(f) = at_exit.take() {
                     f();
                 }

@@ -25,3 +25,5 @@ pub mod session;
 pub mod sites;
 pub mod symbolize;
 pub mod target;
+pub mod unwind;
+pub mod unwind_maps;

@@ -60,7 +60,9 @@ impl Pipeline {
                 let func = AllocFn::from_u32(event.header.func).expect("decode checked it");
                 let op = ingest::interpret_alloc(func, event.args, event.ret, event.out);
                 let known_sites = self.sites.len();
-                let site = self.sites.intern(event.header.pid, func, stack);
+                let site = self
+                    .sites
+                    .intern(event.header.pid, func, stack, event.fp_frames);
                 self.table
                     .apply(event.header.pid, op, site, event.header.timestamp_ns);
                 if self.sites.len() > known_sites {
@@ -92,6 +94,7 @@ mod tests {
             args: [size, 0, 0, 0],
             ret: addr,
             out: 0,
+            fp_frames: 0,
         };
         encode_alloc(&event, stack)
     }

@@ -23,7 +23,7 @@ use tokio::{
 
 use crate::{
     aggregate,
-    cli::{Cli, Command, ProbePlacement, ReportOptions},
+    cli::{Cli, Command, ProbePlacement, ReportOptions, StackMode},
     heap::HeapTable,
     kernel::{self, KernelOptions, KernelProbes},
     launch,
@@ -32,6 +32,7 @@ use crate::{
     report::{self, Format, Losses, ReportInput},
     symbolize::{ProcessMaps, Symbolizer},
     target::{self, ProbedObject},
+    unwind_maps::UnwindTables,
 };
 
 /// Runs the parsed command line; returns the process exit code.
@@ -65,6 +66,9 @@ struct Engine {
     pipeline: Pipeline,
     maps: Arc<Mutex<ProcessMaps>>,
     symbolizer: Symbolizer,
+    /// The unwinder's tables, in `--stack-mode dwarf` (shared with the
+    /// child thread of `run`, which loads them at the command's entry).
+    unwind_tables: Arc<Mutex<Option<UnwindTables>>>,
     started: Instant,
     options: ReportOptions,
 }
@@ -78,21 +82,32 @@ impl Engine {
     }
 
     fn ingest(&mut self, bytes: &[u8]) {
-        match self.pipeline.ingest(bytes) {
-            Ingested::Applied => {}
+        let refresh = match self.pipeline.ingest(bytes) {
+            Ingested::Applied => false,
+            // Make sure the new stack's code is in the mappings we know,
+            // while the process is still there to ask.
             Ingested::NewSite(stack) => {
-                // Make sure the new stack's code is in the mappings we know,
-                // while the process is still there to ask.
-                let mut maps = self.maps.lock().expect("maps lock");
-                if !stack.iter().all(|&a| maps.covers(a.saturating_sub(1))) {
-                    maps.refresh();
-                }
+                let maps = self.maps.lock().expect("maps lock");
+                !stack.iter().all(|&a| maps.covers(a.saturating_sub(1)))
             }
-            Ingested::Exec(_) => {
-                // The mapping history is kept: the newest mapping of an
-                // address wins.
-                self.maps.lock().expect("maps lock").refresh();
-            }
+            // The mapping history is kept: the newest mapping of an address
+            // wins.
+            Ingested::Exec(_) => true,
+        };
+        if refresh {
+            self.refresh_mappings();
+        }
+    }
+
+    /// Rereads the process's mappings and hands new executable ones to the
+    /// unwinder (libraries loaded with dlopen, a new image after exec).
+    fn refresh_mappings(&mut self) {
+        let mut maps = self.maps.lock().expect("maps lock");
+        if maps.refresh()
+            && let Some(tables) = self.unwind_tables.lock().expect("unwind lock").as_mut()
+            && let Err(err) = tables.load_process(self.pid, maps.current(), maps.root())
+        {
+            eprintln!("leaktrace: warning: unwind tables not updated: {err:#}");
         }
     }
 
@@ -220,6 +235,8 @@ fn pidfd_open(pid: u32) -> Result<OwnedFd> {
 fn kernel_options(options: &ReportOptions) -> KernelOptions {
     KernelOptions {
         ring_buffer_bytes: options.ring_buffer_mib << 20,
+        dwarf: options.stack_mode == StackMode::Dwarf,
+        unwind_rows: options.unwind_rows,
         empty_programs: options.empty_programs,
     }
 }
@@ -230,10 +247,15 @@ async fn trace_pid(pid: u32, options: ReportOptions) -> Result<i32> {
     let pidfd = pidfd_open(pid)?;
     let objects = target::objects_for_pid(pid)?;
     let plan = probes::plan(&objects, options.probe_placement == ProbePlacement::Auto);
-    let kernel = KernelProbes::attach(pid, &plan, &kernel_options(&options))?;
-    let mut maps = ProcessMaps::new(pid);
-    maps.refresh();
-    let engine = Engine::new(pid, None, objects, maps, options);
+    let (kernel, ring, unwind_tables) =
+        KernelProbes::attach(pid, &plan, &kernel_options(&options))?;
+    let mut engine = Engine::new(pid, None, objects, ProcessMaps::new(pid), options);
+    *engine.unwind_tables.lock().expect("unwind lock") = unwind_tables;
+    engine.refresh_mappings();
+    if let Some(tables) = engine.unwind_tables.lock().expect("unwind lock").as_ref() {
+        engine.progress(&tables.summary());
+    }
+    let kernel = (kernel, ring);
     engine.progress(&format!(
         "tracing pid {pid} ({}): {} probes on {}",
         fs::read_link(format!("/proc/{pid}/exe"))
@@ -258,14 +280,33 @@ async fn run_command(command: Vec<OsString>, options: ReportOptions) -> Result<i
     let plan = probes::plan(&objects, options.probe_placement == ProbePlacement::Auto);
     let maps = Arc::new(Mutex::new(ProcessMaps::from_mappings(0, Vec::new())));
     let maps_at_exit = maps.clone();
-    let (child, exit) = launch::spawn_held(&program, &command, move || {
+    // Filled once the probes (and the unwinder's maps) exist; the child
+    // thread loads the tables when the command reaches its entry point.
+    let unwind_slot: Arc<Mutex<Option<UnwindTables>>> = Arc::new(Mutex::new(None));
+    let (maps_at_entry, unwind_at_entry) = (maps.clone(), unwind_slot.clone());
+    let quiet = options.quiet;
+    let at_entry = move || {
+        let mut maps = maps_at_entry.lock().expect("maps lock");
+        if maps.refresh()
+            && let Some(tables) = unwind_at_entry.lock().expect("unwind lock").as_mut()
+        {
+            match tables.load_process(maps.pid, maps.current(), maps.root()) {
+                Ok(()) if !quiet => eprintln!("leaktrace: {}", tables.summary()),
+                Ok(()) => {}
+                Err(err) => eprintln!("leaktrace: warning: unwind tables not loaded: {err:#}"),
+            }
+        }
+    };
+    let (child, exit) = launch::spawn_held(&program, &command, at_entry, move || {
         maps_at_exit.lock().expect("maps lock").refresh();
     })?;
     let pid = child.pid;
     *maps.lock().expect("maps lock") = ProcessMaps::new(pid);
     // Probes first, then exec: nothing the command allocates is missed.
     // If attaching fails, dropping `child` kills the held child.
-    let kernel = KernelProbes::attach(pid, &plan, &kernel_options(&options))?;
+    let (kernel, ring, unwind_tables) =
+        KernelProbes::attach(pid, &plan, &kernel_options(&options))?;
+    let kernel = (kernel, ring);
     let words: Vec<String> = command
         .iter()
         .map(|w| w.to_string_lossy().into_owned())
@@ -278,6 +319,8 @@ async fn run_command(command: Vec<OsString>, options: ReportOptions) -> Result<i
         options,
     );
     engine.maps = maps;
+    *unwind_slot.lock().expect("unwind lock") = unwind_tables;
+    engine.unwind_tables = unwind_slot;
     engine.pipeline.launch_exec_pending = true;
     child.start()?;
     engine.progress(&format!(
@@ -311,6 +354,7 @@ impl Engine {
             },
             maps: Arc::new(Mutex::new(maps)),
             symbolizer: Symbolizer::default(),
+            unwind_tables: Arc::new(Mutex::new(None)),
             started: Instant::now(),
             options,
         }

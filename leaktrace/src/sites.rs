@@ -19,6 +19,9 @@ pub struct CallSite {
     pub func: AllocFn,
     /// Return addresses captured at the allocator's return, innermost first.
     pub stack: Box<[u64]>,
+    /// Bit i set: frame i was found by the frame-pointer fallback of the
+    /// .eh_frame unwinder (as first seen; not part of the site's identity).
+    pub fp_frames: u64,
 }
 
 /// Interns call sites.
@@ -35,7 +38,7 @@ pub struct CallSites {
 impl CallSites {
     /// The id of this site, creating it on first sight. Does not allocate
     /// when the site is known.
-    pub fn intern(&mut self, pid: u32, func: AllocFn, stack: &[u64]) -> SiteId {
+    pub fn intern(&mut self, pid: u32, func: AllocFn, stack: &[u64], fp_frames: u64) -> SiteId {
         let hash = self.hasher.hash_one((pid, func as u32, stack));
         let ids = self.by_hash.entry(hash).or_default();
         for &id in ids.iter() {
@@ -49,6 +52,7 @@ impl CallSites {
             pid,
             func,
             stack: stack.into(),
+            fp_frames,
         });
         ids.push(id);
         id
@@ -74,14 +78,14 @@ mod tests {
     #[test]
     fn same_site_same_id_different_anything_different_id() {
         let mut sites = CallSites::default();
-        let a = sites.intern(1, AllocFn::Malloc, &[1, 2, 3]);
-        assert_eq!(sites.intern(1, AllocFn::Malloc, &[1, 2, 3]), a);
+        let a = sites.intern(1, AllocFn::Malloc, &[1, 2, 3], 0);
+        assert_eq!(sites.intern(1, AllocFn::Malloc, &[1, 2, 3], 0), a);
         let others = [
-            sites.intern(2, AllocFn::Malloc, &[1, 2, 3]),
-            sites.intern(1, AllocFn::Calloc, &[1, 2, 3]),
-            sites.intern(1, AllocFn::Malloc, &[1, 2]),
-            sites.intern(1, AllocFn::Malloc, &[1, 2, 4]),
-            sites.intern(1, AllocFn::Malloc, &[]),
+            sites.intern(2, AllocFn::Malloc, &[1, 2, 3], 0),
+            sites.intern(1, AllocFn::Calloc, &[1, 2, 3], 0),
+            sites.intern(1, AllocFn::Malloc, &[1, 2], 0),
+            sites.intern(1, AllocFn::Malloc, &[1, 2, 4], 0),
+            sites.intern(1, AllocFn::Malloc, &[], 0),
         ];
         let mut all = vec![a];
         all.extend(others);

@@ -70,6 +70,8 @@ pub struct ProcessMaps {
     pub pid: u32,
     root: PathBuf,
     history: Vec<Mapping>,
+    /// The mappings of the last successful read.
+    current: Vec<Mapping>,
 }
 
 impl ProcessMaps {
@@ -78,6 +80,7 @@ impl ProcessMaps {
             pid,
             root: process_root(pid),
             history: Vec::new(),
+            current: Vec::new(),
         }
     }
 
@@ -86,6 +89,7 @@ impl ProcessMaps {
         ProcessMaps {
             pid,
             root: PathBuf::from("/"),
+            current: mappings.clone(),
             history: mappings,
         }
     }
@@ -101,12 +105,23 @@ impl ProcessMaps {
             // A zombie has no mappings left; keep what we knew.
             return false;
         }
-        for mapping in current {
-            if !self.history.contains(&mapping) {
-                self.history.push(mapping);
+        for mapping in &current {
+            if !self.history.contains(mapping) {
+                self.history.push(mapping.clone());
             }
         }
+        self.current = current;
         true
+    }
+
+    /// The mappings of the last successful read.
+    pub fn current(&self) -> &[Mapping] {
+        &self.current
+    }
+
+    /// Where the process's files are from here (`/` or /proc/PID/root).
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// The newest mapping holding `addr`, and `addr`'s offset in its file.
@@ -141,6 +156,10 @@ pub struct Frame {
     pub address: u64,
     /// An inlined call inside the next frame (same address).
     pub inlined: bool,
+    /// Found by following frame pointers, not unwind tables: the code below
+    /// it had no .eh_frame rows (JIT, anonymous code), so this frame and the
+    /// ones above it may be incomplete.
+    pub fallback: bool,
 }
 
 /// Symbolizes return addresses, caching per (object, offset).
@@ -167,10 +186,17 @@ impl Symbolizer {
     /// (innermost first, inlined calls expanded). Each return address is
     /// looked up at `addr - 1`, inside the call instruction, so a call that
     /// is the last instruction of a function is not blamed on the next one.
-    pub fn symbolize_stack(&mut self, maps: &ProcessMaps, stack: &[u64]) -> Vec<Frame> {
+    /// Bit i of `fallback_frames` marks stack[i] as found by frame pointers.
+    pub fn symbolize_stack(
+        &mut self,
+        maps: &ProcessMaps,
+        stack: &[u64],
+        fallback_frames: u64,
+    ) -> Vec<Frame> {
         self.prefetch(maps, stack);
         let mut frames = Vec::with_capacity(stack.len());
-        for &addr in stack {
+        for (index, &addr) in stack.iter().enumerate() {
+            let fallback = index < 64 && fallback_frames & (1 << index) != 0;
             match maps.locate(addr.saturating_sub(1)) {
                 Some((mapping, offset)) => {
                     let cached = &self.cache[&(mapping.path.clone(), offset)];
@@ -186,6 +212,7 @@ impl Symbolizer {
                     module: "[unknown]".into(),
                     address: addr,
                     inlined: false,
+                    fallback,
                 }),
             }
         }
@@ -247,6 +274,7 @@ impl Symbolizer {
                             module: module.clone(),
                             address: 0,
                             inlined: true,
+                            fallback: false,
                         });
                     }
                     let (file, line) = location(sym.code_info.as_deref());
@@ -257,6 +285,7 @@ impl Symbolizer {
                         module: module.clone(),
                         address: 0,
                         inlined: false,
+                        fallback: false,
                     });
                     Some(frames)
                 }
@@ -277,6 +306,7 @@ fn unknown_frame(path: &str, offset: u64) -> Frame {
         module: path.to_string(),
         address: 0,
         inlined: false,
+        fallback: false,
     }
 }
 
@@ -332,14 +362,16 @@ mod tests {
         let mut maps = ProcessMaps::new(std::process::id());
         assert!(maps.refresh());
         let here = symbolizes_this_test_binary as *const () as u64;
-        let frames = Symbolizer::default().symbolize_stack(&maps, &[here + 1]);
+        let frames = Symbolizer::default().symbolize_stack(&maps, &[here + 1], 0);
         assert!(
             frames
                 .iter()
                 .any(|f| f.function.contains("symbolizes_this_test_binary")),
             "{frames:#?}"
         );
-        let unknown = Symbolizer::default().symbolize_stack(&maps, &[0x10]);
+        let unknown = Symbolizer::default().symbolize_stack(&maps, &[0x10], 1);
         assert_eq!(unknown[0].function, "[unknown 0x10]");
+        assert!(unknown[0].fallback);
+        assert!(!frames[0].fallback);
     }
 }

@@ -10,76 +10,12 @@ use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use common::{
     EXPECTED_LEAKS, Memory, SKIP_PVALLOC, TEMPORARY_FUNCTIONS, TempDir, build_leaky,
-    bytes_by_fixture_function, check_report_against_table, describe_sites,
-    expected_without_pvalloc, have_tool, leaktrace_bin, read_json, require_root, run_with_timeout,
-    serial,
+    bytes_by_fixture_function, check_report_against_table, describe_sites, errors,
+    expected_without_pvalloc, have_tool, leaktrace_bin, loss_records, read_json, require_root,
+    run_with_timeout, serial,
 };
 
 const VALGRIND_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// One loss record of valgrind's XML output.
-#[derive(Debug)]
-struct LossRecord {
-    kind: String,
-    bytes: u64,
-    blocks: u64,
-    /// Function names of the allocation stack, innermost first.
-    functions: Vec<String>,
-}
-
-fn unescape(text: &str) -> String {
-    text.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&amp;", "&")
-}
-
-/// Text of the first `<tag>...</tag>` in `xml`.
-fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
-    let open = format!("<{name}>");
-    let close = format!("</{name}>");
-    let start = xml.find(&open)? + open.len();
-    let end = start + xml[start..].find(&close)?;
-    Some(&xml[start..end])
-}
-
-/// Every `<error>` of valgrind's XML: (kind, whole text).
-fn errors(xml: &str) -> Vec<(String, &str)> {
-    xml.split("<error>")
-        .skip(1)
-        .map(|chunk| {
-            let body = chunk.split("</error>").next().unwrap_or(chunk);
-            (tag(body, "kind").unwrap_or("").to_string(), body)
-        })
-        .collect()
-}
-
-fn loss_records(xml: &str) -> Vec<LossRecord> {
-    errors(xml)
-        .into_iter()
-        .filter(|(kind, _)| kind.starts_with("Leak_"))
-        .map(|(kind, body)| {
-            let number = |name| {
-                tag(body, name)
-                    .and_then(|t| t.trim().parse().ok())
-                    .unwrap_or(0)
-            };
-            let stack = tag(body, "stack").unwrap_or("");
-            let functions = stack
-                .split("<fn>")
-                .skip(1)
-                .map(|s| unescape(s.split("</fn>").next().unwrap_or("")))
-                .collect();
-            LossRecord {
-                kind,
-                bytes: number("leakedbytes"),
-                blocks: number("leakedblocks"),
-                functions,
-            }
-        })
-        .collect()
-}
 
 /// Runs `leaky` (pvalloc skipped) under valgrind memcheck; returns its leaks
 /// per fixture function: (bytes, blocks), summed over loss records whose

@@ -6,7 +6,9 @@
 //! within one run mean anything):
 //! - untraced;
 //! - floor: the same probes at the same offsets, attached to empty programs;
-//! - leaktrace exact (`leaktrace run`), which also checks no event was lost;
+//! - leaktrace exact (`leaktrace run`, .eh_frame stacks), which also checks
+//!   no event was lost;
+//! - leaktrace exact with frame-pointer stacks (`--stack-mode fp`);
 //! - leaktrace with probes at offset 0 (`--probe-placement entry`);
 //! - bpftrace doing what bcc memleak does (Debian's bpftrace, installed if
 //!   missing; BPFTRACE_MAP_KEYS_MAX raised so its maps do not fill).
@@ -34,6 +36,7 @@ enum Mode {
     Untraced,
     Floor,
     Exact,
+    ExactFp,
     ExactAtEntry,
     Bpftrace,
 }
@@ -44,6 +47,7 @@ impl Mode {
             Mode::Untraced => "untraced",
             Mode::Floor => "floor (empty programs)",
             Mode::Exact => "leaktrace exact",
+            Mode::ExactFp => "leaktrace exact, fp stacks",
             Mode::ExactAtEntry => "leaktrace exact, offset 0",
             Mode::Bpftrace => "bpftrace memleak-like",
         }
@@ -108,6 +112,7 @@ fn measure(mode: Mode, program: &Path, pairs: u64, dir: &Path) -> Result<Measure
         }
         Mode::Floor => leaktrace_run(&["--empty-programs"], program, pairs, &report),
         Mode::Exact => leaktrace_run(&[], program, pairs, &report),
+        Mode::ExactFp => leaktrace_run(&["--stack-mode", "fp"], program, pairs, &report),
         Mode::ExactAtEntry => {
             leaktrace_run(&["--probe-placement", "entry"], program, pairs, &report)
         }
@@ -155,6 +160,7 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
         Mode::Untraced,
         Mode::Floor,
         Mode::Exact,
+        Mode::ExactFp,
         Mode::ExactAtEntry,
         Mode::Bpftrace,
     ];
@@ -197,8 +203,12 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
     println!(
         "  leaktrace exact is {:.2}x the floor and {:.1}x cheaper than bpftrace; placement saves {:.1}x",
         exact / floor,
-        medians[4] / exact,
-        medians[3] / exact
+        medians[5] / exact,
+        medians[4] / exact
+    );
+    println!(
+        "  .eh_frame stacks cost {:.0} ns more per recorded allocation than frame-pointer stacks",
+        exact - medians[3]
     );
     println!(
         "live drain: {events} events in the exact runs, {lost} lost ({:.0} events/s from one thread at the median)",

@@ -158,7 +158,7 @@ pub fn build(input: ReportInput<'_>, maps: &ProcessMaps, symbolizer: &mut Symbol
                 bytes: total.bytes,
                 count: total.count,
                 oldest_age_ms: total.oldest_age_ms,
-                frames: symbolizer.symbolize_stack(maps, &site.stack),
+                frames: symbolizer.symbolize_stack(maps, &site.stack, site.fp_frames),
             }
         })
         .collect();
@@ -215,6 +215,7 @@ pub(crate) mod fixtures {
             module: "/usr/bin/prog".into(),
             address: 0x401000,
             inlined: false,
+            fallback: false,
         }
     }
 

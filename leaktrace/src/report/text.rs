@@ -42,6 +42,9 @@ fn frame_line(frame: &Frame) -> String {
     if frame.inlined {
         line.push_str(" [inlined]");
     }
+    if frame.fallback {
+        line.push_str(" [frame pointer]");
+    }
     line
 }
 

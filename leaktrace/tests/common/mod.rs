@@ -6,7 +6,8 @@
 //!   them, the site markers of a fixture source;
 //! - [`process`]: child processes that are killed even when a test fails,
 //!   line readers with timeouts, running leaktrace;
-//! - [`report`]: reading a JSON report and checking it against the table.
+//! - [`report`]: reading a JSON report and checking it against the table;
+//! - [`valgrind`]: reading valgrind memcheck's XML output.
 //!
 //! Each test file includes this with `mod common;` and uses part of it,
 //! through the re-exports below (`common::NAME`).
@@ -17,6 +18,7 @@ pub mod fixtures;
 pub mod process;
 pub mod report;
 pub mod table;
+pub mod valgrind;
 
 // Each test file uses only some of these: the rest are unused there.
 #[allow(unused_imports)]
@@ -38,3 +40,5 @@ pub use report::{
 pub use table::{
     EXPECTED_LEAKS, Leak, Memory, PAGE, SKIP_PVALLOC, TEMPORARY_FUNCTIONS, expected_without_pvalloc,
 };
+#[allow(unused_imports)]
+pub use valgrind::{LossRecord, errors, loss_records, tag};

@@ -1,0 +1,186 @@
+//! Stack walking with .eh_frame tables, inside the program.
+//!
+//! Each step finds the mapping holding the pc (binary search over the
+//! process's executable mappings), then the row covering it in that
+//! object's table (binary search over its rows), computes the CFA from rsp
+//! or rbp, reads the return address at CFA-8 and, when the row says so,
+//! the caller's rbp. Code without rows (JIT, anonymous code, an object
+//! whose table is not loaded) is stepped with frame pointers instead, and
+//! the frame is flagged so the report can say so. The loop is a bpf_loop,
+//! so the verifier checks one step, not 64.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, generated::bpf_loop},
+    macros::map,
+    maps::{Array, HashMap},
+};
+use leaktrace_common::{
+    MAX_STACK_DEPTH, MAX_UNWIND_MAPPINGS, ProcessMappings, UNWIND_CFA_RBP, UNWIND_CFA_RSP,
+    UNWIND_NONE, UNWIND_OUTERMOST, UNWIND_PLT, UnwindRow,
+};
+
+use crate::SCRATCH;
+
+/// Every loaded object's rows, back to back (sized by the loader).
+#[map]
+pub static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, 0);
+
+/// Executable mappings of each traced process (filled by userspace).
+#[map]
+pub static PROCESS_MAPPINGS: HashMap<u32, ProcessMappings> = HashMap::with_max_entries(1024, 0);
+
+/// The walk's state, shared with each bpf_loop step.
+#[repr(C)]
+pub struct Walk {
+    pub pc: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Frames found by falling back to frame pointers (bit per frame).
+    pub fp_frames: u64,
+    pub pid: u32,
+    pub depth: u32,
+}
+
+/// The row covering `pc` in `pid`'s tables, if any.
+#[inline(always)]
+fn find_row(pid: u32, pc: u64) -> Option<UnwindRow> {
+    // SAFETY: read-only use of the map value.
+    let process = unsafe { PROCESS_MAPPINGS.get(&pid) }?;
+    let count = (process.count as usize).min(MAX_UNWIND_MAPPINGS);
+    // Last mapping whose start <= pc.
+    let (mut low, mut high) = (0usize, count);
+    for _ in 0..8 {
+        if low >= high {
+            break;
+        }
+        let middle = (low + high) / 2;
+        let mapping = process.mappings.get(middle)?;
+        if mapping.start <= pc {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    let mapping = process.mappings.get(low.checked_sub(1)?)?;
+    if pc >= mapping.end || mapping.row_count == 0 {
+        return None;
+    }
+    let target = pc.wrapping_sub(mapping.bias);
+    if target > u32::MAX as u64 {
+        return None;
+    }
+    let target = target as u32;
+    // Last row whose pc <= target.
+    let (mut low, mut high) = (mapping.first_row, mapping.first_row + mapping.row_count);
+    for _ in 0..24 {
+        if high - low <= 1 {
+            break;
+        }
+        let middle = low + (high - low) / 2;
+        let row = UNWIND_ROWS.get(middle)?;
+        if row.pc <= target {
+            low = middle;
+        } else {
+            high = middle;
+        }
+    }
+    let row = UNWIND_ROWS.get(low)?;
+    (row.pc <= target).then_some(*row)
+}
+
+/// One step: from (pc, sp, bp) of a frame to its caller's. 0 continues the
+/// loop, 1 stops it.
+extern "C" fn unwind_step(_index: u64, context: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the Walk it was given.
+    let walk = unsafe { &mut *context.cast::<Walk>() };
+    let depth = walk.depth as usize;
+    if depth >= MAX_STACK_DEPTH {
+        return 1;
+    }
+    let Some(record) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // Every pc past the first is a return address: look up the call.
+    let row = find_row(walk.pid, walk.pc.wrapping_sub(1));
+    let kind = row.map_or(UNWIND_NONE, |r| r.kind);
+    let (next_pc, next_sp, next_bp) = if kind == UNWIND_OUTERMOST {
+        return 1;
+    } else if kind == UNWIND_NONE {
+        // No rows: one frame-pointer step.
+        if walk.bp == 0 {
+            return 1;
+        }
+        // SAFETY: bpf_probe_read_user checks the user address.
+        let Ok([saved_bp, return_address]) =
+            (unsafe { bpf_probe_read_user(walk.bp as *const [u64; 2]) })
+        else {
+            return 1;
+        };
+        walk.fp_frames |= 1 << depth;
+        (return_address, walk.bp + 16, saved_bp)
+    } else {
+        let row = row.unwrap_or_default();
+        let cfa = match kind {
+            UNWIND_CFA_RSP => walk.sp.wrapping_add(row.cfa_offset as i64 as u64),
+            UNWIND_CFA_RBP => walk.bp.wrapping_add(row.cfa_offset as i64 as u64),
+            UNWIND_PLT => walk.sp + 8 + if walk.pc & 15 >= 11 { 8 } else { 0 },
+            _ => return 1,
+        };
+        // SAFETY: bpf_probe_read_user checks the user address.
+        let Ok(return_address) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else {
+            return 1;
+        };
+        let bp = if row.rbp_offset != 0 {
+            let at = cfa.wrapping_add(row.rbp_offset as i64 as u64);
+            // SAFETY: as above.
+            match unsafe { bpf_probe_read_user(at as *const u64) } {
+                Ok(bp) => bp,
+                Err(_) => return 1,
+            }
+        } else {
+            walk.bp
+        };
+        (return_address, cfa, bp)
+    };
+    // The stack grows down: a caller's frame is above its callee's.
+    if next_pc == 0 || next_sp <= walk.sp {
+        return 1;
+    }
+    // SAFETY: this CPU's scratch slot; `depth` was checked above.
+    unsafe { (*record).stack[depth] = next_pc };
+    walk.depth += 1;
+    walk.pc = next_pc;
+    walk.sp = next_sp;
+    walk.bp = next_bp;
+    0
+}
+
+/// Walks the stack from the registers at the allocator's return into the
+/// scratch record's stack. Returns (frames, frame-pointer fallback bits).
+#[inline(always)]
+pub fn walk(pid: u32, pc: u64, sp: u64, bp: u64) -> (u32, u64) {
+    let Some(record) = SCRATCH.get_ptr_mut(0) else {
+        return (0, 0);
+    };
+    // SAFETY: this CPU's scratch slot.
+    unsafe { (*record).stack[0] = pc };
+    let mut state = Walk {
+        pc,
+        sp,
+        bp,
+        fp_frames: 0,
+        pid,
+        depth: 1,
+    };
+    // SAFETY: the callback and its context live for the call.
+    unsafe {
+        bpf_loop(
+            (MAX_STACK_DEPTH - 1) as u32,
+            unwind_step as *mut c_void,
+            (&raw mut state).cast(),
+            0,
+        )
+    };
+    (state.depth, state.fp_frames)
+}

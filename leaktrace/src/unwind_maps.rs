@@ -1,0 +1,214 @@
+//! Unwind tables in the kernel: which objects' rows are loaded where, and
+//! each traced process's executable mappings, for the eBPF unwinder.
+//!
+//! Rows of every object go back to back into one array map; an object is
+//! loaded once (by path) however many processes map it. Rows stay until
+//! leaktrace exits: one session traces one process, whose objects stay
+//! mostly the same, so a bump allocator is enough.
+use std::{
+    collections::HashMap as StdHashMap,
+    fs,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{Array, HashMap, MapData};
+use leaktrace_common::{MAX_UNWIND_MAPPINGS, ProcessMappings, UnwindMapping, UnwindRow};
+use object::{Object as _, ObjectSegment as _};
+
+use crate::{symbolize::Mapping, unwind};
+
+/// An object whose rows are in the array.
+#[derive(Clone, Debug)]
+struct LoadedObject {
+    first_row: u32,
+    row_count: u32,
+    /// (file offset, size, virtual address) of each loadable segment.
+    segments: Vec<(u64, u64, u64)>,
+}
+
+/// What loading cost, for progress messages and the figures.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadStats {
+    pub objects: usize,
+    pub rows: usize,
+    /// Parsing .eh_frame into rows.
+    pub build_time: Duration,
+    /// Writing the rows into the kernel's map.
+    pub load_time: Duration,
+}
+
+pub struct UnwindTables {
+    rows: Array<MapData, UnwindRow>,
+    processes: HashMap<MapData, u32, ProcessMappings>,
+    objects: StdHashMap<String, Option<LoadedObject>>,
+    next_row: u32,
+    capacity: u32,
+    pub stats: LoadStats,
+}
+
+impl UnwindTables {
+    pub fn new(
+        rows: Array<MapData, UnwindRow>,
+        processes: HashMap<MapData, u32, ProcessMappings>,
+    ) -> UnwindTables {
+        let capacity = rows.len();
+        UnwindTables {
+            rows,
+            processes,
+            objects: StdHashMap::new(),
+            next_row: 0,
+            capacity,
+            stats: LoadStats::default(),
+        }
+    }
+
+    /// Bytes the loaded rows take in the kernel.
+    pub fn row_bytes(&self) -> usize {
+        self.next_row as usize * size_of::<UnwindRow>()
+    }
+
+    /// One line for progress messages: what the tables cost.
+    pub fn summary(&self) -> String {
+        format!(
+            "unwind tables for {} objects: {} rows, {} KiB in the kernel, built in {} ms, loaded in {} ms",
+            self.stats.objects,
+            self.stats.rows,
+            self.row_bytes() / 1024,
+            self.stats.build_time.as_millis(),
+            self.stats.load_time.as_millis()
+        )
+    }
+
+    /// Loads the tables of `pid`'s executable mappings (objects not loaded
+    /// yet are read from `root`) and publishes its mappings.
+    pub fn load_process(&mut self, pid: u32, mappings: &[Mapping], root: &Path) -> Result<()> {
+        let mut entries: Vec<UnwindMapping> = Vec::new();
+        for mapping in mappings.iter().filter(|m| m.executable) {
+            let Some(object) = self.object(&mapping.path, root) else {
+                continue;
+            };
+            let Some(bias) = bias(&object.segments, mapping) else {
+                continue;
+            };
+            entries.push(UnwindMapping {
+                start: mapping.start,
+                end: mapping.end,
+                bias,
+                first_row: object.first_row,
+                row_count: object.row_count,
+            });
+        }
+        entries.sort_by_key(|m| m.start);
+        entries.dedup_by_key(|m| m.start);
+        entries.truncate(MAX_UNWIND_MAPPINGS);
+        let mut value = ProcessMappings {
+            count: entries.len() as u32,
+            _padding: 0,
+            mappings: [UnwindMapping::default(); MAX_UNWIND_MAPPINGS],
+        };
+        value.mappings[..entries.len()].copy_from_slice(&entries);
+        self.processes
+            .insert(pid, value, 0)
+            .context("publishing the process's mappings to the unwinder")?;
+        Ok(())
+    }
+
+    /// Forgets `pid`'s mappings (it exited).
+    pub fn forget_process(&mut self, pid: u32) {
+        let _ = self.processes.remove(&pid);
+    }
+
+    /// The object's rows, loading them on first sight. None when it has no
+    /// usable table (unreadable, not ELF, no .eh_frame, or no room left).
+    fn object(&mut self, path: &str, root: &Path) -> Option<LoadedObject> {
+        if let Some(known) = self.objects.get(path) {
+            return known.clone();
+        }
+        let loaded = self.load_object(&root.join(path.trim_start_matches('/')));
+        if let Err(err) = &loaded {
+            eprintln!(
+                "leaktrace: no unwind table for {path}: {err:#} (its frames fall back to frame pointers)"
+            );
+        }
+        let loaded = loaded.ok();
+        self.objects.insert(path.to_string(), loaded.clone());
+        loaded
+    }
+
+    fn load_object(&mut self, path: &Path) -> Result<LoadedObject> {
+        let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let started = Instant::now();
+        let table = unwind::build_table(&data)?;
+        self.stats.build_time += started.elapsed();
+        let file = object::File::parse(&*data)?;
+        let segments = file
+            .segments()
+            .map(|s| {
+                let (offset, size) = s.file_range();
+                (offset, size, s.address())
+            })
+            .collect();
+        let row_count = u32::try_from(table.len())?;
+        if self.next_row.saturating_add(row_count) > self.capacity {
+            anyhow::bail!(
+                "the unwind row map is full ({} rows; raise --unwind-rows)",
+                self.capacity
+            );
+        }
+        let first_row = self.next_row;
+        let loading = Instant::now();
+        for (i, row) in table.iter().enumerate() {
+            self.rows.set(first_row + i as u32, row, 0)?;
+        }
+        self.stats.load_time += loading.elapsed();
+        self.next_row += row_count;
+        self.stats.objects += 1;
+        self.stats.rows += table.len();
+        Ok(LoadedObject {
+            first_row,
+            row_count,
+            segments,
+        })
+    }
+}
+
+/// Address minus virtual address for a mapping: the segment holding the
+/// mapping's file offset says which virtual address the offset has.
+fn bias(segments: &[(u64, u64, u64)], mapping: &Mapping) -> Option<u64> {
+    segments.iter().find_map(|&(offset, size, vaddr)| {
+        (mapping.file_offset >= offset && mapping.file_offset < offset + size.max(1)).then(|| {
+            mapping
+                .start
+                .wrapping_sub(vaddr + (mapping.file_offset - offset))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bias_maps_addresses_back_to_virtual_addresses() {
+        // A PIE's text: file offset 0x1000, vaddr 0x1000, mapped at 0x5555_0000_1000.
+        let segments = [(0, 0x800, 0), (0x1000, 0x2000, 0x1000)];
+        let mapping = Mapping {
+            start: 0x5555_0000_1000,
+            end: 0x5555_0000_3000,
+            file_offset: 0x1000,
+            executable: true,
+            path: "/bin/x".into(),
+        };
+        let pie_bias = bias(&segments, &mapping).unwrap();
+        assert_eq!(0x5555_0000_1234 - pie_bias, 0x1234);
+        // A non-PIE: vaddr 0x401000 at offset 0x1000, mapped at 0x401000.
+        let segments = [(0x1000, 0x2000, 0x401000)];
+        let mapping = Mapping {
+            start: 0x401000,
+            ..mapping
+        };
+        assert_eq!(bias(&segments, &mapping), Some(0));
+    }
+}
