@@ -6,6 +6,9 @@
 /// Executable mappings per process the unwinder can hold.
 pub const MAX_UNWIND_MAPPINGS: usize = 128;
 
+/// Processes the unwinder can hold tables for at once.
+pub const MAX_UNWIND_PROCESSES: u32 = 256;
+
 /// `CONFIG[CONFIG_STACK_MODE]`: how stacks are captured.
 pub const CONFIG_STACK_MODE: u32 = 0;
 /// Frame pointers only.

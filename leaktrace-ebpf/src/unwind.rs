@@ -16,8 +16,8 @@ use aya_ebpf::{
     maps::{Array, HashMap},
 };
 use leaktrace_common::{
-    MAX_STACK_DEPTH, MAX_UNWIND_MAPPINGS, ProcessMappings, UNWIND_CFA_RBP, UNWIND_CFA_RSP,
-    UNWIND_NONE, UNWIND_OUTERMOST, UNWIND_PLT, UnwindRow,
+    MAX_STACK_DEPTH, MAX_UNWIND_MAPPINGS, MAX_UNWIND_PROCESSES, ProcessMappings, UNWIND_CFA_RBP,
+    UNWIND_CFA_RSP, UNWIND_NONE, UNWIND_OUTERMOST, UNWIND_PLT, UnwindRow,
 };
 
 use crate::SCRATCH;
@@ -26,9 +26,16 @@ use crate::SCRATCH;
 #[map]
 pub static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, 0);
 
-/// Executable mappings of each traced process (filled by userspace).
+/// Each traced process's slot in `PROCESS_MAPPINGS` (filled by userspace):
+/// looked up once per walk; each step then reads an array slot, which the
+/// verifier inlines, instead of hashing the pid again.
 #[map]
-pub static PROCESS_MAPPINGS: HashMap<u32, ProcessMappings> = HashMap::with_max_entries(1024, 0);
+pub static PROCESS_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UNWIND_PROCESSES, 0);
+
+/// Executable mappings of each traced process, by slot.
+#[map]
+pub static PROCESS_MAPPINGS: Array<ProcessMappings> =
+    Array::with_max_entries(MAX_UNWIND_PROCESSES, 0);
 
 /// The walk's state, shared with each bpf_loop step.
 #[repr(C)]
@@ -38,15 +45,15 @@ pub struct Walk {
     pub bp: u64,
     /// Frames found by falling back to frame pointers (bit per frame).
     pub fp_frames: u64,
-    pub pid: u32,
+    /// The process's slot in PROCESS_MAPPINGS; u32::MAX: none.
+    pub slot: u32,
     pub depth: u32,
 }
 
-/// The row covering `pc` in `pid`'s tables, if any.
+/// The row covering `pc` in the tables of the process in `slot`, if any.
 #[inline(always)]
-fn find_row(pid: u32, pc: u64) -> Option<UnwindRow> {
-    // SAFETY: read-only use of the map value.
-    let process = unsafe { PROCESS_MAPPINGS.get(&pid) }?;
+fn find_row(slot: u32, pc: u64) -> Option<UnwindRow> {
+    let process = PROCESS_MAPPINGS.get(slot)?;
     let count = (process.count as usize).min(MAX_UNWIND_MAPPINGS);
     // Last mapping whose start <= pc.
     let (mut low, mut high) = (0usize, count);
@@ -102,7 +109,7 @@ extern "C" fn unwind_step(_index: u64, context: *mut c_void) -> i64 {
         return 1;
     };
     // Every pc past the first is a return address: look up the call.
-    let row = find_row(walk.pid, walk.pc.wrapping_sub(1));
+    let row = find_row(walk.slot, walk.pc.wrapping_sub(1));
     let kind = row.map_or(UNWIND_NONE, |r| r.kind);
     let (next_pc, next_sp, next_bp) = if kind == UNWIND_OUTERMOST {
         return 1;
@@ -165,12 +172,14 @@ pub fn walk(pid: u32, pc: u64, sp: u64, bp: u64) -> (u32, u64) {
     };
     // SAFETY: this CPU's scratch slot.
     unsafe { (*record).stack[0] = pc };
+    // SAFETY: read-only lookup.
+    let slot = unsafe { PROCESS_SLOTS.get(&pid) }.map_or(u32::MAX, |slot| *slot);
     let mut state = Walk {
         pc,
         sp,
         bp,
         fp_frames: 0,
-        pid,
+        slot,
         depth: 1,
     };
     // SAFETY: the callback and its context live for the call.

@@ -190,6 +190,10 @@ impl KernelProbes {
                         .context("UNWIND_ROWS map missing")?,
                 )?,
                 HashMap::try_from(
+                    ebpf.take_map("PROCESS_SLOTS")
+                        .context("PROCESS_SLOTS map missing")?,
+                )?,
+                Array::try_from(
                     ebpf.take_map("PROCESS_MAPPINGS")
                         .context("PROCESS_MAPPINGS map missing")?,
                 )?,

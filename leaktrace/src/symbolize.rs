@@ -202,6 +202,7 @@ impl Symbolizer {
                     let cached = &self.cache[&(mapping.path.clone(), offset)];
                     frames.extend(cached.iter().map(|f| Frame {
                         address: addr,
+                        fallback,
                         ..f.clone()
                     }));
                 }

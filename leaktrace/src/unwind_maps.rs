@@ -14,7 +14,9 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, MapData};
-use leaktrace_common::{MAX_UNWIND_MAPPINGS, ProcessMappings, UnwindMapping, UnwindRow};
+use leaktrace_common::{
+    MAX_UNWIND_MAPPINGS, MAX_UNWIND_PROCESSES, ProcessMappings, UnwindMapping, UnwindRow,
+};
 use object::{Object as _, ObjectSegment as _};
 
 use crate::{symbolize::Mapping, unwind};
@@ -41,7 +43,11 @@ pub struct LoadStats {
 
 pub struct UnwindTables {
     rows: Array<MapData, UnwindRow>,
-    processes: HashMap<MapData, u32, ProcessMappings>,
+    /// pid -> slot in `mappings`.
+    slots: HashMap<MapData, u32, u32>,
+    mappings: Array<MapData, ProcessMappings>,
+    /// Slots in use, by pid.
+    slot_of: StdHashMap<u32, u32>,
     objects: StdHashMap<String, Option<LoadedObject>>,
     next_row: u32,
     capacity: u32,
@@ -51,12 +57,15 @@ pub struct UnwindTables {
 impl UnwindTables {
     pub fn new(
         rows: Array<MapData, UnwindRow>,
-        processes: HashMap<MapData, u32, ProcessMappings>,
+        slots: HashMap<MapData, u32, u32>,
+        mappings: Array<MapData, ProcessMappings>,
     ) -> UnwindTables {
         let capacity = rows.len();
         UnwindTables {
             rows,
-            processes,
+            slots,
+            mappings,
+            slot_of: StdHashMap::new(),
             objects: StdHashMap::new(),
             next_row: 0,
             capacity,
@@ -109,15 +118,30 @@ impl UnwindTables {
             mappings: [UnwindMapping::default(); MAX_UNWIND_MAPPINGS],
         };
         value.mappings[..entries.len()].copy_from_slice(&entries);
-        self.processes
-            .insert(pid, value, 0)
+        let slot = match self.slot_of.get(&pid) {
+            Some(&slot) => slot,
+            None => {
+                let slot = (0..MAX_UNWIND_PROCESSES)
+                    .find(|s| !self.slot_of.values().any(|used| used == s))
+                    .context("the unwinder holds tables for too many processes")?;
+                self.slot_of.insert(pid, slot);
+                slot
+            }
+        };
+        // Mappings first, then the pid's slot: the unwinder never sees a
+        // slot whose mappings are not written yet.
+        self.mappings
+            .set(slot, value, 0)
             .context("publishing the process's mappings to the unwinder")?;
+        self.slots.insert(pid, slot, 0)?;
         Ok(())
     }
 
-    /// Forgets `pid`'s mappings (it exited).
+    /// Forgets `pid`'s mappings (it exited) and frees its slot.
     pub fn forget_process(&mut self, pid: u32) {
-        let _ = self.processes.remove(&pid);
+        if self.slot_of.remove(&pid).is_some() {
+            let _ = self.slots.remove(&pid);
+        }
     }
 
     /// The object's rows, loading them on first sight. None when it has no

@@ -221,3 +221,49 @@ fn python3_allocations_reach_the_entry_through_the_eval_loop() {
     }
     assert_eq!(frames.last().unwrap(), "_start");
 }
+
+/// Code with no unwind table (here JIT-like code in an anonymous mapping)
+/// is stepped over with frame pointers, the frame found that way is
+/// flagged `fallback`, and the walk goes on with tables below it.
+#[test]
+fn code_without_tables_falls_back_to_frame_pointers_and_says_so() {
+    if !require_root("code_without_tables_falls_back_to_frame_pointers_and_says_so") {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("jit");
+    let program = dir.join("jit_alloc");
+    let built = Command::new("gcc")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&program)
+        .arg(fixture_source("jit_alloc.c"))
+        .output()
+        .expect("running gcc");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let report = traced(&dir, &[program.to_str().unwrap()], "dwarf");
+    let site = sites(&report)
+        .iter()
+        .find(|s| s["bytes"] == 4321)
+        .unwrap_or_else(|| panic!("no 4321-byte site: {:#?}", sites(&report)));
+    let frames = site["frames"].as_array().unwrap();
+    // The JIT code itself: no object, no symbol.
+    assert!(
+        frames[0]["function"]
+            .as_str()
+            .unwrap()
+            .starts_with("[unknown"),
+        "{site:#}"
+    );
+    assert_eq!(frames[0]["fallback"], false);
+    // Its caller was found through the JIT code's frame pointer.
+    assert_eq!(frames[1]["function"], "call_jit", "{site:#}");
+    assert_eq!(frames[1]["fallback"], true, "{site:#}");
+    // And the tables take over again below it.
+    assert_eq!(frames[2]["function"], "main", "{site:#}");
+    assert_eq!(frames[2]["fallback"], false, "{site:#}");
+    assert_eq!(frames.last().unwrap()["function"], "_start");
+}
