@@ -5,11 +5,9 @@
 //! has exactly the fixture's leaks (tests/fixtures/jemalloc_leaks.c).
 mod common;
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
-use common::{
-    TempDir, compile, innermost_function, leaktrace, read_json, require_root, serial, sites,
-};
+use common::{TempDir, compile, innermost_function, require_root, run_json, serial, sites};
 
 const LIBJEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
 
@@ -49,26 +47,7 @@ fn jemalloc_program_reports_exact_leaks() {
             LIBJEMALLOC,
         ],
     );
-    let report_path = dir.join("report.json");
-    let finished = leaktrace(
-        &[
-            "run",
-            "--format",
-            "json",
-            "--output",
-            report_path.to_str().unwrap(),
-            "--",
-            program.to_str().unwrap(),
-        ],
-        Duration::from_secs(120),
-    );
-    assert!(
-        finished.status.success(),
-        "{:?}\n{}",
-        finished.status,
-        finished.stderr
-    );
-    let report = read_json(&report_path);
+    let report = run_json(&dir, "report", &[], &[program.to_str().unwrap()]);
     let objects = report["allocator_objects"].to_string();
     assert!(
         objects.contains("libjemalloc.so.2"),

@@ -5,37 +5,19 @@
 //! each other site by site.
 mod common;
 
-use std::time::Duration;
-
 use common::{
     EXPECTED_LEAKS, TempDir, build_leaky, bytes_by_fixture_function, check_report_against_table,
-    leaktrace, read_json, require_root, serial,
+    require_root, run_json, serial,
 };
 
 fn traced_leaky(dir: &TempDir, placement: &str) -> serde_json::Value {
     let leaky = build_leaky(dir);
-    let report = dir.join(&format!("report-{placement}.json"));
-    let finished = leaktrace(
-        &[
-            "run",
-            "--probe-placement",
-            placement,
-            "--format",
-            "json",
-            "--output",
-            report.to_str().unwrap(),
-            "--",
-            leaky.to_str().unwrap(),
-        ],
-        Duration::from_secs(120),
-    );
-    assert!(
-        finished.status.success(),
-        "leaktrace run --probe-placement {placement}: {:?}\n{}",
-        finished.status,
-        finished.stderr
-    );
-    read_json(&report)
+    run_json(
+        dir,
+        &format!("report-{placement}"),
+        &["--probe-placement", placement],
+        &[leaky.to_str().unwrap()],
+    )
 }
 
 #[test]

@@ -4,9 +4,9 @@
 //! with file and line (tests/fixtures/cxx_leaks.cpp).
 mod common;
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
-use common::{TempDir, fixture_source, leaktrace, read_json, require_root, serial, sites};
+use common::{TempDir, fixture_source, require_root, run_json, serial, sites};
 use serde_json::Value;
 
 fn functions(site: &Value) -> Vec<String> {
@@ -37,21 +37,7 @@ fn cxx_names_are_demangled_and_inlined_calls_expanded() {
         "{}",
         String::from_utf8_lossy(&built.stderr)
     );
-    let report_path = dir.join("report.json");
-    let finished = leaktrace(
-        &[
-            "run",
-            "--format",
-            "json",
-            "--output",
-            report_path.to_str().unwrap(),
-            "--",
-            program.to_str().unwrap(),
-        ],
-        Duration::from_secs(120),
-    );
-    assert!(finished.status.success(), "{}", finished.stderr);
-    let report = read_json(&report_path);
+    let report = run_json(&dir, "report", &[], &[program.to_str().unwrap()]);
     let all = sites(&report);
     let find = |innermost: &str| -> &Value {
         all.iter()

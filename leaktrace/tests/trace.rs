@@ -18,7 +18,7 @@ use std::{
 
 use common::{
     EXPECTED_LEAKS, Guarded, Lines, TempDir, build_leaky, build_spin, check_report_against_table,
-    leaktrace, leaktrace_bin, read_json, require_root, serial, sites,
+    leaktrace, leaktrace_bin, read_json, require_root, run_json, serial, sites,
 };
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -37,27 +37,8 @@ fn run_reports_exact_leaks_per_call_site() {
     let _serial = serial();
     let dir = TempDir::new("run");
     let leaky = build_leaky(&dir);
-    let report_path = dir.join("report.json");
     let leaky_str = leaky.to_str().expect("utf-8 temp path");
-    let finished = leaktrace(
-        &[
-            "run",
-            "--format",
-            "json",
-            "--output",
-            report_path.to_str().unwrap(),
-            "--",
-            leaky_str,
-        ],
-        RUN_TIMEOUT,
-    );
-    assert!(
-        finished.status.success(),
-        "leaktrace run -- leaky: {:?}\nstderr:\n{}",
-        finished.status,
-        finished.stderr
-    );
-    let report = read_json(&report_path);
+    let report = run_json(&dir, "report", &[], &[leaky_str]);
     assert_eq!(
         report["command"],
         serde_json::json!([leaky_str]),

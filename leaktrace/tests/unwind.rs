@@ -7,11 +7,10 @@
 //! loses the callers.
 mod common;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, process::Command};
 
 use common::{
-    TempDir, fixture_source, have_tool, leaktrace, loss_records, read_json, require_root, serial,
-    sites,
+    TempDir, fixture_source, have_tool, loss_records, require_root, run_json, serial, sites,
 };
 use serde_json::Value;
 
@@ -57,26 +56,12 @@ fn build(dir: &TempDir, source: &str, compiler: &str) -> std::path::PathBuf {
 }
 
 fn traced(dir: &TempDir, program: &[&str], stack_mode: &str) -> Value {
-    let report = dir.join(&format!("report-{stack_mode}.json"));
-    let mut args = vec![
-        "run",
-        "--stack-mode",
-        stack_mode,
-        "--format",
-        "json",
-        "--output",
-        report.to_str().unwrap(),
-        "--",
-    ];
-    args.extend_from_slice(program);
-    let finished = leaktrace(&args, Duration::from_secs(120));
-    assert!(
-        finished.status.success(),
-        "{:?}\n{}",
-        finished.status,
-        finished.stderr
+    let report = run_json(
+        dir,
+        &format!("report-{stack_mode}"),
+        &["--stack-mode", stack_mode],
+        program,
     );
-    let report = read_json(&report);
     assert_eq!(report["losses"]["total"], 0, "{}", report["losses"]);
     report
 }

@@ -29,7 +29,8 @@ pub use fixtures::{
 };
 #[allow(unused_imports)]
 pub use process::{
-    Finished, Guarded, Lines, assert_one_error_line, leaktrace, output_text, run_with_timeout,
+    Finished, Guarded, Lines, assert_one_error_line, leaktrace, output_text, run_json,
+    run_with_timeout,
 };
 #[allow(unused_imports)]
 pub use report::{

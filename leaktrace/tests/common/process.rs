@@ -15,7 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::environment::leaktrace_bin;
+use serde_json::Value;
+
+use super::{environment::leaktrace_bin, fixtures::TempDir, report::read_json};
 
 /// A child process killed (with its whole process group) when dropped, so
 /// that a failing test leaves nothing running.
@@ -239,6 +241,31 @@ pub fn leaktrace(args: &[&str], timeout: Duration) -> Finished {
     let mut command = Command::new(leaktrace_bin());
     command.args(args);
     run_with_timeout("leaktrace", &mut command, timeout)
+}
+
+/// `leaktrace run [extra...] --format json --output DIR/NAME.json -- COMMAND...`:
+/// asserts it succeeded and returns the parsed report.
+pub fn run_json(dir: &TempDir, name: &str, extra: &[&str], command: &[&str]) -> Value {
+    let report = dir.join(&format!("{name}.json"));
+    let mut args = vec!["run"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[
+        "--format",
+        "json",
+        "--output",
+        report.to_str().unwrap(),
+        "--",
+    ]);
+    args.extend_from_slice(command);
+    let finished = leaktrace(&args, Duration::from_secs(120));
+    assert!(
+        finished.status.success(),
+        "leaktrace {}: {:?}\nstderr:\n{}",
+        args.join(" "),
+        finished.status,
+        finished.stderr
+    );
+    read_json(&report)
 }
 
 /// Asserts that a failed leaktrace printed exactly one non-empty stderr line,
