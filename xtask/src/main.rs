@@ -161,6 +161,8 @@ fn test(args: &[String]) -> Result<()> {
     command
         .args(["test", "--lib", "--bins", "--tests"])
         .args(args)
+        // An empty stdin even when ours is closed (see .ci/run).
+        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped());
     let mut child = command.spawn().context("running cargo test")?;
     let stdout = child.stdout.take().expect("piped");
