@@ -121,7 +121,8 @@ pub struct EntryStash {
     pub nested: u32,
     /// The thread whose call this is.
     pub tid: u32,
-    pub _padding: u32,
+    /// 1 when the call's block is sampled (always, in exact mode).
+    pub sampled: u32,
     /// User stack pointer at entry of the outer call. A call that starts at
     /// most 64 KiB below it is nested; a stash farther away belongs to a call
     /// that never returned (thread unwound by longjmp, or killed and its id
@@ -171,6 +172,29 @@ pub struct AllocEvent {
     /// Bit i set: frame i was found by falling back to frame pointers (code
     /// without unwind rows) while unwinding with .eh_frame tables.
     pub fp_frames: u64,
+    /// `FLAG_*` bits.
+    pub flags: u64,
+}
+
+/// `AllocEvent::flags`: the block the call returned is sampled (always set
+/// in exact mode). Without it the record only releases a sampled old block
+/// (a realloc of a sampled block to an unsampled one).
+pub const FLAG_SAMPLED: u64 = 1;
+
+/// `CONFIG[CONFIG_SAMPLE_MEAN]`: mean bytes between samples; 0 = exact.
+pub const CONFIG_SAMPLE_MEAN: u32 = 1;
+
+/// Exponentially distributed gaps between samples (bytes), drawn by
+/// userspace with the configured mean: the kernel has no floating point.
+pub const EXPONENTIAL_POOL: u32 = 4096;
+
+/// Key of a sampled block, for filtering releases of unsampled blocks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampledKey {
+    pub pid: u32,
+    pub _padding: u32,
+    pub addr: u64,
 }
 
 /// Where the kernel builds an allocating record before sending the used
@@ -209,9 +233,11 @@ pub enum LossCounter {
     StackCaptureFailed = 2,
     /// A return probe fired without its entry (call in flight at attach).
     ReturnWithoutEntry = 3,
+    /// The map of sampled blocks was full: a sampled block went unrecorded.
+    SampledMapFull = 4,
 }
 
-pub const LOSS_COUNTERS: u32 = 4;
+pub const LOSS_COUNTERS: u32 = 5;
 
 /// How to unwind one frame, from `pc` up to the next row's `pc`, in an
 /// object's compact unwind table (built from .eh_frame by userspace, searched

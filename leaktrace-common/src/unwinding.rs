@@ -15,7 +15,7 @@ pub const CONFIG_STACK_MODE: u32 = 0;
 pub const STACK_MODE_FP: u32 = 0;
 /// .eh_frame tables where there are rows, frame pointers elsewhere.
 pub const STACK_MODE_DWARF: u32 = 1;
-pub const CONFIG_ENTRIES: u32 = 1;
+pub const CONFIG_ENTRIES: u32 = 2;
 
 /// One executable mapping of a process.
 #[repr(C)]

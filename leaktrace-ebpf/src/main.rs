@@ -13,6 +13,7 @@
 #![no_std]
 #![no_main]
 
+mod sampling;
 mod unwind;
 
 use aya_ebpf::{
@@ -27,8 +28,8 @@ use aya_ebpf::{
 };
 use leaktrace_common::{
     AllocEvent, AllocFn, AllocRecord, CONFIG_ENTRIES, CONFIG_STACK_MODE, EXEC_EVENT, EntryStash,
-    EventHeader, LOSS_COUNTERS, LossCounter, MAX_STACK_DEPTH, ReleaseEvent, STACK_MODE_DWARF,
-    STASH_SLOTS,
+    EventHeader, FLAG_SAMPLED, LOSS_COUNTERS, LossCounter, MAX_STACK_DEPTH, ReleaseEvent,
+    STACK_MODE_DWARF, STASH_SLOTS,
 };
 
 /// Events to userspace. The size is set by the loader (`--ring-buffer-size`).
@@ -57,10 +58,10 @@ static ARMED: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Settings from userspace (`CONFIG_*` indexes).
 #[map]
-static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_ENTRIES, 0);
+pub(crate) static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_ENTRIES, 0);
 
 #[inline(always)]
-fn count_loss(counter: LossCounter) {
+pub(crate) fn count_loss(counter: LossCounter) {
     if let Some(slot) = LOSSES.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, programs on one CPU do not preempt each other.
         unsafe { *slot += 1 };
@@ -151,18 +152,20 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
                 count_loss(LossCounter::EntrySlotCollision);
             }
         }
+        let func = bpf_get_attach_cookie(ctx.as_ptr()) as u32;
+        let args = [
+            ctx.arg::<u64>(0).unwrap_or(0),
+            ctx.arg::<u64>(1).unwrap_or(0),
+            ctx.arg::<u64>(2).unwrap_or(0),
+            ctx.arg::<u64>(3).unwrap_or(0),
+        ];
         *slot = EntryStash {
-            func: bpf_get_attach_cookie(ctx.as_ptr()) as u32,
+            func,
             nested: 0,
             tid,
-            _padding: 0,
+            sampled: sampling::decide(func, &args) as u32,
             sp,
-            args: [
-                ctx.arg::<u64>(0).unwrap_or(0),
-                ctx.arg::<u64>(1).unwrap_or(0),
-                ctx.arg::<u64>(2).unwrap_or(0),
-                ctx.arg::<u64>(3).unwrap_or(0),
-            ],
+            args,
         };
     }
     0
@@ -213,6 +216,39 @@ unsafe fn capture_stack(regs: *const pt_regs, stack: &mut [u64; MAX_STACK_DEPTH]
     depth as u32
 }
 
+/// The record's flags when sampling, or None when the call is not worth a
+/// record: its block is not sampled and it released no sampled block.
+/// Keeps the set of sampled blocks up to date (realloc releases its old
+/// block when it succeeds, or when realloc(p, 0) returns NULL).
+#[inline(always)]
+fn sampled_flags(stash: &EntryStash, pid: u32, ret: u64, out: u64) -> Option<u64> {
+    if sampling::mean() == 0
+        || stash.func == AllocFn::Mmap as u32
+        || stash.func == AllocFn::Mremap as u32
+    {
+        return Some(FLAG_SAMPLED);
+    }
+    let reallocates = stash.func == AllocFn::Realloc as u32
+        || stash.func == AllocFn::Reallocarray as u32
+        || stash.func == AllocFn::Rallocx as u32;
+    let old = stash.args[0];
+    let releases_old = reallocates
+        && old != 0
+        && (ret != 0 || (stash.func == AllocFn::Realloc as u32 && stash.args[1] == 0));
+    let released_sampled = releases_old && sampling::forget(pid, old);
+    let new = if stash.func == AllocFn::PosixMemalign as u32 {
+        out
+    } else {
+        ret
+    };
+    let recorded = stash.sampled != 0 && new != 0 && sampling::record(pid, new);
+    match (recorded, released_sampled) {
+        (true, _) => Some(FLAG_SAMPLED),
+        (false, true) => Some(0),
+        (false, false) => None,
+    }
+}
+
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -243,6 +279,10 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         // SAFETY: bpf_probe_read_user checks the user address.
         out = unsafe { bpf_probe_read_user(stash.args[0] as *const u64) }.unwrap_or(0);
     }
+    let Some(flags) = sampled_flags(&stash, (pid_tgid >> 32) as u32, ret, out) else {
+        // Unsampled, and no sampled block released: nothing to report.
+        return 0;
+    };
 
     let Some(record) = SCRATCH.get_ptr_mut(0) else {
         return 0;
@@ -272,6 +312,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
             ret,
             out,
             fp_frames,
+            flags,
         };
         let depth = (depth as usize).min(MAX_STACK_DEPTH);
         let bytes = core::slice::from_raw_parts(
@@ -296,12 +337,16 @@ pub fn release_entry(ctx: ProbeContext) -> u32 {
         // free(NULL) is a no-op; it costs no event.
         return 0;
     }
+    let func = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    // When sampling, only releases of sampled blocks matter.
+    if func != AllocFn::Munmap as u32
+        && sampling::mean() != 0
+        && !sampling::forget((pid_tgid >> 32) as u32, addr)
+    {
+        return 0;
+    }
     let release = ReleaseEvent {
-        header: header(
-            unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32,
-            pid_tgid,
-            0,
-        ),
+        header: header(func, pid_tgid, 0),
         args: [addr, ctx.arg::<u64>(1).unwrap_or(0)],
     };
     if EVENTS

@@ -31,6 +31,7 @@ fn alloc(addr: u64, site: u64, depth: usize) -> Vec<u64> {
         ret: addr,
         out: 0,
         fp_frames: 0,
+        flags: leaktrace_common::FLAG_SAMPLED,
     };
     encode_alloc(&event, &stack)
 }

@@ -13,29 +13,56 @@ pub struct SiteTotal {
     pub oldest_age_ms: u64,
 }
 
+/// How many blocks of `size` bytes one sampled block stands for, when one
+/// byte in `sample_mean` starts a sample: it was sampled with probability
+/// 1 - exp(-size / mean), so weighting it by the inverse makes the sums
+/// unbiased (Horvitz-Thompson). 1 when not sampling.
+pub fn sample_weight(size: u64, sample_mean: u64) -> f64 {
+    if sample_mean == 0 || size == 0 {
+        return 1.0;
+    }
+    1.0 / -(-(size as f64) / sample_mean as f64).exp_m1()
+}
+
 /// Sums the blocks that are at least `min_age_ns` old at `now_ns`
 /// (CLOCK_MONOTONIC), per site, largest first (ties broken by count, then
-/// site id, so the order is stable from one report to the next).
-pub fn outstanding_by_site(table: &HeapTable, now_ns: u64, min_age_ns: u64) -> Vec<SiteTotal> {
+/// site id, so the order is stable from one report to the next). With
+/// `sample_mean` > 0, heap blocks are sampled and their bytes and counts
+/// are estimates (mapped regions are always recorded exactly).
+pub fn outstanding_by_site(
+    table: &HeapTable,
+    now_ns: u64,
+    min_age_ns: u64,
+    sample_mean: u64,
+) -> Vec<SiteTotal> {
     let now_ms = u64::from(table.ms_since_epoch(now_ns));
     let min_age_ms = min_age_ns / 1_000_000;
-    let mut by_site: HashMap<SiteId, SiteTotal> = HashMap::new();
-    for (_pid, block, counts) in table.outstanding() {
+    // (bytes, count, oldest age) per site, estimated.
+    let mut by_site: HashMap<SiteId, (f64, f64, u64)> = HashMap::new();
+    for (_pid, block, counts, mapped) in table.outstanding() {
         let age_ms = now_ms.saturating_sub(u64::from(block.time_ms));
         if age_ms < min_age_ms {
             continue;
         }
-        let total = by_site.entry(block.site).or_insert(SiteTotal {
-            site: block.site,
-            bytes: 0,
-            count: 0,
-            oldest_age_ms: 0,
-        });
-        total.bytes += block.size;
-        total.count += u64::from(counts);
-        total.oldest_age_ms = total.oldest_age_ms.max(age_ms);
+        let weight = if mapped {
+            1.0
+        } else {
+            sample_weight(block.size, sample_mean)
+        };
+        let total = by_site.entry(block.site).or_insert((0.0, 0.0, 0));
+        total.0 += block.size as f64 * weight;
+        total.1 += f64::from(u8::from(counts)) * weight;
+        total.2 = total.2.max(age_ms);
     }
-    let mut totals: Vec<SiteTotal> = by_site.into_values().collect();
+    let mut totals: Vec<SiteTotal> = by_site
+        .into_iter()
+        .map(|(site, (bytes, count, oldest_age_ms))| SiteTotal {
+            site,
+            bytes: bytes.round() as u64,
+            count: count.round() as u64,
+            oldest_age_ms,
+        })
+        .collect();
     totals.sort_by(|a, b| {
         b.bytes
             .cmp(&a.bytes)
@@ -72,7 +99,7 @@ mod tests {
         };
         t.apply(1, map, 4, 6 * MS);
         // At 15 ms, blocks at least 1 ms old.
-        let totals = outstanding_by_site(&t, 15 * MS, MS);
+        let totals = outstanding_by_site(&t, 15 * MS, MS, 0);
         let site = |site, bytes, count, oldest_age_ms| SiteTotal {
             site,
             bytes,
@@ -83,7 +110,7 @@ mod tests {
             totals,
             [site(4, 4096, 1, 9), site(2, 500, 1, 7), site(1, 200, 2, 9)]
         );
-        assert_eq!(outstanding_by_site(&t, 15 * MS, 0).len(), 4);
+        assert_eq!(outstanding_by_site(&t, 15 * MS, 0, 0).len(), 4);
     }
 
     #[test]
@@ -95,6 +122,28 @@ mod tests {
             mapped: false,
         };
         t.apply(1, alloc, 1, 3 * MS);
-        assert_eq!(outstanding_by_site(&t, 12 * MS, 0)[0].oldest_age_ms, 2);
+        assert_eq!(outstanding_by_site(&t, 12 * MS, 0, 0)[0].oldest_age_ms, 2);
+    }
+
+    #[test]
+    fn sampled_blocks_are_weighted_by_their_inverse_probability() {
+        // One sampled 512 KiB block at mean 512 KiB stands for
+        // 1 / (1 - 1/e) = 1.582 blocks.
+        assert!((sample_weight(512 * 1024, 512 * 1024) - 1.581_976_7).abs() < 1e-6);
+        // Huge blocks are sampled for sure; not sampling weighs 1.
+        assert!((sample_weight(1 << 40, 512 * 1024) - 1.0).abs() < 1e-9);
+        assert_eq!(sample_weight(100, 0), 1.0);
+        let mut t = HeapTable::with_epoch(0);
+        let alloc = |addr, size, mapped| HeapOp::Alloc { addr, size, mapped };
+        // 2 sampled 64 KiB blocks: p = 1 - exp(-1/8) = 0.1175.
+        t.apply(1, alloc(0x10, 65536, false), 1, 0);
+        t.apply(1, alloc(0x20, 65536, false), 1, 0);
+        // A mapped region is exact whatever the sampling.
+        t.apply(1, alloc(0x10000, 4096, true), 2, 0);
+        let totals = outstanding_by_site(&t, 0, 0, 512 * 1024);
+        let p = 1.0 - (-0.125f64).exp();
+        assert_eq!(totals[0].bytes, (2.0 * 65536.0 / p).round() as u64);
+        assert_eq!(totals[0].count, (2.0 / p).round() as u64);
+        assert_eq!((totals[1].bytes, totals[1].count), (4096, 1));
     }
 }

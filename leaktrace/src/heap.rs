@@ -220,20 +220,19 @@ impl HeapTable {
         self.processes.remove(&pid);
     }
 
-    /// Every outstanding heap block and mapped piece, with its pid and
-    /// whether it counts as an allocation of its own (every piece but the
-    /// first one met of a region that munmap split).
-    pub fn outstanding(&self) -> impl Iterator<Item = (u32, &Block, bool)> {
+    /// Every outstanding heap block and mapped piece, with its pid, whether
+    /// it counts as an allocation of its own (every piece but the first one
+    /// met of a region that munmap split), and whether it is a mapped region
+    /// (recorded exactly even when sampling).
+    pub fn outstanding(&self) -> impl Iterator<Item = (u32, &Block, bool, bool)> {
         self.processes.iter().flat_map(|(&pid, heap)| {
             let mut origins_seen = std::collections::HashSet::new();
             heap.blocks
                 .values()
-                .map(move |block| (pid, block, true))
-                .chain(
-                    heap.regions.values().map(move |region| {
-                        (pid, &region.block, origins_seen.insert(region.origin))
-                    }),
-                )
+                .map(move |block| (pid, block, true, false))
+                .chain(heap.regions.values().map(move |region| {
+                    (pid, &region.block, origins_seen.insert(region.origin), true)
+                }))
         })
     }
 
@@ -272,7 +271,7 @@ mod tests {
     fn sizes(table: &HeapTable) -> Vec<(u32, u64)> {
         let mut v: Vec<_> = table
             .outstanding()
-            .map(|(_, b, _)| (b.site, b.size))
+            .map(|(_, b, _, _)| (b.site, b.size))
             .collect();
         v.sort();
         v
@@ -345,7 +344,10 @@ mod tests {
         );
         assert_eq!(sizes(&t), [(1, 4 * 4096), (1, 8 * 4096)]);
         // Two pieces, one allocation.
-        assert_eq!(t.outstanding().filter(|(_, _, counts)| *counts).count(), 1);
+        assert_eq!(
+            t.outstanding().filter(|(_, _, counts, _)| *counts).count(),
+            1
+        );
         // Unmap across both remaining pieces' inner edges.
         t.apply(
             1,

@@ -16,7 +16,8 @@ use aya::{
     },
 };
 use leaktrace_common::{
-    CONFIG_STACK_MODE, LOSS_COUNTERS, LossCounter, STACK_MODE_DWARF, STACK_MODE_FP,
+    CONFIG_SAMPLE_MEAN, CONFIG_STACK_MODE, EXPONENTIAL_POOL, LOSS_COUNTERS, LossCounter,
+    STACK_MODE_DWARF, STACK_MODE_FP,
 };
 
 use crate::{
@@ -31,6 +32,7 @@ pub struct KernelLosses {
     pub entry_slot_collisions: u64,
     pub stack_capture_failed: u64,
     pub return_without_entry: u64,
+    pub sampled_map_full: u64,
 }
 
 /// How to load the kernel side.
@@ -43,6 +45,10 @@ pub struct KernelOptions {
     pub unwind_rows: u32,
     /// Attach programs that return at once: the cost floor of the probes.
     pub empty_programs: bool,
+    /// Mean bytes between samples; 0 records every call.
+    pub sample_mean: u32,
+    /// Room for outstanding sampled blocks in the kernel.
+    pub sampled_blocks: u32,
 }
 
 /// The loaded programs and their maps. Dropping it detaches everything.
@@ -104,6 +110,7 @@ impl KernelProbes {
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", options.ring_buffer_bytes)
+            .map_max_entries("SAMPLED", options.sampled_blocks.max(1))
             .map_max_entries(
                 "UNWIND_ROWS",
                 if options.dwarf {
@@ -183,6 +190,19 @@ impl KernelProbes {
             STACK_MODE_FP
         };
         config.set(CONFIG_STACK_MODE, mode, 0)?;
+        config.set(CONFIG_SAMPLE_MEAN, options.sample_mean, 0)?;
+        if options.sample_mean != 0 {
+            let mut gaps: Array<_, u32> = Array::try_from(
+                ebpf.map_mut("EXPONENTIALS")
+                    .context("EXPONENTIALS map missing")?,
+            )?;
+            for (index, gap) in exponential_gaps(options.sample_mean)
+                .into_iter()
+                .enumerate()
+            {
+                gaps.set(index as u32, gap, 0)?;
+            }
+        }
         let unwind_tables = if options.dwarf {
             Some(UnwindTables::new(
                 Array::try_from(
@@ -230,8 +250,32 @@ impl KernelProbes {
             entry_slot_collisions: totals[LossCounter::EntrySlotCollision as usize],
             stack_capture_failed: totals[LossCounter::StackCaptureFailed as usize],
             return_without_entry: totals[LossCounter::ReturnWithoutEntry as usize],
+            sampled_map_full: totals[LossCounter::SampledMapFull as usize],
         })
     }
+}
+
+/// `EXPONENTIAL_POOL` gaps between samples, exponentially distributed with
+/// the given mean (inverse transform: -mean * ln(U), U uniform in (0, 1]),
+/// from a generator seeded by the clock. The kernel picks among them at
+/// random; with 4096 of them the distribution's shape is kept.
+pub fn exponential_gaps(mean: u32) -> Vec<u32> {
+    let mut state = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
+        | 1;
+    (0..EXPONENTIAL_POOL)
+        .map(|_| {
+            // xorshift64*: plenty for drawing sample gaps.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let bits = state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
+            let uniform = (bits as f64 + 1.0) / (1u64 << 53) as f64;
+            let gap = -f64::from(mean) * uniform.ln();
+            gap.clamp(1.0, f64::from(u32::MAX)) as u32
+        })
+        .collect()
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
@@ -242,4 +286,21 @@ fn raise_memlock_limit() {
     };
     // SAFETY: plain syscall with a valid pointer; failure is harmless here.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_gaps_have_the_mean_and_shape() {
+        let gaps = exponential_gaps(512 * 1024);
+        assert_eq!(gaps.len(), EXPONENTIAL_POOL as usize);
+        let mean = gaps.iter().map(|&g| f64::from(g)).sum::<f64>() / gaps.len() as f64;
+        // Standard error of the mean of 4096 exponentials: mean / 64.
+        assert!((mean / 524_288.0 - 1.0).abs() < 0.06, "mean {mean}");
+        // P(gap > mean) = 1/e for an exponential.
+        let above = gaps.iter().filter(|&&g| g > 512 * 1024).count() as f64 / 4096.0;
+        assert!((above - (-1.0f64).exp()).abs() < 0.03, "{above}");
+    }
 }

@@ -1,11 +1,11 @@
 //! Pipeline: the pure part of the daemon, ring-buffer bytes in, heap table
 //! out. The session feeds it records from the kernel; the ingest benchmark
 //! feeds it synthetic ones through the very same code.
-use leaktrace_common::AllocFn;
+use leaktrace_common::{AllocFn, FLAG_SAMPLED};
 
 use crate::{
     heap::HeapTable,
-    ingest::{self, Record},
+    ingest::{self, HeapOp, Record},
     sites::CallSites,
 };
 
@@ -58,7 +58,16 @@ impl Pipeline {
             }
             Ok(Record::Alloc(event, stack)) => {
                 let func = AllocFn::from_u32(event.header.func).expect("decode checked it");
-                let op = ingest::interpret_alloc(func, event.args, event.ret, event.out);
+                let mut op = ingest::interpret_alloc(func, event.args, event.ret, event.out);
+                if event.flags & FLAG_SAMPLED == 0 {
+                    // Sampling: the new block is not sampled; the record
+                    // only releases the sampled block it replaced.
+                    op = match op {
+                        HeapOp::Realloc { old, .. } => HeapOp::Free { addr: old },
+                        HeapOp::Free { addr } => HeapOp::Free { addr },
+                        _ => HeapOp::Ignored,
+                    };
+                }
                 let known_sites = self.sites.len();
                 let site = self
                     .sites
@@ -95,6 +104,7 @@ mod tests {
             ret: addr,
             out: 0,
             fp_frames: 0,
+            flags: FLAG_SAMPLED,
         };
         encode_alloc(&event, stack)
     }

@@ -116,7 +116,12 @@ impl Engine {
         let min_age = self.options.min_age;
         let pipeline = &self.pipeline;
         let totals =
-            aggregate::outstanding_by_site(&pipeline.table, now_ns, min_age.as_nanos() as u64);
+            aggregate::outstanding_by_site(
+                &pipeline.table,
+                now_ns,
+                min_age.as_nanos() as u64,
+                u64::from(self.options.sample_bytes),
+            );
         let losses = Losses::new(kernel.losses()?, pipeline.decode_errors);
         let maps = self.maps.lock().expect("maps lock").clone();
         Ok(report::build(
@@ -131,6 +136,7 @@ impl Engine {
                 elapsed: self.started.elapsed(),
                 is_final,
                 min_age,
+                sample_bytes: u64::from(self.options.sample_bytes),
                 stats: pipeline.table.stats,
                 events: pipeline.events,
                 execs: pipeline.execs,
@@ -238,6 +244,8 @@ fn kernel_options(options: &ReportOptions) -> KernelOptions {
         dwarf: options.stack_mode == StackMode::Dwarf,
         unwind_rows: options.unwind_rows,
         empty_programs: options.empty_programs,
+        sample_mean: options.sample_bytes,
+        sampled_blocks: options.sampled_blocks,
     }
 }
 

@@ -53,6 +53,7 @@ pub struct Losses {
     pub entry_slot_collisions: u64,
     pub stack_capture_failed: u64,
     pub return_without_entry: u64,
+    pub sampled_map_full: u64,
     pub decode_errors: u64,
     pub total: u64,
 }
@@ -64,14 +65,17 @@ impl Losses {
             entry_slot_collisions,
             stack_capture_failed,
             return_without_entry,
+            sampled_map_full,
         } = kernel;
         Losses {
             ring_buffer_full,
             entry_slot_collisions,
             stack_capture_failed,
             return_without_entry,
+            sampled_map_full,
             decode_errors,
             total: ring_buffer_full
+                + sampled_map_full
                 + entry_slot_collisions
                 + stack_capture_failed
                 + return_without_entry
@@ -89,6 +93,7 @@ impl Losses {
             ("entry slot collision", self.entry_slot_collisions),
             ("stack capture failed", self.stack_capture_failed),
             ("return without entry", self.return_without_entry),
+            ("sampled-block map full", self.sampled_map_full),
             ("undecodable", self.decode_errors),
         ]
         .iter()
@@ -123,6 +128,9 @@ pub struct Report {
     #[serde(rename = "final")]
     pub is_final: bool,
     pub min_age_ms: u64,
+    /// Mean bytes between samples; 0 when every allocation was recorded.
+    /// When sampling, site bytes and counts are unbiased estimates.
+    pub sample_bytes: u64,
     pub totals: Totals,
     pub losses: Losses,
     /// Largest first.
@@ -137,6 +145,7 @@ pub struct ReportInput<'a> {
     pub elapsed: Duration,
     pub is_final: bool,
     pub min_age: Duration,
+    pub sample_bytes: u64,
     pub stats: TableStats,
     pub events: u64,
     pub execs: u64,
@@ -176,6 +185,7 @@ pub fn build(input: ReportInput<'_>, maps: &ProcessMaps, symbolizer: &mut Symbol
         elapsed_ms: input.elapsed.as_millis() as u64,
         is_final: input.is_final,
         min_age_ms: input.min_age.as_millis() as u64,
+        sample_bytes: input.sample_bytes,
         totals: Totals {
             outstanding_bytes: sites.iter().map(|s| s.bytes).sum(),
             outstanding_allocations: sites.iter().map(|s| s.count).sum(),
@@ -228,6 +238,7 @@ pub(crate) mod fixtures {
             elapsed_ms: 1500,
             is_final: true,
             min_age_ms: 0,
+            sample_bytes: 0,
             totals: Totals {
                 outstanding_bytes: 4196,
                 outstanding_allocations: 5,

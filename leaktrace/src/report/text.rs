@@ -86,6 +86,13 @@ pub fn render(report: &Report, top: usize) -> String {
         t.events, t.allocations, t.releases, t.failed_calls, t.unmatched_releases
     );
     let _ = writeln!(out, "lost: {}", report.losses.summary());
+    if report.sample_bytes > 0 {
+        let _ = writeln!(
+            out,
+            "sampled: one sample per {} allocated on average; bytes and counts are estimates (mapped regions are exact)",
+            human_bytes(report.sample_bytes)
+        );
+    }
     if t.replaced_blocks > 0 || t.execs > 0 {
         let _ = writeln!(
             out,

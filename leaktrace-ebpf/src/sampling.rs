@@ -1,0 +1,130 @@
+//! Byte-based Poisson sampling, decided in the kernel (as jemalloc and
+//! tcmalloc sample their heaps): each allocated byte starts a sample with
+//! probability 1/mean, so a block of `size` bytes is sampled with
+//! probability 1 - exp(-size/mean). A per-CPU countdown of bytes to the
+//! next sample, reset from a pool of exponential gaps, makes that decision
+//! at the allocator's entry. An unsampled call then costs its two traps and
+//! nothing else: no stack walk, no record, no table entry. The addresses of
+//! sampled blocks are kept here, so that releases of unsampled blocks are
+//! dropped in the kernel too. mmap and mremap are never sampled out: they
+//! are rare, and munmap may release any part of a region.
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::bpf_get_prandom_u32,
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use leaktrace_common::{AllocFn, CONFIG_SAMPLE_MEAN, EXPONENTIAL_POOL, LossCounter, SampledKey};
+
+use crate::{CONFIG, count_loss};
+
+/// Exponential gaps (bytes) with the configured mean, drawn by userspace.
+#[map]
+static EXPONENTIALS: Array<u32> = Array::with_max_entries(EXPONENTIAL_POOL, 0);
+
+/// Bytes until this CPU's next sample; 0 before the first draw.
+#[map]
+static COUNTDOWN: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sampled blocks still outstanding (sized by the loader; not
+/// preallocated: only sampled blocks take room).
+#[map]
+static SAMPLED: HashMap<SampledKey, u8> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+/// Mean bytes between samples; 0 when every call is recorded.
+#[inline(always)]
+pub fn mean() -> u32 {
+    CONFIG.get(CONFIG_SAMPLE_MEAN).map_or(0, |mean| *mean)
+}
+
+/// a * b, or u64::MAX when a factor reaches 2^32 (such a call is sampled
+/// for sure, or fails). BPF has no 128-bit multiply, and LLVM turns any
+/// overflow check it recognises into one.
+#[inline(always)]
+fn product(a: u64, b: u64) -> u64 {
+    if a == 0 || b == 0 {
+        0
+    } else if (a | b) >> 32 != 0 {
+        u64::MAX
+    } else {
+        a * b
+    }
+}
+
+/// Bytes a call asks for, from its argument registers.
+#[inline(always)]
+fn requested(func: u32, args: &[u64; 4]) -> u64 {
+    match func {
+        f if f == AllocFn::Calloc as u32 => product(args[0], args[1]),
+        f if f == AllocFn::Reallocarray as u32 => product(args[1], args[2]),
+        f if f == AllocFn::PosixMemalign as u32 => args[2],
+        f if f == AllocFn::Realloc as u32
+            || f == AllocFn::AlignedAlloc as u32
+            || f == AllocFn::Memalign as u32
+            || f == AllocFn::Rallocx as u32
+            || f == AllocFn::Xallocx as u32 =>
+        {
+            args[1]
+        }
+        _ => args[0],
+    }
+}
+
+#[inline(always)]
+fn next_gap() -> i64 {
+    // SAFETY: plain helper call.
+    let index = unsafe { bpf_get_prandom_u32() } % EXPONENTIAL_POOL;
+    EXPONENTIALS
+        .get(index)
+        .map_or(1, |gap| i64::from(*gap).max(1))
+}
+
+/// Whether the call about to run allocates a sampled block.
+#[inline(always)]
+pub fn decide(func: u32, args: &[u64; 4]) -> bool {
+    if mean() == 0 || func == AllocFn::Mmap as u32 || func == AllocFn::Mremap as u32 {
+        return true;
+    }
+    let Some(countdown) = COUNTDOWN.get_ptr_mut(0) else {
+        return true;
+    };
+    let size = requested(func, args).min(i64::MAX as u64) as i64;
+    // SAFETY: this CPU's slot; programs on one CPU do not preempt each other.
+    unsafe {
+        if *countdown == 0 {
+            *countdown = next_gap();
+        }
+        *countdown -= size;
+        if *countdown > 0 {
+            return false;
+        }
+        *countdown = next_gap();
+    }
+    true
+}
+
+/// Records a sampled block; false (counted) when the map is full.
+#[inline(always)]
+pub fn record(pid: u32, addr: u64) -> bool {
+    let key = SampledKey {
+        pid,
+        _padding: 0,
+        addr,
+    };
+    if SAMPLED.insert(&key, &1, 0).is_err() {
+        count_loss(LossCounter::SampledMapFull);
+        return false;
+    }
+    true
+}
+
+/// Forgets a block; true when it was a sampled one.
+#[inline(always)]
+pub fn forget(pid: u32, addr: u64) -> bool {
+    let key = SampledKey {
+        pid,
+        _padding: 0,
+        addr,
+    };
+    SAMPLED.remove(&key).is_ok()
+}
