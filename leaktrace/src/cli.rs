@@ -55,6 +55,25 @@ pub enum Command {
         )]
         command: Vec<OsString>,
     },
+    /// Compare two saved reports (JSON from --format json, or pprof from
+    /// --format pprof; either kind on either side): per call site, the
+    /// change in outstanding bytes and allocations from OLD to NEW, largest
+    /// growth first, sites found in only one of them included. Sites are
+    /// matched by their function names, root to leaf, and allocator.
+    #[command(
+        after_help = "Examples:\n  leaktrace diff before.json after.json\n  leaktrace diff --format folded before.pb.gz after.json > growth.folded"
+    )]
+    Diff {
+        /// The earlier report.
+        old: PathBuf,
+        /// The later report.
+        new: PathBuf,
+        /// Output: text, or folded for flamegraph tools (only the call
+        /// sites that grew: sites that shrank or did not change are left
+        /// out).
+        #[arg(long, short, value_enum, default_value_t = crate::report::diff::DiffFormat::Text)]
+        format: crate::report::diff::DiffFormat,
+    },
 }
 
 /// Options shared by `trace` and `run`.
@@ -76,7 +95,8 @@ pub struct ReportOptions {
     #[arg(long, short = 'o', value_parser = parse_duration, default_value = "0s")]
     pub min_age: Duration,
     /// Report format: text (for people), folded (flamegraph.pl, inferno,
-    /// speedscope), json (schema in README.md).
+    /// speedscope), json (schema in README.md), pprof (gzipped, for `go tool
+    /// pprof`; needs --output), svg (interactive flamegraph).
     #[arg(long, short, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Write the report to PATH instead of stdout (rewritten at each

@@ -37,6 +37,12 @@ use crate::{
 
 /// Runs the parsed command line; returns the process exit code.
 pub fn main(cli: Cli) -> Result<i32> {
+    if let Command::Trace { options, .. } | Command::Run { options, .. } = &cli.command
+        && options.format.is_binary()
+        && options.output.is_none()
+    {
+        bail!("--format pprof is binary and cannot go to a terminal: give --output PATH");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -44,6 +50,7 @@ pub fn main(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Trace { pid, options } => runtime.block_on(trace_pid(pid, options)),
         Command::Run { options, command } => runtime.block_on(run_command(command, options)),
+        Command::Diff { old, new, format } => report::diff::run(&old, &new, format),
     }
 }
 
@@ -115,13 +122,12 @@ impl Engine {
         let now_ns = monotonic_ns();
         let min_age = self.options.min_age;
         let pipeline = &self.pipeline;
-        let totals =
-            aggregate::outstanding_by_site(
-                &pipeline.table,
-                now_ns,
-                min_age.as_nanos() as u64,
-                u64::from(self.options.sample_bytes),
-            );
+        let totals = aggregate::outstanding_by_site(
+            &pipeline.table,
+            now_ns,
+            min_age.as_nanos() as u64,
+            u64::from(self.options.sample_bytes),
+        );
         let losses = Losses::new(kernel.losses()?, pipeline.decode_errors);
         let maps = self.maps.lock().expect("maps lock").clone();
         Ok(report::build(
@@ -153,7 +159,7 @@ impl Engine {
     fn emit(&mut self, kernel: &KernelProbes, is_final: bool) -> Result<()> {
         let report = self.report(kernel, is_final)?;
         let options = &self.options;
-        let rendered = report::render(&report, options.format, options.top);
+        let rendered = report::render_bytes(&report, options.format, options.top);
         match &options.output {
             Some(path) => write_atomically(path, &rendered)?,
             None => {
@@ -163,13 +169,13 @@ impl Engine {
                 } else {
                     ""
                 };
-                stdout.write_all(rendered.as_bytes())?;
+                stdout.write_all(&rendered)?;
                 stdout.write_all(separator.as_bytes())?;
                 stdout.flush()?;
             }
         }
         if is_final && let Some(path) = &options.folded {
-            write_atomically(path, &report::render(&report, Format::Folded, 0))?;
+            write_atomically(path, report::render(&report, Format::Folded, 0))?;
         }
         if is_final && !options.quiet {
             eprintln!(
@@ -192,7 +198,7 @@ impl Engine {
 
 /// Writes through a temporary file and a rename, so a reader never sees a
 /// half-written report.
-fn write_atomically(path: &Path, contents: &str) -> Result<()> {
+fn write_atomically(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     fs::write(&tmp, contents).with_context(|| format!("writing {}", Path::new(&tmp).display()))?;

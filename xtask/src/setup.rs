@@ -31,12 +31,12 @@ pub fn all() -> Result<()> {
 }
 
 /// What the test suite needs beyond the build: jemalloc (traced as Debian's
-/// redis-server uses it) and valgrind (the oracle the leak numbers are
-/// checked against).
+/// redis-server uses it), valgrind (the oracle the leak numbers are
+/// checked against) and golang-go (`go tool pprof` reads the pprof output).
 pub fn test_dependencies() -> Result<()> {
     apt_packages(
-        &["libjemalloc2", "valgrind"],
-        "the test suite traces jemalloc and checks against valgrind",
+        &["libjemalloc2", "valgrind", "golang-go"],
+        "the test suite traces jemalloc, checks against valgrind and reads pprof output with go tool pprof",
     )
 }
 

@@ -12,8 +12,11 @@ use crate::{
     symbolize::{Frame, ProcessMaps, Symbolizer},
 };
 
+pub mod diff;
 pub mod folded;
 pub mod json;
+pub mod pprof;
+pub mod svg;
 pub mod text;
 
 /// The report format (`--format`).
@@ -25,6 +28,18 @@ pub enum Format {
     Folded,
     /// Every call site and counter, for programs (schema in README.md).
     Json,
+    /// Gzipped profile.proto of the outstanding allocations, for
+    /// `go tool pprof` (binary: needs --output).
+    Pprof,
+    /// Interactive flamegraph of the outstanding bytes (SVG, via inferno).
+    Svg,
+}
+
+impl Format {
+    /// Formats whose output is not text (refused on stdout).
+    pub fn is_binary(self) -> bool {
+        self == Format::Pprof
+    }
 }
 
 /// Totals over everything outstanding and everything seen.
@@ -203,13 +218,24 @@ pub fn build(input: ReportInput<'_>, maps: &ProcessMaps, symbolizer: &mut Symbol
     }
 }
 
-/// Renders a report in `format`. `top` limits the text format only:
-/// folded and JSON always carry every site.
+/// Renders a report in a text `format`. `top` limits the text format only:
+/// the others always carry every site. Binary formats (`Format::is_binary`)
+/// go through [`render_bytes`]; asking this for one is a bug and panics.
 pub fn render(report: &Report, format: Format, top: usize) -> String {
     match format {
         Format::Text => text::render(report, top),
         Format::Folded => folded::render(report),
         Format::Json => json::render(report),
+        Format::Svg => svg::render(report),
+        Format::Pprof => panic!("--format pprof is binary: use report::render_bytes"),
+    }
+}
+
+/// Renders a report in any `format`, binary ones included, as bytes.
+pub fn render_bytes(report: &Report, format: Format, top: usize) -> Vec<u8> {
+    match format {
+        Format::Pprof => pprof::render(report),
+        _ => render(report, format, top).into_bytes(),
     }
 }
 
