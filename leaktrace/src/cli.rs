@@ -38,6 +38,28 @@ pub enum Command {
         #[command(flatten)]
         options: ReportOptions,
     },
+    /// Trace a running process until stopped, serving what it holds over
+    /// HTTP: /debug/pprof/heap (gzipped pprof of the outstanding
+    /// allocations, for go tool pprof, Pyroscope, Parca), /metrics
+    /// (Prometheus text) and a page at / with the top call sites and a
+    /// flamegraph. Samples every 512 KiB on average by default.
+    #[command(
+        after_help = "Example:\n  sudo leaktrace serve --pid 1234 --listen 127.0.0.1:6060\n  go tool pprof -top http://127.0.0.1:6060/debug/pprof/heap"
+    )]
+    Serve {
+        /// The process to trace.
+        #[arg(long, short)]
+        pid: u32,
+        /// Address to serve on (port 0: any free port, printed at start).
+        #[arg(long, default_value = "127.0.0.1:6060")]
+        listen: std::net::SocketAddr,
+        /// Allow a non-loopback --listen address (the pages show code paths
+        /// of the traced process: think before exposing them).
+        #[arg(long)]
+        allow_remote: bool,
+        #[command(flatten)]
+        options: ReportOptions,
+    },
     /// Start a command traced from its first allocation, wait for it, and
     /// report what it had not freed when it exited. Exits with its status.
     #[command(
@@ -75,6 +97,16 @@ pub enum Command {
         format: crate::report::diff::DiffFormat,
     },
 }
+
+impl ReportOptions {
+    /// Mean bytes between samples; 0 records everything.
+    pub fn sample_mean(&self) -> u32 {
+        self.sample_bytes.unwrap_or(0)
+    }
+}
+
+/// `serve`'s sampling rate unless --sample-bytes says otherwise.
+pub const SERVE_SAMPLE_BYTES: u32 = 512 * 1024;
 
 /// Options shared by `trace` and `run`.
 #[derive(Debug, Args, Clone)]
@@ -116,8 +148,9 @@ pub struct ReportOptions {
     /// record, no stack and no table entry; reported bytes and counts are
     /// unbiased estimates. 0 records everything. For long runs on busy
     /// services, 512k is a good start.
-    #[arg(long, default_value = "0", value_parser = parse_bytes, value_name = "N")]
-    pub sample_bytes: u32,
+    /// Default: 0 for trace and run, 512k for serve.
+    #[arg(long, value_parser = parse_bytes, value_name = "N")]
+    pub sample_bytes: Option<u32>,
     /// Room in the kernel for outstanding sampled blocks (when sampling).
     #[arg(long, default_value_t = 1 << 20)]
     pub sampled_blocks: u32,

@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod placement;
 pub mod probes;
 pub mod report;
+pub mod serve;
 pub mod session;
 pub mod sites;
 pub mod symbolize;

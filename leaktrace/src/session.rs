@@ -18,18 +18,20 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
+    net::{TcpListener, TcpStream},
     signal::unix::{SignalKind, signal},
 };
 
 use crate::{
     aggregate,
-    cli::{Cli, Command, ProbePlacement, ReportOptions, StackMode},
+    cli::{Cli, Command, ProbePlacement, ReportOptions, SERVE_SAMPLE_BYTES, StackMode},
     heap::HeapTable,
     kernel::{self, KernelOptions, KernelProbes},
     launch,
     pipeline::{Ingested, Pipeline},
     probes,
     report::{self, Format, Losses, ReportInput},
+    serve::{self, Page},
     symbolize::{ProcessMaps, Symbolizer},
     target::{self, ProbedObject},
     unwind_maps::UnwindTables,
@@ -48,7 +50,28 @@ pub fn main(cli: Cli) -> Result<i32> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
-        Command::Trace { pid, options } => runtime.block_on(trace_pid(pid, options)),
+        Command::Trace { pid, options } => runtime.block_on(trace_pid(pid, options, None)),
+        Command::Serve {
+            pid,
+            listen,
+            allow_remote,
+            mut options,
+        } => {
+            serve::check_listen_address(listen, allow_remote)?;
+            options.sample_bytes.get_or_insert(SERVE_SAMPLE_BYTES);
+            runtime.block_on(async move {
+                let listener = TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?;
+                let address = listener.local_addr()?;
+                if !options.quiet {
+                    eprintln!(
+                        "leaktrace: serving on http://{address}/ (/debug/pprof/heap, /metrics)"
+                    );
+                }
+                trace_pid(pid, options, Some(listener)).await
+            })
+        }
         Command::Run { options, command } => runtime.block_on(run_command(command, options)),
         Command::Diff { old, new, format } => report::diff::run(&old, &new, format),
     }
@@ -126,7 +149,7 @@ impl Engine {
             &pipeline.table,
             now_ns,
             min_age.as_nanos() as u64,
-            u64::from(self.options.sample_bytes),
+            u64::from(self.options.sample_mean()),
         );
         let losses = Losses::new(kernel.losses()?, pipeline.decode_errors);
         let maps = self.maps.lock().expect("maps lock").clone();
@@ -142,7 +165,7 @@ impl Engine {
                 elapsed: self.started.elapsed(),
                 is_final,
                 min_age,
-                sample_bytes: u64::from(self.options.sample_bytes),
+                sample_bytes: u64::from(self.options.sample_mean()),
                 stats: pipeline.table.stats,
                 events: pipeline.events,
                 execs: pipeline.execs,
@@ -187,6 +210,42 @@ impl Engine {
             );
         }
         Ok(())
+    }
+
+    /// Answers one HTTP request with the current report (serve).
+    async fn answer(&mut self, mut stream: TcpStream, kernel: &KernelProbes) -> Result<()> {
+        let request = serve::read_request_line(&mut stream).await?;
+        let page = serve::route(&request);
+        let (status, content_type, body) = match page {
+            Page::NotFound => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
+            Page::BadMethod => (
+                "405 Method Not Allowed",
+                "text/plain",
+                b"GET only\n".to_vec(),
+            ),
+            Page::Index | Page::Heap | Page::Metrics => {
+                let report = self.report(kernel, false)?;
+                match page {
+                    Page::Index => (
+                        "200 OK",
+                        "text/html; charset=utf-8",
+                        report::html::render(&report, self.options.top).into_bytes(),
+                    ),
+                    Page::Heap => (
+                        "200 OK",
+                        "application/octet-stream",
+                        report::pprof::render(&report),
+                    ),
+                    _ => (
+                        "200 OK",
+                        "text/plain; version=0.0.4",
+                        report::metrics::render(&report, report::metrics::own_rss_bytes())
+                            .into_bytes(),
+                    ),
+                }
+            }
+        };
+        serve::respond(&mut stream, status, content_type, &body).await
     }
 
     fn progress(&self, message: &str) {
@@ -250,12 +309,12 @@ fn kernel_options(options: &ReportOptions) -> KernelOptions {
         dwarf: options.stack_mode == StackMode::Dwarf,
         unwind_rows: options.unwind_rows,
         empty_programs: options.empty_programs,
-        sample_mean: options.sample_bytes,
+        sample_mean: options.sample_mean(),
         sampled_blocks: options.sampled_blocks,
     }
 }
 
-async fn trace_pid(pid: u32, options: ReportOptions) -> Result<i32> {
+async fn trace_pid(pid: u32, options: ReportOptions, listener: Option<TcpListener>) -> Result<i32> {
     kernel::check_environment()?;
     target::check_pid(pid)?;
     let pidfd = pidfd_open(pid)?;
@@ -281,7 +340,7 @@ async fn trace_pid(pid: u32, options: ReportOptions) -> Result<i32> {
     // SAFETY: the OwnedFd stays open, and the same fd, inside the AsyncFd.
     let pidfd = unsafe { AsyncFd::register(pidfd) }.map_err(std::io::Error::from)?;
     let watch = ExitWatch::Pidfd(pidfd);
-    let (stop, _) = trace_loop(engine, kernel, watch, None).await?;
+    let (stop, _) = trace_loop(engine, kernel, watch, None, listener).await?;
     Ok(match stop {
         Stop::Exited(_) | Stop::DurationElapsed | Stop::Signal(_) => 0,
     })
@@ -343,7 +402,7 @@ async fn run_command(command: Vec<OsString>, options: ReportOptions) -> Result<i
         kernel.0.attached,
         engine.object_list()
     ));
-    let (stop, _) = trace_loop(engine, kernel, ExitWatch::Child(exit), Some(pid)).await?;
+    let (stop, _) = trace_loop(engine, kernel, ExitWatch::Child(exit), Some(pid), None).await?;
     Ok(match stop {
         Stop::Exited(Some(status)) => status.as_exit_code(),
         _ => 0,
@@ -394,6 +453,7 @@ async fn trace_loop(
     kernel: (KernelProbes, RingBuf<MapData>),
     mut watch: ExitWatch,
     child: Option<u32>,
+    listener: Option<TcpListener>,
 ) -> Result<(Stop, Engine)> {
     let (kernel, ring) = kernel;
     // SAFETY: the ring buffer's map fd stays open, and the same fd, inside
@@ -422,6 +482,15 @@ async fn trace_loop(
                 guard.clear_ready();
             }
             _ = drain_timer.tick() => engine.drain(ring.get_mut()),
+            accepted = accept(listener.as_ref()) => match accepted {
+                Ok((stream, _)) => {
+                    engine.drain(ring.get_mut());
+                    if let Err(err) = engine.answer(stream, &kernel).await {
+                        engine.progress(&format!("http: {err:#}"));
+                    }
+                }
+                Err(err) => engine.progress(&format!("http: accepting a connection: {err}")),
+            },
             status = watch.wait() => break Stop::Exited(status),
             _ = sleep_until(deadline) => break Stop::DurationElapsed,
             _ = sleep_until(next_report) => {
@@ -458,6 +527,16 @@ async fn trace_loop(
     }
     engine.emit(&kernel, true)?;
     Ok((stop, engine))
+}
+
+/// The next connection, or never without a listener.
+async fn accept(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

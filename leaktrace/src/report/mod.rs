@@ -14,7 +14,9 @@ use crate::{
 
 pub mod diff;
 pub mod folded;
+pub mod html;
 pub mod json;
+pub mod metrics;
 pub mod pprof;
 pub mod svg;
 pub mod text;

@@ -1,0 +1,95 @@
+//! The page `leaktrace serve` shows at `/`: the report's header, the top
+//! call sites with their stacks, and the flamegraph of outstanding bytes.
+use std::fmt::Write as _;
+
+use super::{Report, svg, text::human_bytes};
+
+/// Escapes text for HTML.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+pub fn render(report: &Report, top: usize) -> String {
+    let mut out = String::from(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>leaktrace</title>\
+         <style>body{font-family:sans-serif;margin:1em}td,th{padding:2px 8px;text-align:left;vertical-align:top}\
+         td.n{text-align:right}pre{margin:0}</style></head><body>\n",
+    );
+    let pids: Vec<String> = report.pids.iter().map(u32::to_string).collect();
+    let _ = writeln!(out, "<h1>leaktrace: pid {}</h1>", escape(&pids.join(", ")));
+    let t = &report.totals;
+    let _ = writeln!(
+        out,
+        "<p>{} ({} bytes) outstanding in {} allocations at {} call sites; traced {} s; {}{}</p>",
+        human_bytes(t.outstanding_bytes),
+        t.outstanding_bytes,
+        t.outstanding_allocations,
+        t.call_sites,
+        report.elapsed_ms / 1000,
+        escape(&report.losses.summary()),
+        if report.sample_bytes > 0 {
+            format!(
+                "; sampled every {} on average, figures are estimates",
+                human_bytes(report.sample_bytes)
+            )
+        } else {
+            String::new()
+        }
+    );
+    out.push_str("<h2>Top call sites</h2>\n<table><tr><th>bytes</th><th>allocations</th><th>oldest</th><th>allocator</th><th>stack (innermost first)</th></tr>\n");
+    for site in report.sites.iter().take(top) {
+        let stack: Vec<String> = site
+            .frames
+            .iter()
+            .map(|f| {
+                let location = match (&f.file, f.line) {
+                    (Some(file), Some(line)) => format!(" ({file}:{line})"),
+                    _ => String::new(),
+                };
+                escape(&format!("{}{location}", f.function))
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{} ms</td><td>{}</td><td><pre>{}</pre></td></tr>",
+            site.bytes,
+            site.count,
+            site.oldest_age_ms,
+            escape(&site.allocator),
+            stack.join("\n")
+        );
+    }
+    out.push_str("</table>\n<h2>Flamegraph of outstanding bytes</h2>\n");
+    // inferno's SVG, inline (without its XML declaration).
+    let flamegraph = svg::render(report);
+    let start = flamegraph.find("<svg").unwrap_or(0);
+    out.push_str(&flamegraph[start..]);
+    out.push_str("\n<p><a href=\"/debug/pprof/heap\">/debug/pprof/heap</a> · <a href=\"/metrics\">/metrics</a></p></body></html>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures;
+
+    #[test]
+    fn shows_sites_stacks_and_an_inline_flamegraph() {
+        let html = super::render(&fixtures::report(), 10);
+        assert!(html.starts_with("<!DOCTYPE html>"));
+        assert!(
+            html.contains("<td class=\"n\">4096</td><td class=\"n\">4</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("leak_a (prog.c:10)\nmain (prog.c:30)"),
+            "{html}"
+        );
+        // Escaped, never raw: the fixture has a frame named "leak;b".
+        assert!(html.contains("<svg"));
+        assert!(!html.contains("<?xml"));
+        assert!(super::escape("a<b>&\"") == "a&lt;b&gt;&amp;&quot;");
+    }
+}

@@ -1,0 +1,164 @@
+//! `leaktrace serve` against a running process that leaks slowly
+//! (tests/fixtures/slow_leak.c: 5000 bytes every 10 ms from grow_cache):
+//! /metrics exposes its outstanding bytes (a multiple of 5000), a pprof
+//! profile from /debug/pprof/heap decodes to grow_cache's samples, the page
+//! at / shows the site and a flamegraph, unknown paths are 404, SIGTERM
+//! ends it with a final report; and it refuses a non-loopback address
+//! unless --allow-remote is given.
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{
+    Guarded, TempDir, assert_one_error_line, compile, leaktrace, leaktrace_bin, require_root,
+    serial,
+};
+use leaktrace::report::pprof;
+
+/// GET `path` from `address`: (status code, body).
+fn get(address: &str, path: &str) -> (u16, Vec<u8>) {
+    let mut stream = TcpStream::connect(address).expect("connecting to leaktrace serve");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .expect("reading the response");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, response[split + 4..].to_vec())
+}
+
+#[test]
+fn serve_exposes_metrics_pprof_and_a_page() {
+    if !require_root("serve_exposes_metrics_pprof_and_a_page") {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("serve");
+    let program = compile(
+        &dir,
+        "slow_leak.c",
+        "slow_leak",
+        &["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline"],
+    );
+    let fixture = Guarded::spawn("slow_leak", Command::new(&program).stdin(Stdio::null()));
+    let pid = fixture.pid().to_string();
+    let mut server = Guarded::spawn(
+        "leaktrace serve",
+        Command::new(leaktrace_bin())
+            .args([
+                "serve",
+                "--pid",
+                &pid,
+                "--listen",
+                "127.0.0.1:0",
+                "--sample-bytes",
+                "0",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let stdout = server.stdout_lines();
+    let stderr = server.stderr_lines();
+    let serving = stderr
+        .wait_for(Duration::from_secs(60), |l| {
+            l.contains("serving on http://")
+        })
+        .unwrap_or_else(|e| panic!("no 'serving on' line: {e}"));
+    let address = serving
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_string();
+    stderr
+        .wait_for(Duration::from_secs(60), |l| {
+            l.starts_with("leaktrace: tracing pid ")
+        })
+        .unwrap_or_else(|e| panic!("never attached: {e}"));
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let (status, metrics) = get(&address, "/metrics");
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8(metrics).unwrap();
+    let bytes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("leaktrace_outstanding_bytes{{pid=\"{pid}\"}} ")))
+        .unwrap_or_else(|| panic!("no outstanding bytes for {pid}:\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(bytes >= 5 * 5000 && bytes.is_multiple_of(5000), "{bytes}\n{metrics}");
+    assert!(metrics.contains("leaktrace_daemon_resident_bytes "));
+
+    let (status, heap) = get(&address, "/debug/pprof/heap");
+    assert_eq!(status, 200);
+    let profile = pprof::decode(&heap).expect("a pprof profile");
+    let grow_cache = profile
+        .function
+        .iter()
+        .find(|f| profile.string(f.name) == "grow_cache")
+        .expect("grow_cache in the profile")
+        .id;
+    let leaf_of = |sample: &pprof::Sample| -> Option<u64> {
+        let leaf = *sample.location_id.first()?;
+        let location = profile.location.iter().find(|l| l.id == leaf)?;
+        Some(location.line.first()?.function_id)
+    };
+    let leaked: i64 = profile
+        .sample
+        .iter()
+        .filter(|s| leaf_of(s) == Some(grow_cache))
+        .map(|s| s.value[0])
+        .sum();
+    assert!(leaked > 0 && leaked % 5000 == 0, "{leaked}");
+
+    let (status, page) = get(&address, "/");
+    assert_eq!(status, 200);
+    let page = String::from_utf8(page).unwrap();
+    assert!(
+        page.contains("grow_cache") && page.contains("<svg"),
+        "{page}"
+    );
+    assert_eq!(get(&address, "/nope").0, 404);
+
+    // SIGTERM: a final report, exit 0.
+    // SAFETY: signalling our own child.
+    unsafe { libc_kill(server.pid() as i32, 15) };
+    let status = server
+        .wait_timeout(Duration::from_secs(30))
+        .expect("serve exits on SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", stderr.text());
+    assert!(
+        stdout.text().contains("grow_cache"),
+        "final report:\n{}",
+        stdout.text()
+    );
+}
+
+#[test]
+fn serve_refuses_a_remote_address_unless_asked() {
+    let finished = leaktrace(
+        &["serve", "--pid", "1", "--listen", "0.0.0.0:0"],
+        Duration::from_secs(30),
+    );
+    let line = assert_one_error_line("serve on 0.0.0.0", &finished);
+    assert!(line.contains("--allow-remote"), "{line}");
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
