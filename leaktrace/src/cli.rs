@@ -151,6 +151,10 @@ pub struct ReportOptions {
     /// Default: 0 for trace and run, 512k for serve.
     #[arg(long, value_parser = parse_bytes, value_name = "N")]
     pub sample_bytes: Option<u32>,
+    /// Most outstanding allocations the daemon keeps (about 50 bytes each);
+    /// beyond it new ones are dropped and counted as lost. 0: no limit.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub max_allocations: usize,
     /// Room in the kernel for outstanding sampled blocks (when sampling).
     #[arg(long, default_value_t = 1 << 20)]
     pub sampled_blocks: u32,

@@ -41,6 +41,8 @@ pub struct TableStats {
     /// Allocations returned at an address the table still held: the free of
     /// the old block was lost or happened before tracing began.
     pub replaced_blocks: u64,
+    /// Allocations not recorded because the table was at its cap.
+    pub dropped_at_cap: u64,
 }
 
 /// A piece of a mapped region: what munmap left of one mmap call.
@@ -100,6 +102,9 @@ pub struct HeapTable {
     processes: HashMap<u32, ProcessHeap>,
     /// CLOCK_MONOTONIC ns that `Block::time_ms` counts from.
     epoch_ns: u64,
+    /// Most blocks and regions the table holds; 0: no limit. Keeps the
+    /// daemon's memory bounded on a process that allocates without end.
+    pub cap: usize,
     pub stats: TableStats,
 }
 
@@ -110,6 +115,11 @@ impl HeapTable {
             epoch_ns,
             ..HeapTable::default()
         }
+    }
+
+    /// The same table holding at most `cap` blocks (0: no limit).
+    pub fn with_cap(self, cap: usize) -> HeapTable {
+        HeapTable { cap, ..self }
     }
 
     /// `timestamp_ns` as whole ms since the epoch, rounded down (0 before
@@ -132,9 +142,16 @@ impl HeapTable {
     /// call was made; `timestamp_ns` when.
     pub fn apply(&mut self, pid: u32, op: HeapOp, site: SiteId, timestamp_ns: u64) {
         let time_ms = self.block_time_ms(timestamp_ns);
+        let full = self.cap != 0 && self.len() >= self.cap;
         let stats = &mut self.stats;
         let heap = self.processes.entry(pid).or_default();
-        let mut insert_block = |heap: &mut ProcessHeap, addr: u64, size: u64| {
+        // `replacing`: the call released a block it held, so the table does
+        // not grow (a realloc), and the cap does not apply.
+        let mut insert_block = |heap: &mut ProcessHeap, addr: u64, size: u64, replacing: bool| {
+            if full && !replacing && !heap.blocks.contains_key(&addr) {
+                stats.dropped_at_cap += 1;
+                return;
+            }
             let block = Block {
                 size,
                 site,
@@ -147,7 +164,9 @@ impl HeapTable {
         match op {
             HeapOp::Alloc { addr, size, mapped } => {
                 stats.allocations += 1;
-                if mapped {
+                if mapped && full {
+                    stats.dropped_at_cap += 1;
+                } else if mapped {
                     // A fresh mapping replaces whatever it overlaps (MAP_FIXED).
                     heap.unmap(addr, size);
                     let block = Block {
@@ -163,7 +182,7 @@ impl HeapTable {
                         },
                     );
                 } else {
-                    insert_block(heap, addr, size);
+                    insert_block(heap, addr, size, false);
                 }
             }
             HeapOp::Free { addr } => {
@@ -175,10 +194,11 @@ impl HeapTable {
             HeapOp::Realloc { old, new, size } => {
                 stats.allocations += 1;
                 stats.releases += 1;
-                if heap.blocks.remove(&old).is_none() {
+                let replacing = heap.blocks.remove(&old).is_some();
+                if !replacing {
                     stats.unmatched_releases += 1;
                 }
-                insert_block(heap, new, size);
+                insert_block(heap, new, size, replacing);
             }
             HeapOp::Resize { addr, size } => {
                 if let Some(block) = heap.blocks.get_mut(&addr) {
@@ -423,5 +443,34 @@ mod tests {
         t.apply(2, alloc(0x10, 1), 2, 0);
         t.forget_process(2);
         assert_eq!(sizes(&t), [(1, 1)]);
+    }
+
+    #[test]
+    fn the_cap_bounds_the_table_and_counts_what_it_drops() {
+        let mut t = HeapTable {
+            cap: 2,
+            ..HeapTable::default()
+        };
+        t.apply(1, alloc(0x10, 1), 1, 0);
+        t.apply(1, alloc(0x20, 1), 1, 0);
+        t.apply(1, alloc(0x30, 1), 1, 0);
+        t.apply(1, map(0x10000, 4096), 1, 0);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.stats.dropped_at_cap, 2);
+        // Room again after a free; a realloc in place is not a new block.
+        t.apply(1, HeapOp::Free { addr: 0x10 }, 0, 0);
+        t.apply(1, alloc(0x30, 1), 1, 0);
+        t.apply(
+            1,
+            HeapOp::Realloc {
+                old: 0x30,
+                new: 0x30,
+                size: 9,
+            },
+            2,
+            0,
+        );
+        assert_eq!(sizes(&t), [(1, 1), (2, 9)]);
+        assert_eq!(t.stats.dropped_at_cap, 2);
     }
 }

@@ -151,7 +151,11 @@ impl Engine {
             min_age.as_nanos() as u64,
             u64::from(self.options.sample_mean()),
         );
-        let losses = Losses::new(kernel.losses()?, pipeline.decode_errors);
+        let losses = Losses::new(
+            kernel.losses()?,
+            pipeline.decode_errors,
+            pipeline.table.stats.dropped_at_cap,
+        );
         let maps = self.maps.lock().expect("maps lock").clone();
         Ok(report::build(
             ReportInput {
@@ -422,7 +426,7 @@ impl Engine {
             command,
             objects,
             pipeline: Pipeline {
-                table: HeapTable::with_epoch(monotonic_ns()),
+                table: HeapTable::with_epoch(monotonic_ns()).with_cap(options.max_allocations),
                 ..Pipeline::default()
             },
             maps: Arc::new(Mutex::new(maps)),

@@ -100,7 +100,10 @@ fn serve_exposes_metrics_pprof_and_a_page() {
         .unwrap_or_else(|| panic!("no outstanding bytes for {pid}:\n{metrics}"))
         .parse()
         .unwrap();
-    assert!(bytes >= 5 * 5000 && bytes.is_multiple_of(5000), "{bytes}\n{metrics}");
+    assert!(
+        bytes >= 5 * 5000 && bytes.is_multiple_of(5000),
+        "{bytes}\n{metrics}"
+    );
     assert!(metrics.contains("leaktrace_daemon_resident_bytes "));
 
     let (status, heap) = get(&address, "/debug/pprof/heap");

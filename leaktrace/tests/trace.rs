@@ -434,3 +434,32 @@ fn sigkill_leaves_no_probe_behind() {
         "spin died while traced"
     );
 }
+
+/// --max-allocations bounds the daemon's table: beyond the cap, new
+/// allocations are dropped and counted as lost (losses.table_full), and the
+/// report says so instead of silently showing less.
+#[test]
+fn the_table_cap_is_honoured_and_counted() {
+    if !require_root("the_table_cap_is_honoured_and_counted") {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("cap");
+    let leaky = build_leaky(&dir);
+    let report = run_json(
+        &dir,
+        "report",
+        &["--max-allocations", "10"],
+        &[leaky.to_str().unwrap()],
+    );
+    let outstanding = report["totals"]["outstanding_allocations"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        outstanding <= 10,
+        "{outstanding} outstanding with a cap of 10"
+    );
+    let dropped = report["losses"]["table_full"].as_u64().unwrap();
+    assert!(dropped > 0, "{}", report["losses"]);
+    assert!(report["losses"]["total"].as_u64().unwrap() >= dropped);
+}

@@ -75,6 +75,7 @@ pub fn render(report: &Report, daemon_rss_bytes: u64) -> String {
         ("stack_capture_failed", l.stack_capture_failed),
         ("return_without_entry", l.return_without_entry),
         ("sampled_map_full", l.sampled_map_full),
+        ("table_full", l.table_full),
         ("decode_error", l.decode_errors),
     ];
     family(

@@ -71,12 +71,15 @@ pub struct Losses {
     pub stack_capture_failed: u64,
     pub return_without_entry: u64,
     pub sampled_map_full: u64,
+    /// Allocations the daemon did not record: its table was at
+    /// --max-allocations.
+    pub table_full: u64,
     pub decode_errors: u64,
     pub total: u64,
 }
 
 impl Losses {
-    pub fn new(kernel: KernelLosses, decode_errors: u64) -> Losses {
+    pub fn new(kernel: KernelLosses, decode_errors: u64, table_full: u64) -> Losses {
         let KernelLosses {
             ring_buffer_full,
             entry_slot_collisions,
@@ -90,9 +93,11 @@ impl Losses {
             stack_capture_failed,
             return_without_entry,
             sampled_map_full,
+            table_full,
             decode_errors,
             total: ring_buffer_full
                 + sampled_map_full
+                + table_full
                 + entry_slot_collisions
                 + stack_capture_failed
                 + return_without_entry
@@ -111,6 +116,7 @@ impl Losses {
             ("stack capture failed", self.stack_capture_failed),
             ("return without entry", self.return_without_entry),
             ("sampled-block map full", self.sampled_map_full),
+            ("table at --max-allocations", self.table_full),
             ("undecodable", self.decode_errors),
         ]
         .iter()
@@ -194,6 +200,8 @@ pub fn build(input: ReportInput<'_>, maps: &ProcessMaps, symbolizer: &mut Symbol
         failed_calls,
         unmatched_releases,
         replaced_blocks,
+        // Reported with the losses (Losses::table_full).
+        dropped_at_cap: _,
     } = input.stats;
     Report {
         pids: input.pids,
@@ -319,6 +327,7 @@ mod tests {
                 ..Default::default()
             },
             2,
+            0,
         );
         assert_eq!(losses.total, 6);
         assert_eq!(
