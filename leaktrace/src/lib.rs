@@ -13,6 +13,7 @@
 //! tested by the integration suite on real processes.
 pub mod aggregate;
 pub mod cli;
+pub mod growth;
 pub mod heap;
 pub mod ingest;
 pub mod kernel;

@@ -25,6 +25,7 @@ use tokio::{
 use crate::{
     aggregate,
     cli::{Cli, Command, ProbePlacement, ReportOptions, SERVE_SAMPLE_BYTES, StackMode},
+    growth::GrowthTracker,
     heap::HeapTable,
     kernel::{self, KernelOptions, KernelProbes},
     launch,
@@ -96,6 +97,8 @@ struct Engine {
     pipeline: Pipeline,
     maps: Arc<Mutex<ProcessMaps>>,
     symbolizer: Symbolizer,
+    /// Each site's outstanding bytes at every interval.
+    growth: GrowthTracker,
     /// The unwinder's tables, in `--stack-mode dwarf` (shared with the
     /// child thread of `run`, which loads them at the command's entry).
     unwind_tables: Arc<Mutex<Option<UnwindTables>>>,
@@ -176,6 +179,7 @@ impl Engine {
                 losses,
                 totals: &totals,
                 sites: &pipeline.sites,
+                growth: &self.growth,
             },
             &maps,
             &mut self.symbolizer,
@@ -214,6 +218,18 @@ impl Engine {
             );
         }
         Ok(())
+    }
+
+    /// Samples every site's outstanding bytes for the growth ranking.
+    fn record_growth(&mut self) {
+        let totals = aggregate::outstanding_by_site(
+            &self.pipeline.table,
+            monotonic_ns(),
+            0,
+            u64::from(self.options.sample_mean()),
+        );
+        self.growth
+            .record(self.started.elapsed().as_secs_f64(), &totals);
     }
 
     /// Answers one HTTP request with the current report (serve).
@@ -432,6 +448,7 @@ impl Engine {
             maps: Arc::new(Mutex::new(maps)),
             symbolizer: Symbolizer::default(),
             unwind_tables: Arc::new(Mutex::new(None)),
+            growth: GrowthTracker::default(),
             started: Instant::now(),
             options,
         }
@@ -445,6 +462,9 @@ impl Engine {
             .join(", ")
     }
 }
+
+/// How often site growth is sampled without --interval.
+const GROWTH_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often the ring buffer is drained when the kernel has not woken us.
 const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(20);
@@ -477,6 +497,9 @@ async fn trace_loop(
     // timer drains what waits below it.
     let mut drain_timer = tokio::time::interval(DRAIN_PERIOD);
     drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Growth is sampled at every interval, or every 10 s without one.
+    let mut growth_timer = tokio::time::interval(interval.unwrap_or(GROWTH_PERIOD));
+    growth_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut forwarded = 0;
     let stop = loop {
         tokio::select! {
@@ -486,6 +509,10 @@ async fn trace_loop(
                 guard.clear_ready();
             }
             _ = drain_timer.tick() => engine.drain(ring.get_mut()),
+            _ = growth_timer.tick() => {
+                engine.drain(ring.get_mut());
+                engine.record_growth();
+            }
             accepted = accept(listener.as_ref()) => match accepted {
                 Ok((stream, _)) => {
                     engine.drain(ring.get_mut());

@@ -165,3 +165,52 @@ unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, signal: i32) -> i32;
 }
+
+/// Growth over intervals: the slow leak (5000 bytes every 10 ms, about
+/// 500 KB/s) is ranked as growing steadily, at roughly its real rate.
+#[test]
+fn a_steady_leak_is_ranked_with_its_rate() {
+    if !require_root("a_steady_leak_is_ranked_with_its_rate") {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("growth");
+    let program = compile(
+        &dir,
+        "slow_leak.c",
+        "slow_leak",
+        &["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline"],
+    );
+    let fixture = Guarded::spawn("slow_leak", Command::new(&program).stdin(Stdio::null()));
+    let report_path = dir.join("report.json");
+    let finished = leaktrace(
+        &[
+            "trace",
+            "--pid",
+            &fixture.pid().to_string(),
+            "--duration",
+            "4500ms",
+            "--interval",
+            "1s",
+            "--format",
+            "json",
+            "--output",
+            report_path.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    let site = report["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["frames"][0]["function"] == "grow_cache")
+        .expect("grow_cache's site");
+    let growth = &site["growth"];
+    assert_eq!(growth["steady"], true, "{growth}");
+    assert!(growth["samples"].as_u64().unwrap() >= 4, "{growth}");
+    let rate = growth["bytes_per_second"].as_f64().unwrap();
+    assert!((250_000.0..=600_000.0).contains(&rate), "{rate} B/s");
+}

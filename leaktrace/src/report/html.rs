@@ -39,7 +39,7 @@ pub fn render(report: &Report, top: usize) -> String {
             String::new()
         }
     );
-    out.push_str("<h2>Top call sites</h2>\n<table><tr><th>bytes</th><th>allocations</th><th>oldest</th><th>allocator</th><th>stack (innermost first)</th></tr>\n");
+    out.push_str("<h2>Top call sites</h2>\n<table><tr><th>bytes</th><th>allocations</th><th>oldest</th><th>growth</th><th>allocator</th><th>stack (innermost first)</th></tr>\n");
     for site in report.sites.iter().take(top) {
         let stack: Vec<String> = site
             .frames
@@ -54,10 +54,16 @@ pub fn render(report: &Report, top: usize) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{} ms</td><td>{}</td><td><pre>{}</pre></td></tr>",
+            "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{} ms</td><td>{}</td><td>{}</td><td><pre>{}</pre></td></tr>",
             site.bytes,
             site.count,
             site.oldest_age_ms,
+            match site.growth {
+                Some(g) if g.steady =>
+                    format!("+{}/s, steady", human_bytes(g.bytes_per_second as u64)),
+                Some(g) => format!("{:+.0} B/s, varies", g.bytes_per_second),
+                None => "-".into(),
+            },
             escape(&site.allocator),
             stack.join("\n")
         );

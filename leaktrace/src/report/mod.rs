@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::{
     aggregate::SiteTotal,
+    growth::{Growth, GrowthTracker},
     heap::TableStats,
     kernel::KernelLosses,
     sites::CallSites,
@@ -128,7 +129,7 @@ impl Losses {
 }
 
 /// One call site's outstanding memory and its symbolized stack.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SiteReport {
     pub pid: u32,
     /// The allocator function called (malloc, calloc, mmap...).
@@ -136,6 +137,9 @@ pub struct SiteReport {
     pub bytes: u64,
     pub count: u64,
     pub oldest_age_ms: u64,
+    /// How its outstanding bytes moved over the intervals seen so far
+    /// (null until there are 3 samples).
+    pub growth: Option<Growth>,
     /// Innermost first: `frames[0]` called the allocator.
     pub frames: Vec<Frame>,
 }
@@ -175,6 +179,7 @@ pub struct ReportInput<'a> {
     pub losses: Losses,
     pub totals: &'a [SiteTotal],
     pub sites: &'a CallSites,
+    pub growth: &'a GrowthTracker,
 }
 
 /// Symbolizes and assembles a report.
@@ -190,6 +195,7 @@ pub fn build(input: ReportInput<'_>, maps: &ProcessMaps, symbolizer: &mut Symbol
                 bytes: total.bytes,
                 count: total.count,
                 oldest_age_ms: total.oldest_age_ms,
+                growth: input.growth.assess(total.site),
                 frames: symbolizer.symbolize_stack(maps, &site.stack, site.fp_frames),
             }
         })
@@ -292,6 +298,11 @@ pub(crate) mod fixtures {
                     bytes: 4096,
                     count: 4,
                     oldest_age_ms: 1200,
+                    growth: Some(Growth {
+                        bytes_per_second: 1024.0,
+                        steady: true,
+                        samples: 5,
+                    }),
                     frames: vec![
                         frame("leak_a", Some("prog.c"), Some(10)),
                         frame("main", Some("prog.c"), Some(30)),
@@ -303,6 +314,7 @@ pub(crate) mod fixtures {
                     bytes: 100,
                     count: 1,
                     oldest_age_ms: 3,
+                    growth: None,
                     frames: vec![
                         frame("leak;b", None, None),
                         frame("main", Some("prog.c"), Some(31)),

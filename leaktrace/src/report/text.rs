@@ -100,6 +100,39 @@ pub fn render(report: &Report, top: usize) -> String {
             t.replaced_blocks, t.execs
         );
     }
+    let mut growing: Vec<&super::SiteReport> = report
+        .sites
+        .iter()
+        .filter(|s| {
+            s.growth
+                .is_some_and(|g| g.steady && g.bytes_per_second > 0.0)
+        })
+        .collect();
+    if !growing.is_empty() {
+        growing.sort_by(|a, b| {
+            let rate = |s: &super::SiteReport| s.growth.map_or(0.0, |g| g.bytes_per_second);
+            rate(b).total_cmp(&rate(a))
+        });
+        let _ = writeln!(
+            out,
+            "\ngrowing steadily (never went down: likely leaks), fastest first:"
+        );
+        for site in growing.iter().take(top) {
+            let growth = site.growth.expect("filtered");
+            let caller = site
+                .frames
+                .first()
+                .map_or("[no stack]", |f| f.function.as_str());
+            let _ = writeln!(
+                out,
+                "  +{}/s  {} ({} now, {} samples)",
+                human_bytes(growth.bytes_per_second as u64),
+                caller,
+                human_bytes(site.bytes),
+                growth.samples
+            );
+        }
+    }
     for (rank, site) in report.sites.iter().take(top).enumerate() {
         let _ = writeln!(
             out,
@@ -146,17 +179,23 @@ mod tests {
             "outstanding: 4196 bytes (4.1 KiB) in 5 allocations at 2 call sites"
         );
         assert_eq!(lines[3], "lost: 0 events lost");
+        // The fixture's first site grew steadily at 1 KiB/s over 5 samples.
         assert_eq!(
             lines[5],
+            "growing steadily (never went down: likely leaks), fastest first:"
+        );
+        assert_eq!(lines[6], "  +1.0 KiB/s  leak_a (4.0 KiB now, 5 samples)");
+        assert_eq!(
+            lines[8],
             "#1 4096 bytes (4.0 KiB) in 4 allocations from malloc, oldest 1.2 s"
         );
-        assert_eq!(lines[6], "    leak_a at prog.c:10");
-        assert_eq!(lines[7], "    main at prog.c:30");
+        assert_eq!(lines[9], "    leak_a at prog.c:10");
+        assert_eq!(lines[10], "    main at prog.c:30");
         assert_eq!(
-            lines[9],
+            lines[12],
             "#2 100 bytes (100 B) in 1 allocations from calloc, oldest 3 ms"
         );
-        assert_eq!(lines[10], "    leak;b in /usr/bin/prog");
+        assert_eq!(lines[13], "    leak;b in /usr/bin/prog");
     }
 
     #[test]
