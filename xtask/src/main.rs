@@ -10,6 +10,7 @@
 //! - `bench`: the malloc+free loop untraced and traced, and the daemon's
 //!   drain rate.
 mod bench;
+mod redis;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -41,6 +42,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Debian's redis-server under redis-benchmark: throughput untraced,
+    /// traced exact and sampled, and the daemon's CPU and memory.
+    BenchRedis {
+        /// Rounds of each mode (medians are printed).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Measure the cost per malloc+free pair untraced and traced, and the
     /// daemon's drain rate.
     Bench {
@@ -62,6 +70,11 @@ fn main() -> Result<()> {
         }
         Task::Demo => demo(),
         Task::Test { args } => test(&args),
+        Task::BenchRedis { rounds } => {
+            setup::all()?;
+            build_release()?;
+            redis::run(rounds)
+        }
         Task::Bench { pairs, runs } => {
             setup::all()?;
             build_release()?;
