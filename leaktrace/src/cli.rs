@@ -140,7 +140,10 @@ pub struct ReportOptions {
     pub folded: Option<PathBuf>,
     /// Kernel-to-daemon ring buffer size in MiB (a power of two). Raise it
     /// if reports show "ring buffer full" losses.
-    #[arg(long, default_value_t = 64, value_parser = parse_ring_buffer_mib)]
+    /// 16 MiB holds about 150,000 records, far more than arrive between two
+    /// drains (every 20 ms); the kernel maps it twice, so it costs twice that
+    /// in resident memory.
+    #[arg(long, default_value_t = 16, value_parser = parse_ring_buffer_mib)]
     pub ring_buffer_mib: u32,
     /// Sample instead of recording every allocation: on average one sample
     /// per N allocated bytes (suffixes k, m: KiB, MiB), decided in the

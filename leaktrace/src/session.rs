@@ -216,6 +216,11 @@ impl Engine {
                 report.totals.call_sites,
                 report.losses.summary()
             );
+            let usage = own_usage();
+            eprintln!(
+                "leaktrace: the daemon used {} ms of CPU and {} MiB of memory at most",
+                usage.cpu_ms, usage.max_rss_mib
+            );
         }
         Ok(())
     }
@@ -272,6 +277,23 @@ impl Engine {
         if !self.options.quiet {
             eprintln!("leaktrace: {message}");
         }
+    }
+}
+
+/// What leaktrace itself cost: CPU time and peak resident memory.
+struct OwnUsage {
+    cpu_ms: u64,
+    max_rss_mib: u64,
+}
+
+fn own_usage() -> OwnUsage {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+    OwnUsage {
+        cpu_ms: ms(usage.ru_utime) + ms(usage.ru_stime),
+        max_rss_mib: usage.ru_maxrss as u64 / 1024,
     }
 }
 

@@ -70,11 +70,25 @@ struct Measured {
     ns: f64,
     lost: u64,
     events: u64,
+    /// The daemon's CPU (ms) and peak memory (MiB), from its last line.
+    daemon: Option<(f64, f64)>,
+}
+
+/// "leaktrace: the daemon used X ms of CPU and Y MiB of memory at most"
+fn daemon_usage(stderr: &[u8]) -> Option<(f64, f64)> {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text.lines().rev().find(|l| l.contains("the daemon used"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let number_before = |unit: &str| -> Option<f64> {
+        let at = words.iter().position(|w| *w == unit)?;
+        words.get(at.checked_sub(1)?)?.parse().ok()
+    };
+    Some((number_before("ms")?, number_before("MiB")?))
 }
 
 fn leaktrace_run(extra: &[&str], program: &Path, pairs: u64, report: &Path) -> Result<Measured> {
     let output = Command::new(leaktrace_binary())
-        .args(["run", "--quiet", "--format", "json", "--output"])
+        .args(["run", "--format", "json", "--output"])
         .arg(report)
         .args(extra)
         .arg("--")
@@ -99,6 +113,7 @@ fn leaktrace_run(extra: &[&str], program: &Path, pairs: u64, report: &Path) -> R
         ns: parse_ns(&output.stdout)?,
         lost: field("total"),
         events: field("events"),
+        daemon: daemon_usage(&output.stderr),
     })
 }
 
@@ -111,6 +126,7 @@ fn measure(mode: Mode, program: &Path, pairs: u64, dir: &Path) -> Result<Measure
                 ns: parse_ns(&output.stdout)?,
                 lost: 0,
                 events: 0,
+                daemon: None,
             })
         }
         Mode::Floor => leaktrace_run(&["--empty-programs"], program, pairs, &report),
@@ -134,6 +150,7 @@ fn measure(mode: Mode, program: &Path, pairs: u64, dir: &Path) -> Result<Measure
                 ns: parse_ns(&output.stdout)?,
                 lost: 0,
                 events: 0,
+                daemon: None,
             })
         }
     }
@@ -170,6 +187,8 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
         Mode::Bpftrace,
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    // Daemon (CPU ms, peak MiB) per run, for the leaktrace modes.
+    let mut daemon: Vec<Vec<(f64, f64)>> = vec![Vec::new(); modes.len()];
     let (mut events, mut lost) = (0, 0);
     eprintln!(
         "xtask: {runs} interleaved rounds of {pairs} malloc+free pairs in {} modes",
@@ -180,6 +199,9 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
             let measured = measure(mode, &program, pairs, &dir)
                 .with_context(|| format!("round {round}, {}", mode.label()))?;
             samples[i].push(measured.ns);
+            if let Some(usage) = measured.daemon {
+                daemon[i].push(usage);
+            }
             if mode == Mode::Exact {
                 events += measured.events;
                 lost += measured.lost;
@@ -219,6 +241,22 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
         "  sampling at 512k costs {:.2}x the floor (its calls still trap twice)",
         medians[4] / floor
     );
+    println!("  the daemon, per run of {pairs} pairs (median CPU, median peak memory):");
+    for (i, mode) in modes.iter().enumerate() {
+        if daemon[i].is_empty() {
+            continue;
+        }
+        let cpu: Vec<f64> = daemon[i].iter().map(|d| d.0).collect();
+        let mib: Vec<f64> = daemon[i].iter().map(|d| d.1).collect();
+        let (_, cpu) = stats(&cpu);
+        let (_, mib) = stats(&mib);
+        println!(
+            "    {:<28} {:>8.0} ms CPU {:>6.0} MiB",
+            mode.label(),
+            cpu,
+            mib
+        );
+    }
     println!(
         "live drain: {events} events in the exact runs, {lost} lost ({:.0} events/s from one thread at the median)",
         2.0 * 1e9 / exact
