@@ -24,8 +24,19 @@ fn empty_stdin() {
     }
 }
 
+/// The nested cargo (a different, pinned toolchain) must not use the outer
+/// cargo's jobserver: it would take the file descriptors cargo names in
+/// CARGO_MAKEFLAGS as the jobserver's, whatever they are in this process.
+fn own_jobserver() {
+    for variable in ["CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS"] {
+        // SAFETY: the build script is single-threaded here.
+        unsafe { std::env::remove_var(variable) };
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     empty_stdin();
+    own_jobserver();
     let root_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../leaktrace-ebpf");
     aya_build::build_ebpf(
         [aya_build::Package {
