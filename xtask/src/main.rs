@@ -110,52 +110,8 @@ fn cargo() -> Command {
 }
 
 fn build_release() -> Result<()> {
-    let object = build_ebpf_object()?;
     eprintln!("xtask: building leaktrace (release)");
-    run(cargo()
-        .args(["build", "--release", "--package", "leaktrace"])
-        .env("LEAKTRACE_EBPF_OBJECT", object))
-}
-
-/// Builds the kernel programs on their own, as aya-build would from
-/// leaktrace's build script (same toolchain, target and flags), and returns
-/// the object's path for LEAKTRACE_EBPF_OBJECT. A step of its own: built
-/// from the build script while the outer cargo compiled other crates in
-/// parallel, it failed on fresh clones (see leaktrace/build.rs).
-fn build_ebpf_object() -> Result<PathBuf> {
-    eprintln!("xtask: building the eBPF programs ({})", setup::NIGHTLY);
-    let target_dir = workspace_root().join("target/ebpf");
-    let mut command = Command::new("rustup");
-    command
-        .args([
-            "run",
-            setup::NIGHTLY,
-            "cargo",
-            "build",
-            "--package",
-            "leaktrace-ebpf",
-        ])
-        .args([
-            "--bins",
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
-        )
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .stdin(std::process::Stdio::null())
-        .current_dir(workspace_root());
-    setup::add_tool_paths(&mut command);
-    run(&mut command)?;
-    Ok(target_dir.join("bpfel-unknown-none/release/leaktrace"))
+    run(cargo().args(["build", "--release", "--package", "leaktrace"]))
 }
 
 /// Path of the release binary.
@@ -205,7 +161,6 @@ fn demo() -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     setup::all()?;
     setup::test_dependencies()?;
-    let object = build_ebpf_object()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { geteuid() } != 0 {
         eprintln!(
@@ -219,7 +174,6 @@ fn test(args: &[String]) -> Result<()> {
     command
         .args(["test", "--lib", "--bins", "--tests"])
         .args(args)
-        .env("LEAKTRACE_EBPF_OBJECT", object)
         // An empty stdin even when ours is closed (see .ci/run).
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped());
