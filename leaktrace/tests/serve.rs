@@ -40,6 +40,17 @@ fn get(address: &str, path: &str) -> (u16, Vec<u8>) {
     (status, response[split + 4..].to_vec())
 }
 
+/// Builds and starts the slow-leak fixture (killed when dropped).
+fn start_slow_leak(dir: &TempDir) -> Guarded {
+    let program = compile(
+        dir,
+        "slow_leak.c",
+        "slow_leak",
+        &["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline"],
+    );
+    Guarded::spawn("slow_leak", Command::new(&program).stdin(Stdio::null()))
+}
+
 #[test]
 fn serve_exposes_metrics_pprof_and_a_page() {
     if !require_root("serve_exposes_metrics_pprof_and_a_page") {
@@ -47,13 +58,7 @@ fn serve_exposes_metrics_pprof_and_a_page() {
     }
     let _serial = serial();
     let dir = TempDir::new("serve");
-    let program = compile(
-        &dir,
-        "slow_leak.c",
-        "slow_leak",
-        &["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline"],
-    );
-    let fixture = Guarded::spawn("slow_leak", Command::new(&program).stdin(Stdio::null()));
+    let fixture = start_slow_leak(&dir);
     let pid = fixture.pid().to_string();
     let mut server = Guarded::spawn(
         "leaktrace serve",
@@ -175,13 +180,7 @@ fn a_steady_leak_is_ranked_with_its_rate() {
     }
     let _serial = serial();
     let dir = TempDir::new("growth");
-    let program = compile(
-        &dir,
-        "slow_leak.c",
-        "slow_leak",
-        &["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline"],
-    );
-    let fixture = Guarded::spawn("slow_leak", Command::new(&program).stdin(Stdio::null()));
+    let fixture = start_slow_leak(&dir);
     let report_path = dir.join("report.json");
     let finished = leaktrace(
         &[
