@@ -137,13 +137,6 @@ impl UnwindTables {
         Ok(())
     }
 
-    /// Forgets `pid`'s mappings (it exited) and frees its slot.
-    pub fn forget_process(&mut self, pid: u32) {
-        if self.slot_of.remove(&pid).is_some() {
-            let _ = self.slots.remove(&pid);
-        }
-    }
-
     /// The object's rows, loading them on first sight. None when it has no
     /// usable table (unreadable, not ELF, no .eh_frame, or no room left).
     fn object(&mut self, path: &str, root: &Path) -> Option<LoadedObject> {
