@@ -220,6 +220,10 @@ pub struct ReleaseEvent {
 /// exec: every block it had is gone with its old address space.
 pub const EXEC_EVENT: u32 = 100;
 
+/// `EventHeader::func` of a record saying that a traced process exited
+/// (its last thread): its table can go.
+pub const EXIT_EVENT: u32 = 101;
+
 /// Indexes into the per-CPU loss counters the kernel keeps.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,4 +284,6 @@ mod user {
     unsafe impl aya::Pod for super::UnwindMapping {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcessMappings {}
+    // SAFETY: u32, u32, u64: no holes.
+    unsafe impl aya::Pod for super::SampledKey {}
 }

@@ -27,9 +27,10 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use leaktrace_common::{
-    AllocEvent, AllocFn, AllocRecord, CONFIG_ENTRIES, CONFIG_STACK_MODE, EXEC_EVENT, EntryStash,
-    EventHeader, FLAG_SAMPLED, LOSS_COUNTERS, LossCounter, MAX_STACK_DEPTH, ReleaseEvent,
-    STACK_MODE_DWARF, STASH_SLOTS,
+    AllocEvent, AllocFn, AllocRecord, CONFIG_ENTRIES, CONFIG_GROUP_DEAD_OFFSET, CONFIG_SELF_PID,
+    CONFIG_STACK_MODE, CONFIG_TRACE_ALL, EXEC_EVENT, EXIT_EVENT, EntryStash, EventHeader,
+    FLAG_SAMPLED, LOSS_COUNTERS, LossCounter, MAX_STACK_DEPTH, ReleaseEvent, STACK_MODE_DWARF,
+    STASH_SLOTS,
 };
 
 /// Events to userspace. The size is set by the loader (`--ring-buffer-size`).
@@ -59,6 +60,19 @@ static ARMED: Array<u32> = Array::with_max_entries(1, 0);
 /// Settings from userspace (`CONFIG_*` indexes).
 #[map]
 pub(crate) static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_ENTRIES, 0);
+
+/// A setting from userspace (0 when unset).
+#[inline(always)]
+fn config(index: u32) -> u32 {
+    CONFIG.get(index).map_or(0, |value| *value)
+}
+
+/// True for leaktrace's own calls. Only system-wide probes (`--all`) see
+/// them; without this check the daemon would trace itself tracing.
+#[inline(always)]
+fn is_self(pid_tgid: u64) -> bool {
+    config(CONFIG_SELF_PID) == (pid_tgid >> 32) as u32
+}
 
 #[inline(always)]
 pub(crate) fn count_loss(counter: LossCounter) {
@@ -134,6 +148,9 @@ fn inside_allocator(tid: u32, sp: u64) -> bool {
 #[uprobe]
 pub fn alloc_entry(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    if is_self(pid_tgid) {
+        return 0;
+    }
     let tid = pid_tgid as u32;
     let sp = user_sp(&ctx);
     let Some(slot) = stash_slot(tid) else {
@@ -252,6 +269,9 @@ fn sampled_flags(stash: &EntryStash, pid: u32, ret: u64, out: u64) -> Option<u64
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    if is_self(pid_tgid) {
+        return 0;
+    }
     let tid = pid_tgid as u32;
     let Some(slot) = stash_slot(tid) else {
         return 0;
@@ -329,6 +349,9 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 #[uprobe]
 pub fn release_entry(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    if is_self(pid_tgid) {
+        return 0;
+    }
     if inside_allocator(pid_tgid as u32, user_sp(&ctx)) {
         return 0;
     }
@@ -370,28 +393,67 @@ pub fn empty_return(_ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// Processes being traced (filled by userspace): the exec tracepoint fires
-/// for every process on the host, uprobes only for the attached one.
+/// Processes being traced (filled by userspace): the exec and exit
+/// tracepoints fire for every process on the host, uprobes only where they
+/// are attached. With `--all` (`CONFIG_TRACE_ALL`) every process counts.
 #[map]
 static TRACED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+fn is_traced(pid_tgid: u64) -> bool {
+    let pid = (pid_tgid >> 32) as u32;
+    if config(CONFIG_TRACE_ALL) != 0 {
+        return !is_self(pid_tgid);
+    }
+    // SAFETY: read-only lookup.
+    unsafe { TRACED_PIDS.get(&pid) }.is_some()
+}
+
+/// Sends a record made of a header alone (exec, exit), waking the daemon
+/// at once: it reads a new image's mappings as soon as it can.
+#[inline(always)]
+fn send_process_event(func: u32, pid_tgid: u64) {
+    if EVENTS
+        .output::<EventHeader>(
+            &header(func, pid_tgid, unsafe { bpf_ktime_get_ns() }),
+            BPF_RB_FORCE_WAKEUP as u64,
+        )
+        .is_err()
+    {
+        count_loss(LossCounter::RingBufferFull);
+    }
+}
 
 /// sched:sched_process_exec: a traced process replaced its image.
 #[tracepoint]
 pub fn on_exec(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let pid = (pid_tgid >> 32) as u32;
-    // SAFETY: read-only lookup.
-    if unsafe { TRACED_PIDS.get(&pid) }.is_none() {
-        return 0;
+    if is_traced(pid_tgid) {
+        // The old image's mappings no longer hold: until the daemon has
+        // read the new ones, stacks fall back to frame pointers (flagged)
+        // rather than being walked with rows of the wrong objects.
+        let _ = unwind::PROCESS_SLOTS.remove(&((pid_tgid >> 32) as u32));
+        send_process_event(EXEC_EVENT, pid_tgid);
     }
-    if EVENTS
-        .output::<EventHeader>(
-            &header(EXEC_EVENT, pid_tgid, unsafe { bpf_ktime_get_ns() }),
-            0,
-        )
-        .is_err()
-    {
-        count_loss(LossCounter::RingBufferFull);
+    0
+}
+
+/// sched:sched_process_exit: a thread exited; the process is gone when it
+/// was its last one (`group_dead`, or without that field its main thread).
+/// Every record the process sent is in the ring buffer before this one: no
+/// user code runs after its last thread entered exit.
+#[tracepoint]
+pub fn on_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let offset = config(CONFIG_GROUP_DEAD_OFFSET) as usize;
+    let process_gone = if offset != 0 {
+        // SAFETY: the offset comes from the tracepoint's format file.
+        unsafe { ctx.read_at::<u8>(offset) }.is_ok_and(|dead| dead != 0)
+    } else {
+        (pid_tgid >> 32) == (pid_tgid & 0xffff_ffff)
+    };
+    if process_gone && is_traced(pid_tgid) {
+        send_process_event(EXIT_EVENT, pid_tgid);
     }
     0
 }

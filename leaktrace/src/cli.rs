@@ -26,30 +26,31 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Attach to a running process (all its threads) and report what it
-    /// allocated since attach and has not freed.
+    /// Attach to running processes (all their threads) and report what
+    /// they allocated since attach and have not freed: the processes named
+    /// by --pid, or with --all every process on the host, including those
+    /// started later (sampled every 512 KiB by default).
     #[command(
-        after_help = "Example:\n  sudo leaktrace trace --pid 1234 --duration 5m --interval 30s --min-age 10s --top 5"
+        after_help = "Examples:\n  sudo leaktrace trace --pid 1234 --duration 5m --interval 30s --min-age 10s --top 5\n  sudo leaktrace trace --pid 1234,5678 --format json --output leaks.json\n  sudo leaktrace trace --all --duration 10m --top 20"
     )]
     Trace {
-        /// The process to trace.
-        #[arg(long, short)]
-        pid: u32,
+        #[command(flatten)]
+        targets: Targets,
         #[command(flatten)]
         options: ReportOptions,
     },
-    /// Trace a running process until stopped, serving what it holds over
-    /// HTTP: /debug/pprof/heap (gzipped pprof of the outstanding
-    /// allocations, for go tool pprof, Pyroscope, Parca), /metrics
-    /// (Prometheus text) and a page at / with the top call sites and a
-    /// flamegraph. Samples every 512 KiB on average by default.
+    /// Trace running processes (--pid, or --all) until stopped, serving
+    /// what they hold over HTTP: /debug/pprof/heap (gzipped pprof of the
+    /// outstanding allocations, for go tool pprof, Pyroscope, Parca),
+    /// /metrics (Prometheus text, per process) and a page at / with the top
+    /// call sites and a flamegraph. Samples every 512 KiB on average by
+    /// default. With --pid it stops when every process named has exited.
     #[command(
-        after_help = "Example:\n  sudo leaktrace serve --pid 1234 --listen 127.0.0.1:6060\n  go tool pprof -top http://127.0.0.1:6060/debug/pprof/heap"
+        after_help = "Examples:\n  sudo leaktrace serve --pid 1234 --listen 127.0.0.1:6060\n  go tool pprof -top http://127.0.0.1:6060/debug/pprof/heap\n  sudo leaktrace serve --all --listen 127.0.0.1:6060"
     )]
     Serve {
-        /// The process to trace.
-        #[arg(long, short)]
-        pid: u32,
+        #[command(flatten)]
+        targets: Targets,
         /// Address to serve on (port 0: any free port, printed at start).
         #[arg(long, default_value = "127.0.0.1:6060")]
         listen: std::net::SocketAddr,
@@ -96,6 +97,22 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = crate::report::diff::DiffFormat::Text)]
         format: crate::report::diff::DiffFormat,
     },
+}
+
+/// Which running processes to trace.
+#[derive(Debug, Args, Clone)]
+#[group(required = true, multiple = false)]
+pub struct Targets {
+    /// A process to trace; several are given as --pid 12 --pid 34 or
+    /// --pid 12,34. Stops when all of them have exited.
+    #[arg(long, short, value_delimiter = ',', value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// Trace every process on the host whose allocator can be found,
+    /// including processes started later. Each process has its own table,
+    /// dropped when it exits; reports list the processes and say whose each
+    /// call site is.
+    #[arg(long)]
+    pub all: bool,
 }
 
 impl ReportOptions {
@@ -151,7 +168,7 @@ pub struct ReportOptions {
     /// record, no stack and no table entry; reported bytes and counts are
     /// unbiased estimates. 0 records everything. For long runs on busy
     /// services, 512k is a good start.
-    /// Default: 0 for trace and run, 512k for serve.
+    /// Default: 0 for trace --pid and run, 512k for serve and --all.
     #[arg(long, value_parser = parse_bytes, value_name = "N")]
     pub sample_bytes: Option<u32>,
     /// Most outstanding allocations the daemon keeps (about 50 bytes each);
@@ -293,6 +310,24 @@ mod tests {
         assert!(
             Cli::try_parse_from(["leaktrace", "trace", "--pid", "1", "--format", "xml"]).is_err()
         );
+        // --pid repeats or takes a list; --all excludes it; one is needed.
+        let pids = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Trace { targets, .. } | Command::Serve { targets, .. }) => {
+                Ok((targets.pid, targets.all))
+            }
+            other => Err(format!("{other:?}")),
+        };
+        assert_eq!(
+            pids(&["leaktrace", "trace", "--pid", "1", "--pid", "2"]),
+            Ok((vec![1, 2], false))
+        );
+        assert_eq!(
+            pids(&["leaktrace", "serve", "--pid", "3,4"]),
+            Ok((vec![3, 4], false))
+        );
+        assert_eq!(pids(&["leaktrace", "trace", "--all"]), Ok((vec![], true)));
+        assert!(pids(&["leaktrace", "trace", "--all", "--pid", "1"]).is_err());
+        assert!(pids(&["leaktrace", "serve"]).is_err());
         assert!(
             Cli::try_parse_from(["leaktrace", "trace", "--pid", "1", "--ring-buffer-mib", "3"])
                 .is_err()

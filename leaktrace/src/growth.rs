@@ -44,6 +44,14 @@ impl GrowthTracker {
         }
     }
 
+    /// Forgets the history of `sites` (their process is gone, and their ids
+    /// will serve new sites).
+    pub fn forget(&mut self, sites: &[SiteId]) {
+        for site in sites {
+            self.samples.remove(site);
+        }
+    }
+
     /// How `site` moved, once it has enough samples.
     pub fn assess(&self, site: SiteId) -> Option<Growth> {
         let series = self.samples.get(&site)?;
@@ -137,5 +145,7 @@ mod tests {
         }
         assert_eq!(tracker.assess(1).unwrap().samples, KEPT);
         assert!(tracker.assess(1).unwrap().steady);
+        tracker.forget(&[1]);
+        assert_eq!(tracker.assess(1), None);
     }
 }

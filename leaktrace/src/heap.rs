@@ -235,9 +235,19 @@ impl HeapTable {
         }
     }
 
-    /// Forgets everything about `pid` (it exited or exec'd).
-    pub fn forget_process(&mut self, pid: u32) {
-        self.processes.remove(&pid);
+    /// Forgets everything about `pid` (it exited or exec'd). Returns the
+    /// addresses of the heap blocks it held, for the kernel's set of
+    /// sampled blocks.
+    pub fn forget_process(&mut self, pid: u32) -> Vec<u64> {
+        self.processes
+            .remove(&pid)
+            .map(|heap| heap.blocks.into_keys().collect())
+            .unwrap_or_default()
+    }
+
+    /// Processes holding at least one block or region.
+    pub fn processes(&self) -> usize {
+        self.processes.len()
     }
 
     /// Every outstanding heap block and mapped piece, with its pid, whether

@@ -9,7 +9,7 @@
 //! - mmap and mremap fail with MAP_FAILED (-1), not 0; only anonymous maps
 //!   are heap memory; lengths are rounded up to whole pages.
 use leaktrace_common::{
-    AllocEvent, AllocFn, EXEC_EVENT, EventHeader, MAX_STACK_DEPTH, ReleaseEvent,
+    AllocEvent, AllocFn, EXEC_EVENT, EXIT_EVENT, EventHeader, MAX_STACK_DEPTH, ReleaseEvent,
 };
 
 pub const PAGE_SIZE: u64 = 4096;
@@ -23,6 +23,8 @@ pub enum Record<'a> {
     Release(&'a ReleaseEvent),
     /// The process called exec: its old address space is gone.
     Exec(&'a EventHeader),
+    /// The process exited.
+    Exit(&'a EventHeader),
 }
 
 /// Why a record could not be decoded (counted as a loss).
@@ -45,6 +47,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     let header = unsafe { &*bytes.as_ptr().cast::<EventHeader>() };
     if header.func == EXEC_EVENT {
         return Ok(Record::Exec(header));
+    }
+    if header.func == EXIT_EVENT {
+        return Ok(Record::Exit(header));
     }
     let func = AllocFn::from_u32(header.func).ok_or(DecodeError::UnknownFunction(header.func))?;
     if func.is_release() {

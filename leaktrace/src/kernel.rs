@@ -1,5 +1,6 @@
-//! Kernel: loads the eBPF object, attaches the planned uprobes to one
-//! process, and hands out the ring buffer and the loss counters.
+//! Kernel: loads the eBPF object, attaches the planned uprobes (to chosen
+//! processes, or to every process mapping an object), and hands out the
+//! ring buffer and the loss counters.
 //!
 //! Every probe is an fd-based perf link: when leaktrace exits, however it
 //! exits (SIGKILL included), the kernel closes the fds and removes the
@@ -16,8 +17,9 @@ use aya::{
     },
 };
 use leaktrace_common::{
-    CONFIG_SAMPLE_MEAN, CONFIG_STACK_MODE, EXPONENTIAL_POOL, LOSS_COUNTERS, LossCounter,
-    STACK_MODE_DWARF, STACK_MODE_FP,
+    CONFIG_GROUP_DEAD_OFFSET, CONFIG_SAMPLE_MEAN, CONFIG_SELF_PID, CONFIG_STACK_MODE,
+    CONFIG_TRACE_ALL, EXPONENTIAL_POOL, LOSS_COUNTERS, LossCounter, STACK_MODE_DWARF,
+    STACK_MODE_FP, SampledKey,
 };
 
 use crate::{
@@ -53,10 +55,47 @@ pub struct KernelOptions {
 
 /// The loaded programs and their maps. Dropping it detaches everything.
 pub struct KernelProbes {
-    // Kept alive: owns the programs and their links.
-    _ebpf: Ebpf,
+    /// Owns the programs and their links (more are attached as `--all`
+    /// finds new allocators).
+    ebpf: Ebpf,
     losses: PerCpuArray<MapData, u64>,
+    sampled: HashMap<MapData, SampledKey, u8>,
+    empty_programs: bool,
+    armed: bool,
+    /// Uprobes attached so far.
     pub attached: usize,
+}
+
+/// The program a probe runs (`--empty-programs`: the do-nothing ones).
+fn program_name(empty_programs: bool, program: Program) -> &'static str {
+    match (empty_programs, program) {
+        (false, program) => program.name(),
+        (true, Program::AllocReturn) => "empty_return",
+        (true, _) => "empty_entry",
+    }
+}
+
+/// Where sched_process_exit's record keeps `group_dead` (recent kernels
+/// have it; older ones do not), from the tracepoint's format file.
+fn group_dead_offset() -> Option<u32> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|root| {
+            std::fs::read_to_string(format!("{root}/events/sched/sched_process_exit/format")).ok()
+        })
+        .and_then(|format| parse_field_offset(&format, "group_dead"))
+}
+
+/// The offset of `field` in a tracepoint format file's text.
+fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';');
+        let declaration = parts.next()?.trim();
+        if declaration.rsplit(' ').next()? != field {
+            return None;
+        }
+        parts.next()?.trim().strip_prefix("offset:")?.parse().ok()
+    })
 }
 
 /// Checks that this process may load BPF programs and the kernel has uprobes.
@@ -92,20 +131,24 @@ fn ensure_tracefs() {
     };
 }
 
+/// Which processes the uprobes of one `attach` call fire for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// One process: all its threads, and its image after an exec.
+    Process(u32),
+    /// Every process that maps the object, now or later (`--all`).
+    AllProcesses,
+}
+
 impl KernelProbes {
-    /// Loads the programs and attaches `plan` to process `pid` (all its
-    /// threads, and its image after an exec). Returns the ring buffer the
-    /// events arrive in.
-    pub fn attach(
-        pid: u32,
-        plan: &[Attachment],
+    /// Loads the programs, their settings and the exec and exit
+    /// tracepoints; no uprobe is attached yet (see [`KernelProbes::attach`]).
+    /// With `trace_all`, the tracepoints report every process on the host
+    /// but leaktrace itself. Returns the ring buffer the records arrive in.
+    pub fn load(
         options: &KernelOptions,
+        trace_all: bool,
     ) -> Result<(KernelProbes, RingBuf<MapData>, Option<UnwindTables>)> {
-        let program_name = |program: Program| match (options.empty_programs, program) {
-            (false, program) => program.name(),
-            (true, Program::AllocReturn) => "empty_return",
-            (true, _) => "empty_entry",
-        };
         check_environment()?;
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
@@ -124,13 +167,14 @@ impl KernelProbes {
                 "/leaktrace"
             )))
             .context("loading the eBPF programs")?;
-        let mut loaded = Vec::new();
-        for program in [
+        let programs = [
             Program::AllocEntry,
             Program::AllocReturn,
             Program::ReleaseEntry,
-        ] {
-            let name = program_name(program);
+        ]
+        .map(|program| program_name(options.empty_programs, program));
+        let mut loaded = Vec::new();
+        for name in programs {
             if loaded.contains(&name) {
                 continue;
             }
@@ -143,45 +187,6 @@ impl KernelProbes {
                 .with_context(|| format!("loading program {name}"))?;
             loaded.push(name);
         }
-        let scope =
-            UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0 cannot be traced")?);
-        for attachment in plan {
-            let uprobe: &mut UProbe = ebpf
-                .program_mut(program_name(attachment.program))
-                .expect("loaded above")
-                .try_into()?;
-            uprobe
-                .attach(
-                    UProbeAttachPoint {
-                        location: UProbeAttachLocation::AbsoluteOffset(attachment.file_offset),
-                        cookie: Some(attachment.func as u64),
-                    },
-                    &attachment.object,
-                    scope,
-                )
-                .with_context(|| {
-                    format!(
-                        "attaching {} to {} in {} (offset {:#x})",
-                        attachment.program.name(),
-                        attachment.func.symbol(),
-                        attachment.object.display(),
-                        attachment.file_offset
-                    )
-                })?;
-        }
-        let mut traced: HashMap<_, u32, u8> = HashMap::try_from(
-            ebpf.map_mut("TRACED_PIDS")
-                .context("TRACED_PIDS map missing")?,
-        )?;
-        traced.insert(pid, 1, 0)?;
-        let on_exec: &mut TracePoint = ebpf
-            .program_mut("on_exec")
-            .context("program on_exec missing from the eBPF object")?
-            .try_into()?;
-        on_exec.load().context("loading program on_exec")?;
-        on_exec
-            .attach("sched", "sched_process_exec")
-            .context("attaching to tracepoint sched:sched_process_exec (is tracefs mounted?)")?;
         let mut config: Array<_, u32> =
             Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?;
         let mode = if options.dwarf {
@@ -191,6 +196,13 @@ impl KernelProbes {
         };
         config.set(CONFIG_STACK_MODE, mode, 0)?;
         config.set(CONFIG_SAMPLE_MEAN, options.sample_mean, 0)?;
+        config.set(CONFIG_SELF_PID, std::process::id(), 0)?;
+        config.set(CONFIG_TRACE_ALL, u32::from(trace_all), 0)?;
+        config.set(
+            CONFIG_GROUP_DEAD_OFFSET,
+            group_dead_offset().unwrap_or(0),
+            0,
+        )?;
         if options.sample_mean != 0 {
             let mut gaps: Array<_, u32> = Array::try_from(
                 ebpf.map_mut("EXPONENTIALS")
@@ -202,6 +214,21 @@ impl KernelProbes {
             {
                 gaps.set(index as u32, gap, 0)?;
             }
+        }
+        for (name, event) in [
+            ("on_exec", "sched_process_exec"),
+            ("on_exit", "sched_process_exit"),
+        ] {
+            let tracepoint: &mut TracePoint = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the eBPF object"))?
+                .try_into()?;
+            tracepoint
+                .load()
+                .with_context(|| format!("loading program {name}"))?;
+            tracepoint.attach("sched", event).with_context(|| {
+                format!("attaching to tracepoint sched:{event} (is tracefs mounted?)")
+            })?;
         }
         let unwind_tables = if options.dwarf {
             Some(UnwindTables::new(
@@ -221,21 +248,105 @@ impl KernelProbes {
         } else {
             None
         };
-        // Every probe is live: from now on a return without entry is a loss.
-        let mut armed: Array<_, u32> =
-            Array::try_from(ebpf.map_mut("ARMED").context("ARMED map missing")?)?;
-        armed.set(0, 1, 0)?;
         let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let losses = PerCpuArray::try_from(ebpf.take_map("LOSSES").context("LOSSES map missing")?)?;
+        let sampled = HashMap::try_from(ebpf.take_map("SAMPLED").context("SAMPLED map missing")?)?;
         Ok((
             KernelProbes {
-                _ebpf: ebpf,
+                ebpf,
                 losses,
-                attached: plan.len(),
+                sampled,
+                empty_programs: options.empty_programs,
+                armed: false,
+                attached: 0,
             },
             events,
             unwind_tables,
         ))
+    }
+
+    /// Attaches `plan` (see `probes::plan`) for `scope`. Probes attached
+    /// while others are live (a new allocator found under `--all`) may see
+    /// returns of calls that began before them: those are not counted as
+    /// losses.
+    pub fn attach(&mut self, plan: &[Attachment], scope: Scope) -> Result<()> {
+        let was_armed = self.armed;
+        self.set_armed(false)?;
+        let scope = match scope {
+            Scope::Process(pid) => {
+                UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0 cannot be traced")?)
+            }
+            Scope::AllProcesses => UProbeScope::AllProcesses,
+        };
+        for attachment in plan {
+            let uprobe: &mut UProbe = self
+                .ebpf
+                .program_mut(program_name(self.empty_programs, attachment.program))
+                .expect("loaded by KernelProbes::load")
+                .try_into()?;
+            uprobe
+                .attach(
+                    UProbeAttachPoint {
+                        location: UProbeAttachLocation::AbsoluteOffset(attachment.file_offset),
+                        cookie: Some(attachment.func as u64),
+                    },
+                    &attachment.object,
+                    scope,
+                )
+                .with_context(|| {
+                    format!(
+                        "attaching {} to {} in {} (offset {:#x})",
+                        attachment.program.name(),
+                        attachment.func.symbol(),
+                        attachment.object.display(),
+                        attachment.file_offset
+                    )
+                })?;
+            self.attached += 1;
+        }
+        self.set_armed(was_armed)
+    }
+
+    /// Makes the exec and exit tracepoints report `pid` (the uprobes are
+    /// scoped by `attach`).
+    pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
+        let mut traced: HashMap<_, u32, u8> = HashMap::try_from(
+            self.ebpf
+                .map_mut("TRACED_PIDS")
+                .context("TRACED_PIDS map missing")?,
+        )?;
+        traced
+            .insert(pid, 1, 0)
+            .context("too many processes to trace (at most 4096)")
+    }
+
+    /// Every probe is live: from now on a return without entry is a loss.
+    pub fn arm(&mut self) -> Result<()> {
+        self.set_armed(true)
+    }
+
+    fn set_armed(&mut self, armed: bool) -> Result<()> {
+        let mut flag: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut("ARMED").context("ARMED map missing")?)?;
+        flag.set(0, u32::from(armed), 0)?;
+        self.armed = armed;
+        Ok(())
+    }
+
+    /// Removes `pid`'s blocks at `addresses` from the kernel's set of
+    /// sampled blocks: the process is gone (or exec'd), and their frees
+    /// will never come.
+    pub fn forget_sampled(&mut self, pid: u32, addresses: impl Iterator<Item = u64>) {
+        for addr in addresses {
+            let key = SampledKey {
+                pid,
+                _padding: 0,
+                addr,
+            };
+            // A block may have left the set already (its free raced the
+            // exit): nothing to do then.
+            let _ = self.sampled.remove(&key);
+        }
     }
 
     /// Reads the kernel's loss counters.
@@ -291,6 +402,14 @@ fn raise_memlock_limit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tracepoint_field_offsets_are_read_from_the_format_file() {
+        let format = "name: sched_process_exit\nID: 369\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\n\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;\n";
+        assert_eq!(parse_field_offset(format, "group_dead"), Some(32));
+        assert_eq!(parse_field_offset(format, "pid"), Some(24));
+        assert_eq!(parse_field_offset(format, "prio"), None);
+    }
 
     #[test]
     fn exponential_gaps_have_the_mean_and_shape() {

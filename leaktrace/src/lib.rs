@@ -13,6 +13,7 @@
 //! tested by the integration suite on real processes.
 pub mod aggregate;
 pub mod cli;
+pub mod engine;
 pub mod growth;
 pub mod heap;
 pub mod ingest;
@@ -26,6 +27,7 @@ pub mod serve;
 pub mod session;
 pub mod sites;
 pub mod symbolize;
+pub mod system;
 pub mod target;
 pub mod unwind;
 pub mod unwind_maps;

@@ -6,18 +6,32 @@ use leaktrace_common::{AllocFn, FLAG_SAMPLED};
 use crate::{
     heap::HeapTable,
     ingest::{self, HeapOp, Record},
-    sites::CallSites,
+    sites::{CallSites, SiteId},
 };
 
 /// What the caller should know about one record.
 pub enum Ingested<'a> {
     /// Nothing beyond the table update.
     Applied,
-    /// The record introduced a call site never seen before, with this
-    /// stack: the session makes sure its addresses are in the known mappings.
-    NewSite(&'a [u64]),
-    /// The process exec'd: its earlier blocks were dropped.
-    Exec(u32),
+    /// The record introduced a call site never seen before in process
+    /// `pid`, with this stack: the session makes sure its addresses are in
+    /// the known mappings.
+    NewSite { pid: u32, stack: &'a [u64] },
+    /// The process exec'd: its earlier blocks and sites were dropped.
+    Exec(Forgotten),
+    /// The process exited (its last thread).
+    Exit(u32),
+}
+
+/// What forgetting a process let go of.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    pub pid: u32,
+    /// Addresses of its heap blocks (to drop from the kernel's set of
+    /// sampled blocks).
+    pub blocks: Vec<u64>,
+    /// Its call sites' ids, free for new sites now.
+    pub sites: Vec<SiteId>,
 }
 
 #[derive(Default)]
@@ -33,6 +47,15 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Drops a process's blocks and call sites (it exec'd or exited).
+    pub fn forget_process(&mut self, pid: u32) -> Forgotten {
+        Forgotten {
+            pid,
+            blocks: self.table.forget_process(pid),
+            sites: self.sites.forget_process(pid),
+        }
+    }
+
     pub fn ingest<'a>(&mut self, bytes: &'a [u8]) -> Ingested<'a> {
         self.events += 1;
         match ingest::decode(bytes) {
@@ -46,9 +69,9 @@ impl Pipeline {
                     return Ingested::Applied;
                 }
                 self.execs += 1;
-                self.table.forget_process(header.pid);
-                Ingested::Exec(header.pid)
+                Ingested::Exec(self.forget_process(header.pid))
             }
+            Ok(Record::Exit(header)) => Ingested::Exit(header.pid),
             Ok(Record::Release(event)) => {
                 let func = AllocFn::from_u32(event.header.func).expect("decode checked it");
                 let op = ingest::interpret_release(func, event.args);
@@ -68,14 +91,11 @@ impl Pipeline {
                         _ => HeapOp::Ignored,
                     };
                 }
-                let known_sites = self.sites.len();
-                let site = self
-                    .sites
-                    .intern(event.header.pid, func, stack, event.fp_frames);
-                self.table
-                    .apply(event.header.pid, op, site, event.header.timestamp_ns);
-                if self.sites.len() > known_sites {
-                    Ingested::NewSite(stack)
+                let pid = event.header.pid;
+                let (site, new) = self.sites.intern(pid, func, stack, event.fp_frames);
+                self.table.apply(pid, op, site, event.header.timestamp_ns);
+                if new {
+                    Ingested::NewSite { pid, stack }
                 } else {
                     Ingested::Applied
                 }
@@ -115,7 +135,10 @@ mod tests {
         let first = malloc(0x1000, 10, &[0xa, 0xb]);
         assert!(matches!(
             pipeline.ingest(as_bytes(&first)),
-            Ingested::NewSite(&[0xa, 0xb])
+            Ingested::NewSite {
+                pid: 7,
+                stack: &[0xa, 0xb]
+            }
         ));
         let again = malloc(0x2000, 10, &[0xa, 0xb]);
         assert!(matches!(

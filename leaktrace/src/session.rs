@@ -1,17 +1,17 @@
 //! Session: runs one trace from attach to final report.
 //!
-//! Wires the stages together: attaches the probes, drains the ring buffer
-//! into the heap table as events arrive, reports at each interval and at
-//! the end (duration elapsed, Ctrl-C or SIGTERM, or the process exited:
-//! whatever the ring buffer still holds is drained before the last report).
+//! Wires the stages together: loads the kernel side and attaches the
+//! probes (to the processes named, to every process, or to a command it
+//! starts), drains the ring buffer into the engine as records arrive,
+//! reports at each interval and at the end (duration elapsed, Ctrl-C or
+//! SIGTERM, or the traced processes exited: whatever the ring buffer still
+//! holds is drained before the last report).
 use std::{
     ffi::OsString,
     fs,
-    io::Write as _,
     os::fd::{FromRawFd as _, OwnedFd},
     path::Path,
     sync::{Arc, Mutex},
-    time::Instant,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -20,21 +20,19 @@ use tokio::{
     io::unix::AsyncFd,
     net::{TcpListener, TcpStream},
     signal::unix::{SignalKind, signal},
+    sync::mpsc,
 };
 
 use crate::{
-    aggregate,
-    cli::{Cli, Command, ProbePlacement, ReportOptions, SERVE_SAMPLE_BYTES, StackMode},
-    growth::GrowthTracker,
-    heap::HeapTable,
-    kernel::{self, KernelOptions, KernelProbes},
-    launch,
-    pipeline::{Ingested, Pipeline},
-    probes,
-    report::{self, Format, Losses, ReportInput},
-    serve::{self, Page},
-    symbolize::{ProcessMaps, Symbolizer},
-    target::{self, ProbedObject},
+    cli::{Cli, Command, ProbePlacement, ReportOptions, SERVE_SAMPLE_BYTES, StackMode, Targets},
+    engine::{self, Engine},
+    kernel::{self, KernelOptions, KernelProbes, Scope},
+    launch, probes,
+    report::{self},
+    serve,
+    symbolize::ProcessMaps,
+    system::SystemWide,
+    target,
     unwind_maps::UnwindTables,
 };
 
@@ -51,9 +49,17 @@ pub fn main(cli: Cli) -> Result<i32> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
-        Command::Trace { pid, options } => runtime.block_on(trace_pid(pid, options, None)),
+        Command::Trace {
+            targets,
+            mut options,
+        } => {
+            if targets.all {
+                options.sample_bytes.get_or_insert(SERVE_SAMPLE_BYTES);
+            }
+            runtime.block_on(trace_targets(targets, options, None))
+        }
         Command::Serve {
-            pid,
+            targets,
             listen,
             allow_remote,
             mut options,
@@ -70,230 +76,11 @@ pub fn main(cli: Cli) -> Result<i32> {
                         "leaktrace: serving on http://{address}/ (/debug/pprof/heap, /metrics)"
                     );
                 }
-                trace_pid(pid, options, Some(listener)).await
+                trace_targets(targets, options, Some(listener)).await
             })
         }
         Command::Run { options, command } => runtime.block_on(run_command(command, options)),
         Command::Diff { old, new, format } => report::diff::run(&old, &new, format),
-    }
-}
-
-/// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Everything the daemon keeps about one traced process.
-struct Engine {
-    pid: u32,
-    command: Option<Vec<String>>,
-    objects: Vec<ProbedObject>,
-    pipeline: Pipeline,
-    maps: Arc<Mutex<ProcessMaps>>,
-    symbolizer: Symbolizer,
-    /// Each site's outstanding bytes at every interval.
-    growth: GrowthTracker,
-    /// The unwinder's tables, in `--stack-mode dwarf` (shared with the
-    /// child thread of `run`, which loads them at the command's entry).
-    unwind_tables: Arc<Mutex<Option<UnwindTables>>>,
-    started: Instant,
-    options: ReportOptions,
-}
-
-impl Engine {
-    /// Applies every record waiting in the ring buffer.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        while let Some(item) = ring.next() {
-            self.ingest(&item);
-        }
-    }
-
-    fn ingest(&mut self, bytes: &[u8]) {
-        let refresh = match self.pipeline.ingest(bytes) {
-            Ingested::Applied => false,
-            // Make sure the new stack's code is in the mappings we know,
-            // while the process is still there to ask.
-            Ingested::NewSite(stack) => {
-                let maps = self.maps.lock().expect("maps lock");
-                !stack.iter().all(|&a| maps.covers(a.saturating_sub(1)))
-            }
-            // The mapping history is kept: the newest mapping of an address
-            // wins.
-            Ingested::Exec(_) => true,
-        };
-        if refresh {
-            self.refresh_mappings();
-        }
-    }
-
-    /// Rereads the process's mappings and hands new executable ones to the
-    /// unwinder (libraries loaded with dlopen, a new image after exec).
-    fn refresh_mappings(&mut self) {
-        let mut maps = self.maps.lock().expect("maps lock");
-        if maps.refresh()
-            && let Some(tables) = self.unwind_tables.lock().expect("unwind lock").as_mut()
-            && let Err(err) = tables.load_process(self.pid, maps.current(), maps.root())
-        {
-            eprintln!("leaktrace: warning: unwind tables not updated: {err:#}");
-        }
-    }
-
-    fn report(&mut self, kernel: &KernelProbes, is_final: bool) -> Result<report::Report> {
-        let now_ns = monotonic_ns();
-        let min_age = self.options.min_age;
-        let pipeline = &self.pipeline;
-        let totals = aggregate::outstanding_by_site(
-            &pipeline.table,
-            now_ns,
-            min_age.as_nanos() as u64,
-            u64::from(self.options.sample_mean()),
-        );
-        let losses = Losses::new(
-            kernel.losses()?,
-            pipeline.decode_errors,
-            pipeline.table.stats.dropped_at_cap,
-        );
-        let maps = self.maps.lock().expect("maps lock").clone();
-        Ok(report::build(
-            ReportInput {
-                pids: vec![self.pid],
-                command: self.command.clone(),
-                allocator_objects: self
-                    .objects
-                    .iter()
-                    .map(|o| o.display_path.clone())
-                    .collect(),
-                elapsed: self.started.elapsed(),
-                is_final,
-                min_age,
-                sample_bytes: u64::from(self.options.sample_mean()),
-                stats: pipeline.table.stats,
-                events: pipeline.events,
-                execs: pipeline.execs,
-                losses,
-                totals: &totals,
-                sites: &pipeline.sites,
-                growth: &self.growth,
-            },
-            &maps,
-            &mut self.symbolizer,
-        ))
-    }
-
-    /// Writes a report where the options say.
-    fn emit(&mut self, kernel: &KernelProbes, is_final: bool) -> Result<()> {
-        let report = self.report(kernel, is_final)?;
-        let options = &self.options;
-        let rendered = report::render_bytes(&report, options.format, options.top);
-        match &options.output {
-            Some(path) => write_atomically(path, &rendered)?,
-            None => {
-                let mut stdout = std::io::stdout().lock();
-                let separator = if options.format == Format::Text && !is_final {
-                    "\n"
-                } else {
-                    ""
-                };
-                stdout.write_all(&rendered)?;
-                stdout.write_all(separator.as_bytes())?;
-                stdout.flush()?;
-            }
-        }
-        if is_final && let Some(path) = &options.folded {
-            write_atomically(path, report::render(&report, Format::Folded, 0))?;
-        }
-        if is_final && !options.quiet {
-            eprintln!(
-                "leaktrace: {} bytes outstanding in {} allocations at {} call sites; {}",
-                report.totals.outstanding_bytes,
-                report.totals.outstanding_allocations,
-                report.totals.call_sites,
-                report.losses.summary()
-            );
-            let usage = own_usage();
-            eprintln!(
-                "leaktrace: the daemon used {} ms of CPU and {} MiB of memory at most",
-                usage.cpu_ms, usage.max_rss_mib
-            );
-        }
-        Ok(())
-    }
-
-    /// Samples every site's outstanding bytes for the growth ranking.
-    fn record_growth(&mut self) {
-        let totals = aggregate::outstanding_by_site(
-            &self.pipeline.table,
-            monotonic_ns(),
-            0,
-            u64::from(self.options.sample_mean()),
-        );
-        self.growth
-            .record(self.started.elapsed().as_secs_f64(), &totals);
-    }
-
-    /// Answers one HTTP request with the current report (serve).
-    async fn answer(&mut self, mut stream: TcpStream, kernel: &KernelProbes) -> Result<()> {
-        let request = serve::read_request_line(&mut stream).await?;
-        let page = serve::route(&request);
-        let (status, content_type, body) = match page {
-            Page::NotFound => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
-            Page::BadMethod => (
-                "405 Method Not Allowed",
-                "text/plain",
-                b"GET only\n".to_vec(),
-            ),
-            Page::Index | Page::Heap | Page::Metrics => {
-                let report = self.report(kernel, false)?;
-                match page {
-                    Page::Index => (
-                        "200 OK",
-                        "text/html; charset=utf-8",
-                        report::html::render(&report, self.options.top).into_bytes(),
-                    ),
-                    Page::Heap => (
-                        "200 OK",
-                        "application/octet-stream",
-                        report::pprof::render(&report),
-                    ),
-                    _ => (
-                        "200 OK",
-                        "text/plain; version=0.0.4",
-                        report::metrics::render(&report, report::metrics::own_rss_bytes())
-                            .into_bytes(),
-                    ),
-                }
-            }
-        };
-        serve::respond(&mut stream, status, content_type, &body).await
-    }
-
-    fn progress(&self, message: &str) {
-        if !self.options.quiet {
-            eprintln!("leaktrace: {message}");
-        }
-    }
-}
-
-/// What leaktrace itself cost: CPU time and peak resident memory.
-struct OwnUsage {
-    cpu_ms: u64,
-    max_rss_mib: u64,
-}
-
-fn own_usage() -> OwnUsage {
-    // SAFETY: getrusage fills the struct it is given.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
-    OwnUsage {
-        cpu_ms: ms(usage.ru_utime) + ms(usage.ru_stime),
-        max_rss_mib: usage.ru_maxrss as u64 / 1024,
     }
 }
 
@@ -321,20 +108,63 @@ enum Stop {
     Signal(&'static str),
 }
 
-/// A future that resolves when the traced process is gone.
+/// Tells when the traced processes are gone.
 enum ExitWatch {
-    Pidfd(AsyncFd<OwnedFd>),
+    /// `--pid`: one pidfd per process; the pids arrive as they exit.
+    Pids {
+        exits: mpsc::UnboundedReceiver<u32>,
+        remaining: usize,
+    },
+    /// `run`: the launcher reports the command's exit status.
     Child(tokio::sync::oneshot::Receiver<launch::ExitStatus>),
+    /// `--all`: runs until stopped.
+    Never,
+}
+
+/// What a watch saw.
+enum Exit {
+    /// One of several processes exited; others remain.
+    One(u32),
+    /// Everything traced is gone.
+    All(Option<launch::ExitStatus>),
 }
 
 impl ExitWatch {
-    async fn wait(&mut self) -> Option<launch::ExitStatus> {
+    /// Watches `pids` through pidfds (each one stays open, inside its
+    /// AsyncFd, until it fires).
+    fn pids(pidfds: Vec<(u32, OwnedFd)>) -> Result<ExitWatch> {
+        let (sender, exits) = mpsc::unbounded_channel();
+        let remaining = pidfds.len();
+        for (pid, pidfd) in pidfds {
+            // SAFETY: the OwnedFd stays open, and the same fd, inside the
+            // AsyncFd.
+            let pidfd = unsafe { AsyncFd::register(pidfd) }
+                .map_err(std::io::Error::from)
+                .context("watching a pidfd")?;
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let _ = pidfd.readable().await;
+                let _ = sender.send(pid);
+            });
+        }
+        Ok(ExitWatch::Pids { exits, remaining })
+    }
+
+    async fn wait(&mut self) -> Exit {
         match self {
-            ExitWatch::Pidfd(fd) => {
-                let _ = fd.readable().await;
-                None
-            }
-            ExitWatch::Child(rx) => rx.await.ok(),
+            ExitWatch::Pids { exits, remaining } => match exits.recv().await {
+                Some(pid) => {
+                    *remaining -= 1;
+                    if *remaining == 0 {
+                        Exit::All(None)
+                    } else {
+                        Exit::One(pid)
+                    }
+                }
+                None => std::future::pending().await,
+            },
+            ExitWatch::Child(rx) => Exit::All(rx.await.ok()),
+            ExitWatch::Never => std::future::pending().await,
         }
     }
 }
@@ -364,36 +194,113 @@ fn kernel_options(options: &ReportOptions) -> KernelOptions {
     }
 }
 
-async fn trace_pid(pid: u32, options: ReportOptions, listener: Option<TcpListener>) -> Result<i32> {
+/// `trace` and `serve`: the processes named by --pid, or every one (--all).
+async fn trace_targets(
+    targets: Targets,
+    options: ReportOptions,
+    listener: Option<TcpListener>,
+) -> Result<i32> {
     kernel::check_environment()?;
-    target::check_pid(pid)?;
-    let pidfd = pidfd_open(pid)?;
-    let objects = target::objects_for_pid(pid)?;
-    let plan = probes::plan(&objects, options.probe_placement == ProbePlacement::Auto);
-    let (kernel, ring, unwind_tables) =
-        KernelProbes::attach(pid, &plan, &kernel_options(&options))?;
-    let mut engine = Engine::new(pid, None, objects, ProcessMaps::new(pid), options);
-    *engine.unwind_tables.lock().expect("unwind lock") = unwind_tables;
-    engine.refresh_mappings();
-    if let Some(tables) = engine.unwind_tables.lock().expect("unwind lock").as_ref() {
-        engine.progress(&tables.summary());
-    }
-    let kernel = (kernel, ring);
-    engine.progress(&format!(
-        "tracing pid {pid} ({}): {} probes on {}",
-        fs::read_link(format!("/proc/{pid}/exe"))
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
-        kernel.0.attached,
-        engine.object_list()
-    ));
-    // SAFETY: the OwnedFd stays open, and the same fd, inside the AsyncFd.
-    let pidfd = unsafe { AsyncFd::register(pidfd) }.map_err(std::io::Error::from)?;
-    let watch = ExitWatch::Pidfd(pidfd);
-    let (stop, _) = trace_loop(engine, kernel, watch, None, listener).await?;
-    Ok(match stop {
-        Stop::Exited(_) | Stop::DurationElapsed | Stop::Signal(_) => 0,
-    })
+    let placed = options.probe_placement == ProbePlacement::Auto;
+    let (engine, watch) = if targets.all {
+        let (mut kernel, ring, unwind_tables) =
+            KernelProbes::load(&kernel_options(&options), true)?;
+        let mut system = SystemWide::new(placed);
+        let found = system.attach_running(&mut kernel)?;
+        kernel.arm()?;
+        let mut engine = Engine::new(
+            engine::Targets::All(system),
+            kernel,
+            Vec::new(),
+            unwind_tables,
+            options,
+        );
+        engine.progress(&format!(
+            "reading the mappings of {} processes{}",
+            found.len(),
+            if engine.unwind_summary().is_some() {
+                " and loading their unwind tables"
+            } else {
+                ""
+            }
+        ));
+        for pid in found {
+            engine.track(pid);
+        }
+        if let Some(summary) = engine.unwind_summary() {
+            engine.progress(&summary);
+        }
+        engine.progress(&format!(
+            "tracing all processes ({} now, and those that start later): {} probes on {}",
+            engine.process_count(),
+            engine.kernel.attached,
+            engine.object_list()
+        ));
+        ((engine, ring), ExitWatch::Never)
+    } else {
+        let pids = targets.pid;
+        let several = pids.len() > 1;
+        let mut pidfds = Vec::new();
+        for &pid in &pids {
+            target::check_pid(pid)?;
+            pidfds.push((pid, pidfd_open(pid)?));
+        }
+        let (mut kernel, ring, unwind_tables) =
+            KernelProbes::load(&kernel_options(&options), false)?;
+        let mut objects: Vec<target::ProbedObject> = Vec::new();
+        for &pid in &pids {
+            let context = || format!("pid {pid}");
+            let found = target::objects_for_pid(pid);
+            let found = if several {
+                found.with_context(context)?
+            } else {
+                found?
+            };
+            let plan = probes::plan(&found, placed);
+            kernel.attach(&plan, Scope::Process(pid))?;
+            kernel.trace_pid(pid)?;
+            for object in found {
+                if !objects
+                    .iter()
+                    .any(|o| o.display_path == object.display_path)
+                {
+                    objects.push(object);
+                }
+            }
+        }
+        kernel.arm()?;
+        let mut engine = Engine::new(
+            engine::Targets::Pids,
+            kernel,
+            objects,
+            unwind_tables,
+            options,
+        );
+        for &pid in &pids {
+            engine.track(pid);
+        }
+        if let Some(summary) = engine.unwind_summary() {
+            engine.progress(&summary);
+        }
+        let described: Vec<String> = pids
+            .iter()
+            .map(|pid| {
+                let exe = fs::read_link(format!("/proc/{pid}/exe"))
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                format!("{pid} ({exe})")
+            })
+            .collect();
+        engine.progress(&format!(
+            "tracing pid {}: {} probes on {}",
+            described.join(", "),
+            engine.kernel.attached,
+            engine.object_list()
+        ));
+        ((engine, ring), ExitWatch::pids(pidfds)?)
+    };
+    trace_loop(engine, watch, None, listener).await?;
+    Ok(0)
 }
 
 async fn run_command(command: Vec<OsString>, options: ReportOptions) -> Result<i32> {
@@ -427,21 +334,22 @@ async fn run_command(command: Vec<OsString>, options: ReportOptions) -> Result<i
     *maps.lock().expect("maps lock") = ProcessMaps::new(pid);
     // Probes first, then exec: nothing the command allocates is missed.
     // If attaching fails, dropping `child` kills the held child.
-    let (kernel, ring, unwind_tables) =
-        KernelProbes::attach(pid, &plan, &kernel_options(&options))?;
-    let kernel = (kernel, ring);
+    let (mut kernel, ring, unwind_tables) = KernelProbes::load(&kernel_options(&options), false)?;
+    kernel.attach(&plan, Scope::Process(pid))?;
+    kernel.trace_pid(pid)?;
+    kernel.arm()?;
     let words: Vec<String> = command
         .iter()
         .map(|w| w.to_string_lossy().into_owned())
         .collect();
     let mut engine = Engine::new(
-        pid,
-        Some(words.clone()),
+        engine::Targets::Command(words.clone()),
+        kernel,
         objects,
-        ProcessMaps::new(pid),
+        None,
         options,
     );
-    engine.maps = maps;
+    engine.adopt(pid, maps, words.join(" "));
     *unwind_slot.lock().expect("unwind lock") = unwind_tables;
     engine.unwind_tables = unwind_slot;
     engine.pipeline.launch_exec_pending = true;
@@ -449,48 +357,14 @@ async fn run_command(command: Vec<OsString>, options: ReportOptions) -> Result<i
     engine.progress(&format!(
         "tracing pid {pid} ({}): {} probes on {}",
         words.join(" "),
-        kernel.0.attached,
+        engine.kernel.attached,
         engine.object_list()
     ));
-    let (stop, _) = trace_loop(engine, kernel, ExitWatch::Child(exit), Some(pid), None).await?;
+    let stop = trace_loop((engine, ring), ExitWatch::Child(exit), Some(pid), None).await?;
     Ok(match stop {
         Stop::Exited(Some(status)) => status.as_exit_code(),
         _ => 0,
     })
-}
-
-impl Engine {
-    fn new(
-        pid: u32,
-        command: Option<Vec<String>>,
-        objects: Vec<ProbedObject>,
-        maps: ProcessMaps,
-        options: ReportOptions,
-    ) -> Engine {
-        Engine {
-            pid,
-            command,
-            objects,
-            pipeline: Pipeline {
-                table: HeapTable::with_epoch(monotonic_ns()).with_cap(options.max_allocations),
-                ..Pipeline::default()
-            },
-            maps: Arc::new(Mutex::new(maps)),
-            symbolizer: Symbolizer::default(),
-            unwind_tables: Arc::new(Mutex::new(None)),
-            growth: GrowthTracker::default(),
-            started: Instant::now(),
-            options,
-        }
-    }
-
-    fn object_list(&self) -> String {
-        self.objects
-            .iter()
-            .map(|o| format!("{} ({} functions)", o.display_path, o.functions.len()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
 }
 
 /// How often site growth is sampled without --interval.
@@ -503,13 +377,11 @@ const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(20);
 /// the final report. `child` is the pid to forward SIGINT/SIGTERM to when
 /// leaktrace launched it (the command decides when to stop).
 async fn trace_loop(
-    mut engine: Engine,
-    kernel: (KernelProbes, RingBuf<MapData>),
+    (mut engine, ring): (Engine, RingBuf<MapData>),
     mut watch: ExitWatch,
     child: Option<u32>,
     listener: Option<TcpListener>,
-) -> Result<(Stop, Engine)> {
-    let (kernel, ring) = kernel;
+) -> Result<Stop> {
     // SAFETY: the ring buffer's map fd stays open, and the same fd, inside
     // the AsyncFd.
     let mut ring = unsafe { AsyncFd::register(ring) }
@@ -538,25 +410,32 @@ async fn trace_loop(
                 engine.drain(guard.get_inner_mut());
                 guard.clear_ready();
             }
-            _ = drain_timer.tick() => engine.drain(ring.get_mut()),
+            _ = drain_timer.tick() => {
+                engine.drain(ring.get_mut());
+                engine.housekeeping(false);
+            }
             _ = growth_timer.tick() => {
                 engine.drain(ring.get_mut());
+                engine.housekeeping(true);
                 engine.record_growth();
             }
             accepted = accept(listener.as_ref()) => match accepted {
                 Ok((stream, _)) => {
                     engine.drain(ring.get_mut());
-                    if let Err(err) = engine.answer(stream, &kernel).await {
+                    if let Err(err) = engine.answer(stream).await {
                         engine.progress(&format!("http: {err:#}"));
                     }
                 }
                 Err(err) => engine.progress(&format!("http: accepting a connection: {err}")),
             },
-            status = watch.wait() => break Stop::Exited(status),
+            exit = watch.wait() => match exit {
+                Exit::One(pid) => engine.progress(&format!("pid {pid} exited; still tracing the others")),
+                Exit::All(status) => break Stop::Exited(status),
+            },
             _ = sleep_until(deadline) => break Stop::DurationElapsed,
             _ = sleep_until(next_report) => {
                 engine.drain(ring.get_mut());
-                engine.emit(&kernel, false)?;
+                engine.emit(false)?;
                 next_report = interval.map(|i| tokio::time::Instant::now() + i);
             }
             _ = interrupt.recv() => match child {
@@ -582,12 +461,12 @@ async fn trace_loop(
     engine.drain(ring.get_mut());
     match &stop {
         Stop::Exited(Some(status)) => engine.progress(&format!("the command exited ({status:?})")),
-        Stop::Exited(None) => engine.progress(&format!("pid {} exited", engine.pid)),
+        Stop::Exited(None) => engine.progress("the traced processes exited"),
         Stop::DurationElapsed => engine.progress("duration elapsed"),
         Stop::Signal(name) => engine.progress(&format!("stopped by {name}")),
     }
-    engine.emit(&kernel, true)?;
-    Ok((stop, engine))
+    engine.emit(true)?;
+    Ok(stop)
 }
 
 /// The next connection, or never without a listener.

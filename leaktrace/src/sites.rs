@@ -3,6 +3,10 @@
 //!
 //! Stacks are compared in full, never by a hash alone: two different stacks
 //! never share an id (the "stack id collision" bug of stack-map based tools).
+//!
+//! A process's sites are forgotten when it exits (`--all` sees processes
+//! come and go for days) and their ids serve new sites.
+use std::collections::hash_map::Entry;
 use std::hash::BuildHasher;
 
 use rustc_hash::{FxBuildHasher, FxHashMap as HashMap};
@@ -28,6 +32,10 @@ pub struct CallSite {
 #[derive(Default)]
 pub struct CallSites {
     sites: Vec<CallSite>,
+    /// Ids of forgotten sites, for reuse.
+    free: Vec<SiteId>,
+    /// Each process's sites.
+    by_pid: HashMap<u32, Vec<SiteId>>,
     /// Hash of (pid, func, stack) to the ids with that hash.
     by_hash: HashMap<u64, Vec<SiteId>>,
     /// Fx: stacks come from the kernel, and a collision only costs a
@@ -36,38 +44,83 @@ pub struct CallSites {
 }
 
 impl CallSites {
-    /// The id of this site, creating it on first sight. Does not allocate
-    /// when the site is known.
-    pub fn intern(&mut self, pid: u32, func: AllocFn, stack: &[u64], fp_frames: u64) -> SiteId {
+    /// The id of this site, creating it on first sight (then `true`).
+    /// Does not allocate when the site is known.
+    pub fn intern(
+        &mut self,
+        pid: u32,
+        func: AllocFn,
+        stack: &[u64],
+        fp_frames: u64,
+    ) -> (SiteId, bool) {
         let hash = self.hasher.hash_one((pid, func as u32, stack));
         let ids = self.by_hash.entry(hash).or_default();
         for &id in ids.iter() {
             let site = &self.sites[id as usize];
             if site.pid == pid && site.func == func && *site.stack == *stack {
-                return id;
+                return (id, false);
             }
         }
-        let id = self.sites.len() as SiteId;
-        self.sites.push(CallSite {
+        let site = CallSite {
             pid,
             func,
             stack: stack.into(),
             fp_frames,
-        });
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.sites[id as usize] = site;
+                id
+            }
+            None => {
+                self.sites.push(site);
+                (self.sites.len() - 1) as SiteId
+            }
+        };
         ids.push(id);
-        id
+        self.by_pid.entry(pid).or_default().push(id);
+        (id, true)
+    }
+
+    /// Forgets every site of `pid` and returns their ids, which new sites
+    /// will reuse: nothing may refer to them any more.
+    pub fn forget_process(&mut self, pid: u32) -> Vec<SiteId> {
+        let ids = self.by_pid.remove(&pid).unwrap_or_default();
+        for &id in &ids {
+            let site = std::mem::replace(
+                &mut self.sites[id as usize],
+                CallSite {
+                    pid: 0,
+                    func: AllocFn::Malloc,
+                    stack: Box::new([]),
+                    fp_frames: 0,
+                },
+            );
+            let hash = self
+                .hasher
+                .hash_one((site.pid, site.func as u32, &*site.stack));
+            if let Entry::Occupied(mut bucket) = self.by_hash.entry(hash) {
+                bucket.get_mut().retain(|&other| other != id);
+                if bucket.get().is_empty() {
+                    bucket.remove();
+                }
+            }
+        }
+        self.free.extend_from_slice(&ids);
+        ids
     }
 
     pub fn get(&self, id: SiteId) -> &CallSite {
         &self.sites[id as usize]
     }
 
+    /// Sites known (forgotten ones excluded).
     pub fn len(&self) -> usize {
-        self.sites.len()
+        self.sites.len() - self.free.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sites.is_empty()
+        self.len() == 0
     }
 }
 
@@ -78,14 +131,15 @@ mod tests {
     #[test]
     fn same_site_same_id_different_anything_different_id() {
         let mut sites = CallSites::default();
-        let a = sites.intern(1, AllocFn::Malloc, &[1, 2, 3], 0);
-        assert_eq!(sites.intern(1, AllocFn::Malloc, &[1, 2, 3], 0), a);
+        let (a, new) = sites.intern(1, AllocFn::Malloc, &[1, 2, 3], 0);
+        assert!(new);
+        assert_eq!(sites.intern(1, AllocFn::Malloc, &[1, 2, 3], 0), (a, false));
         let others = [
-            sites.intern(2, AllocFn::Malloc, &[1, 2, 3], 0),
-            sites.intern(1, AllocFn::Calloc, &[1, 2, 3], 0),
-            sites.intern(1, AllocFn::Malloc, &[1, 2], 0),
-            sites.intern(1, AllocFn::Malloc, &[1, 2, 4], 0),
-            sites.intern(1, AllocFn::Malloc, &[], 0),
+            sites.intern(2, AllocFn::Malloc, &[1, 2, 3], 0).0,
+            sites.intern(1, AllocFn::Calloc, &[1, 2, 3], 0).0,
+            sites.intern(1, AllocFn::Malloc, &[1, 2], 0).0,
+            sites.intern(1, AllocFn::Malloc, &[1, 2, 4], 0).0,
+            sites.intern(1, AllocFn::Malloc, &[], 0).0,
         ];
         let mut all = vec![a];
         all.extend(others);
@@ -94,5 +148,25 @@ mod tests {
         assert_eq!(all.len(), 6);
         assert_eq!(sites.len(), 6);
         assert_eq!(*sites.get(a).stack, [1, 2, 3]);
+    }
+
+    #[test]
+    fn an_exited_process_sites_are_forgotten_and_their_ids_reused() {
+        let mut sites = CallSites::default();
+        let (kept, _) = sites.intern(1, AllocFn::Malloc, &[1, 2], 0);
+        let (gone_a, _) = sites.intern(2, AllocFn::Malloc, &[1, 2], 0);
+        let (gone_b, _) = sites.intern(2, AllocFn::Calloc, &[3], 0);
+        let mut forgotten = sites.forget_process(2);
+        forgotten.sort();
+        assert_eq!(forgotten, [gone_a, gone_b]);
+        assert_eq!(sites.len(), 1);
+        assert!(sites.forget_process(2).is_empty());
+        // The same stack in a new process with the old pid is a new site,
+        // on a reused id; the other process's site is untouched.
+        let (again, new) = sites.intern(2, AllocFn::Malloc, &[1, 2], 0);
+        assert!(new && (again == gone_a || again == gone_b));
+        assert_eq!(sites.intern(1, AllocFn::Malloc, &[1, 2], 0), (kept, false));
+        assert_eq!(sites.len(), 2);
+        assert_eq!(sites.get(again).pid, 2);
     }
 }

@@ -8,7 +8,9 @@
 //! otherwise the C library. mmap/munmap/mremap are probed where they are
 //! defined, which is the C library even when the allocator is jemalloc.
 use std::{
+    collections::HashMap,
     fs,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -271,6 +273,45 @@ pub fn check_pid(pid: u32) -> Result<()> {
 
 /// The objects to probe in a running process, from /proc/PID/maps.
 pub fn objects_for_pid(pid: u32) -> Result<Vec<ProbedObject>> {
+    objects_for_pid_cached(pid, &mut SymbolCache::default())
+}
+
+/// What objects define, by file (device and inode): `--all` looks for the
+/// allocator of every process that starts, and most of them map the same
+/// C library, whose symbols take milliseconds to read.
+#[derive(Default)]
+pub struct SymbolCache {
+    by_file: HashMap<(u64, u64), Option<ObjectSymbols>>,
+}
+
+impl SymbolCache {
+    fn candidate(&mut self, path: PathBuf, display_path: String) -> Option<Candidate> {
+        let identity = file_identity(&path)?;
+        let symbols = self
+            .by_file
+            .entry(identity)
+            .or_insert_with(|| {
+                candidate(path.clone(), display_path.clone())
+                    .ok()
+                    .map(|c| c.symbols)
+            })
+            .clone()?;
+        Some(Candidate {
+            path,
+            display_path,
+            symbols,
+        })
+    }
+}
+
+/// (device, inode) of a file: what a uprobe is attached to, whatever the
+/// path (a container's /proc/PID/root/... or ours).
+pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// [`objects_for_pid`], reading each object's symbols once per `cache`.
+pub fn objects_for_pid_cached(pid: u32, cache: &mut SymbolCache) -> Result<Vec<ProbedObject>> {
     check_pid(pid)?;
     let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
         .with_context(|| format!("reading /proc/{pid}/maps"))?;
@@ -287,7 +328,7 @@ pub fn objects_for_pid(pid: u32) -> Result<Vec<ProbedObject>> {
     for display_path in paths {
         let path = root.join(display_path.trim_start_matches('/'));
         // Deleted or unreadable objects cannot be probed; skip, not fail.
-        if let Ok(c) = candidate(path, display_path) {
+        if let Some(c) = cache.candidate(path, display_path) {
             candidates.push(c);
         }
     }

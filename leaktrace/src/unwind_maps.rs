@@ -3,8 +3,9 @@
 //!
 //! Rows of every object go back to back into one array map; an object is
 //! loaded once (by path) however many processes map it. Rows stay until
-//! leaktrace exits: one session traces one process, whose objects stay
-//! mostly the same, so a bump allocator is enough.
+//! leaktrace exits (a bump allocator): the objects of the processes a
+//! session traces stay mostly the same (the C library, the interpreter). A
+//! process's slot of mappings is freed when it exits.
 use std::{
     collections::HashMap as StdHashMap,
     fs,
@@ -135,6 +136,15 @@ impl UnwindTables {
             .context("publishing the process's mappings to the unwinder")?;
         self.slots.insert(pid, slot, 0)?;
         Ok(())
+    }
+
+    /// Frees `pid`'s slot of mappings (it exited): its stacks can no longer
+    /// be walked, and the slot can serve another process.
+    pub fn forget_process(&mut self, pid: u32) {
+        if self.slot_of.remove(&pid).is_some() {
+            // Gone already if the process never had one: nothing to undo.
+            let _ = self.slots.remove(&pid);
+        }
     }
 
     /// The object's rows, loading them on first sight. None when it has no

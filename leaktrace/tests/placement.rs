@@ -32,8 +32,8 @@ fn placed_probes_report_the_same_as_probes_at_offset_zero() {
     check_report_against_table(&placed, EXPECTED_LEAKS, None);
     check_report_against_table(&at_entry, EXPECTED_LEAKS, None);
     assert_eq!(
-        bytes_by_fixture_function(&placed),
-        bytes_by_fixture_function(&at_entry)
+        bytes_by_fixture_function(&placed, None),
+        bytes_by_fixture_function(&at_entry, None)
     );
     for field in ["allocations", "releases", "failed_calls"] {
         assert_eq!(

@@ -101,7 +101,11 @@ fn serve_exposes_metrics_pprof_and_a_page() {
     let metrics = String::from_utf8(metrics).unwrap();
     let bytes: u64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("leaktrace_outstanding_bytes{{pid=\"{pid}\"}} ")))
+        .find_map(|l| {
+            l.strip_prefix(&format!(
+                "leaktrace_outstanding_bytes{{pid=\"{pid}\",comm=\"slow_leak\"}} "
+            ))
+        })
         .unwrap_or_else(|| panic!("no outstanding bytes for {pid}:\n{metrics}"))
         .parse()
         .unwrap();

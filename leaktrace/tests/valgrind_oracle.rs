@@ -165,7 +165,7 @@ fn leaktrace_agrees_with_valgrind() {
         .filter(|r| r.memory == Memory::Heap)
         .map(|r| r.function)
         .collect();
-    let from_leaktrace: BTreeMap<String, (u64, u64)> = bytes_by_fixture_function(&report)
+    let from_leaktrace: BTreeMap<String, (u64, u64)> = bytes_by_fixture_function(&report, None)
         .into_iter()
         .filter(|(function, _)| heap_functions.contains(&function.as_str()))
         .collect();

@@ -1,5 +1,7 @@
 //! Folded stacks: `root;...;caller;allocator bytes`, one line per site.
-//! flamegraph.pl, inferno and speedscope read it.
+//! flamegraph.pl, inferno and speedscope read it. When several processes
+//! are traced, each stack starts with its process (`pid 42 (python3)`), so
+//! the flamegraph's first level splits the memory by process.
 use super::Report;
 
 /// Frame names may not contain the separator.
@@ -16,6 +18,9 @@ pub fn render(report: &Report) -> String {
             .rev()
             .map(|f| clean(&f.function))
             .collect();
+        if report.spans_processes() {
+            names.insert(0, clean(&report.process_label(site.pid)));
+        }
         names.push(site.allocator.clone());
         out.push_str(&names.join(";"));
         out.push(' ');
@@ -34,6 +39,16 @@ mod tests {
         assert_eq!(
             super::render(&fixtures::report()),
             "main;leak_a;malloc 4096\nmain;leak:b;calloc 100\n"
+        );
+    }
+
+    #[test]
+    fn several_processes_each_stack_starts_with_its_process() {
+        let mut report = fixtures::report();
+        report.all_processes = true;
+        assert_eq!(
+            super::render(&report),
+            "pid 42 (prog);main;leak_a;malloc 4096\npid 42 (prog);main;leak:b;calloc 100\n"
         );
     }
 }

@@ -18,8 +18,11 @@ pub fn render(report: &Report, top: usize) -> String {
          <style>body{font-family:sans-serif;margin:1em}td,th{padding:2px 8px;text-align:left;vertical-align:top}\
          td.n{text-align:right}pre{margin:0}</style></head><body>\n",
     );
-    let pids: Vec<String> = report.pids.iter().map(u32::to_string).collect();
-    let _ = writeln!(out, "<h1>leaktrace: pid {}</h1>", escape(&pids.join(", ")));
+    let _ = writeln!(
+        out,
+        "<h1>leaktrace: {}</h1>",
+        escape(&report.target_label())
+    );
     let t = &report.totals;
     let _ = writeln!(
         out,
@@ -39,6 +42,22 @@ pub fn render(report: &Report, top: usize) -> String {
             String::new()
         }
     );
+    if report.spans_processes() {
+        out.push_str("<h2>Processes</h2>\n<table><tr><th>pid</th><th>bytes</th><th>allocations</th><th>call sites</th><th>command</th></tr>\n");
+        for process in report.processes.iter().take(top) {
+            let _ = writeln!(
+                out,
+                "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}{}</td></tr>",
+                process.pid,
+                process.bytes,
+                process.count,
+                process.call_sites,
+                escape(&process.command),
+                if process.exited { " (exited)" } else { "" }
+            );
+        }
+        out.push_str("</table>\n");
+    }
     out.push_str("<h2>Top call sites</h2>\n<table><tr><th>bytes</th><th>allocations</th><th>oldest</th><th>growth</th><th>allocator</th><th>stack (innermost first)</th></tr>\n");
     for site in report.sites.iter().take(top) {
         let stack: Vec<String> = site

@@ -14,37 +14,58 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
     }
 }
 
+/// Escapes a label value (backslash, quote, newline).
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Renders the metrics of `report`; `daemon_rss_bytes` is leaktrace's own
 /// resident memory.
 pub fn render(report: &Report, daemon_rss_bytes: u64) -> String {
     let mut out = String::new();
-    let pid = |pid: u32| format!("{{pid=\"{pid}\"}}");
-    let per_pid = |value: &dyn Fn(u32) -> u64| -> Vec<(String, u64)> {
-        report.pids.iter().map(|&p| (pid(p), value(p))).collect()
-    };
-    let site_sum = |p: u32, field: fn(&super::SiteReport) -> u64| -> u64 {
-        report.sites.iter().filter(|s| s.pid == p).map(field).sum()
+    let per_process = |value: fn(&super::ProcessReport) -> u64| -> Vec<(String, u64)> {
+        report
+            .processes
+            .iter()
+            .map(|p| {
+                let program = p.command.split(' ').next().unwrap_or_default();
+                let comm = program.rsplit('/').next().unwrap_or_default();
+                (
+                    format!("{{pid=\"{}\",comm=\"{}\"}}", p.pid, label_value(comm)),
+                    value(p),
+                )
+            })
+            .collect()
     };
     family(
         &mut out,
         "leaktrace_outstanding_bytes",
         "gauge",
         "Bytes allocated since attach and not freed (estimated when sampling).",
-        &per_pid(&|p| site_sum(p, |s| s.bytes)),
+        &per_process(|p| p.bytes),
     );
     family(
         &mut out,
         "leaktrace_outstanding_allocations",
         "gauge",
         "Allocations made since attach and not freed (estimated when sampling).",
-        &per_pid(&|p| site_sum(p, |s| s.count)),
+        &per_process(|p| p.count),
     );
     family(
         &mut out,
         "leaktrace_call_sites",
         "gauge",
         "Call sites holding outstanding memory.",
-        &per_pid(&|p| report.sites.iter().filter(|s| s.pid == p).count() as u64),
+        &per_process(|p| p.call_sites),
+    );
+    family(
+        &mut out,
+        "leaktrace_exited_processes_total",
+        "counter",
+        "Processes that exited under --all (their tables were dropped).",
+        &[(String::new(), report.totals.exited_processes)],
     );
     let t = &report.totals;
     family(
@@ -122,9 +143,9 @@ mod tests {
         let text = super::render(&fixtures::report(), 12345);
         for line in [
             "# TYPE leaktrace_outstanding_bytes gauge",
-            "leaktrace_outstanding_bytes{pid=\"42\"} 4196",
-            "leaktrace_outstanding_allocations{pid=\"42\"} 5",
-            "leaktrace_call_sites{pid=\"42\"} 2",
+            "leaktrace_outstanding_bytes{pid=\"42\",comm=\"prog\"} 4196",
+            "leaktrace_outstanding_allocations{pid=\"42\",comm=\"prog\"} 5",
+            "leaktrace_call_sites{pid=\"42\",comm=\"prog\"} 2",
             "leaktrace_events_total 20",
             "leaktrace_lost_events_total{reason=\"ring_buffer_full\"} 0",
             "leaktrace_sample_bytes 0",

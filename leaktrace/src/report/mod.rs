@@ -62,6 +62,9 @@ pub struct Totals {
     pub replaced_blocks: u64,
     /// Times the process called exec (its earlier blocks were dropped).
     pub execs: u64,
+    /// Processes that exited under `--all`: their tables were dropped, and
+    /// what they held is not in this report.
+    pub exited_processes: u64,
 }
 
 /// Everything that was lost on the way: never silently zero.
@@ -144,11 +147,28 @@ pub struct SiteReport {
     pub frames: Vec<Frame>,
 }
 
+/// One traced process's share of the report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProcessReport {
+    pub pid: u32,
+    /// Its command line (empty when it could not be read).
+    pub command: String,
+    /// It exited; what it held when it did is kept (`--pid`, `run`).
+    pub exited: bool,
+    pub bytes: u64,
+    pub count: u64,
+    pub call_sites: u64,
+}
+
 /// A whole report.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
     pub pids: Vec<u32>,
     pub command: Option<Vec<String>>,
+    /// Every process on the host was traced (`--all`).
+    pub all_processes: bool,
+    /// Each traced process, most outstanding bytes first.
+    pub processes: Vec<ProcessReport>,
     pub allocator_objects: Vec<String>,
     pub elapsed_ms: u64,
     /// The last report of the session (the process exited or tracing ended).
@@ -164,9 +184,18 @@ pub struct Report {
     pub sites: Vec<SiteReport>,
 }
 
+/// A traced process as the session knows it.
+pub struct ProcessInput {
+    pub pid: u32,
+    pub command: String,
+    pub exited: bool,
+}
+
 /// What the session knows when it asks for a report.
 pub struct ReportInput<'a> {
-    pub pids: Vec<u32>,
+    pub processes: Vec<ProcessInput>,
+    pub all_processes: bool,
+    pub exited_processes: u64,
     pub command: Option<Vec<String>>,
     pub allocator_objects: Vec<String>,
     pub elapsed: Duration,
@@ -182,8 +211,14 @@ pub struct ReportInput<'a> {
     pub growth: &'a GrowthTracker,
 }
 
-/// Symbolizes and assembles a report.
-pub fn build(input: ReportInput<'_>, maps: &ProcessMaps, symbolizer: &mut Symbolizer) -> Report {
+/// Symbolizes and assembles a report; `maps` gives each process's mappings
+/// (None: nothing is known of it, its frames stay addresses).
+pub fn build<'m>(
+    input: ReportInput<'_>,
+    maps: &dyn Fn(u32) -> Option<&'m ProcessMaps>,
+    symbolizer: &mut Symbolizer,
+) -> Report {
+    let unknown = ProcessMaps::from_mappings(0, Vec::new());
     let sites: Vec<SiteReport> = input
         .totals
         .iter()
@@ -196,7 +231,11 @@ pub fn build(input: ReportInput<'_>, maps: &ProcessMaps, symbolizer: &mut Symbol
                 count: total.count,
                 oldest_age_ms: total.oldest_age_ms,
                 growth: input.growth.assess(total.site),
-                frames: symbolizer.symbolize_stack(maps, &site.stack, site.fp_frames),
+                frames: symbolizer.symbolize_stack(
+                    maps(site.pid).unwrap_or(&unknown),
+                    &site.stack,
+                    site.fp_frames,
+                ),
             }
         })
         .collect();
@@ -209,9 +248,27 @@ pub fn build(input: ReportInput<'_>, maps: &ProcessMaps, symbolizer: &mut Symbol
         // Reported with the losses (Losses::table_full).
         dropped_at_cap: _,
     } = input.stats;
+    let mut processes: Vec<ProcessReport> = input
+        .processes
+        .iter()
+        .map(|process| {
+            let own = sites.iter().filter(|s| s.pid == process.pid);
+            ProcessReport {
+                pid: process.pid,
+                command: process.command.clone(),
+                exited: process.exited,
+                bytes: own.clone().map(|s| s.bytes).sum(),
+                count: own.clone().map(|s| s.count).sum(),
+                call_sites: own.count() as u64,
+            }
+        })
+        .collect();
+    processes.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.pid.cmp(&b.pid)));
     Report {
-        pids: input.pids,
+        pids: input.processes.iter().map(|p| p.pid).collect(),
         command: input.command,
+        all_processes: input.all_processes,
+        processes,
         allocator_objects: input.allocator_objects,
         elapsed_ms: input.elapsed.as_millis() as u64,
         is_final: input.is_final,
@@ -228,9 +285,50 @@ pub fn build(input: ReportInput<'_>, maps: &ProcessMaps, symbolizer: &mut Symbol
             unmatched_releases,
             replaced_blocks,
             execs: input.execs,
+            exited_processes: input.exited_processes,
         },
         losses: input.losses,
         sites,
+    }
+}
+
+impl Report {
+    /// What was traced, for headers: "pid 42 (./prog)", "pid 1,2" or
+    /// "all processes (12 traced, 3 exited)".
+    pub fn target_label(&self) -> String {
+        if self.all_processes {
+            return format!(
+                "all processes ({} traced, {} exited)",
+                self.processes.len(),
+                self.totals.exited_processes
+            );
+        }
+        let pids: Vec<String> = self.pids.iter().map(u32::to_string).collect();
+        match &self.command {
+            Some(command) => format!("pid {} ({})", pids.join(","), command.join(" ")),
+            None => format!("pid {}", pids.join(",")),
+        }
+    }
+
+    /// More than one process may own the sites: say whose each one is.
+    pub fn spans_processes(&self) -> bool {
+        self.all_processes || self.pids.len() > 1
+    }
+
+    /// "pid 42 (python3)": whose a site is, in reports of several processes.
+    pub fn process_label(&self, pid: u32) -> String {
+        let command = self
+            .processes
+            .iter()
+            .find(|p| p.pid == pid)
+            .map(|p| p.command.split(' ').next().unwrap_or_default())
+            .unwrap_or_default();
+        let name = command.rsplit('/').next().unwrap_or_default();
+        if name.is_empty() {
+            format!("pid {pid}")
+        } else {
+            format!("pid {pid} ({name})")
+        }
     }
 }
 
@@ -276,6 +374,15 @@ pub(crate) mod fixtures {
         Report {
             pids: vec![42],
             command: Some(vec!["./prog".into()]),
+            all_processes: false,
+            processes: vec![ProcessReport {
+                pid: 42,
+                command: "./prog".into(),
+                exited: true,
+                bytes: 4196,
+                count: 5,
+                call_sites: 2,
+            }],
             allocator_objects: vec!["/lib/libc.so.6".into()],
             elapsed_ms: 1500,
             is_final: true,

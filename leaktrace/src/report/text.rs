@@ -48,13 +48,17 @@ fn frame_line(frame: &Frame) -> String {
     line
 }
 
+/// ", in pid 42 (python3)" when the report covers several processes.
+fn whose(report: &Report, pid: u32) -> String {
+    if report.spans_processes() {
+        format!(", in {}", report.process_label(pid))
+    } else {
+        String::new()
+    }
+}
+
 pub fn render(report: &Report, top: usize) -> String {
     let mut out = String::new();
-    let pids: Vec<String> = report.pids.iter().map(u32::to_string).collect();
-    let what = match &report.command {
-        Some(command) => format!(" ({})", command.join(" ")),
-        None => String::new(),
-    };
     let kind = if report.is_final {
         "final report"
     } else {
@@ -62,8 +66,8 @@ pub fn render(report: &Report, top: usize) -> String {
     };
     let _ = writeln!(
         out,
-        "leaktrace {kind}: pid {}{what}, traced {}",
-        pids.join(","),
+        "leaktrace {kind}: {}, traced {}",
+        report.target_label(),
         human_age(report.elapsed_ms)
     );
     let t = &report.totals;
@@ -100,6 +104,27 @@ pub fn render(report: &Report, top: usize) -> String {
             t.replaced_blocks, t.execs
         );
     }
+    if report.spans_processes() {
+        let holding: Vec<_> = report.processes.iter().filter(|p| p.count > 0).collect();
+        let _ = writeln!(
+            out,
+            "\nby process ({} of {} hold outstanding memory), most first:",
+            holding.len(),
+            report.processes.len()
+        );
+        for process in holding.iter().take(top) {
+            let _ = writeln!(
+                out,
+                "  pid {}: {} in {} allocations at {} call sites  {}{}",
+                process.pid,
+                human_bytes(process.bytes),
+                process.count,
+                process.call_sites,
+                process.command,
+                if process.exited { " (exited)" } else { "" }
+            );
+        }
+    }
     let mut growing: Vec<&super::SiteReport> = report
         .sites
         .iter()
@@ -125,24 +150,26 @@ pub fn render(report: &Report, top: usize) -> String {
                 .map_or("[no stack]", |f| f.function.as_str());
             let _ = writeln!(
                 out,
-                "  +{}/s  {} ({} now, {} samples)",
+                "  +{}/s  {} ({} now, {} samples){}",
                 human_bytes(growth.bytes_per_second as u64),
                 caller,
                 human_bytes(site.bytes),
-                growth.samples
+                growth.samples,
+                whose(report, site.pid)
             );
         }
     }
     for (rank, site) in report.sites.iter().take(top).enumerate() {
         let _ = writeln!(
             out,
-            "\n#{} {} bytes ({}) in {} allocations from {}, oldest {}",
+            "\n#{} {} bytes ({}) in {} allocations from {}, oldest {}{}",
             rank + 1,
             site.bytes,
             human_bytes(site.bytes),
             site.count,
             site.allocator,
-            human_age(site.oldest_age_ms)
+            human_age(site.oldest_age_ms),
+            whose(report, site.pid)
         );
         if site.frames.is_empty() {
             let _ = writeln!(out, "    [no stack captured]");
@@ -196,6 +223,42 @@ mod tests {
             "#2 100 bytes (100 B) in 1 allocations from calloc, oldest 3 ms"
         );
         assert_eq!(lines[13], "    leak;b in /usr/bin/prog");
+    }
+
+    #[test]
+    fn several_processes_are_listed_and_each_site_says_whose_it_is() {
+        let mut report = fixtures::report();
+        report.pids = vec![42, 7];
+        report.command = None;
+        report.processes[0].command = "/usr/bin/prog --serve".into();
+        report.processes.push(super::super::ProcessReport {
+            pid: 7,
+            command: "idle".into(),
+            exited: false,
+            bytes: 0,
+            count: 0,
+            call_sites: 0,
+        });
+        let text = render(&report, 10);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "leaktrace final report: pid 42,7, traced 1.5 s");
+        assert_eq!(
+            lines[5],
+            "by process (1 of 2 hold outstanding memory), most first:"
+        );
+        assert_eq!(
+            lines[6],
+            "  pid 42: 4.1 KiB in 5 allocations at 2 call sites  /usr/bin/prog --serve (exited)"
+        );
+        assert!(
+            text.contains("\n#1 4096 bytes (4.0 KiB) in 4 allocations from malloc, oldest 1.2 s, in pid 42 (prog)\n"),
+            "{text}"
+        );
+        report.all_processes = true;
+        report.totals.exited_processes = 3;
+        assert!(render(&report, 10).starts_with(
+            "leaktrace final report: all processes (2 traced, 3 exited), traced 1.5 s\n"
+        ));
     }
 
     #[test]

@@ -313,10 +313,14 @@ pub fn check_report_against_table(report: &Value, expected: &[Leak], pid: Option
 }
 
 /// Per function of the table: (bytes, count) of the site whose `frames[0]`
-/// is that function, for reports compared against another oracle.
-pub fn bytes_by_fixture_function(report: &Value) -> BTreeMap<String, (u64, u64)> {
+/// is that function, for reports compared against another oracle; with
+/// `pid`, only that process's sites count (reports of several processes).
+pub fn bytes_by_fixture_function(report: &Value, pid: Option<u32>) -> BTreeMap<String, (u64, u64)> {
     let mut by_function = BTreeMap::new();
     for site in sites(report) {
+        if pid.is_some_and(|pid| site["pid"].as_u64() != Some(u64::from(pid))) {
+            continue;
+        }
         let function = innermost_function(site);
         if EXPECTED_LEAKS.iter().any(|r| r.function == function) {
             let entry = by_function.entry(function.to_string()).or_insert((0, 0));

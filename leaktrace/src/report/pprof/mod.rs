@@ -160,12 +160,8 @@ fn clamp(value: u64) -> i64 {
 
 /// The report's header, one comment a line.
 fn comments(report: &Report) -> Vec<String> {
-    let pids: Vec<String> = report.pids.iter().map(u32::to_string).collect();
     let kind = if report.is_final { "final" } else { "interval" };
-    let mut header = format!("leaktrace {kind} report: pid {}", pids.join(","));
-    if let Some(command) = &report.command {
-        header.push_str(&format!(" ({})", command.join(" ")));
-    }
+    let mut header = format!("leaktrace {kind} report: {}", report.target_label());
     header.push_str(&format!(", traced {} ms", report.elapsed_ms));
     let t = &report.totals;
     let mut outstanding = format!(

@@ -1,0 +1,474 @@
+//! Engine: what the daemon keeps while it traces, and the reports made from
+//! it: the pipeline's heap table and call sites, each traced process's
+//! mappings, the growth history, and the kernel side.
+//!
+//! Processes come and go: one named by `--pid` keeps its table after it
+//! exits, for the final report; under `--all` an exited process's table,
+//! sites, growth history, unwind slot and sampled blocks are let go at once,
+//! so a daemon left running for days stays bounded.
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write as _,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Instant,
+};
+
+use anyhow::Result;
+use tokio::net::TcpStream;
+
+use crate::{
+    aggregate,
+    cli::ReportOptions,
+    growth::GrowthTracker,
+    heap::HeapTable,
+    kernel::KernelProbes,
+    pipeline::{Forgotten, Ingested, Pipeline},
+    report::{self, Format, Losses, ProcessInput, ReportInput},
+    serve::{self, Page},
+    session::write_atomically,
+    symbolize::{ProcessMaps, Symbolizer},
+    system::SystemWide,
+    target::ProbedObject,
+    unwind_maps::UnwindTables,
+};
+
+/// What is traced.
+pub enum Targets {
+    /// `run`: the command leaktrace started (its words).
+    Command(Vec<String>),
+    /// `--pid`: these processes.
+    Pids,
+    /// `--all`: every process on the host.
+    All(SystemWide),
+}
+
+/// A traced process.
+struct TracedProcess {
+    /// Every mapping it was seen with (shared with `run`'s launcher, which
+    /// reads them at the command's entry and exit stops).
+    maps: Arc<Mutex<ProcessMaps>>,
+    /// Its command line, for reports.
+    command: String,
+    exited: bool,
+}
+
+/// Everything the daemon keeps about the traced processes.
+pub struct Engine {
+    targets: Targets,
+    pub kernel: KernelProbes,
+    /// What was probed for `run` and `--pid` (`--all` keeps its own list).
+    objects: Vec<ProbedObject>,
+    pub pipeline: Pipeline,
+    processes: BTreeMap<u32, TracedProcess>,
+    symbolizer: Symbolizer,
+    /// Each site's outstanding bytes at every interval.
+    growth: GrowthTracker,
+    /// The unwinder's tables, in `--stack-mode dwarf` (shared with the
+    /// child thread of `run`, which loads them at the command's entry).
+    pub unwind_tables: Arc<Mutex<Option<UnwindTables>>>,
+    /// Unwind-table warnings not printed (one is enough to know).
+    unwind_warnings: u64,
+    /// Processes that exited under `--all`.
+    exited_processes: u64,
+    started: Instant,
+    pub options: ReportOptions,
+}
+
+impl Engine {
+    pub fn new(
+        targets: Targets,
+        kernel: KernelProbes,
+        objects: Vec<ProbedObject>,
+        unwind_tables: Option<UnwindTables>,
+        options: ReportOptions,
+    ) -> Engine {
+        Engine {
+            targets,
+            kernel,
+            objects,
+            pipeline: Pipeline {
+                table: HeapTable::with_epoch(monotonic_ns()).with_cap(options.max_allocations),
+                ..Pipeline::default()
+            },
+            processes: BTreeMap::new(),
+            symbolizer: Symbolizer::default(),
+            growth: GrowthTracker::default(),
+            unwind_tables: Arc::new(Mutex::new(unwind_tables)),
+            unwind_warnings: 0,
+            exited_processes: 0,
+            started: Instant::now(),
+            options,
+        }
+    }
+
+    /// Starts keeping `pid` with mappings shared with someone else (`run`).
+    pub fn adopt(&mut self, pid: u32, maps: Arc<Mutex<ProcessMaps>>, command: String) {
+        self.processes.insert(
+            pid,
+            TracedProcess {
+                maps,
+                command,
+                exited: false,
+            },
+        );
+    }
+
+    /// Starts keeping `pid` (if new) and reads its mappings, loading the
+    /// unwind tables of objects it maps.
+    pub fn track(&mut self, pid: u32) {
+        self.process(pid);
+        self.refresh_mappings(pid);
+    }
+
+    /// The process `pid`, kept from its first record on.
+    fn process(&mut self, pid: u32) -> &TracedProcess {
+        self.processes.entry(pid).or_insert_with(|| TracedProcess {
+            maps: Arc::new(Mutex::new(ProcessMaps::new(pid))),
+            command: command_line(pid),
+            exited: false,
+        })
+    }
+
+    /// Applies every record waiting in the ring buffer.
+    pub fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+        while let Some(item) = ring.next() {
+            self.ingest(&item);
+        }
+    }
+
+    fn ingest(&mut self, bytes: &[u8]) {
+        match self.pipeline.ingest(bytes) {
+            Ingested::Applied => {}
+            // Make sure the new stack's code is in the mappings we know,
+            // while the process is still there to ask.
+            Ingested::NewSite { pid, stack } => {
+                let maps = self.process(pid).maps.clone();
+                let covered = {
+                    let maps = maps.lock().expect("maps lock");
+                    stack.iter().all(|&a| maps.covers(a.saturating_sub(1)))
+                };
+                if !covered {
+                    self.refresh_mappings(pid);
+                }
+            }
+            // The old image's sites are gone, and with them any use for
+            // its mappings: a fresh history keeps them from hiding the new
+            // image's (same addresses, other objects).
+            Ingested::Exec(forgotten) => {
+                let pid = forgotten.pid;
+                self.let_go(forgotten);
+                let command = command_line(pid);
+                if let Some(process) = self.processes.get_mut(&pid) {
+                    process.command = command;
+                    *process.maps.lock().expect("maps lock") = ProcessMaps::new(pid);
+                }
+                self.track(pid);
+                if let Targets::All(system) = &mut self.targets {
+                    system.exec_seen(pid);
+                }
+            }
+            Ingested::Exit(pid) => self.exited(pid),
+        }
+    }
+
+    /// Drops what was kept for blocks and sites the pipeline forgot.
+    fn let_go(&mut self, forgotten: Forgotten) {
+        self.growth.forget(&forgotten.sites);
+        if self.options.sample_mean() != 0 {
+            self.kernel
+                .forget_sampled(forgotten.pid, forgotten.blocks.into_iter());
+        }
+    }
+
+    /// `pid` exited. Under `--all` everything about it goes; a process named
+    /// by `--pid` (or `run`'s command) keeps its table for the report.
+    fn exited(&mut self, pid: u32) {
+        if let Some(tables) = self.unwind_tables.lock().expect("unwind lock").as_mut() {
+            tables.forget_process(pid);
+        }
+        if let Targets::All(_) = self.targets {
+            let forgotten = self.pipeline.forget_process(pid);
+            self.let_go(forgotten);
+            if self.processes.remove(&pid).is_some() {
+                self.exited_processes += 1;
+            }
+        } else if let Some(process) = self.processes.get_mut(&pid) {
+            process.exited = true;
+        }
+    }
+
+    /// Periodic work beyond draining: under `--all`, probes the allocators
+    /// of processes that exec'd, and lets go of processes whose exit record
+    /// was lost.
+    pub fn housekeeping(&mut self, full: bool) {
+        let Targets::All(system) = &mut self.targets else {
+            return;
+        };
+        let (inspected, added) = system.inspect_due(&mut self.kernel);
+        if !added.is_empty() {
+            self.progress(&format!("now also probing {}", added.join(", ")));
+        }
+        for pid in inspected {
+            self.track(pid);
+        }
+        if full {
+            let gone: Vec<u32> = self
+                .processes
+                .keys()
+                .copied()
+                .filter(|pid| !fs::exists(format!("/proc/{pid}")).unwrap_or(true))
+                .collect();
+            for pid in gone {
+                self.exited(pid);
+            }
+        }
+    }
+
+    /// Rereads `pid`'s mappings and hands new executable ones to the
+    /// unwinder (libraries loaded with dlopen, a new image after exec).
+    fn refresh_mappings(&mut self, pid: u32) {
+        let shared = self.process(pid).maps.clone();
+        let mut maps = shared.lock().expect("maps lock");
+        if !maps.refresh() {
+            return;
+        }
+        let mut tables = self.unwind_tables.lock().expect("unwind lock");
+        if let Some(tables) = tables.as_mut()
+            && let Err(err) = tables.load_process(pid, maps.current(), maps.root())
+        {
+            if self.unwind_warnings == 0 {
+                eprintln!(
+                    "leaktrace: warning: unwind tables not updated for pid {pid}: {err:#} (its stacks fall back to frame pointers; further warnings are counted)"
+                );
+            }
+            self.unwind_warnings += 1;
+        }
+    }
+
+    /// One line for progress: what the unwind tables cost so far.
+    pub fn unwind_summary(&self) -> Option<String> {
+        self.unwind_tables
+            .lock()
+            .expect("unwind lock")
+            .as_ref()
+            .map(UnwindTables::summary)
+    }
+
+    /// The probed objects, for reports and progress.
+    fn objects(&self) -> &[ProbedObject] {
+        match &self.targets {
+            Targets::All(system) => &system.objects,
+            _ => &self.objects,
+        }
+    }
+
+    pub fn object_list(&self) -> String {
+        self.objects()
+            .iter()
+            .map(|o| format!("{} ({} functions)", o.display_path, o.functions.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The traced processes, for messages.
+    pub fn process_count(&self) -> usize {
+        self.processes.len()
+    }
+
+    pub fn report(&mut self, is_final: bool) -> Result<report::Report> {
+        let now_ns = monotonic_ns();
+        let min_age = self.options.min_age;
+        let pipeline = &self.pipeline;
+        let totals = aggregate::outstanding_by_site(
+            &pipeline.table,
+            now_ns,
+            min_age.as_nanos() as u64,
+            u64::from(self.options.sample_mean()),
+        );
+        let losses = Losses::new(
+            self.kernel.losses()?,
+            pipeline.decode_errors,
+            pipeline.table.stats.dropped_at_cap,
+        );
+        let allocator_objects = self
+            .objects()
+            .iter()
+            .map(|o| o.display_path.clone())
+            .collect();
+        let maps: BTreeMap<u32, MutexGuard<'_, ProcessMaps>> = self
+            .processes
+            .iter()
+            .map(|(&pid, process)| (pid, process.maps.lock().expect("maps lock")))
+            .collect();
+        let processes = self
+            .processes
+            .iter()
+            .map(|(&pid, process)| ProcessInput {
+                pid,
+                command: process.command.clone(),
+                exited: process.exited,
+            })
+            .collect();
+        Ok(report::build(
+            ReportInput {
+                processes,
+                all_processes: matches!(self.targets, Targets::All(_)),
+                exited_processes: self.exited_processes,
+                command: match &self.targets {
+                    Targets::Command(words) => Some(words.clone()),
+                    _ => None,
+                },
+                allocator_objects,
+                elapsed: self.started.elapsed(),
+                is_final,
+                min_age,
+                sample_bytes: u64::from(self.options.sample_mean()),
+                stats: pipeline.table.stats,
+                events: pipeline.events,
+                execs: pipeline.execs,
+                losses,
+                totals: &totals,
+                sites: &pipeline.sites,
+                growth: &self.growth,
+            },
+            &|pid| maps.get(&pid).map(|m| &**m),
+            &mut self.symbolizer,
+        ))
+    }
+
+    /// Writes a report where the options say.
+    pub fn emit(&mut self, is_final: bool) -> Result<()> {
+        let report = self.report(is_final)?;
+        let options = &self.options;
+        let rendered = report::render_bytes(&report, options.format, options.top);
+        match &options.output {
+            Some(path) => write_atomically(path, &rendered)?,
+            None => {
+                let mut stdout = std::io::stdout().lock();
+                let separator = if options.format == Format::Text && !is_final {
+                    "\n"
+                } else {
+                    ""
+                };
+                stdout.write_all(&rendered)?;
+                stdout.write_all(separator.as_bytes())?;
+                stdout.flush()?;
+            }
+        }
+        if is_final && let Some(path) = &options.folded {
+            write_atomically(path, report::render(&report, Format::Folded, 0))?;
+        }
+        if is_final && !options.quiet {
+            eprintln!(
+                "leaktrace: {} bytes outstanding in {} allocations at {} call sites; {}",
+                report.totals.outstanding_bytes,
+                report.totals.outstanding_allocations,
+                report.totals.call_sites,
+                report.losses.summary()
+            );
+            let usage = own_usage();
+            eprintln!(
+                "leaktrace: the daemon used {} ms of CPU and {} MiB of memory at most",
+                usage.cpu_ms, usage.max_rss_mib
+            );
+        }
+        Ok(())
+    }
+
+    /// Samples every site's outstanding bytes for the growth ranking.
+    pub fn record_growth(&mut self) {
+        let totals = aggregate::outstanding_by_site(
+            &self.pipeline.table,
+            monotonic_ns(),
+            0,
+            u64::from(self.options.sample_mean()),
+        );
+        self.growth
+            .record(self.started.elapsed().as_secs_f64(), &totals);
+    }
+
+    /// Answers one HTTP request with the current report (serve).
+    pub async fn answer(&mut self, mut stream: TcpStream) -> Result<()> {
+        let request = serve::read_request_line(&mut stream).await?;
+        let page = serve::route(&request);
+        let (status, content_type, body) = match page {
+            Page::NotFound => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
+            Page::BadMethod => (
+                "405 Method Not Allowed",
+                "text/plain",
+                b"GET only\n".to_vec(),
+            ),
+            Page::Index | Page::Heap | Page::Metrics => {
+                let report = self.report(false)?;
+                match page {
+                    Page::Index => (
+                        "200 OK",
+                        "text/html; charset=utf-8",
+                        report::html::render(&report, self.options.top).into_bytes(),
+                    ),
+                    Page::Heap => (
+                        "200 OK",
+                        "application/octet-stream",
+                        report::pprof::render(&report),
+                    ),
+                    _ => (
+                        "200 OK",
+                        "text/plain; version=0.0.4",
+                        report::metrics::render(&report, report::metrics::own_rss_bytes())
+                            .into_bytes(),
+                    ),
+                }
+            }
+        };
+        serve::respond(&mut stream, status, content_type, &body).await
+    }
+
+    pub fn progress(&self, message: &str) {
+        if !self.options.quiet {
+            eprintln!("leaktrace: {message}");
+        }
+    }
+}
+
+/// A process's command line, words joined by spaces ("" when unreadable).
+fn command_line(pid: u32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|bytes| {
+            bytes
+                .split(|&b| b == 0)
+                .filter(|word| !word.is_empty())
+                .map(String::from_utf8_lossy)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What leaktrace itself cost: CPU time and peak resident memory.
+struct OwnUsage {
+    cpu_ms: u64,
+    max_rss_mib: u64,
+}
+
+fn own_usage() -> OwnUsage {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+    OwnUsage {
+        cpu_ms: ms(usage.ru_utime) + ms(usage.ru_stime),
+        max_rss_mib: usage.ru_maxrss as u64 / 1024,
+    }
+}
