@@ -1,0 +1,358 @@
+//! Several processes at once: `serve --pid A --pid B` and `trace --all`.
+//!
+//! Both use the `leaky` fixture, whose leaks are known exactly (table in
+//! tests/common/table.rs), in `hold` mode: it leaks on a first line on
+//! stdin, says "done", and keeps its leaks until a second line. Every
+//! process's sites must carry exactly the table's bytes and counts, and
+//! each site must be attributed to the right pid.
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::Path,
+    process::{ChildStdin, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{
+    EXPECTED_LEAKS, Guarded, Lines, TempDir, build_leaky, bytes_by_fixture_function,
+    describe_sites, frame_functions, leaktrace_bin, read_json, require_root, serial, sites,
+};
+use serde_json::Value;
+
+/// The table as (function -> (bytes, count)).
+fn expected() -> BTreeMap<String, (u64, u64)> {
+    EXPECTED_LEAKS
+        .iter()
+        .map(|row| (row.function.to_string(), (row.bytes, row.count)))
+        .collect()
+}
+
+/// A `leaky hold` process, its stdin and its stdout lines.
+struct Holder {
+    process: Guarded,
+    stdin: Option<ChildStdin>,
+    stdout: Lines,
+}
+
+impl Holder {
+    /// Starts it and waits until it is ready for the first line.
+    fn start(leaky: &Path) -> Holder {
+        let mut process = Guarded::spawn(
+            "leaky hold",
+            Command::new(leaky)
+                .arg("hold")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        );
+        let stdin = Some(process.take_stdin());
+        let stdout = process.stdout_lines();
+        stdout
+            .wait_for(Duration::from_secs(10), |l| l == "ready")
+            .unwrap_or_else(|e| panic!("leaky hold never said ready: {e}"));
+        Holder {
+            process,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Leaks the table's blocks and waits until it says done.
+    fn leak(&mut self) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+        self.stdout
+            .wait_for(Duration::from_secs(30), |l| l == "done")
+            .unwrap_or_else(|e| panic!("leaky hold never said done: {e}"));
+    }
+
+    /// Lets it exit (its leaks with it) and waits for that.
+    fn finish(&mut self) {
+        drop(self.stdin.take());
+        let status = self
+            .process
+            .wait_timeout(Duration::from_secs(30))
+            .expect("leaky hold exits once its stdin closes");
+        assert!(status.success(), "leaky hold: {status:?}");
+    }
+}
+
+/// Checks that `pid`'s sites in `report` are exactly the table, each with a
+/// stack through main (or thread_main for the thread site).
+fn assert_exact_leaks_of(report: &Value, pid: u32) {
+    assert_eq!(
+        bytes_by_fixture_function(report, Some(pid)),
+        expected(),
+        "pid {pid}: sites differ from the table\nsites:\n{}",
+        describe_sites(report)
+    );
+    for site in sites(report)
+        .iter()
+        .filter(|s| s["pid"].as_u64() == Some(u64::from(pid)))
+    {
+        let functions = frame_functions(site);
+        if let Some(row) = EXPECTED_LEAKS.iter().find(|r| r.function == functions[0]) {
+            assert!(
+                functions.contains(&row.caller),
+                "pid {pid}: {} has no {} in its stack {functions:?}",
+                row.function,
+                row.caller
+            );
+        }
+    }
+}
+
+/// The report in `path` once `ready` holds for it (rewritten at every
+/// interval), or a panic with the last one after `timeout`.
+fn wait_for_report(path: &Path, timeout: Duration, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let report = std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+        match report {
+            Some(report) if ready(&report) => return report,
+            Some(report) if Instant::now() > deadline => panic!(
+                "no report as expected within {timeout:?}; the last one:\nprocesses {}\ntotals {}\nsites:\n{}",
+                report["processes"],
+                report["totals"],
+                describe_sites(&report)
+            ),
+            None if Instant::now() > deadline => panic!("no report at {}", path.display()),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn has_sites_of(report: &Value, pid: u32) -> bool {
+    sites(report)
+        .iter()
+        .any(|s| s["pid"].as_u64() == Some(u64::from(pid)))
+}
+
+fn signal(pid: u32, signal: i32) {
+    // SAFETY: signalling our own child.
+    unsafe { libc_kill(pid as i32, signal) };
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+/// GET `path` from `address`: the body, after checking for a 200.
+fn get(address: &str, path: &str) -> Vec<u8> {
+    let mut stream = TcpStream::connect(address).expect("connecting to leaktrace serve");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    assert!(response.starts_with(b"HTTP/1.1 200"), "GET {path}");
+    response[split + 4..].to_vec()
+}
+
+/// `serve --pid A --pid B`: /metrics has a series per process with its
+/// exact outstanding bytes, the pprof profile labels samples of both pids,
+/// serve keeps going when A exits and stops with a final report (both
+/// processes' exact tables, A marked exited) when B exits too.
+#[test]
+fn serve_traces_several_pids_and_stops_when_all_exited() {
+    if !require_root("serve_traces_several_pids_and_stops_when_all_exited") {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("serve-pids");
+    let leaky = build_leaky(&dir);
+    let mut first = Holder::start(&leaky);
+    let mut second = Holder::start(&leaky);
+    let (a, b) = (first.pid(), second.pid());
+    let mut server = Guarded::spawn(
+        "leaktrace serve",
+        Command::new(leaktrace_bin())
+            .args([
+                "serve",
+                "--pid",
+                &format!("{a},{b}"),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--sample-bytes", "0", "--format", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let stdout = server.stdout_lines();
+    let stderr = server.stderr_lines();
+    let serving = stderr
+        .wait_for(Duration::from_secs(60), |l| {
+            l.contains("serving on http://")
+        })
+        .unwrap_or_else(|e| panic!("no 'serving on' line: {e}"));
+    let address = serving
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('/');
+    let address = address.split('/').next().unwrap().to_string();
+    stderr
+        .wait_for(Duration::from_secs(60), |l| {
+            l.starts_with(&format!("leaktrace: tracing pid {a} ("))
+                && l.contains(&format!(", {b} ("))
+        })
+        .unwrap_or_else(|e| panic!("never said it traces both pids: {e}"));
+    first.leak();
+    second.leak();
+    // The records reach the daemon within its 20 ms drain period.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let metrics = String::from_utf8(get(&address, "/metrics")).unwrap();
+    let table_bytes: u64 = EXPECTED_LEAKS.iter().map(|r| r.bytes).sum();
+    for pid in [a, b] {
+        let bytes: u64 = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "leaktrace_outstanding_bytes{{pid=\"{pid}\",comm=\"leaky\"}} "
+                ))
+            })
+            .unwrap_or_else(|| panic!("no series for pid {pid}:\n{metrics}"))
+            .parse()
+            .unwrap();
+        // leaky's own start-up blocks may come on top of the table.
+        assert!(bytes >= table_bytes, "pid {pid}: {bytes}\n{metrics}");
+    }
+    let profile = leaktrace::report::pprof::decode(&get(&address, "/debug/pprof/heap"))
+        .expect("a pprof profile");
+    let pid_key = profile
+        .string_table
+        .iter()
+        .position(|s| s == "pid")
+        .expect("a pid label") as i64;
+    let mut labelled: Vec<i64> = profile
+        .sample
+        .iter()
+        .flat_map(|s| s.label.iter())
+        .filter(|l| l.key == pid_key)
+        .map(|l| l.num)
+        .collect();
+    labelled.sort();
+    labelled.dedup();
+    assert_eq!(labelled, [i64::from(a.min(b)), i64::from(a.max(b))]);
+
+    first.finish();
+    stderr
+        .wait_for(Duration::from_secs(10), |l| {
+            l == format!("leaktrace: pid {a} exited; still tracing the others")
+        })
+        .unwrap_or_else(|e| panic!("serve did not notice pid {a} exit: {e}"));
+    assert!(String::from_utf8(get(&address, "/metrics")).is_ok());
+    second.finish();
+    let status = server
+        .wait_timeout(Duration::from_secs(30))
+        .expect("serve stops once every pid has exited");
+    assert!(status.success(), "{status:?}\n{}", stderr.text());
+    let report: Value = serde_json::from_str(&stdout.text()).expect("a final JSON report");
+    assert_eq!(report["final"], true);
+    for pid in [a, b] {
+        assert_exact_leaks_of(&report, pid);
+        let process = report["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+            .unwrap_or_else(|| panic!("pid {pid} not in {}", report["processes"]));
+        assert_eq!(process["exited"], true, "{process}");
+        assert!(process["command"].as_str().unwrap().ends_with("leaky hold"));
+    }
+}
+
+/// `trace --all`, started before the fixtures: both are traced from their
+/// first call although they did not exist at attach; each has exactly the
+/// table's leaks; a process that exits is dropped (its sites leave the
+/// report, `exited_processes` counts it) while the other stays.
+#[test]
+fn trace_all_follows_processes_started_later_and_drops_them_at_exit() {
+    if !require_root("trace_all_follows_processes_started_later_and_drops_them_at_exit") {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("trace-all");
+    let leaky = build_leaky(&dir);
+    let report_path = dir.join("report.json");
+    let mut tracer = Guarded::spawn(
+        "leaktrace trace --all",
+        Command::new(leaktrace_bin())
+            .args([
+                "trace",
+                "--all",
+                "--sample-bytes",
+                "0",
+                "--interval",
+                "500ms",
+            ])
+            .args(["--format", "json", "--output"])
+            .arg(&report_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let stderr = tracer.stderr_lines();
+    stderr
+        .wait_for(Duration::from_secs(120), |l| {
+            l.starts_with("leaktrace: tracing all processes")
+        })
+        .unwrap_or_else(|e| panic!("leaktrace --all never started tracing: {e}"));
+
+    let mut staying = Holder::start(&leaky);
+    let mut leaving = Holder::start(&leaky);
+    let (stays, leaves) = (staying.pid(), leaving.pid());
+    staying.leak();
+    leaving.leak();
+    let both = wait_for_report(&report_path, Duration::from_secs(20), |r| {
+        bytes_by_fixture_function(r, Some(stays)) == expected()
+            && bytes_by_fixture_function(r, Some(leaves)) == expected()
+    });
+    assert_eq!(both["all_processes"], true);
+    assert_exact_leaks_of(&both, stays);
+    assert_exact_leaks_of(&both, leaves);
+    let exited_before = both["totals"]["exited_processes"].as_u64().unwrap();
+
+    leaving.finish();
+    let after = wait_for_report(&report_path, Duration::from_secs(20), |r| {
+        !has_sites_of(r, leaves)
+    });
+    assert_exact_leaks_of(&after, stays);
+    assert!(
+        !after["pids"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(leaves)),
+        "pid {leaves} exited but is still listed: {}",
+        after["pids"]
+    );
+    assert!(after["totals"]["exited_processes"].as_u64().unwrap() > exited_before);
+
+    signal(tracer.pid(), 2); // SIGINT
+    let status = tracer
+        .wait_timeout(Duration::from_secs(30))
+        .expect("trace --all stops on SIGINT");
+    assert!(status.success(), "{status:?}\n{}", stderr.text());
+    let last = read_json(&report_path);
+    assert_eq!(last["final"], true);
+    assert_exact_leaks_of(&last, stays);
+    staying.finish();
+}
