@@ -10,6 +10,7 @@
 //! - `bench`: the malloc+free loop untraced and traced, and the daemon's
 //!   drain rate.
 mod bench;
+mod churn;
 mod redis;
 mod setup;
 
@@ -49,6 +50,17 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// `trace --all` while rounds of short-lived processes come and go:
+    /// their cost untraced and traced, and the daemon's memory, dropped
+    /// processes and call sites after each round.
+    BenchAll {
+        /// Rounds of processes.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Processes per round.
+        #[arg(long, default_value_t = 200)]
+        processes: usize,
+    },
     /// Measure the cost per malloc+free pair untraced and traced, and the
     /// daemon's drain rate.
     Bench {
@@ -70,6 +82,11 @@ fn main() -> Result<()> {
         }
         Task::Demo => demo(),
         Task::Test { args } => test(&args),
+        Task::BenchAll { rounds, processes } => {
+            setup::all()?;
+            build_release()?;
+            churn::run(rounds, processes)
+        }
         Task::BenchRedis { rounds } => {
             setup::all()?;
             build_release()?;

@@ -29,7 +29,7 @@ fn ensure_redis() -> Result<()> {
 }
 
 /// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
+pub fn cpu_ticks(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
@@ -39,7 +39,7 @@ fn cpu_ticks(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn rss_mib(pid: u32) -> f64 {
+pub fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -123,7 +123,7 @@ impl Traced {
 }
 
 unsafe extern "C" {
-    fn kill(pid: i32, signal: i32) -> i32;
+    pub fn kill(pid: i32, signal: i32) -> i32;
 }
 
 /// One mode's measurements over the rounds.
