@@ -431,7 +431,8 @@ impl Engine {
     }
 }
 
-/// A process's command line, words joined by spaces ("" when unreadable).
+/// A process's command line, words joined by spaces ("" when unreadable),
+/// on one line (`python3 -c` scripts carry newlines).
 fn command_line(pid: u32) -> String {
     fs::read(format!("/proc/{pid}/cmdline"))
         .map(|bytes| {
@@ -441,6 +442,7 @@ fn command_line(pid: u32) -> String {
                 .map(String::from_utf8_lossy)
                 .collect::<Vec<_>>()
                 .join(" ")
+                .replace(char::is_control, " ")
         })
         .unwrap_or_default()
 }

@@ -238,7 +238,11 @@ async fn trace_targets(
         ));
         ((engine, ring), ExitWatch::Never)
     } else {
-        let pids = targets.pid;
+        // A pid named twice would get its probes twice, and every call
+        // counted twice.
+        let mut pids = targets.pid;
+        let mut seen = std::collections::HashSet::new();
+        pids.retain(|pid| seen.insert(*pid));
         let several = pids.len() > 1;
         let mut pidfds = Vec::new();
         for &pid in &pids {

@@ -106,12 +106,20 @@ pub fn render(report: &Report, top: usize) -> String {
     }
     if report.spans_processes() {
         let holding: Vec<_> = report.processes.iter().filter(|p| p.count > 0).collect();
-        let _ = writeln!(
-            out,
-            "\nby process ({} of {} hold outstanding memory), most first:",
-            holding.len(),
-            report.processes.len()
-        );
+        if holding.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nby process: none of the {} holds outstanding memory",
+                report.processes.len()
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "\nby process ({} of {} hold outstanding memory), most first:",
+                holding.len(),
+                report.processes.len()
+            );
+        }
         for process in holding.iter().take(top) {
             let _ = writeln!(
                 out,
