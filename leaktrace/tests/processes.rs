@@ -9,16 +9,16 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::TcpStream,
+    io::Write as _,
     path::Path,
     process::{ChildStdin, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use common::{
-    EXPECTED_LEAKS, Guarded, Lines, TempDir, build_leaky, bytes_by_fixture_function,
-    describe_sites, frame_functions, leaktrace_bin, read_json, require_root, serial, sites,
+    EXPECTED_LEAKS, Guarded, Lines, Server, TempDir, build_leaky, bytes_by_fixture_function,
+    describe_sites, frame_functions, get, leaktrace_bin, read_json, require_root, serial, sites,
+    start_serve,
 };
 use serde_json::Value;
 
@@ -149,20 +149,10 @@ unsafe extern "C" {
 }
 
 /// GET `path` from `address`: the body, after checking for a 200.
-fn get(address: &str, path: &str) -> Vec<u8> {
-    let mut stream = TcpStream::connect(address).expect("connecting to leaktrace serve");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
-    assert!(response.starts_with(b"HTTP/1.1 200"), "GET {path}");
-    response[split + 4..].to_vec()
+fn get_ok(address: &str, path: &str) -> Vec<u8> {
+    let (status, body) = get(address, path);
+    assert_eq!(status, 200, "GET {path}");
+    body
 }
 
 /// `serve --pid A --pid B`: /metrics has a series per process with its
@@ -180,34 +170,13 @@ fn serve_traces_several_pids_and_stops_when_all_exited() {
     let mut first = Holder::start(&leaky);
     let mut second = Holder::start(&leaky);
     let (a, b) = (first.pid(), second.pid());
-    let mut server = Guarded::spawn(
-        "leaktrace serve",
-        Command::new(leaktrace_bin())
-            .args([
-                "serve",
-                "--pid",
-                &format!("{a},{b}"),
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--sample-bytes", "0", "--format", "json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
-    let stdout = server.stdout_lines();
-    let stderr = server.stderr_lines();
-    let serving = stderr
-        .wait_for(Duration::from_secs(60), |l| {
-            l.contains("serving on http://")
-        })
-        .unwrap_or_else(|e| panic!("no 'serving on' line: {e}"));
-    let address = serving
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .trim_end_matches('/');
-    let address = address.split('/').next().unwrap().to_string();
+    let pids = format!("{a},{b}");
+    let Server {
+        process: mut server,
+        stdout,
+        stderr,
+        address,
+    } = start_serve(&["--pid", &pids, "--sample-bytes", "0", "--format", "json"]);
     stderr
         .wait_for(Duration::from_secs(60), |l| {
             l.starts_with(&format!("leaktrace: tracing pid {a} ("))
@@ -219,7 +188,7 @@ fn serve_traces_several_pids_and_stops_when_all_exited() {
     // The records reach the daemon within its 20 ms drain period.
     std::thread::sleep(Duration::from_millis(500));
 
-    let metrics = String::from_utf8(get(&address, "/metrics")).unwrap();
+    let metrics = String::from_utf8(get_ok(&address, "/metrics")).unwrap();
     let table_bytes: u64 = EXPECTED_LEAKS.iter().map(|r| r.bytes).sum();
     for pid in [a, b] {
         let bytes: u64 = metrics
@@ -235,7 +204,7 @@ fn serve_traces_several_pids_and_stops_when_all_exited() {
         // leaky's own start-up blocks may come on top of the table.
         assert!(bytes >= table_bytes, "pid {pid}: {bytes}\n{metrics}");
     }
-    let profile = leaktrace::report::pprof::decode(&get(&address, "/debug/pprof/heap"))
+    let profile = leaktrace::report::pprof::decode(&get_ok(&address, "/debug/pprof/heap"))
         .expect("a pprof profile");
     let pid_key = profile
         .string_table
@@ -259,7 +228,7 @@ fn serve_traces_several_pids_and_stops_when_all_exited() {
             l == format!("leaktrace: pid {a} exited; still tracing the others")
         })
         .unwrap_or_else(|e| panic!("serve did not notice pid {a} exit: {e}"));
-    assert!(String::from_utf8(get(&address, "/metrics")).is_ok());
+    assert!(String::from_utf8(get_ok(&address, "/metrics")).is_ok());
     second.finish();
     let status = server
         .wait_timeout(Duration::from_secs(30))

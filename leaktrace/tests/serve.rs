@@ -8,37 +8,15 @@
 mod common;
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use common::{
-    Guarded, TempDir, assert_one_error_line, compile, leaktrace, leaktrace_bin, require_root,
-    serial,
+    Guarded, Server, TempDir, assert_one_error_line, compile, get, leaktrace, require_root, serial,
+    start_serve,
 };
 use leaktrace::report::pprof;
-
-/// GET `path` from `address`: (status code, body).
-fn get(address: &str, path: &str) -> (u16, Vec<u8>) {
-    let mut stream = TcpStream::connect(address).expect("connecting to leaktrace serve");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .expect("reading the response");
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
-    let head = String::from_utf8_lossy(&response[..split]).to_string();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, response[split + 4..].to_vec())
-}
 
 /// Builds and starts the slow-leak fixture (killed when dropped).
 fn start_slow_leak(dir: &TempDir) -> Guarded {
@@ -60,35 +38,12 @@ fn serve_exposes_metrics_pprof_and_a_page() {
     let dir = TempDir::new("serve");
     let fixture = start_slow_leak(&dir);
     let pid = fixture.pid().to_string();
-    let mut server = Guarded::spawn(
-        "leaktrace serve",
-        Command::new(leaktrace_bin())
-            .args([
-                "serve",
-                "--pid",
-                &pid,
-                "--listen",
-                "127.0.0.1:0",
-                "--sample-bytes",
-                "0",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
-    let stdout = server.stdout_lines();
-    let stderr = server.stderr_lines();
-    let serving = stderr
-        .wait_for(Duration::from_secs(60), |l| {
-            l.contains("serving on http://")
-        })
-        .unwrap_or_else(|e| panic!("no 'serving on' line: {e}"));
-    let address = serving
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap()
-        .to_string();
+    let Server {
+        process: mut server,
+        stdout,
+        stderr,
+        address,
+    } = start_serve(&["--pid", &pid, "--sample-bytes", "0"]);
     stderr
         .wait_for(Duration::from_secs(60), |l| {
             l.starts_with("leaktrace: tracing pid ")

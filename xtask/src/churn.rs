@@ -6,7 +6,6 @@
 //! processes it dropped at exit and the call sites its report holds: with
 //! every exited process let go, they stay flat however many processes ran.
 use std::{
-    io::{BufRead as _, BufReader},
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -67,15 +66,7 @@ pub fn run(rounds: usize, processes: usize) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .context("starting leaktrace trace --all")?;
-    let mut lines = BufReader::new(tracer.stderr.take().expect("piped")).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(line)) if line.starts_with("leaktrace: tracing all processes") => break,
-            Some(Ok(_)) => {}
-            _ => bail!("leaktrace --all did not start"),
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    crate::wait_for_stderr(&mut tracer, "leaktrace: tracing all processes")?;
     let pid = tracer.id();
     println!(
         "{processes} leaky processes per round, one after the other: {:.2} ms each untraced",

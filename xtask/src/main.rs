@@ -136,6 +136,27 @@ pub fn leaktrace_binary() -> PathBuf {
     workspace_root().join("target/release/leaktrace")
 }
 
+/// Waits until leaktrace (`child`, its stderr piped) writes a line starting
+/// with `prefix`, then keeps draining its stderr so it never blocks on a
+/// full pipe.
+pub fn wait_for_stderr(child: &mut std::process::Child, prefix: &str) -> Result<()> {
+    use std::io::BufRead as _;
+    let stderr = child
+        .stderr
+        .take()
+        .context("leaktrace's stderr is not piped")?;
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with(prefix) => break,
+            Some(Ok(_)) => {}
+            _ => anyhow::bail!("leaktrace ended before saying {prefix:?}"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Ok(())
+}
+
 /// Compiles a C program with frame pointers (stacks are frame-pointer
 /// unwound for now) and debug info (for file:line).
 pub fn compile_c(source: &std::path::Path, output: &std::path::Path) -> Result<()> {

@@ -4,7 +4,6 @@
 //! leaktrace daemon's CPU (share of one core while the benchmark ran) and
 //! resident memory.
 use std::{
-    io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -99,17 +98,7 @@ fn attach(redis: u32, sample: &str, report: &std::path::Path) -> Result<Traced> 
         .stderr(Stdio::piped())
         .spawn()
         .context("starting leaktrace")?;
-    let stderr = child.stderr.take().expect("piped");
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(line)) if line.starts_with("leaktrace: tracing pid") => break,
-            Some(Ok(_)) => {}
-            _ => bail!("leaktrace did not attach"),
-        }
-    }
-    // Keep draining its stderr so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    crate::wait_for_stderr(&mut child, "leaktrace: tracing pid")?;
     Ok(Traced { child })
 }
 

@@ -4,6 +4,7 @@
 //! - [`environment`]: the binary under test, root checks, tools, serialization;
 //! - [`fixtures`]: temporary directories, building fixtures with gcc into
 //!   them, the site markers of a fixture source;
+//! - [`http`]: starting `leaktrace serve` and GETs against it;
 //! - [`process`]: child processes that are killed even when a test fails,
 //!   line readers with timeouts, running leaktrace;
 //! - [`report`]: reading a JSON report and checking it against the table;
@@ -15,6 +16,7 @@
 
 pub mod environment;
 pub mod fixtures;
+pub mod http;
 pub mod process;
 pub mod report;
 pub mod table;
@@ -27,6 +29,8 @@ pub use environment::{effective_uid, have_tool, is_root, leaktrace_bin, require_
 pub use fixtures::{
     TempDir, build_leaky, build_nomalloc, build_spin, compile, fixture_source, site_lines,
 };
+#[allow(unused_imports)]
+pub use http::{Server, get, start_serve};
 #[allow(unused_imports)]
 pub use process::{
     Finished, Guarded, Lines, assert_one_error_line, leaktrace, output_text, run_json,

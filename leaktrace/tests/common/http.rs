@@ -1,0 +1,73 @@
+//! `leaktrace serve` from the outside: starting it on a free port, and
+//! plain HTTP GETs against it.
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use super::{Guarded, Lines, leaktrace_bin};
+
+/// A running `leaktrace serve`, killed when dropped.
+pub struct Server {
+    pub process: Guarded,
+    pub stdout: Lines,
+    pub stderr: Lines,
+    /// host:port it serves on.
+    pub address: String,
+}
+
+/// Starts `leaktrace serve ARGS --listen 127.0.0.1:0` and waits until it
+/// says where it serves.
+pub fn start_serve(args: &[&str]) -> Server {
+    let mut process = Guarded::spawn(
+        "leaktrace serve",
+        Command::new(leaktrace_bin())
+            .arg("serve")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let stdout = process.stdout_lines();
+    let stderr = process.stderr_lines();
+    let serving = stderr
+        .wait_for(Duration::from_secs(60), |l| {
+            l.contains("serving on http://")
+        })
+        .unwrap_or_else(|e| panic!("no 'serving on' line: {e}"));
+    let address = serving
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_string();
+    Server {
+        process,
+        stdout,
+        stderr,
+        address,
+    }
+}
+
+/// GET `path` from `address`: (status code, body).
+pub fn get(address: &str, path: &str) -> (u16, Vec<u8>) {
+    let mut stream = TcpStream::connect(address).expect("connecting to leaktrace serve");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .expect("reading the response");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, response[split + 4..].to_vec())
+}
