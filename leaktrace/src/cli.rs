@@ -29,7 +29,7 @@ pub enum Command {
     /// Attach to running processes (all their threads) and report what
     /// they allocated since attach and have not freed: the processes named
     /// by --pid, or with --all every process on the host, including those
-    /// started later (sampled every 512 KiB by default).
+    /// started later (--all samples every 512 KiB by default).
     #[command(
         after_help = "Examples:\n  sudo leaktrace trace --pid 1234 --duration 5m --interval 30s --min-age 10s --top 5\n  sudo leaktrace trace --pid 1234,5678 --format json --output leaks.json\n  sudo leaktrace trace --all --duration 10m --top 20"
     )]
@@ -128,8 +128,8 @@ pub const SERVE_SAMPLE_BYTES: u32 = 512 * 1024;
 /// Options shared by `trace` and `run`.
 #[derive(Debug, Args, Clone)]
 pub struct ReportOptions {
-    /// Stop after this long (e.g. 30s, 5m, 1h); default: until the process
-    /// exits or leaktrace is interrupted (Ctrl-C, SIGTERM).
+    /// Stop after this long (e.g. 30s, 5m, 1h); default: until the traced
+    /// processes exit or leaktrace is interrupted (Ctrl-C, SIGTERM).
     #[arg(long, short, value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// Also report every INTERVAL while tracing (e.g. 5s).
