@@ -28,6 +28,24 @@ fn trace_of_missing_pid_is_refused() {
     assert_one_error_line("trace --pid 999999999", &finished);
 }
 
+/// Of several pids, one missing is refused, named, before anything is
+/// attached; `--all` with `--pid`, or neither, is a usage error.
+#[test]
+fn a_missing_pid_among_several_and_conflicting_targets_are_refused() {
+    if !require_root("a_missing_pid_among_several_and_conflicting_targets_are_refused") {
+        return;
+    }
+    let _serial = serial();
+    let own = std::process::id().to_string();
+    let finished = leaktrace(&["trace", "--pid", &format!("{own},999999999")], TIMEOUT);
+    let line = assert_one_error_line("trace --pid OWN,999999999", &finished);
+    assert!(line.contains("no such process: 999999999"), "{line}");
+    for args in [&["serve", "--all", "--pid", "1"][..], &["trace"][..]] {
+        let finished = leaktrace(args, TIMEOUT);
+        assert_one_error_line(&args.join(" "), &finished);
+    }
+}
+
 /// Whether every directory above `path` is searchable and `path` itself
 /// executable by anyone.
 fn world_executable(path: &Path) -> bool {
