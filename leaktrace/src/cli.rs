@@ -103,9 +103,10 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 #[group(required = true, multiple = false)]
 pub struct Targets {
-    /// A process to trace; several are given as --pid 12 --pid 34 or
-    /// --pid 12,34. Stops when all of them have exited.
-    #[arg(long, short, value_delimiter = ',', value_name = "PID")]
+    /// The processes to trace: --pid 12, or several as --pid 12 34,
+    /// --pid 12,34 or --pid 12 --pid 34. Stops when all of them have
+    /// exited.
+    #[arg(long, short, num_args = 1.., value_delimiter = ',', value_name = "PID")]
     pub pid: Vec<u32>,
     /// Trace every process on the host whose allocator can be found,
     /// including processes started later. Each process has its own table,
@@ -324,6 +325,10 @@ mod tests {
         assert_eq!(
             pids(&["leaktrace", "serve", "--pid", "3,4"]),
             Ok((vec![3, 4], false))
+        );
+        assert_eq!(
+            pids(&["leaktrace", "serve", "--pid", "5", "6", "--top", "3"]),
+            Ok((vec![5, 6], false))
         );
         assert_eq!(pids(&["leaktrace", "trace", "--all"]), Ok((vec![], true)));
         assert!(pids(&["leaktrace", "trace", "--all", "--pid", "1"]).is_err());
