@@ -7,46 +7,19 @@
 use std::time::Instant;
 
 use leaktrace::{
-    ingest::{as_bytes, encode_alloc, encode_release},
+    ingest::{as_bytes, free_record, malloc_record},
     pipeline::Pipeline,
 };
-use leaktrace_common::{AllocEvent, AllocFn, EventHeader, ReleaseEvent};
 
 /// Stacks per synthetic process: real services have hundreds of sites.
 const SITES: u64 = 512;
 
+/// A malloc(64) at `addr` from one of `SITES` stacks of `depth` frames.
 fn alloc(addr: u64, site: u64, depth: usize) -> Vec<u64> {
     let stack: Vec<u64> = (0..depth as u64)
         .map(|i| 0x40_0000 + site * 0x100 + i * 0x10)
         .collect();
-    let event = AllocEvent {
-        header: EventHeader {
-            func: AllocFn::Malloc as u32,
-            pid: 1,
-            tid: 1,
-            stack_len: 0,
-            timestamp_ns: addr,
-        },
-        args: [64, 0, 0, 0],
-        ret: addr,
-        out: 0,
-        fp_frames: 0,
-        flags: leaktrace_common::FLAG_SAMPLED,
-    };
-    encode_alloc(&event, &stack)
-}
-
-fn free(addr: u64) -> Vec<u64> {
-    encode_release(&ReleaseEvent {
-        header: EventHeader {
-            func: AllocFn::Free as u32,
-            pid: 1,
-            tid: 1,
-            stack_len: 0,
-            timestamp_ns: 0,
-        },
-        args: [addr, 0],
-    })
+    malloc_record(1, addr, 64, &stack, addr)
 }
 
 /// Resident set size of this process in bytes.
@@ -69,7 +42,7 @@ fn main() {
         .flat_map(|i| {
             [
                 alloc(0x1000_0000 + i * 64, i % SITES, depth),
-                free(0x1000_0000 + i * 64),
+                free_record(1, 0x1000_0000 + i * 64),
             ]
         })
         .collect();

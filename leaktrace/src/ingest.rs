@@ -113,6 +113,40 @@ pub fn encode_release(event: &ReleaseEvent) -> Vec<u64> {
 }
 
 /// Views encoded words as the bytes the ring buffer hands over.
+/// A sampled `malloc(size)` by `pid` that returned `addr` at
+/// `timestamp_ns`, with `stack`, as the kernel sends it (tests, benchmarks).
+pub fn malloc_record(pid: u32, addr: u64, size: u64, stack: &[u64], timestamp_ns: u64) -> Vec<u64> {
+    let event = AllocEvent {
+        header: EventHeader {
+            func: AllocFn::Malloc as u32,
+            pid,
+            tid: pid,
+            stack_len: 0,
+            timestamp_ns,
+        },
+        args: [size, 0, 0, 0],
+        ret: addr,
+        out: 0,
+        fp_frames: 0,
+        flags: leaktrace_common::FLAG_SAMPLED,
+    };
+    encode_alloc(&event, stack)
+}
+
+/// A `free(addr)` by `pid`, as the kernel sends it (tests, benchmarks).
+pub fn free_record(pid: u32, addr: u64) -> Vec<u64> {
+    encode_release(&ReleaseEvent {
+        header: EventHeader {
+            func: AllocFn::Free as u32,
+            pid,
+            tid: pid,
+            stack_len: 0,
+            timestamp_ns: 0,
+        },
+        args: [addr, 0],
+    })
+}
+
 pub fn as_bytes(words: &[u64]) -> &[u8] {
     // SAFETY: viewing initialised u64s as bytes.
     unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), words.len() * 8) }

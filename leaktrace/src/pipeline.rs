@@ -106,33 +106,13 @@ impl Pipeline {
 
 #[cfg(test)]
 mod tests {
-    use leaktrace_common::{AllocEvent, EventHeader, ReleaseEvent};
-
     use super::*;
-    use crate::ingest::{as_bytes, encode_alloc, encode_release};
-
-    fn malloc(addr: u64, size: u64, stack: &[u64]) -> Vec<u64> {
-        let event = AllocEvent {
-            header: EventHeader {
-                func: AllocFn::Malloc as u32,
-                pid: 7,
-                tid: 7,
-                stack_len: 0,
-                timestamp_ns: 1,
-            },
-            args: [size, 0, 0, 0],
-            ret: addr,
-            out: 0,
-            fp_frames: 0,
-            flags: FLAG_SAMPLED,
-        };
-        encode_alloc(&event, stack)
-    }
+    use crate::ingest::{as_bytes, free_record, malloc_record};
 
     #[test]
     fn records_flow_into_the_table_and_new_sites_are_announced() {
         let mut pipeline = Pipeline::default();
-        let first = malloc(0x1000, 10, &[0xa, 0xb]);
+        let first = malloc_record(7, 0x1000, 10, &[0xa, 0xb], 1);
         assert!(matches!(
             pipeline.ingest(as_bytes(&first)),
             Ingested::NewSite {
@@ -140,22 +120,12 @@ mod tests {
                 stack: &[0xa, 0xb]
             }
         ));
-        let again = malloc(0x2000, 10, &[0xa, 0xb]);
+        let again = malloc_record(7, 0x2000, 10, &[0xa, 0xb], 1);
         assert!(matches!(
             pipeline.ingest(as_bytes(&again)),
             Ingested::Applied
         ));
-        let free = ReleaseEvent {
-            header: EventHeader {
-                func: AllocFn::Free as u32,
-                pid: 7,
-                tid: 7,
-                stack_len: 0,
-                timestamp_ns: 0,
-            },
-            args: [0x1000, 0],
-        };
-        pipeline.ingest(as_bytes(&encode_release(&free)));
+        pipeline.ingest(as_bytes(&free_record(7, 0x1000)));
         assert_eq!(pipeline.table.len(), 1);
         assert_eq!(pipeline.events, 3);
         pipeline.ingest(&[1, 2, 3]);

@@ -54,6 +54,11 @@ pub struct ObjectSymbols {
 }
 
 impl ObjectSymbols {
+    /// The symbol found for `func` itself (aliases aside).
+    pub fn function(&self, func: AllocFn) -> Option<&FunctionSymbol> {
+        self.functions.iter().find(|f| f.func == func)
+    }
+
     fn defines(&self, func: AllocFn) -> bool {
         self.functions
             .iter()
@@ -524,22 +529,10 @@ mod tests {
         ] {
             assert!(symbols.defines(func), "{func:?}");
         }
-        let aligned = symbols
-            .functions
-            .iter()
-            .find(|f| f.func == AllocFn::AlignedAlloc)
-            .unwrap();
+        let aligned = symbols.function(AllocFn::AlignedAlloc).unwrap();
         assert_eq!(aligned.aliases, [AllocFn::Memalign]);
         // Debian 12's free starts with test %rdi,%rdi; je: probed on the je.
-        let offset_of = |func| {
-            symbols
-                .functions
-                .iter()
-                .find(|f| f.func == func)
-                .unwrap()
-                .placement
-                .offset
-        };
+        let offset_of = |func| symbols.function(func).unwrap().placement.offset;
         assert_eq!(offset_of(AllocFn::Free), 3);
         assert_eq!(offset_of(AllocFn::Malloc), 0);
         assert_eq!(offset_of(AllocFn::PosixMemalign), 7);
@@ -557,15 +550,7 @@ mod tests {
         };
         let symbols = object_symbols(&data).unwrap();
         assert!(!symbols.is_c_library);
-        let placement_of = |func| {
-            symbols
-                .functions
-                .iter()
-                .find(|f| f.func == func)
-                .unwrap()
-                .placement
-                .clone()
-        };
+        let placement_of = |func| symbols.function(func).unwrap().placement.clone();
         assert_eq!(
             placement_of(AllocFn::Malloc).offset,
             7,

@@ -32,44 +32,25 @@ fn run_ok(args: &[&str], command: &str) {
     let mut all = vec!["run", "--quiet"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--", command]);
-    let finished = leaktrace(&all, RUN_TIMEOUT);
-    assert!(
-        finished.status.success(),
-        "leaktrace {}: {:?}\nstderr:\n{}",
-        all.join(" "),
-        finished.status,
-        finished.stderr
-    );
+    leaktrace(&all, RUN_TIMEOUT).succeeded(&format!("leaktrace {}", all.join(" ")));
 }
 
 /// `leaktrace diff ARGS...`, asserted to succeed; its stdout.
 fn diff(args: &[&str]) -> String {
     let mut all = vec!["diff"];
     all.extend_from_slice(args);
-    let finished = leaktrace(&all, RUN_TIMEOUT);
-    assert!(
-        finished.status.success(),
-        "leaktrace {}: {:?}\nstderr:\n{}",
-        all.join(" "),
-        finished.status,
-        finished.stderr
-    );
-    finished.stdout
+    leaktrace(&all, RUN_TIMEOUT)
+        .succeeded(&format!("leaktrace {}", all.join(" ")))
+        .stdout
 }
 
 /// `go tool pprof ARGS... PROFILE`, asserted to succeed; its stdout.
 fn pprof(args: &[&str], profile: &Path) -> String {
     let mut command = Command::new("go");
     command.args(["tool", "pprof"]).args(args).arg(profile);
-    let finished = run_with_timeout("go tool pprof", &mut command, RUN_TIMEOUT);
-    assert!(
-        finished.status.success(),
-        "go tool pprof {args:?}: {:?}\nstdout:\n{}\nstderr:\n{}",
-        finished.status,
-        finished.stdout,
-        finished.stderr
-    );
-    finished.stdout
+    run_with_timeout("go tool pprof", &mut command, RUN_TIMEOUT)
+        .succeeded(&format!("go tool pprof {args:?}"))
+        .stdout
 }
 
 /// The first field (flat) of the `-top` row of `function`.

@@ -157,7 +157,7 @@ fn a_steady_leak_is_ranked_with_its_rate() {
         ],
         Duration::from_secs(60),
     );
-    assert!(finished.status.success(), "{}", finished.stderr);
+    finished.succeeded("leaktrace trace --interval 1s");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
     let site = report["sites"]

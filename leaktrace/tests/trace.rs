@@ -255,28 +255,12 @@ fn run_min_age_hides_young_allocations() {
     let _serial = serial();
     let dir = TempDir::new("minage");
     let leaky = build_leaky(&dir);
-    let report_path = dir.join("report.json");
-    let finished = leaktrace(
-        &[
-            "run",
-            "--min-age",
-            "1h",
-            "--format",
-            "json",
-            "--output",
-            report_path.to_str().unwrap(),
-            "--",
-            leaky.to_str().unwrap(),
-        ],
-        RUN_TIMEOUT,
+    let report = run_json(
+        &dir,
+        "report",
+        &["--min-age", "1h"],
+        &[leaky.to_str().unwrap()],
     );
-    assert!(
-        finished.status.success(),
-        "{:?}\nstderr:\n{}",
-        finished.status,
-        finished.stderr
-    );
-    let report = read_json(&report_path);
     assert_eq!(report["min_age_ms"], 3_600_000);
     assert_eq!(
         sites(&report).len(),

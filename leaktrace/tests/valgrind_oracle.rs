@@ -34,13 +34,7 @@ fn valgrind_leaks(dir: &TempDir) -> BTreeMap<String, (u64, u64)> {
         .arg(format!("--xml-file={}", xml_path.display()))
         .arg(&leaky)
         .env(SKIP_PVALLOC, "1");
-    let finished = run_with_timeout("valgrind leaky", &mut command, VALGRIND_TIMEOUT);
-    assert!(
-        finished.status.success(),
-        "valgrind leaky: {:?}\nstderr:\n{}",
-        finished.status,
-        finished.stderr
-    );
+    run_with_timeout("valgrind leaky", &mut command, VALGRIND_TIMEOUT).succeeded("valgrind leaky");
     let xml = std::fs::read_to_string(&xml_path).expect("reading valgrind's XML");
 
     let memory_errors: Vec<String> = errors(&xml)
@@ -147,17 +141,12 @@ fn leaktrace_agrees_with_valgrind() {
         .arg("--")
         .arg(&leaky)
         .env(SKIP_PVALLOC, "1");
-    let finished = run_with_timeout(
+    run_with_timeout(
         "leaktrace run -- leaky",
         &mut command,
         Duration::from_secs(120),
-    );
-    assert!(
-        finished.status.success(),
-        "{:?}\nstderr:\n{}",
-        finished.status,
-        finished.stderr
-    );
+    )
+    .succeeded("leaktrace run -- leaky");
     let report = read_json(&report_path);
 
     let heap_functions: Vec<&str> = EXPECTED_LEAKS

@@ -200,6 +200,19 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// Asserts that it exited 0 (showing its output when not), and passes
+    /// it on.
+    pub fn succeeded(self, what: &str) -> Finished {
+        assert!(
+            self.status.success(),
+            "{what}: {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
     /// The non-empty lines of stderr.
     pub fn stderr_lines(&self) -> Vec<&str> {
         self.stderr
@@ -257,14 +270,7 @@ pub fn run_json(dir: &TempDir, name: &str, extra: &[&str], command: &[&str]) -> 
         "--",
     ]);
     args.extend_from_slice(command);
-    let finished = leaktrace(&args, Duration::from_secs(120));
-    assert!(
-        finished.status.success(),
-        "leaktrace {}: {:?}\nstderr:\n{}",
-        args.join(" "),
-        finished.status,
-        finished.stderr
-    );
+    leaktrace(&args, Duration::from_secs(120)).succeeded(&format!("leaktrace {}", args.join(" ")));
     read_json(&report)
 }
 
