@@ -233,17 +233,23 @@ unsafe fn capture_stack(regs: *const pt_regs, stack: &mut [u64; MAX_STACK_DEPTH]
     depth as u32
 }
 
-/// The record's flags when sampling, or None when the call is not worth a
+/// The record's flags when sampling, and the block this call added to the
+/// set of sampled blocks (0: none); None when the call is not worth a
 /// record: its block is not sampled and it released no sampled block.
 /// Keeps the set of sampled blocks up to date (realloc releases its old
 /// block when it succeeds, or when realloc(p, 0) returns NULL).
 #[inline(always)]
-fn sampled_flags(stash: &EntryStash, pid: u32, ret: u64, out: u64) -> Option<u64> {
+fn sampled_flags(stash: &EntryStash, pid: u32, ret: u64, out: u64) -> Option<(u64, u64)> {
     if sampling::mean() == 0
         || stash.func == AllocFn::Mmap as u32
         || stash.func == AllocFn::Mremap as u32
     {
-        return Some(FLAG_SAMPLED);
+        return Some((FLAG_SAMPLED, 0));
+    }
+    // xallocx returns a size, not a block: it only resizes its argument,
+    // which matters when that block is a sampled one.
+    if stash.func == AllocFn::Xallocx as u32 {
+        return sampling::contains(pid, stash.args[0]).then_some((FLAG_SAMPLED, 0));
     }
     let reallocates = stash.func == AllocFn::Realloc as u32
         || stash.func == AllocFn::Reallocarray as u32
@@ -260,8 +266,8 @@ fn sampled_flags(stash: &EntryStash, pid: u32, ret: u64, out: u64) -> Option<u64
     };
     let recorded = stash.sampled != 0 && new != 0 && sampling::record(pid, new);
     match (recorded, released_sampled) {
-        (true, _) => Some(FLAG_SAMPLED),
-        (false, true) => Some(0),
+        (true, _) => Some((FLAG_SAMPLED, new)),
+        (false, true) => Some((0, 0)),
         (false, false) => None,
     }
 }
@@ -299,7 +305,8 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         // SAFETY: bpf_probe_read_user checks the user address.
         out = unsafe { bpf_probe_read_user(stash.args[0] as *const u64) }.unwrap_or(0);
     }
-    let Some(flags) = sampled_flags(&stash, (pid_tgid >> 32) as u32, ret, out) else {
+    let pid = (pid_tgid >> 32) as u32;
+    let Some((flags, recorded)) = sampled_flags(&stash, pid, ret, out) else {
         // Unsampled, and no sampled block released: nothing to report.
         return 0;
     };
@@ -316,7 +323,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
             .is_some_and(|mode| *mode == STACK_MODE_DWARF);
         let (depth, fp_frames) = if dwarf {
             unwind::walk(
-                (pid_tgid >> 32) as u32,
+                pid,
                 (*regs).rip,
                 (*regs).rsp,
                 (*regs).rbp,
@@ -341,6 +348,11 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         );
         if EVENTS.output::<[u8]>(bytes, submit_flags()).is_err() {
             count_loss(LossCounter::RingBufferFull);
+            // Userspace will never hear of the block: its free must not
+            // be awaited for ever in the sampled set.
+            if recorded != 0 {
+                sampling::forget(pid, recorded);
+            }
         }
     }
     0
@@ -348,16 +360,14 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 
 #[uprobe]
 pub fn release_entry(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if is_self(pid_tgid) {
-        return 0;
-    }
-    if inside_allocator(pid_tgid as u32, user_sp(&ctx)) {
-        return 0;
-    }
     let addr = ctx.arg::<u64>(0).unwrap_or(0);
     if addr == 0 {
-        // free(NULL) is a no-op; it costs no event.
+        // free(NULL) is a no-op; it costs no event (checked first: it
+        // needs no map lookup).
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_self(pid_tgid) || inside_allocator(pid_tgid as u32, user_sp(&ctx)) {
         return 0;
     }
     let func = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
@@ -445,6 +455,18 @@ pub fn on_exec(_ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn on_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    // A thread that dies inside the allocator (killed, or its process
+    // exec'd) never returns: free its stash slot, which would otherwise
+    // make later calls in that slot look nested or colliding.
+    let tid = pid_tgid as u32;
+    if let Some(slot) = stash_slot(tid) {
+        // SAFETY: plain accesses to this thread's slot.
+        unsafe {
+            if (*slot).tid == tid {
+                (*slot).func = 0;
+            }
+        }
+    }
     let offset = config(CONFIG_GROUP_DEAD_OFFSET) as usize;
     let process_gone = if offset != 0 {
         // SAFETY: the offset comes from the tracepoint's format file.

@@ -61,8 +61,7 @@ fn requested(func: u32, args: &[u64; 4]) -> u64 {
         f if f == AllocFn::Realloc as u32
             || f == AllocFn::AlignedAlloc as u32
             || f == AllocFn::Memalign as u32
-            || f == AllocFn::Rallocx as u32
-            || f == AllocFn::Xallocx as u32 =>
+            || f == AllocFn::Rallocx as u32 =>
         {
             args[1]
         }
@@ -84,6 +83,11 @@ fn next_gap() -> i64 {
 pub fn decide(func: u32, args: &[u64; 4]) -> bool {
     if mean() == 0 || func == AllocFn::Mmap as u32 || func == AllocFn::Mremap as u32 {
         return true;
+    }
+    // xallocx resizes a block in place and allocates none: nothing to
+    // sample, and its size must not count towards the next sample.
+    if func == AllocFn::Xallocx as u32 {
+        return false;
     }
     let Some(countdown) = COUNTDOWN.get_ptr_mut(0) else {
         return true;
@@ -116,6 +120,18 @@ pub fn record(pid: u32, addr: u64) -> bool {
         return false;
     }
     true
+}
+
+/// Whether a block is a sampled one.
+#[inline(always)]
+pub fn contains(pid: u32, addr: u64) -> bool {
+    let key = SampledKey {
+        pid,
+        _padding: 0,
+        addr,
+    };
+    // SAFETY: read-only lookup.
+    unsafe { SAMPLED.get(&key) }.is_some()
 }
 
 /// Forgets a block; true when it was a sampled one.

@@ -119,22 +119,20 @@ impl UnwindTables {
             mappings: [UnwindMapping::default(); MAX_UNWIND_MAPPINGS],
         };
         value.mappings[..entries.len()].copy_from_slice(&entries);
-        let slot = match self.slot_of.get(&pid) {
-            Some(&slot) => slot,
-            None => {
-                let slot = (0..MAX_UNWIND_PROCESSES)
-                    .find(|s| !self.slot_of.values().any(|used| used == s))
-                    .context("the unwinder holds tables for too many processes")?;
-                self.slot_of.insert(pid, slot);
-                slot
-            }
-        };
-        // Mappings first, then the pid's slot: the unwinder never sees a
-        // slot whose mappings are not written yet.
+        // A fresh slot each time, written before the pid points to it: a
+        // walk on another CPU may be reading the process's current slot,
+        // and must never see it half rewritten. Only when every slot is
+        // taken is the current one rewritten in place.
+        let slot = (0..MAX_UNWIND_PROCESSES)
+            .find(|s| !self.slot_of.values().any(|used| used == s))
+            .or_else(|| self.slot_of.get(&pid).copied())
+            .context("the unwinder holds tables for too many processes")?;
         self.mappings
             .set(slot, value, 0)
             .context("publishing the process's mappings to the unwinder")?;
         self.slots.insert(pid, slot, 0)?;
+        // The previous slot, if any, is free from now on.
+        self.slot_of.insert(pid, slot);
         Ok(())
     }
 
