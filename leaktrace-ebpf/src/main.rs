@@ -321,13 +321,11 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         let dwarf = CONFIG
             .get(CONFIG_STACK_MODE)
             .is_some_and(|mode| *mode == STACK_MODE_DWARF);
-        let (depth, fp_frames) = if dwarf {
-            unwind::walk(
-                pid,
-                (*regs).rip,
-                (*regs).rsp,
-                (*regs).rbp,
-            )
+        // A record that only releases a sampled block needs no stack.
+        let (depth, fp_frames) = if flags & FLAG_SAMPLED == 0 {
+            (0, 0)
+        } else if dwarf {
+            unwind::walk(pid, (*regs).rip, (*regs).rsp, (*regs).rbp)
         } else {
             (capture_stack(regs, &mut (*record).stack), 0)
         };

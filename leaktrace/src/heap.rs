@@ -105,6 +105,9 @@ pub struct HeapTable {
     /// Most blocks and regions the table holds; 0: no limit. Keeps the
     /// daemon's memory bounded on a process that allocates without end.
     pub cap: usize,
+    /// Blocks and regions held, over all processes: kept as they change,
+    /// so the cap check per record does not sum over every process.
+    held: usize,
     pub stats: TableStats,
 }
 
@@ -142,9 +145,10 @@ impl HeapTable {
     /// call was made; `timestamp_ns` when.
     pub fn apply(&mut self, pid: u32, op: HeapOp, site: SiteId, timestamp_ns: u64) {
         let time_ms = self.block_time_ms(timestamp_ns);
-        let full = self.cap != 0 && self.len() >= self.cap;
+        let full = self.cap != 0 && self.held >= self.cap;
         let stats = &mut self.stats;
         let heap = self.processes.entry(pid).or_default();
+        let held_before = heap.blocks.len() + heap.regions.len();
         // `replacing`: the call released a block it held, so the table does
         // not grow (a realloc), and the cap does not apply.
         let mut insert_block = |heap: &mut ProcessHeap, addr: u64, size: u64, replacing: bool| {
@@ -164,11 +168,14 @@ impl HeapTable {
         match op {
             HeapOp::Alloc { addr, size, mapped } => {
                 stats.allocations += 1;
+                if mapped {
+                    // A fresh mapping replaces whatever it overlaps
+                    // (MAP_FIXED), recorded or not.
+                    heap.unmap(addr, size);
+                }
                 if mapped && full {
                     stats.dropped_at_cap += 1;
                 } else if mapped {
-                    // A fresh mapping replaces whatever it overlaps (MAP_FIXED).
-                    heap.unmap(addr, size);
                     let block = Block {
                         size,
                         site,
@@ -233,21 +240,18 @@ impl HeapTable {
             HeapOp::Failed => stats.failed_calls += 1,
             HeapOp::Ignored => {}
         }
+        self.held = self.held - held_before + heap.blocks.len() + heap.regions.len();
     }
 
     /// Forgets everything about `pid` (it exited or exec'd). Returns the
     /// addresses of the heap blocks it held, for the kernel's set of
     /// sampled blocks.
     pub fn forget_process(&mut self, pid: u32) -> Vec<u64> {
-        self.processes
-            .remove(&pid)
-            .map(|heap| heap.blocks.into_keys().collect())
-            .unwrap_or_default()
-    }
-
-    /// Processes holding at least one block or region.
-    pub fn processes(&self) -> usize {
-        self.processes.len()
+        let Some(heap) = self.processes.remove(&pid) else {
+            return Vec::new();
+        };
+        self.held -= heap.blocks.len() + heap.regions.len();
+        heap.blocks.into_keys().collect()
     }
 
     /// Every outstanding heap block and mapped piece, with its pid, whether
@@ -266,11 +270,9 @@ impl HeapTable {
         })
     }
 
+    /// Blocks and regions held.
     pub fn len(&self) -> usize {
-        self.processes
-            .values()
-            .map(|heap| heap.blocks.len() + heap.regions.len())
-            .sum()
+        self.held
     }
 
     pub fn is_empty(&self) -> bool {

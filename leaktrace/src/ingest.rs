@@ -112,7 +112,6 @@ pub fn encode_release(event: &ReleaseEvent) -> Vec<u64> {
     words
 }
 
-/// Views encoded words as the bytes the ring buffer hands over.
 /// A sampled `malloc(size)` by `pid` that returned `addr` at
 /// `timestamp_ns`, with `stack`, as the kernel sends it (tests, benchmarks).
 pub fn malloc_record(pid: u32, addr: u64, size: u64, stack: &[u64], timestamp_ns: u64) -> Vec<u64> {
@@ -147,6 +146,7 @@ pub fn free_record(pid: u32, addr: u64) -> Vec<u64> {
     })
 }
 
+/// Views encoded words as the bytes the ring buffer hands over.
 pub fn as_bytes(words: &[u64]) -> &[u8] {
     // SAFETY: viewing initialised u64s as bytes.
     unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), words.len() * 8) }

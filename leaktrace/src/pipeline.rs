@@ -87,12 +87,19 @@ impl Pipeline {
                     // only releases the sampled block it replaced.
                     op = match op {
                         HeapOp::Realloc { old, .. } => HeapOp::Free { addr: old },
-                        HeapOp::Free { addr } => HeapOp::Free { addr },
+                        free @ HeapOp::Free { .. } => free,
                         _ => HeapOp::Ignored,
                     };
                 }
                 let pid = event.header.pid;
-                let (site, new) = self.sites.intern(pid, func, stack, event.fp_frames);
+                // Only a call that creates a block needs its site: a failed
+                // or release-only record keeps no stack.
+                let (site, new) = match op {
+                    HeapOp::Alloc { .. } | HeapOp::Realloc { .. } => {
+                        self.sites.intern(pid, func, stack, event.fp_frames)
+                    }
+                    _ => (0, false),
+                };
                 self.table.apply(pid, op, site, event.header.timestamp_ns);
                 if new {
                     Ingested::NewSite { pid, stack }

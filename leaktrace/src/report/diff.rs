@@ -353,7 +353,12 @@ pub fn render_text(
 pub fn render_folded(diffs: &[SiteDiff]) -> String {
     let mut out = String::new();
     for site in diffs.iter().filter(|d| d.bytes() > 0) {
-        let mut names: Vec<String> = site.key.stack.iter().map(|f| f.replace(';', ":")).collect();
+        let mut names: Vec<String> = site
+            .key
+            .stack
+            .iter()
+            .map(|f| super::folded::clean(f))
+            .collect();
         if names.is_empty() {
             names.push(NO_STACK.into());
         }

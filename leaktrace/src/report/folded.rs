@@ -4,8 +4,8 @@
 //! the flamegraph's first level splits the memory by process.
 use super::Report;
 
-/// Frame names may not contain the separator.
-fn clean(name: &str) -> String {
+/// Frame names may not contain the separator (`diff` shares it).
+pub(super) fn clean(name: &str) -> String {
     name.replace(';', ":")
 }
 

@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 
 use super::{Report, svg, text::human_bytes};
 
-/// Escapes text for HTML.
-fn escape(text: &str) -> String {
+/// Escapes text for HTML and XML (the SVG shares it).
+pub(super) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

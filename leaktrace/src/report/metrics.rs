@@ -30,10 +30,8 @@ pub fn render(report: &Report, daemon_rss_bytes: u64) -> String {
             .processes
             .iter()
             .map(|p| {
-                let program = p.command.split(' ').next().unwrap_or_default();
-                let comm = program.rsplit('/').next().unwrap_or_default();
                 (
-                    format!("{{pid=\"{}\",comm=\"{}\"}}", p.pid, label_value(comm)),
+                    format!("{{pid=\"{}\",comm=\"{}\"}}", p.pid, label_value(p.comm())),
                     value(p),
                 )
             })

@@ -160,6 +160,14 @@ pub struct ProcessReport {
     pub call_sites: u64,
 }
 
+impl ProcessReport {
+    /// The program's file name: "python3" for "/usr/bin/python3 app.py".
+    pub fn comm(&self) -> &str {
+        let program = self.command.split(' ').next().unwrap_or_default();
+        program.rsplit('/').next().unwrap_or_default()
+    }
+}
+
 /// A whole report.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
@@ -317,13 +325,11 @@ impl Report {
 
     /// "pid 42 (python3)": whose a site is, in reports of several processes.
     pub fn process_label(&self, pid: u32) -> String {
-        let command = self
+        let name = self
             .processes
             .iter()
             .find(|p| p.pid == pid)
-            .map(|p| p.command.split(' ').next().unwrap_or_default())
-            .unwrap_or_default();
-        let name = command.rsplit('/').next().unwrap_or_default();
+            .map_or("", ProcessReport::comm);
         if name.is_empty() {
             format!("pid {pid}")
         } else {

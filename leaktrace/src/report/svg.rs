@@ -12,7 +12,6 @@ pub const TITLE: &str = "leaktrace: outstanding bytes";
 
 /// The report's header, under the title.
 fn subtitle(report: &Report) -> String {
-    let pids: Vec<String> = report.pids.iter().map(u32::to_string).collect();
     let t = &report.totals;
     let sampled = if report.sample_bytes > 0 {
         format!(
@@ -23,8 +22,8 @@ fn subtitle(report: &Report) -> String {
         String::new()
     };
     format!(
-        "pid {}: {} bytes ({}) in {} allocations at {} call sites{sampled}, {} report",
-        pids.join(","),
+        "{}: {} bytes ({}) in {} allocations at {} call sites{sampled}, {} report",
+        report.target_label(),
         t.outstanding_bytes,
         human_bytes(t.outstanding_bytes),
         t.outstanding_allocations,
@@ -56,11 +55,7 @@ pub fn render(report: &Report) -> String {
 /// Nothing outstanding: a small SVG that says so (inferno would draw an
 /// error).
 fn empty(subtitle: &str) -> String {
-    let escape = |text: &str| {
-        text.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-    };
+    use super::html::escape;
     format!(
         concat!(
             "<?xml version=\"1.0\" standalone=\"no\"?>\n",
