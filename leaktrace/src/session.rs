@@ -252,9 +252,11 @@ async fn trace_targets(
         let (mut kernel, ring, unwind_tables) =
             KernelProbes::load(&kernel_options(&options), false)?;
         let mut objects: Vec<target::ProbedObject> = Vec::new();
+        // One cache: the processes' shared libraries are read once.
+        let mut symbols = target::SymbolCache::default();
         for &pid in &pids {
             let context = || format!("pid {pid}");
-            let found = target::objects_for_pid(pid);
+            let found = target::objects_for_pid_cached(pid, &mut symbols);
             let found = if several {
                 found.with_context(context)?
             } else {

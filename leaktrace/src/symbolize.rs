@@ -68,7 +68,8 @@ pub fn process_root(pid: u32) -> PathBuf {
 #[derive(Clone, Debug)]
 pub struct ProcessMaps {
     pub pid: u32,
-    root: PathBuf,
+    /// Shared with the symbolizer's cache keys.
+    root: Arc<Path>,
     history: Vec<Mapping>,
     /// The mappings of the last successful read.
     current: Vec<Mapping>,
@@ -78,7 +79,7 @@ impl ProcessMaps {
     pub fn new(pid: u32) -> ProcessMaps {
         ProcessMaps {
             pid,
-            root: process_root(pid),
+            root: process_root(pid).into(),
             history: Vec::new(),
             current: Vec::new(),
         }
@@ -88,7 +89,7 @@ impl ProcessMaps {
     pub fn from_mappings(pid: u32, mappings: Vec<Mapping>) -> ProcessMaps {
         ProcessMaps {
             pid,
-            root: PathBuf::from("/"),
+            root: Path::new("/").into(),
             current: mappings.clone(),
             history: mappings,
         }
@@ -162,10 +163,14 @@ pub struct Frame {
     pub fallback: bool,
 }
 
+/// An object as the symbolizer knows it: the process's root and the path
+/// in it (two containers' /usr/lib/.../libc.so.6 are different files).
+type ObjectKey = (Arc<Path>, Arc<str>);
+
 /// Symbolizes return addresses, caching per (object, offset).
 pub struct Symbolizer {
     blazesym: symbolize::Symbolizer,
-    cache: HashMap<(Arc<str>, u64), Vec<Frame>>,
+    cache: HashMap<(ObjectKey, u64), Vec<Frame>>,
 }
 
 impl Default for Symbolizer {
@@ -199,7 +204,8 @@ impl Symbolizer {
             let fallback = index < 64 && fallback_frames & (1 << index) != 0;
             match maps.locate(addr.saturating_sub(1)) {
                 Some((mapping, offset)) => {
-                    let cached = &self.cache[&(mapping.path.clone(), offset)];
+                    let key = ((maps.root.clone(), mapping.path.clone()), offset);
+                    let cached = &self.cache[&key];
                     frames.extend(cached.iter().map(|f| Frame {
                         address: addr,
                         fallback,
@@ -225,7 +231,9 @@ impl Symbolizer {
         let mut wanted: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
         for &addr in stack {
             if let Some((mapping, offset)) = maps.locate(addr.saturating_sub(1))
-                && !self.cache.contains_key(&(mapping.path.clone(), offset))
+                && !self
+                    .cache
+                    .contains_key(&((maps.root.clone(), mapping.path.clone()), offset))
             {
                 wanted.entry(mapping.path.clone()).or_default().push(offset);
             }
@@ -237,7 +245,8 @@ impl Symbolizer {
             let results = self.symbolize_offsets(&open, &path, &offsets);
             for (offset, result) in offsets.into_iter().zip(results) {
                 let frames = result.unwrap_or_else(|| vec![unknown_frame(&path, offset)]);
-                self.cache.insert((path.clone(), offset), frames);
+                self.cache
+                    .insert(((maps.root.clone(), path.clone()), offset), frames);
             }
         }
     }

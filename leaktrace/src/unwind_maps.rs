@@ -2,7 +2,7 @@
 //! each traced process's executable mappings, for the eBPF unwinder.
 //!
 //! Rows of every object go back to back into one array map; an object is
-//! loaded once (by path) however many processes map it. Rows stay until
+//! loaded once (by file) however many processes map it. Rows stay until
 //! leaktrace exits (a bump allocator): the objects of the processes a
 //! session traces stay mostly the same (the C library, the interpreter). A
 //! process's slot of mappings is freed when it exits.
@@ -49,7 +49,8 @@ pub struct UnwindTables {
     mappings: Array<MapData, ProcessMappings>,
     /// Slots in use, by pid.
     slot_of: StdHashMap<u32, u32>,
-    objects: StdHashMap<String, Option<LoadedObject>>,
+    /// By (device, inode).
+    objects: StdHashMap<(u64, u64), Option<LoadedObject>>,
     next_row: u32,
     capacity: u32,
     pub stats: LoadStats,
@@ -147,18 +148,23 @@ impl UnwindTables {
 
     /// The object's rows, loading them on first sight. None when it has no
     /// usable table (unreadable, not ELF, no .eh_frame, or no room left).
+    /// Objects are known by file (device and inode), not by path: two
+    /// containers' /usr/lib/.../libc.so.6 are different files.
     fn object(&mut self, path: &str, root: &Path) -> Option<LoadedObject> {
-        if let Some(known) = self.objects.get(path) {
+        let file = root.join(path.trim_start_matches('/'));
+        // Unreadable (deleted, or the process is gone): no table.
+        let identity = crate::target::file_identity(&file)?;
+        if let Some(known) = self.objects.get(&identity) {
             return known.clone();
         }
-        let loaded = self.load_object(&root.join(path.trim_start_matches('/')));
+        let loaded = self.load_object(&file);
         if let Err(err) = &loaded {
             eprintln!(
                 "leaktrace: no unwind table for {path}: {err:#} (its frames fall back to frame pointers)"
             );
         }
         let loaded = loaded.ok();
-        self.objects.insert(path.to_string(), loaded.clone());
+        self.objects.insert(identity, loaded.clone());
         loaded
     }
 
