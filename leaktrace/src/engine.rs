@@ -15,7 +15,6 @@ use std::{
 };
 
 use anyhow::Result;
-use tokio::net::TcpStream;
 
 use crate::{
     aggregate,
@@ -388,11 +387,10 @@ impl Engine {
             .record(self.started.elapsed().as_secs_f64(), &totals);
     }
 
-    /// Answers one HTTP request with the current report (serve).
-    pub async fn answer(&mut self, mut stream: TcpStream) -> Result<()> {
-        let request = serve::read_request_line(&mut stream).await?;
-        let page = serve::route(&request);
-        let (status, content_type, body) = match page {
+    /// The response to a request for `page` (serve): status, content type
+    /// and body, from the current report.
+    pub fn page(&mut self, page: Page) -> Result<serve::Response> {
+        Ok(match page {
             Page::NotFound => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
             Page::BadMethod => (
                 "405 Method Not Allowed",
@@ -420,8 +418,7 @@ impl Engine {
                     ),
                 }
             }
-        };
-        serve::respond(&mut stream, status, content_type, &body).await
+        })
     }
 
     pub fn progress(&self, message: &str) {

@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
+    sync::{mpsc, oneshot},
 };
 
 /// What a request asks for.
@@ -69,6 +70,29 @@ pub async fn read_request_line(stream: &mut TcpStream) -> Result<String> {
     tokio::time::timeout(Duration::from_secs(5), read).await??;
     let text = String::from_utf8_lossy(&head);
     Ok(text.lines().next().unwrap_or("").to_string())
+}
+
+/// Status, content type and body of a response.
+pub type Response = (&'static str, &'static str, Vec<u8>);
+
+/// Serves one connection without holding up tracing: reads and routes its
+/// request here (a client may be slow to send it), hands the page to the
+/// trace loop through `pages`, and writes the response the loop sends back.
+pub async fn handle(
+    stream: TcpStream,
+    pages: mpsc::UnboundedSender<(Page, oneshot::Sender<Response>)>,
+) {
+    let mut stream = stream;
+    let Ok(request) = read_request_line(&mut stream).await else {
+        return;
+    };
+    let (reply, response) = oneshot::channel();
+    if pages.send((route(&request), reply)).is_err() {
+        return;
+    }
+    if let Ok((status, content_type, body)) = response.await {
+        let _ = respond(&mut stream, status, content_type, &body).await;
+    }
 }
 
 /// Writes one complete response and closes the connection.

@@ -408,6 +408,9 @@ async fn trace_loop(
     // Growth is sampled at every interval, or every 10 s without one.
     let mut growth_timer = tokio::time::interval(interval.unwrap_or(GROWTH_PERIOD));
     growth_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Connections are read and written by tasks of their own; only the
+    // pages they ask for come through here, so no client holds up draining.
+    let (pages_tx, mut pages) = mpsc::unbounded_channel();
     let mut forwarded = 0;
     let stop = loop {
         tokio::select! {
@@ -427,13 +430,19 @@ async fn trace_loop(
             }
             accepted = accept(listener.as_ref()) => match accepted {
                 Ok((stream, _)) => {
-                    engine.drain(ring.get_mut());
-                    if let Err(err) = engine.answer(stream).await {
-                        engine.progress(&format!("http: {err:#}"));
-                    }
+                    tokio::spawn(serve::handle(stream, pages_tx.clone()));
                 }
                 Err(err) => engine.progress(&format!("http: accepting a connection: {err}")),
             },
+            Some((page, reply)) = pages.recv() => {
+                engine.drain(ring.get_mut());
+                let response = engine.page(page).unwrap_or_else(|err| {
+                    engine.progress(&format!("http: {err:#}"));
+                    ("500 Internal Server Error", "text/plain", format!("{err:#}\n").into_bytes())
+                });
+                // The client may have gone: nothing to do then.
+                let _ = reply.send(response);
+            }
             exit = watch.wait() => match exit {
                 Exit::One(pid) => engine.progress(&format!("pid {pid} exited; still tracing the others")),
                 Exit::All(status) => break Stop::Exited(status),
