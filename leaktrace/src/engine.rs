@@ -216,7 +216,7 @@ impl Engine {
                 .processes
                 .keys()
                 .copied()
-                .filter(|pid| !fs::exists(format!("/proc/{pid}")).unwrap_or(true))
+                .filter(|&pid| !crate::target::process_exists(pid))
                 .collect();
             for pid in gone {
                 self.exited(pid);

@@ -95,14 +95,16 @@ impl ProcessMaps {
         }
     }
 
-    /// Reads the process's current mappings into the history. False when
-    /// the process is gone (its last mappings stay known).
+    /// Reads the process's current mappings into the history. True when
+    /// they changed since the last read (worth handing to the unwinder);
+    /// false when they did not, or the process is gone (its last mappings
+    /// stay known).
     pub fn refresh(&mut self) -> bool {
         let Ok(text) = fs::read_to_string(format!("/proc/{}/maps", self.pid)) else {
             return false;
         };
         let current = parse_maps(&text);
-        if current.is_empty() {
+        if current.is_empty() || current == self.current {
             // A zombie has no mappings left; keep what we knew.
             return false;
         }

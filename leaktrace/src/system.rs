@@ -124,7 +124,7 @@ impl SystemWide {
                 retry.push(pending);
                 continue;
             }
-            if !fs::exists(format!("/proc/{}", pending.pid)).unwrap_or(false) {
+            if !target::process_exists(pending.pid) {
                 continue;
             }
             match target::objects_for_pid_cached(pending.pid, &mut self.cache) {

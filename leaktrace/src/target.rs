@@ -268,9 +268,14 @@ fn candidate(path: PathBuf, display_path: String) -> Result<Candidate> {
     })
 }
 
+/// Whether process `pid` is there (a zombie still is, until reaped).
+pub fn process_exists(pid: u32) -> bool {
+    pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Error text for a PID that is not there.
 pub fn check_pid(pid: u32) -> Result<()> {
-    if pid == 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+    if !process_exists(pid) {
         bail!("no such process: {pid}");
     }
     Ok(())

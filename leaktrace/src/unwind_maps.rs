@@ -52,7 +52,6 @@ pub struct UnwindTables {
     /// By (device, inode).
     objects: StdHashMap<(u64, u64), Option<LoadedObject>>,
     next_row: u32,
-    capacity: u32,
     pub stats: LoadStats,
 }
 
@@ -62,7 +61,6 @@ impl UnwindTables {
         slots: HashMap<MapData, u32, u32>,
         mappings: Array<MapData, ProcessMappings>,
     ) -> UnwindTables {
-        let capacity = rows.len();
         UnwindTables {
             rows,
             slots,
@@ -70,7 +68,6 @@ impl UnwindTables {
             slot_of: StdHashMap::new(),
             objects: StdHashMap::new(),
             next_row: 0,
-            capacity,
             stats: LoadStats::default(),
         }
     }
@@ -182,10 +179,11 @@ impl UnwindTables {
             })
             .collect();
         let row_count = u32::try_from(table.len())?;
-        if self.next_row.saturating_add(row_count) > self.capacity {
+        let capacity = self.rows.len();
+        if self.next_row.saturating_add(row_count) > capacity {
             anyhow::bail!(
                 "the unwind row map is full ({} rows; raise --unwind-rows)",
-                self.capacity
+                capacity
             );
         }
         let first_row = self.next_row;

@@ -301,6 +301,11 @@ pub fn build<'m>(
 }
 
 impl Report {
+    /// "final" or "interval", for headers.
+    pub fn kind(&self) -> &'static str {
+        if self.is_final { "final" } else { "interval" }
+    }
+
     /// What was traced, for headers: "pid 42 (./prog)", "pid 1,2" or
     /// "all processes (12 traced, 3 exited)".
     pub fn target_label(&self) -> String {

@@ -28,7 +28,7 @@ fn subtitle(report: &Report) -> String {
         human_bytes(t.outstanding_bytes),
         t.outstanding_allocations,
         t.call_sites,
-        if report.is_final { "final" } else { "interval" }
+        report.kind()
     )
 }
 

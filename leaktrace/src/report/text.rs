@@ -59,14 +59,10 @@ fn whose(report: &Report, pid: u32) -> String {
 
 pub fn render(report: &Report, top: usize) -> String {
     let mut out = String::new();
-    let kind = if report.is_final {
-        "final report"
-    } else {
-        "interval report"
-    };
     let _ = writeln!(
         out,
-        "leaktrace {kind}: {}, traced {}",
+        "leaktrace {} report: {}, traced {}",
+        report.kind(),
         report.target_label(),
         human_age(report.elapsed_ms)
     );

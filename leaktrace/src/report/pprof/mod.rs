@@ -160,8 +160,11 @@ fn clamp(value: u64) -> i64 {
 
 /// The report's header, one comment a line.
 fn comments(report: &Report) -> Vec<String> {
-    let kind = if report.is_final { "final" } else { "interval" };
-    let mut header = format!("leaktrace {kind} report: {}", report.target_label());
+    let mut header = format!(
+        "leaktrace {} report: {}",
+        report.kind(),
+        report.target_label()
+    );
     header.push_str(&format!(", traced {} ms", report.elapsed_ms));
     let t = &report.totals;
     let mut outstanding = format!(
