@@ -3,12 +3,13 @@
 //! without the kernel. Prints records per second on one core and the
 //! daemon's bytes per outstanding allocation.
 //!
-//! Run: `cargo bench -p leaktrace --bench ingest` (or `cargo xtask bench`).
+//! Run: `cargo bench -p leaktrace --features bench --bench ingest` (or
+//! `cargo xtask bench`).
 use std::time::Instant;
 
-use leaktrace::{
-    ingest::{as_bytes, free_record, malloc_record},
+use leaktrace::daemon::{
     pipeline::Pipeline,
+    records::{as_bytes, free_record, malloc_record},
 };
 
 /// Stacks per synthetic process: real services have hundreds of sites.

@@ -1,33 +1,41 @@
 //! leaktrace: find the call sites that hold memory a process never frees.
 //!
-//! The data path, one module per stage, each knowing only the next:
+//! The data path, one folder per stage, each stage handing its output to the
+//! next:
 //!
 //! ```text
-//! target -> probes -> kernel (eBPF, ring buffer) -> ingest -> heap -> aggregate -> symbolize -> report
-//!           (placement)                             (pipeline: ingest + sites + heap, bytes in, table out)
+//! target  ->  kernel  ->  [eBPF programs]  ->  daemon  ->  symbolize  ->  report
+//! (which      (load,       (leaktrace-ebpf:      (decode records,  (addresses   (text, folded,
+//!  objects,    attach,      probes, stacks,       call sites, heap  to frames)   json, pprof,
+//!  where to    unwind       ring buffer)          table, totals,                 svg, html,
+//!  probe)      tables)                            growth)                        metrics)
 //! ```
 //!
-//! `target`, `placement`, `probes`, `ingest`, `sites`, `heap`, `pipeline`,
-//! `aggregate` and `report` are pure logic tested on made-up input or real
-//! object files; `kernel`, `launch` and `session` talk to the kernel and are
-//! tested by the integration suite on real processes.
-pub mod aggregate;
-pub mod cli;
-pub mod engine;
-pub mod growth;
-pub mod heap;
-pub mod ingest;
-pub mod kernel;
-pub mod launch;
-pub mod pipeline;
-pub mod placement;
-pub mod probes;
+//! - [`target`]: what is in the traced process: ELF symbols, the allocator
+//!   to probe, probe placement on decoded instructions, `/proc`, launching a
+//!   command held at its entry point.
+//! - [`kernel`]: loads the eBPF object, attaches the plan of probes, and
+//!   fills the unwind tables the kernel walks stacks with.
+//! - [`unwind`]: compiles an object's `.eh_frame` into those compact tables.
+//! - [`daemon`]: decodes ring-buffer records, applies each call's contract
+//!   to the heap table, interns call sites, totals them and ranks growth.
+//! - [`symbolize`]: turns stack addresses into functions, files and lines,
+//!   from the mappings a process had.
+//! - [`report`]: the report model and one file per output format.
+//! - [`diff`]: the `diff` subcommand: load two saved reports, compare, render.
+//! - [`app`]: the command line, the tracer that ties the stages together,
+//!   the event loop, output files and the HTTP side of `serve`.
+//!
+//! Lower stages never import higher ones: `target`, `unwind`, `daemon` and
+//! `report` are pure logic tested on made-up input or real object files;
+//! `kernel`, `target::launch` and `app` talk to the kernel and are tested by
+//! the integration suite on real processes. Runtime-specific code (Python,
+//! Go) gets a `runtime/` folder of its own.
+pub mod app;
+pub mod daemon;
+pub mod diff;
+pub(crate) mod kernel;
 pub mod report;
-pub mod serve;
-pub mod session;
-pub mod sites;
-pub mod symbolize;
-pub mod system;
-pub mod target;
-pub mod unwind;
-pub mod unwind_maps;
+pub(crate) mod symbolize;
+pub(crate) mod target;
+pub(crate) mod unwind;

@@ -2,7 +2,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use leaktrace::cli::Cli;
+use leaktrace::app::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match leaktrace::session::main(cli) {
+    match leaktrace::app::main(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(err) => {
             // The whole cause chain, on one line.

@@ -272,6 +272,8 @@ pub fn run(pairs: u64, runs: usize) -> Result<()> {
                 "--quiet",
                 "--package",
                 "leaktrace",
+                "--features",
+                "bench",
                 "--bench",
                 "ingest",
             ]),

@@ -5,7 +5,7 @@
 use super::Report;
 
 /// Frame names may not contain the separator (`diff` shares it).
-pub(super) fn clean(name: &str) -> String {
+pub(crate) fn clean(name: &str) -> String {
     name.replace(';', ":")
 }
 

@@ -2,15 +2,7 @@
 //! call sites with their stacks, and the flamegraph of outstanding bytes.
 use std::fmt::Write as _;
 
-use super::{Report, svg, text::human_bytes};
-
-/// Escapes text for HTML and XML (the SVG shares it).
-pub(super) fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
+use super::{Report, escape::escape, svg, text::human_bytes};
 
 pub fn render(report: &Report, top: usize) -> String {
     let mut out = String::from(

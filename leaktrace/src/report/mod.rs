@@ -5,15 +5,16 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::{
-    aggregate::SiteTotal,
-    growth::{Growth, GrowthTracker},
-    heap::TableStats,
-    kernel::KernelLosses,
-    sites::CallSites,
+    daemon::{
+        aggregate::SiteTotal,
+        growth::{Growth, GrowthTracker},
+        heap::TableStats,
+        sites::CallSites,
+    },
     symbolize::{Frame, ProcessMaps, Symbolizer},
 };
 
-pub mod diff;
+mod escape;
 pub mod folded;
 pub mod html;
 pub mod json;
@@ -83,15 +84,9 @@ pub struct Losses {
 }
 
 impl Losses {
-    pub fn new(kernel: KernelLosses, decode_errors: u64, table_full: u64) -> Losses {
-        let KernelLosses {
-            ring_buffer_full,
-            entry_slot_collisions,
-            stack_capture_failed,
-            return_without_entry,
-            sampled_map_full,
-        } = kernel;
-        Losses {
+    /// These counts with `total` set to their sum.
+    pub fn totalled(self) -> Losses {
+        let Losses {
             ring_buffer_full,
             entry_slot_collisions,
             stack_capture_failed,
@@ -99,6 +94,9 @@ impl Losses {
             sampled_map_full,
             table_full,
             decode_errors,
+            total: _,
+        } = self;
+        Losses {
             total: ring_buffer_full
                 + sampled_map_full
                 + table_full
@@ -106,6 +104,7 @@ impl Losses {
                 + stack_capture_failed
                 + return_without_entry
                 + decode_errors,
+            ..self
         }
     }
 
@@ -450,15 +449,13 @@ mod tests {
     #[test]
     fn losses_summary_says_zero_or_breaks_down() {
         assert_eq!(Losses::default().summary(), "0 events lost");
-        let losses = Losses::new(
-            KernelLosses {
-                ring_buffer_full: 3,
-                stack_capture_failed: 1,
-                ..Default::default()
-            },
-            2,
-            0,
-        );
+        let losses = Losses {
+            ring_buffer_full: 3,
+            stack_capture_failed: 1,
+            decode_errors: 2,
+            ..Default::default()
+        }
+        .totalled();
         assert_eq!(losses.total, 6);
         assert_eq!(
             losses.summary(),

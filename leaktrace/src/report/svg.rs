@@ -55,7 +55,7 @@ pub fn render(report: &Report) -> String {
 /// Nothing outstanding: a small SVG that says so (inferno would draw an
 /// error).
 fn empty(subtitle: &str) -> String {
-    use super::html::escape;
+    use super::escape::escape;
     format!(
         concat!(
             "<?xml version=\"1.0\" standalone=\"no\"?>\n",

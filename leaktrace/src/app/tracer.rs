@@ -1,4 +1,4 @@
-//! Engine: what the daemon keeps while it traces, and the reports made from
+//! Tracer: what the daemon keeps while it traces, and the reports made from
 //! it: the pipeline's heap table and call sites, each traced process's
 //! mappings, the growth history, and the kernel side.
 //!
@@ -8,7 +8,6 @@
 //! so a daemon left running for days stays bounded.
 use std::{
     collections::BTreeMap,
-    fs,
     io::Write as _,
     sync::{Arc, Mutex, MutexGuard},
     time::Instant,
@@ -16,20 +15,26 @@ use std::{
 
 use anyhow::Result;
 
-use crate::{
-    aggregate,
+use super::{
     cli::ReportOptions,
-    growth::GrowthTracker,
-    heap::HeapTable,
-    kernel::KernelProbes,
-    pipeline::{Forgotten, Ingested, Pipeline},
+    http::{self, Page},
+    output::write_atomically,
+    system_wide::SystemWide,
+};
+use crate::{
+    daemon::{
+        aggregate,
+        growth::GrowthTracker,
+        heap::HeapTable,
+        pipeline::{Forgotten, Ingested, Pipeline},
+    },
+    kernel::{KernelProbes, unwind_tables::UnwindTables},
     report::{self, Format, Losses, ProcessInput, ReportInput},
-    serve::{self, Page},
-    session::write_atomically,
     symbolize::{ProcessMaps, Symbolizer},
-    system::SystemWide,
-    target::ProbedObject,
-    unwind_maps::UnwindTables,
+    target::{
+        ProbedObject,
+        procfs::{command_line, process_exists},
+    },
 };
 
 /// What is traced.
@@ -53,7 +58,7 @@ struct TracedProcess {
 }
 
 /// Everything the daemon keeps about the traced processes.
-pub struct Engine {
+pub struct Tracer {
     targets: Targets,
     pub kernel: KernelProbes,
     /// What was probed for `run` and `--pid` (`--all` keeps its own list).
@@ -74,15 +79,15 @@ pub struct Engine {
     pub options: ReportOptions,
 }
 
-impl Engine {
+impl Tracer {
     pub fn new(
         targets: Targets,
         kernel: KernelProbes,
         objects: Vec<ProbedObject>,
         unwind_tables: Option<UnwindTables>,
         options: ReportOptions,
-    ) -> Engine {
-        Engine {
+    ) -> Tracer {
+        Tracer {
             targets,
             kernel,
             objects,
@@ -216,7 +221,7 @@ impl Engine {
                 .processes
                 .keys()
                 .copied()
-                .filter(|&pid| !crate::target::process_exists(pid))
+                .filter(|&pid| !process_exists(pid))
                 .collect();
             for pid in gone {
                 self.exited(pid);
@@ -285,11 +290,18 @@ impl Engine {
             min_age.as_nanos() as u64,
             u64::from(self.options.sample_mean()),
         );
-        let losses = Losses::new(
-            self.kernel.losses()?,
-            pipeline.decode_errors,
-            pipeline.table.stats.dropped_at_cap,
-        );
+        let kernel = self.kernel.losses()?;
+        let losses = Losses {
+            ring_buffer_full: kernel.ring_buffer_full,
+            entry_slot_collisions: kernel.entry_slot_collisions,
+            stack_capture_failed: kernel.stack_capture_failed,
+            return_without_entry: kernel.return_without_entry,
+            sampled_map_full: kernel.sampled_map_full,
+            table_full: pipeline.table.stats.dropped_at_cap,
+            decode_errors: pipeline.decode_errors,
+            total: 0,
+        }
+        .totalled();
         let allocator_objects = self
             .objects()
             .iter()
@@ -389,7 +401,7 @@ impl Engine {
 
     /// The response to a request for `page` (serve): status, content type
     /// and body, from the current report.
-    pub fn page(&mut self, page: Page) -> Result<serve::Response> {
+    pub fn page(&mut self, page: Page) -> Result<http::Response> {
         Ok(match page {
             Page::NotFound => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
             Page::BadMethod => (
@@ -426,22 +438,6 @@ impl Engine {
             eprintln!("leaktrace: {message}");
         }
     }
-}
-
-/// A process's command line, words joined by spaces ("" when unreadable),
-/// on one line (`python3 -c` scripts carry newlines).
-fn command_line(pid: u32) -> String {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|bytes| {
-            bytes
-                .split(|&b| b == 0)
-                .filter(|word| !word.is_empty())
-                .map(String::from_utf8_lossy)
-                .collect::<Vec<_>>()
-                .join(" ")
-                .replace(char::is_control, " ")
-        })
-        .unwrap_or_default()
 }
 
 /// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns.

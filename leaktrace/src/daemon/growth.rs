@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::{aggregate::SiteTotal, sites::SiteId};
+use crate::daemon::{aggregate::SiteTotal, sites::SiteId};
 
 /// Samples kept per site (the oldest are dropped).
 const KEPT: usize = 120;

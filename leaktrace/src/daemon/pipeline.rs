@@ -3,9 +3,10 @@
 //! feeds it synthetic ones through the very same code.
 use leaktrace_common::{AllocFn, FLAG_SAMPLED};
 
-use crate::{
+use crate::daemon::{
+    contracts::{self, HeapOp},
+    decode::{self, Record},
     heap::HeapTable,
-    ingest::{self, HeapOp, Record},
     sites::{CallSites, SiteId},
 };
 
@@ -58,7 +59,7 @@ impl Pipeline {
 
     pub fn ingest<'a>(&mut self, bytes: &'a [u8]) -> Ingested<'a> {
         self.events += 1;
-        match ingest::decode(bytes) {
+        match decode::decode(bytes) {
             Err(_) => {
                 self.decode_errors += 1;
                 Ingested::Applied
@@ -74,14 +75,14 @@ impl Pipeline {
             Ok(Record::Exit(header)) => Ingested::Exit(header.pid),
             Ok(Record::Release(event)) => {
                 let func = AllocFn::from_u32(event.header.func).expect("decode checked it");
-                let op = ingest::interpret_release(func, event.args);
+                let op = contracts::interpret_release(func, event.args);
                 self.table
                     .apply(event.header.pid, op, 0, event.header.timestamp_ns);
                 Ingested::Applied
             }
             Ok(Record::Alloc(event, stack)) => {
                 let func = AllocFn::from_u32(event.header.func).expect("decode checked it");
-                let mut op = ingest::interpret_alloc(func, event.args, event.ret, event.out);
+                let mut op = contracts::interpret_alloc(func, event.args, event.ret, event.out);
                 if event.flags & FLAG_SAMPLED == 0 {
                     // Sampling: the new block is not sampled; the record
                     // only releases the sampled block it replaced.
@@ -114,7 +115,7 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::{as_bytes, free_record, malloc_record};
+    use crate::daemon::records::{as_bytes, free_record, malloc_record};
 
     #[test]
     fn records_flow_into_the_table_and_new_sites_are_announced() {

@@ -1,5 +1,5 @@
-//! Ingest: decodes ring-buffer records and turns each call into what it did
-//! to the heap, following each function's contract.
+//! Calling contracts: what each traced call did to the heap, from its
+//! arguments and return value.
 //!
 //! The kernel sends raw registers; the rules live here, as pure functions:
 //! - realloc(NULL, n) is malloc(n); realloc(p, 0) returning NULL freed p;
@@ -8,153 +8,10 @@
 //! - posix_memalign returns its block through the out-pointer, 0 on success.
 //! - mmap and mremap fail with MAP_FAILED (-1), not 0; only anonymous maps
 //!   are heap memory; lengths are rounded up to whole pages.
-use leaktrace_common::{
-    AllocEvent, AllocFn, EXEC_EVENT, EXIT_EVENT, EventHeader, MAX_STACK_DEPTH, ReleaseEvent,
-};
+use leaktrace_common::AllocFn;
 
 pub const PAGE_SIZE: u64 = 4096;
 const MAP_ANONYMOUS: u64 = 0x20;
-
-/// A record as it came from the kernel.
-#[derive(Clone, Copy, Debug)]
-pub enum Record<'a> {
-    /// The event and its stack (return addresses, innermost first).
-    Alloc(&'a AllocEvent, &'a [u64]),
-    Release(&'a ReleaseEvent),
-    /// The process called exec: its old address space is gone.
-    Exec(&'a EventHeader),
-    /// The process exited.
-    Exit(&'a EventHeader),
-}
-
-/// Why a record could not be decoded (counted as a loss).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DecodeError {
-    TooShort,
-    UnknownFunction(u32),
-    Misaligned,
-}
-
-/// Reinterprets ring-buffer bytes. The kernel reserves records 8-byte aligned.
-pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
-    if bytes.len() < size_of::<EventHeader>() {
-        return Err(DecodeError::TooShort);
-    }
-    if bytes.as_ptr().align_offset(8) != 0 {
-        return Err(DecodeError::Misaligned);
-    }
-    // SAFETY: length checked, alignment checked, EventHeader is plain data.
-    let header = unsafe { &*bytes.as_ptr().cast::<EventHeader>() };
-    if header.func == EXEC_EVENT {
-        return Ok(Record::Exec(header));
-    }
-    if header.func == EXIT_EVENT {
-        return Ok(Record::Exit(header));
-    }
-    let func = AllocFn::from_u32(header.func).ok_or(DecodeError::UnknownFunction(header.func))?;
-    if func.is_release() {
-        if bytes.len() < size_of::<ReleaseEvent>() {
-            return Err(DecodeError::TooShort);
-        }
-        // SAFETY: as above, for the longer type.
-        Ok(Record::Release(unsafe {
-            &*bytes.as_ptr().cast::<ReleaseEvent>()
-        }))
-    } else {
-        let fixed = size_of::<AllocEvent>();
-        if bytes.len() < fixed {
-            return Err(DecodeError::TooShort);
-        }
-        // SAFETY: as above, for the fixed part of the record.
-        let event = unsafe { &*bytes.as_ptr().cast::<AllocEvent>() };
-        let frames = (event.header.stack_len as usize).min(MAX_STACK_DEPTH);
-        let stack_bytes = &bytes[fixed..];
-        if stack_bytes.len() < frames * size_of::<u64>() {
-            return Err(DecodeError::TooShort);
-        }
-        // SAFETY: `fixed` is a multiple of 8 from an 8-aligned start, and
-        // the length was checked.
-        let stack =
-            unsafe { std::slice::from_raw_parts(stack_bytes.as_ptr().cast::<u64>(), frames) };
-        Ok(Record::Alloc(event, stack))
-    }
-}
-
-/// Encodes an allocating record as the kernel sends it (tests, benchmarks).
-/// u64 storage keeps the 8-byte alignment the ring buffer guarantees.
-pub fn encode_alloc(event: &AllocEvent, stack: &[u64]) -> Vec<u64> {
-    let mut event = *event;
-    event.header.stack_len = stack.len() as u32;
-    let mut words = vec![0u64; size_of::<AllocEvent>() / 8];
-    // SAFETY: AllocEvent is plain data whose size is a multiple of 8.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            (&raw const event).cast::<u8>(),
-            words.as_mut_ptr().cast::<u8>(),
-            size_of::<AllocEvent>(),
-        )
-    };
-    words.extend_from_slice(stack);
-    words
-}
-
-/// Encodes a release record as the kernel sends it.
-pub fn encode_release(event: &ReleaseEvent) -> Vec<u64> {
-    let mut words = vec![0u64; size_of::<ReleaseEvent>() / 8];
-    // SAFETY: ReleaseEvent is plain data whose size is a multiple of 8.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            (event as *const ReleaseEvent).cast::<u8>(),
-            words.as_mut_ptr().cast::<u8>(),
-            size_of::<ReleaseEvent>(),
-        )
-    };
-    words
-}
-
-/// A sampled `malloc(size)` by `pid` that returned `addr` at
-/// `timestamp_ns`, with `stack`, as the kernel sends it (tests, benchmarks).
-pub fn malloc_record(pid: u32, addr: u64, size: u64, stack: &[u64], timestamp_ns: u64) -> Vec<u64> {
-    let event = AllocEvent {
-        header: EventHeader {
-            func: AllocFn::Malloc as u32,
-            pid,
-            tid: pid,
-            stack_len: 0,
-            timestamp_ns,
-        },
-        args: [size, 0, 0, 0],
-        ret: addr,
-        out: 0,
-        fp_frames: 0,
-        flags: leaktrace_common::FLAG_SAMPLED,
-    };
-    encode_alloc(&event, stack)
-}
-
-/// A `free(addr)` by `pid`, as the kernel sends it (tests, benchmarks).
-pub fn free_record(pid: u32, addr: u64) -> Vec<u64> {
-    encode_release(&ReleaseEvent {
-        header: EventHeader {
-            func: AllocFn::Free as u32,
-            pid,
-            tid: pid,
-            stack_len: 0,
-            timestamp_ns: 0,
-        },
-        args: [addr, 0],
-    })
-}
-
-/// Views encoded words as the bytes the ring buffer hands over.
-pub fn as_bytes(words: &[u64]) -> &[u8] {
-    // SAFETY: viewing initialised u64s as bytes.
-    unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), words.len() * 8) }
-}
-
-const _: () = assert!(
-    size_of::<AllocEvent>().is_multiple_of(8) && size_of::<ReleaseEvent>().is_multiple_of(8)
-);
 
 /// What one call did to the heap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -461,48 +318,6 @@ mod tests {
                 addr: 0x1000,
                 len: 4096
             }
-        );
-    }
-
-    #[test]
-    fn decode_rejects_short_and_unknown_records() {
-        #[repr(C, align(8))]
-        struct Aligned([u8; 64]);
-        let mut buf = Aligned([0; 64]);
-        assert_eq!(decode(&buf.0[..8]).unwrap_err(), DecodeError::TooShort);
-        buf.0[0] = 99;
-        assert_eq!(
-            decode(&buf.0).unwrap_err(),
-            DecodeError::UnknownFunction(99)
-        );
-        buf.0[0] = AllocFn::Free as u8;
-        buf.0[24] = 0x42;
-        match decode(&buf.0).unwrap() {
-            Record::Release(r) => assert_eq!(r.args[0], 0x42),
-            other => panic!("{other:?}"),
-        }
-        buf.0[0] = AllocFn::Malloc as u8;
-        assert_eq!(decode(&buf.0[..56]).unwrap_err(), DecodeError::TooShort);
-        // A record as long as its stack, no longer.
-        let event = AllocEvent {
-            header: EventHeader {
-                func: AllocFn::Malloc as u32,
-                ..EventHeader::default()
-            },
-            ..AllocEvent::default()
-        };
-        let words = encode_alloc(&event, &[0xa, 0xb]);
-        match decode(as_bytes(&words)).unwrap() {
-            Record::Alloc(e, stack) => {
-                assert_eq!(e.header.stack_len, 2);
-                assert_eq!(stack, [0xa, 0xb]);
-            }
-            other => panic!("{other:?}"),
-        }
-        // stack_len promising more frames than sent is rejected.
-        assert_eq!(
-            decode(&as_bytes(&words)[..as_bytes(&words).len() - 8]).unwrap_err(),
-            DecodeError::TooShort
         );
     }
 }

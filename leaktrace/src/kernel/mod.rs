@@ -5,6 +5,9 @@
 //! Every probe is an fd-based perf link: when leaktrace exits, however it
 //! exits (SIGKILL included), the kernel closes the fds and removes the
 //! probes, so the traced process never keeps paying for a dead tracer.
+pub mod attach;
+pub mod unwind_tables;
+
 use std::{num::NonZeroU32, path::Path};
 
 use anyhow::{Context as _, Result, bail};
@@ -22,9 +25,9 @@ use leaktrace_common::{
     STACK_MODE_FP, SampledKey,
 };
 
-use crate::{
-    probes::{Attachment, Program},
-    unwind_maps::UnwindTables,
+use self::{
+    attach::{Attachment, Program},
+    unwind_tables::UnwindTables,
 };
 
 /// Counts of what the kernel side had to drop, summed over CPUs.

@@ -92,9 +92,9 @@ fn unordered_plan(objects: &[ProbedObject], placed: bool) -> Vec<Attachment> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
+    use crate::target::{
+        FunctionSymbol,
         placement::{Placement, PlacementReason},
-        target::FunctionSymbol,
     };
 
     fn function(func: AllocFn, file_offset: u64, placed_at: u64) -> FunctionSymbol {

@@ -94,8 +94,8 @@ pub enum Command {
         /// Output: text, or folded for flamegraph tools (only the call
         /// sites that grew: sites that shrank or did not change are left
         /// out).
-        #[arg(long, short, value_enum, default_value_t = crate::report::diff::DiffFormat::Text)]
-        format: crate::report::diff::DiffFormat,
+        #[arg(long, short, value_enum, default_value_t = crate::diff::DiffFormat::Text)]
+        format: crate::diff::DiffFormat,
     },
 }
 

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 // SipHash was a third of the time per record (cargo xtask bench).
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::{ingest::HeapOp, sites::SiteId};
+use crate::daemon::{contracts::HeapOp, sites::SiteId};
 
 /// One outstanding block or region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

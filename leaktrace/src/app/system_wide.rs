@@ -19,9 +19,8 @@ use std::{
 use anyhow::{Result, bail};
 
 use crate::{
-    kernel::{KernelProbes, Scope},
-    probes,
-    target::{self, ProbedObject, SymbolCache},
+    kernel::{KernelProbes, Scope, attach},
+    target::{self, ProbedObject, SymbolCache, procfs},
 };
 
 /// How long after its exec a process is first inspected: its dynamic
@@ -84,13 +83,13 @@ impl SystemWide {
     /// traced.
     fn probe(&mut self, objects: Vec<ProbedObject>, kernel: &mut KernelProbes) {
         for object in objects {
-            let Some(identity) = target::file_identity(&object.path) else {
+            let Some(identity) = procfs::file_identity(&object.path) else {
                 continue;
             };
             if !self.probed.insert(identity) {
                 continue;
             }
-            let plan = probes::plan(std::slice::from_ref(&object), self.placed);
+            let plan = attach::plan(std::slice::from_ref(&object), self.placed);
             match kernel.attach(&plan, Scope::AllProcesses) {
                 Ok(()) => self.objects.push(object),
                 Err(err) => eprintln!(
@@ -124,7 +123,7 @@ impl SystemWide {
                 retry.push(pending);
                 continue;
             }
-            if !target::process_exists(pending.pid) {
+            if !procfs::process_exists(pending.pid) {
                 continue;
             }
             match target::objects_for_pid_cached(pending.pid, &mut self.cache) {

@@ -5,146 +5,14 @@
 //! is still symbolized), then turned into (object, file offset) pairs that
 //! blazesym symbolizes from the object files themselves. No live process is
 //! needed at report time.
-use std::{
-    collections::HashMap,
-    fs,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use blazesym::symbolize::{self, Input, Symbolized, source::Source};
 use serde::Serialize;
 
-/// One file-backed mapping of a process.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mapping {
-    pub start: u64,
-    pub end: u64,
-    pub file_offset: u64,
-    pub executable: bool,
-    /// Path as the process sees it.
-    pub path: Arc<str>,
-}
+mod process_maps;
 
-/// Parses /proc/PID/maps, keeping file-backed mappings.
-pub fn parse_maps(text: &str) -> Vec<Mapping> {
-    text.lines()
-        .filter_map(|line| {
-            // start-end perms offset dev inode path
-            let mut fields = line.splitn(6, ' ');
-            let (start, end) = fields.next()?.split_once('-')?;
-            let perms = fields.next()?;
-            let offset = fields.next()?;
-            let _dev = fields.next()?;
-            let _inode = fields.next()?;
-            let path = fields.next()?.trim_start();
-            let path = path.strip_suffix(" (deleted)").unwrap_or(path);
-            if !path.starts_with('/') {
-                return None;
-            }
-            Some(Mapping {
-                start: u64::from_str_radix(start, 16).ok()?,
-                end: u64::from_str_radix(end, 16).ok()?,
-                file_offset: u64::from_str_radix(offset, 16).ok()?,
-                executable: perms.as_bytes().get(2) == Some(&b'x'),
-                path: path.into(),
-            })
-        })
-        .collect()
-}
-
-/// Where the process's files are from leaktrace's point of view: `/` when
-/// it shares our root, `/proc/PID/root` when it lives in a container.
-pub fn process_root(pid: u32) -> PathBuf {
-    let theirs = fs::canonicalize(format!("/proc/{pid}/root"));
-    let ours = fs::canonicalize("/proc/self/root");
-    match (theirs, ours) {
-        (Ok(a), Ok(b)) if a == b => PathBuf::from("/"),
-        _ => PathBuf::from(format!("/proc/{pid}/root")),
-    }
-}
-
-/// Every mapping a process was seen with, newest last.
-#[derive(Clone, Debug)]
-pub struct ProcessMaps {
-    pub pid: u32,
-    /// Shared with the symbolizer's cache keys.
-    root: Arc<Path>,
-    history: Vec<Mapping>,
-    /// The mappings of the last successful read.
-    current: Vec<Mapping>,
-}
-
-impl ProcessMaps {
-    pub fn new(pid: u32) -> ProcessMaps {
-        ProcessMaps {
-            pid,
-            root: process_root(pid).into(),
-            history: Vec::new(),
-            current: Vec::new(),
-        }
-    }
-
-    /// Built from known mappings (tests, replays).
-    pub fn from_mappings(pid: u32, mappings: Vec<Mapping>) -> ProcessMaps {
-        ProcessMaps {
-            pid,
-            root: Path::new("/").into(),
-            current: mappings.clone(),
-            history: mappings,
-        }
-    }
-
-    /// Reads the process's current mappings into the history. True when
-    /// they changed since the last read (worth handing to the unwinder);
-    /// false when they did not, or the process is gone (its last mappings
-    /// stay known).
-    pub fn refresh(&mut self) -> bool {
-        let Ok(text) = fs::read_to_string(format!("/proc/{}/maps", self.pid)) else {
-            return false;
-        };
-        let current = parse_maps(&text);
-        if current.is_empty() || current == self.current {
-            // A zombie has no mappings left; keep what we knew.
-            return false;
-        }
-        for mapping in &current {
-            if !self.history.contains(mapping) {
-                self.history.push(mapping.clone());
-            }
-        }
-        self.current = current;
-        true
-    }
-
-    /// The mappings of the last successful read.
-    pub fn current(&self) -> &[Mapping] {
-        &self.current
-    }
-
-    /// Where the process's files are from here (`/` or /proc/PID/root).
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// The newest mapping holding `addr`, and `addr`'s offset in its file.
-    pub fn locate(&self, addr: u64) -> Option<(&Mapping, u64)> {
-        self.history
-            .iter()
-            .rev()
-            .find(|m| addr >= m.start && addr < m.end)
-            .map(|m| (m, addr - m.start + m.file_offset))
-    }
-
-    pub fn covers(&self, addr: u64) -> bool {
-        self.locate(addr).is_some()
-    }
-
-    /// The path to open for a mapping's object.
-    fn open_path(&self, path: &str) -> PathBuf {
-        self.root.join(path.trim_start_matches('/'))
-    }
-}
+pub(crate) use process_maps::ProcessMaps;
 
 /// One symbolized frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -325,48 +193,6 @@ fn unknown_frame(path: &str, offset: u64) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const MAPS: &str = "\
-55d0c0a00000-55d0c0a01000 r--p 00000000 fe:01 1234                       /usr/bin/prog
-55d0c0a01000-55d0c0a02000 r-xp 00001000 fe:01 1234                       /usr/bin/prog
-55d0c1000000-55d0c1021000 rw-p 00000000 00:00 0                          [heap]
-7f0000000000-7f0000028000 r--p 00000000 fe:01 99                         /usr/lib/x86_64-linux-gnu/libc.so.6
-7f0000028000-7f000019d000 r-xp 00028000 fe:01 99                         /usr/lib/x86_64-linux-gnu/libc.so.6
-7f00001a0000-7f00001a1000 r-xp 00000000 fe:01 77                         /tmp/gone.so (deleted)
-7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
-";
-
-    #[test]
-    fn parses_file_backed_mappings_only() {
-        let maps = parse_maps(MAPS);
-        assert_eq!(maps.len(), 5);
-        assert_eq!(maps[1].start, 0x55d0c0a01000);
-        assert_eq!(maps[1].file_offset, 0x1000);
-        assert!(maps[1].executable);
-        assert!(!maps[0].executable);
-        assert_eq!(&*maps[4].path, "/tmp/gone.so");
-    }
-
-    #[test]
-    fn locate_gives_file_offsets_and_prefers_newest_mapping() {
-        let mut mappings = parse_maps(MAPS);
-        let pm = ProcessMaps::from_mappings(1, mappings.clone());
-        let (m, offset) = pm.locate(0x7f0000028010).unwrap();
-        assert_eq!(&*m.path, "/usr/lib/x86_64-linux-gnu/libc.so.6");
-        assert_eq!(offset, 0x28010);
-        assert!(pm.locate(0x55d0c1000100).is_none());
-        // The same range mapped again later, from another object, wins.
-        mappings.push(Mapping {
-            start: 0x7f0000028000,
-            end: 0x7f0000029000,
-            file_offset: 0x5000,
-            executable: true,
-            path: "/opt/new.so".into(),
-        });
-        let pm = ProcessMaps::from_mappings(1, mappings);
-        let (m, offset) = pm.locate(0x7f0000028010).unwrap();
-        assert_eq!((&*m.path, offset), ("/opt/new.so", 0x5010));
-    }
 
     #[test]
     fn symbolizes_this_test_binary() {

@@ -1,7 +1,7 @@
 //! Aggregate: outstanding blocks summed per call site.
 use std::collections::HashMap;
 
-use crate::{heap::HeapTable, sites::SiteId};
+use crate::daemon::{heap::HeapTable, sites::SiteId};
 
 /// What one call site still holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +75,7 @@ pub fn outstanding_by_site(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::HeapOp;
+    use crate::daemon::contracts::HeapOp;
 
     const MS: u64 = 1_000_000;
 

@@ -20,7 +20,7 @@ use leaktrace_common::{
 };
 use object::{Object as _, ObjectSegment as _};
 
-use crate::{symbolize::Mapping, unwind};
+use crate::{target::procfs::Mapping, unwind};
 
 /// An object whose rows are in the array.
 #[derive(Clone, Debug)]
@@ -150,7 +150,7 @@ impl UnwindTables {
     fn object(&mut self, path: &str, root: &Path) -> Option<LoadedObject> {
         let file = root.join(path.trim_start_matches('/'));
         // Unreadable (deleted, or the process is gone): no table.
-        let identity = crate::target::file_identity(&file)?;
+        let identity = crate::target::procfs::file_identity(&file)?;
         if let Some(known) = self.objects.get(&identity) {
             return known.clone();
         }

@@ -1,0 +1,154 @@
+//! The event loop: drains the ring buffer into the tracer as records
+//! arrive (and every 20 ms below the kernel's wake-up mark), samples growth,
+//! reports at each interval, answers HTTP requests, forwards signals to
+//! `run`'s command, and drains what is left before the final report.
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    net::{TcpListener, TcpStream},
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use super::{
+    exit_watch::{Exit, ExitWatch},
+    http,
+    tracer::Tracer,
+};
+use crate::target::launch;
+
+/// Why tracing stopped.
+pub(crate) enum Stop {
+    Exited(Option<launch::ExitStatus>),
+    DurationElapsed,
+    Signal(&'static str),
+}
+
+/// How often site growth is sampled without --interval.
+const GROWTH_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often the ring buffer is drained when the kernel has not woken us.
+const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Drains events until a stop condition, then drains the rest and writes
+/// the final report. `child` is the pid to forward SIGINT/SIGTERM to when
+/// leaktrace launched it (the command decides when to stop).
+pub(super) async fn trace_loop(
+    (mut tracer, ring): (Tracer, RingBuf<MapData>),
+    mut watch: ExitWatch,
+    child: Option<u32>,
+    listener: Option<TcpListener>,
+) -> Result<Stop> {
+    // SAFETY: the ring buffer's map fd stays open, and the same fd, inside
+    // the AsyncFd.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(std::io::Error::from)
+        .context("watching the ring buffer")?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let deadline = tracer
+        .options
+        .duration
+        .map(|d| tokio::time::Instant::now() + d);
+    let interval = tracer.options.interval;
+    let mut next_report = interval.map(|i| tokio::time::Instant::now() + i);
+    // The kernel wakes us only past a fill mark (see the eBPF side); this
+    // timer drains what waits below it.
+    let mut drain_timer = tokio::time::interval(DRAIN_PERIOD);
+    drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Growth is sampled at every interval, or every 10 s without one.
+    let mut growth_timer = tokio::time::interval(interval.unwrap_or(GROWTH_PERIOD));
+    growth_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Connections are read and written by tasks of their own; only the
+    // pages they ask for come through here, so no client holds up draining.
+    let (pages_tx, mut pages) = mpsc::unbounded_channel();
+    let mut forwarded = 0;
+    let stop = loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                tracer.drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            _ = drain_timer.tick() => {
+                tracer.drain(ring.get_mut());
+                tracer.housekeeping(false);
+            }
+            _ = growth_timer.tick() => {
+                tracer.drain(ring.get_mut());
+                tracer.housekeeping(true);
+                tracer.record_growth();
+            }
+            accepted = accept(listener.as_ref()) => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(http::handle(stream, pages_tx.clone()));
+                }
+                Err(err) => tracer.progress(&format!("http: accepting a connection: {err}")),
+            },
+            Some((page, reply)) = pages.recv() => {
+                tracer.drain(ring.get_mut());
+                let response = tracer.page(page).unwrap_or_else(|err| {
+                    tracer.progress(&format!("http: {err:#}"));
+                    ("500 Internal Server Error", "text/plain", format!("{err:#}\n").into_bytes())
+                });
+                // The client may have gone: nothing to do then.
+                let _ = reply.send(response);
+            }
+            exit = watch.wait() => match exit {
+                Exit::One(pid) => tracer.progress(&format!("pid {pid} exited; still tracing the others")),
+                Exit::All(status) => break Stop::Exited(status),
+            },
+            _ = sleep_until(deadline) => break Stop::DurationElapsed,
+            _ = sleep_until(next_report) => {
+                tracer.drain(ring.get_mut());
+                tracer.emit(false)?;
+                next_report = interval.map(|i| tokio::time::Instant::now() + i);
+            }
+            _ = interrupt.recv() => match child {
+                Some(pid) if forwarded == 0 => {
+                    forwarded += 1;
+                    tracer.progress("interrupted: passing SIGINT to the command, reporting when it exits (again to stop now)");
+                    // SAFETY: signalling our own child.
+                    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+                }
+                _ => break Stop::Signal("SIGINT"),
+            },
+            _ = terminate.recv() => match child {
+                Some(pid) if forwarded == 0 => {
+                    forwarded += 1;
+                    tracer.progress("terminated: passing SIGTERM to the command, reporting when it exits");
+                    // SAFETY: signalling our own child.
+                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                }
+                _ => break Stop::Signal("SIGTERM"),
+            },
+        }
+    };
+    tracer.drain(ring.get_mut());
+    match &stop {
+        Stop::Exited(Some(status)) => tracer.progress(&format!("the command exited ({status:?})")),
+        Stop::Exited(None) => tracer.progress("the traced processes exited"),
+        Stop::DurationElapsed => tracer.progress("duration elapsed"),
+        Stop::Signal(name) => tracer.progress(&format!("stopped by {name}")),
+    }
+    tracer.emit(true)?;
+    Ok(stop)
+}
+
+/// The next connection, or never without a listener.
+async fn accept(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

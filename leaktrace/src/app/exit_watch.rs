@@ -1,0 +1,83 @@
+//! When the traced processes are gone: a pidfd per process named by
+//! `--pid`, the launcher's word for `run`, never for `--all`.
+use std::os::fd::{FromRawFd as _, OwnedFd};
+
+use anyhow::{Context as _, Result, bail};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+
+use crate::target::launch;
+
+/// Tells when the traced processes are gone.
+pub(crate) enum ExitWatch {
+    /// `--pid`: one pidfd per process; the pids arrive as they exit.
+    Pids {
+        exits: mpsc::UnboundedReceiver<u32>,
+        remaining: usize,
+    },
+    /// `run`: the launcher reports the command's exit status.
+    Child(tokio::sync::oneshot::Receiver<launch::ExitStatus>),
+    /// `--all`: runs until stopped.
+    Never,
+}
+
+/// What a watch saw.
+pub(crate) enum Exit {
+    /// One of several processes exited; others remain.
+    One(u32),
+    /// Everything traced is gone.
+    All(Option<launch::ExitStatus>),
+}
+
+impl ExitWatch {
+    /// Watches `pids` through pidfds (each one stays open, inside its
+    /// AsyncFd, until it fires).
+    pub(crate) fn pids(pidfds: Vec<(u32, OwnedFd)>) -> Result<ExitWatch> {
+        let (sender, exits) = mpsc::unbounded_channel();
+        let remaining = pidfds.len();
+        for (pid, pidfd) in pidfds {
+            // SAFETY: the OwnedFd stays open, and the same fd, inside the
+            // AsyncFd.
+            let pidfd = unsafe { AsyncFd::register(pidfd) }
+                .map_err(std::io::Error::from)
+                .context("watching a pidfd")?;
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let _ = pidfd.readable().await;
+                let _ = sender.send(pid);
+            });
+        }
+        Ok(ExitWatch::Pids { exits, remaining })
+    }
+
+    pub(crate) async fn wait(&mut self) -> Exit {
+        match self {
+            ExitWatch::Pids { exits, remaining } => match exits.recv().await {
+                Some(pid) => {
+                    *remaining -= 1;
+                    if *remaining == 0 {
+                        Exit::All(None)
+                    } else {
+                        Exit::One(pid)
+                    }
+                }
+                None => std::future::pending().await,
+            },
+            ExitWatch::Child(rx) => Exit::All(rx.await.ok()),
+            ExitWatch::Never => std::future::pending().await,
+        }
+    }
+}
+
+pub(crate) fn pidfd_open(pid: u32) -> Result<OwnedFd> {
+    // SAFETY: plain syscall; the fd returned is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            bail!("no such process: {pid}");
+        }
+        return Err(err).context("pidfd_open");
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}

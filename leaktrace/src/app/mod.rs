@@ -1,0 +1,75 @@
+//! The application: the command line, and what runs one trace from attach
+//! to final report.
+//!
+//! - [`cli`]: the options, parsed and explained (`--help`);
+//! - [`start`]: loads the kernel side and attaches the probes to the
+//!   processes named, to every process, or to a command it starts;
+//! - [`tracer`]: everything the daemon keeps while it traces, and the
+//!   reports made from it;
+//! - [`event_loop`]: drains the ring buffer as records arrive, reports at
+//!   each interval and at the end, answers HTTP requests;
+//! - [`exit_watch`]: when the traced processes are gone (pidfds);
+//! - [`system_wide`]: `--all`, every process on the host;
+//! - [`http`]: `serve`'s routes and connections;
+//! - [`output`]: report files replaced whole, devices written in place.
+pub mod cli;
+mod event_loop;
+mod exit_watch;
+mod http;
+mod output;
+mod start;
+mod system_wide;
+mod tracer;
+
+use anyhow::{Context as _, Result, bail};
+use tokio::net::TcpListener;
+
+use self::cli::{Cli, Command, SERVE_SAMPLE_BYTES};
+
+/// Runs the parsed command line; returns the process exit code.
+pub fn main(cli: Cli) -> Result<i32> {
+    if let Command::Trace { options, .. } | Command::Run { options, .. } = &cli.command
+        && options.format.is_binary()
+        && options.output.is_none()
+    {
+        bail!("--format pprof is binary and cannot go to a terminal: give --output PATH");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Trace {
+            targets,
+            mut options,
+        } => {
+            if targets.all {
+                options.sample_bytes.get_or_insert(SERVE_SAMPLE_BYTES);
+            }
+            runtime.block_on(start::trace_targets(targets, options, None))
+        }
+        Command::Serve {
+            targets,
+            listen,
+            allow_remote,
+            mut options,
+        } => {
+            http::check_listen_address(listen, allow_remote)?;
+            options.sample_bytes.get_or_insert(SERVE_SAMPLE_BYTES);
+            runtime.block_on(async move {
+                let listener = TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?;
+                let address = listener.local_addr()?;
+                if !options.quiet {
+                    eprintln!(
+                        "leaktrace: serving on http://{address}/ (/debug/pprof/heap, /metrics)"
+                    );
+                }
+                start::trace_targets(targets, options, Some(listener)).await
+            })
+        }
+        Command::Run { options, command } => runtime.block_on(start::run_command(command, options)),
+        Command::Diff { old, new, format } => crate::diff::run(&old, &new, format),
+    }
+}

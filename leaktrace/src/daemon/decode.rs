@@ -1,0 +1,126 @@
+//! Decoding: ring-buffer bytes back into the records the kernel wrote.
+//!
+//! The kernel reserves every record 8-byte aligned and writes plain
+//! `#[repr(C)]` structs from `leaktrace-common`; a record that is too short
+//! for what its header promises, or names an unknown function, is an error
+//! (counted as a loss), never a panic.
+use leaktrace_common::{
+    AllocEvent, AllocFn, EXEC_EVENT, EXIT_EVENT, EventHeader, MAX_STACK_DEPTH, ReleaseEvent,
+};
+
+/// A record as it came from the kernel.
+#[derive(Clone, Copy, Debug)]
+pub enum Record<'a> {
+    /// The event and its stack (return addresses, innermost first).
+    Alloc(&'a AllocEvent, &'a [u64]),
+    Release(&'a ReleaseEvent),
+    /// The process called exec: its old address space is gone.
+    Exec(&'a EventHeader),
+    /// The process exited.
+    Exit(&'a EventHeader),
+}
+
+/// Why a record could not be decoded (counted as a loss).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    TooShort,
+    UnknownFunction(u32),
+    Misaligned,
+}
+
+/// Reinterprets ring-buffer bytes. The kernel reserves records 8-byte aligned.
+pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
+    if bytes.len() < size_of::<EventHeader>() {
+        return Err(DecodeError::TooShort);
+    }
+    if bytes.as_ptr().align_offset(8) != 0 {
+        return Err(DecodeError::Misaligned);
+    }
+    // SAFETY: length checked, alignment checked, EventHeader is plain data.
+    let header = unsafe { &*bytes.as_ptr().cast::<EventHeader>() };
+    if header.func == EXEC_EVENT {
+        return Ok(Record::Exec(header));
+    }
+    if header.func == EXIT_EVENT {
+        return Ok(Record::Exit(header));
+    }
+    let func = AllocFn::from_u32(header.func).ok_or(DecodeError::UnknownFunction(header.func))?;
+    if func.is_release() {
+        if bytes.len() < size_of::<ReleaseEvent>() {
+            return Err(DecodeError::TooShort);
+        }
+        // SAFETY: as above, for the longer type.
+        Ok(Record::Release(unsafe {
+            &*bytes.as_ptr().cast::<ReleaseEvent>()
+        }))
+    } else {
+        let fixed = size_of::<AllocEvent>();
+        if bytes.len() < fixed {
+            return Err(DecodeError::TooShort);
+        }
+        // SAFETY: as above, for the fixed part of the record.
+        let event = unsafe { &*bytes.as_ptr().cast::<AllocEvent>() };
+        let frames = (event.header.stack_len as usize).min(MAX_STACK_DEPTH);
+        let stack_bytes = &bytes[fixed..];
+        if stack_bytes.len() < frames * size_of::<u64>() {
+            return Err(DecodeError::TooShort);
+        }
+        // SAFETY: `fixed` is a multiple of 8 from an 8-aligned start, and
+        // the length was checked.
+        let stack =
+            unsafe { std::slice::from_raw_parts(stack_bytes.as_ptr().cast::<u64>(), frames) };
+        Ok(Record::Alloc(event, stack))
+    }
+}
+
+const _: () = assert!(
+    size_of::<AllocEvent>().is_multiple_of(8) && size_of::<ReleaseEvent>().is_multiple_of(8)
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::records::{as_bytes, encode_alloc};
+
+    #[test]
+    fn decode_rejects_short_and_unknown_records() {
+        #[repr(C, align(8))]
+        struct Aligned([u8; 64]);
+        let mut buf = Aligned([0; 64]);
+        assert_eq!(decode(&buf.0[..8]).unwrap_err(), DecodeError::TooShort);
+        buf.0[0] = 99;
+        assert_eq!(
+            decode(&buf.0).unwrap_err(),
+            DecodeError::UnknownFunction(99)
+        );
+        buf.0[0] = AllocFn::Free as u8;
+        buf.0[24] = 0x42;
+        match decode(&buf.0).unwrap() {
+            Record::Release(r) => assert_eq!(r.args[0], 0x42),
+            other => panic!("{other:?}"),
+        }
+        buf.0[0] = AllocFn::Malloc as u8;
+        assert_eq!(decode(&buf.0[..56]).unwrap_err(), DecodeError::TooShort);
+        // A record as long as its stack, no longer.
+        let event = AllocEvent {
+            header: EventHeader {
+                func: AllocFn::Malloc as u32,
+                ..EventHeader::default()
+            },
+            ..AllocEvent::default()
+        };
+        let words = encode_alloc(&event, &[0xa, 0xb]);
+        match decode(as_bytes(&words)).unwrap() {
+            Record::Alloc(e, stack) => {
+                assert_eq!(e.header.stack_len, 2);
+                assert_eq!(stack, [0xa, 0xb]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // stack_len promising more frames than sent is rejected.
+        assert_eq!(
+            decode(&as_bytes(&words)[..as_bytes(&words).len() - 8]).unwrap_err(),
+            DecodeError::TooShort
+        );
+    }
+}

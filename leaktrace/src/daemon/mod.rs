@@ -1,0 +1,21 @@
+//! The daemon's side of the data path: from ring-buffer bytes to call-site
+//! totals, with no kernel and no I/O, so every step is tested on made-up
+//! records.
+//!
+//! - [`decode`]: bytes to records;
+//! - [`contracts`]: each call's arguments and return value to what it did
+//!   to the heap;
+//! - [`sites`]: stacks interned as call sites;
+//! - [`heap`]: the outstanding blocks by (pid, address);
+//! - [`pipeline`]: the three above applied to one record at a time;
+//! - [`aggregate`]: outstanding bytes and counts per call site;
+//! - [`growth`]: each site's totals over time, and which only grow.
+pub mod aggregate;
+pub mod contracts;
+pub mod decode;
+pub mod growth;
+pub mod heap;
+pub mod pipeline;
+#[cfg(any(test, feature = "bench"))]
+pub mod records;
+pub mod sites;

@@ -1,0 +1,185 @@
+//! Loading a saved report, JSON or gzipped pprof, into call sites keyed by
+//! their function names root to leaf and the allocator.
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    path::Path,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde::Deserialize;
+
+use crate::report::{
+    Report,
+    pprof::{self, NO_STACK, Profile},
+};
+
+/// What matches a call site across reports.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SiteKey {
+    /// Function names, root first (the function that called the allocator
+    /// last); empty when no stack was captured.
+    pub stack: Vec<String>,
+    /// The allocator function called (malloc, calloc, mmap...); empty for
+    /// a pprof profile that did not come from leaktrace.
+    pub allocator: String,
+}
+
+/// Outstanding memory of a site.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Amount {
+    pub bytes: u64,
+    pub count: u64,
+}
+
+/// A saved report, reduced to what diff compares.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sites(pub BTreeMap<SiteKey, Amount>);
+
+impl Sites {
+    fn add(&mut self, key: SiteKey, bytes: u64, count: u64) {
+        let amount = self.0.entry(key).or_default();
+        amount.bytes = amount.bytes.saturating_add(bytes);
+        amount.count = amount.count.saturating_add(count);
+    }
+
+    pub fn total(&self) -> Amount {
+        self.0.values().fold(Amount::default(), |sum, a| Amount {
+            bytes: sum.bytes.saturating_add(a.bytes),
+            count: sum.count.saturating_add(a.count),
+        })
+    }
+
+    /// The sites of a report in memory (tests compare reports made here).
+    #[cfg(test)]
+    pub fn from_report(report: &Report) -> Sites {
+        let mut sites = Sites::default();
+        for site in &report.sites {
+            let stack = site.frames.iter().rev().map(|f| f.function.clone());
+            sites.add(
+                SiteKey {
+                    stack: stack.collect(),
+                    allocator: site.allocator.clone(),
+                },
+                site.bytes,
+                site.count,
+            );
+        }
+        sites
+    }
+}
+
+/// Reads a saved report, JSON or gzipped pprof.
+pub fn load(path: &Path) -> Result<Sites> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    parse(&bytes).with_context(|| path.display().to_string())
+}
+
+/// A saved report's bytes: gzipped pprof if they start with the gzip
+/// magic, else JSON.
+pub fn parse(bytes: &[u8]) -> Result<Sites> {
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        from_pprof(&pprof::decode(bytes)?)
+    } else {
+        from_json(bytes).map_err(|err| {
+            anyhow!("neither a leaktrace JSON report nor a gzipped pprof profile (as JSON: {err})")
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct JsonReport {
+    sites: Vec<JsonSite>,
+}
+
+#[derive(Deserialize)]
+struct JsonSite {
+    allocator: String,
+    bytes: u64,
+    count: u64,
+    frames: Vec<JsonFrame>,
+}
+
+#[derive(Deserialize)]
+struct JsonFrame {
+    function: String,
+}
+
+/// Our JSON; with several documents in sequence (`--interval` on stdout),
+/// the last one.
+fn from_json(bytes: &[u8]) -> Result<Sites> {
+    let mut last = None;
+    for document in serde_json::Deserializer::from_slice(bytes).into_iter::<JsonReport>() {
+        last = Some(document?);
+    }
+    let report = last.ok_or_else(|| anyhow!("empty file"))?;
+    let mut sites = Sites::default();
+    for site in report.sites {
+        sites.add(
+            SiteKey {
+                stack: site.frames.into_iter().rev().map(|f| f.function).collect(),
+                allocator: site.allocator,
+            },
+            site.bytes,
+            site.count,
+        );
+    }
+    Ok(sites)
+}
+
+/// A pprof profile with an `inuse_space` sample type (ours, or any heap
+/// profile); the allocator comes from the `allocator` label.
+fn from_pprof(profile: &Profile) -> Result<Sites> {
+    let Some(space) = profile.sample_index("inuse_space") else {
+        bail!("a pprof profile without an inuse_space sample type (not a heap profile)");
+    };
+    let objects = profile.sample_index("inuse_objects");
+    let functions: HashMap<u64, &str> = profile
+        .function
+        .iter()
+        .map(|f| (f.id, profile.string(f.name)))
+        .collect();
+    let locations: HashMap<u64, &pprof::Location> =
+        profile.location.iter().map(|l| (l.id, l)).collect();
+    let mut sites = Sites::default();
+    for sample in &profile.sample {
+        let mut stack = Vec::new();
+        for id in &sample.location_id {
+            let location = locations
+                .get(id)
+                .ok_or_else(|| anyhow!("a sample refers to location {id}, which is missing"))?;
+            for line in &location.line {
+                let name = functions.get(&line.function_id).ok_or_else(|| {
+                    anyhow!(
+                        "location {id} refers to function {}, which is missing",
+                        line.function_id
+                    )
+                })?;
+                stack.push(name.to_string());
+            }
+        }
+        if stack == [NO_STACK] {
+            stack.clear();
+        }
+        stack.reverse();
+        let allocator = sample
+            .label
+            .iter()
+            .find(|l| profile.string(l.key) == "allocator")
+            .map_or("", |l| profile.string(l.str));
+        let value = |index: Option<usize>| {
+            index
+                .and_then(|i| sample.value.get(i))
+                .map_or(0, |&v| u64::try_from(v).unwrap_or(0))
+        };
+        sites.add(
+            SiteKey {
+                stack,
+                allocator: allocator.to_string(),
+            },
+            value(Some(space)),
+            value(objects),
+        );
+    }
+    Ok(sites)
+}

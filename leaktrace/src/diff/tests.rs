@@ -1,0 +1,167 @@
+//! The diff end to end on made-up reports, through both importers.
+use super::{
+    compare::{SiteDiff, diff},
+    load::{Amount, SiteKey, Sites, load, parse},
+    render::{render_folded, render_text},
+};
+use std::path::Path;
+
+use crate::report::{Report, fixtures, json, pprof};
+
+fn key(stack: &[&str], allocator: &str) -> SiteKey {
+    SiteKey {
+        stack: stack.iter().map(|s| s.to_string()).collect(),
+        allocator: allocator.into(),
+    }
+}
+
+/// The fixture with leak_a doubled, leak;b gone and a new site.
+fn grown() -> Report {
+    let mut report = fixtures::report();
+    report.sites[0].bytes *= 2;
+    report.sites[0].count *= 2;
+    report.sites.remove(1);
+    let mut site = report.sites[0].clone();
+    site.allocator = "mmap".into();
+    site.bytes = 8192;
+    site.count = 1;
+    site.frames = vec![
+        fixtures::frame("map_it", None, None),
+        fixtures::frame("main", Some("prog.c"), Some(40)),
+    ];
+    report.sites.push(site);
+    report
+}
+
+fn deltas(diffs: &[SiteDiff]) -> Vec<(SiteKey, i128, i128)> {
+    diffs
+        .iter()
+        .map(|d| (d.key.clone(), d.bytes(), d.count()))
+        .collect()
+}
+
+#[test]
+fn per_site_deltas_largest_growth_first() {
+    let old = Sites::from_report(&fixtures::report());
+    let new = Sites::from_report(&grown());
+    let diffs = diff(&old, &new);
+    assert_eq!(
+        deltas(&diffs),
+        [
+            (key(&["main", "map_it"], "mmap"), 8192, 1),
+            (key(&["main", "leak_a"], "malloc"), 4096, 4),
+            (key(&["main", "leak;b"], "calloc"), -100, -1),
+        ]
+    );
+    assert_eq!(
+        render_folded(&diffs),
+        "main;map_it;mmap 8192\nmain;leak_a;malloc 4096\n"
+    );
+    let text = render_text("a.json", "b.pb.gz", &old, &new, &diffs);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "leaktrace diff: a.json -> b.pb.gz");
+    assert_eq!(
+        lines[1],
+        "old: 4196 bytes (4.1 KiB) in 5 allocations at 2 call sites"
+    );
+    assert_eq!(
+        lines[2],
+        "new: 16384 bytes (16.0 KiB) in 9 allocations at 2 call sites"
+    );
+    assert_eq!(
+        lines[3],
+        "change: +12188 bytes (+11.9 KiB), +4 allocations; 2 call sites grew, 1 shrank (1 only in new, 1 only in old), 0 unchanged"
+    );
+    assert_eq!(
+        lines[5],
+        "#1 +8192 bytes (+8.0 KiB), +1 allocations from mmap: 0 -> 8192 bytes, 0 -> 1 allocations [only in new]"
+    );
+    assert_eq!(lines[6], "    map_it");
+    assert_eq!(lines[7], "    main");
+    assert_eq!(
+        lines[9],
+        "#2 +4096 bytes (+4.0 KiB), +4 allocations from malloc: 4096 -> 8192 bytes, 4 -> 8 allocations"
+    );
+    assert_eq!(
+        lines[13],
+        "#3 -100 bytes (-100 B), -1 allocations from calloc: 100 -> 0 bytes, 1 -> 0 allocations [only in old]"
+    );
+    assert_eq!(lines[14], "    leak;b");
+}
+
+#[test]
+fn a_report_against_itself_changes_nothing() {
+    let sites = Sites::from_report(&fixtures::report());
+    let diffs = diff(&sites, &sites);
+    assert_eq!(diffs.len(), 2);
+    assert!(diffs.iter().all(|d| d.bytes() == 0 && d.count() == 0));
+    assert_eq!(render_folded(&diffs), "");
+    let text = render_text("a", "a", &sites, &sites, &diffs);
+    assert!(text.contains("change: +0 bytes (+0 B), +0 allocations; 0 call sites grew"));
+    assert!(text.ends_with("\n(2 call sites unchanged, not shown)\n"));
+}
+
+#[test]
+fn json_and_pprof_inputs_read_the_same() {
+    let old = fixtures::report();
+    let new = grown();
+    let from_json = |r: &Report| parse(json::render(r).as_bytes()).unwrap();
+    let from_pprof = |r: &Report| parse(&pprof::render(r)).unwrap();
+    assert_eq!(from_json(&old), Sites::from_report(&old));
+    assert_eq!(from_pprof(&old), Sites::from_report(&old));
+    let expected = diff(&Sites::from_report(&old), &Sites::from_report(&new));
+    assert_eq!(diff(&from_json(&old), &from_pprof(&new)), expected);
+    assert_eq!(diff(&from_pprof(&old), &from_json(&new)), expected);
+    assert_eq!(diff(&from_pprof(&old), &from_pprof(&new)), expected);
+}
+
+#[test]
+fn sites_with_the_same_names_add_up_and_empty_stacks_match() {
+    let mut report = fixtures::report();
+    let mut twin = report.sites[0].clone();
+    twin.frames[0].line = Some(11);
+    twin.pid = 43;
+    report.sites.push(twin);
+    report.sites[1].frames.clear();
+    for sites in [
+        Sites::from_report(&report),
+        parse(json::render(&report).as_bytes()).unwrap(),
+        parse(&pprof::render(&report)).unwrap(),
+    ] {
+        assert_eq!(sites.0.len(), 2);
+        assert_eq!(
+            sites.0[&key(&["main", "leak_a"], "malloc")],
+            Amount {
+                bytes: 8192,
+                count: 8
+            }
+        );
+        assert_eq!(sites.0[&key(&[], "calloc")].bytes, 100);
+    }
+}
+
+#[test]
+fn the_last_json_document_counts() {
+    let mut text = json::render(&fixtures::report());
+    text.push_str(&json::render(&grown()));
+    assert_eq!(
+        parse(text.as_bytes()).unwrap(),
+        Sites::from_report(&grown())
+    );
+}
+
+#[test]
+fn neither_json_nor_pprof_is_an_error() {
+    let err = parse(b"hello").unwrap_err().to_string();
+    assert!(
+        err.starts_with("neither a leaktrace JSON report nor a gzipped pprof profile"),
+        "{err}"
+    );
+    assert!(parse(b"").is_err());
+    assert!(parse(&[0x1f, 0x8b, 0, 0]).is_err());
+    let err = format!(
+        "{:#}",
+        load(Path::new("/nonexistent/old.json")).unwrap_err()
+    );
+    assert!(err.starts_with("reading /nonexistent/old.json: "), "{err}");
+}

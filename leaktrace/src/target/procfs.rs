@@ -1,0 +1,120 @@
+//! `/proc`: whether a process exists, the file behind a path, and (from
+//! `symbolize`) a process's mappings and root.
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{Result, bail};
+
+/// Whether process `pid` is there (a zombie still is, until reaped).
+pub fn process_exists(pid: u32) -> bool {
+    pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Error text for a PID that is not there.
+pub fn check_pid(pid: u32) -> Result<()> {
+    if !process_exists(pid) {
+        bail!("no such process: {pid}");
+    }
+    Ok(())
+}
+
+/// (device, inode) of a file: what a uprobe is attached to, whatever the
+/// path (a container's /proc/PID/root/... or ours).
+pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// One file-backed mapping of a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub file_offset: u64,
+    pub executable: bool,
+    /// Path as the process sees it.
+    pub path: Arc<str>,
+}
+
+/// Parses /proc/PID/maps, keeping file-backed mappings.
+pub fn parse_maps(text: &str) -> Vec<Mapping> {
+    text.lines()
+        .filter_map(|line| {
+            // start-end perms offset dev inode path
+            let mut fields = line.splitn(6, ' ');
+            let (start, end) = fields.next()?.split_once('-')?;
+            let perms = fields.next()?;
+            let offset = fields.next()?;
+            let _dev = fields.next()?;
+            let _inode = fields.next()?;
+            let path = fields.next()?.trim_start();
+            let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+            if !path.starts_with('/') {
+                return None;
+            }
+            Some(Mapping {
+                start: u64::from_str_radix(start, 16).ok()?,
+                end: u64::from_str_radix(end, 16).ok()?,
+                file_offset: u64::from_str_radix(offset, 16).ok()?,
+                executable: perms.as_bytes().get(2) == Some(&b'x'),
+                path: path.into(),
+            })
+        })
+        .collect()
+}
+
+/// Where the process's files are from leaktrace's point of view: `/` when
+/// it shares our root, `/proc/PID/root` when it lives in a container.
+pub fn process_root(pid: u32) -> PathBuf {
+    let theirs = fs::canonicalize(format!("/proc/{pid}/root"));
+    let ours = fs::canonicalize("/proc/self/root");
+    match (theirs, ours) {
+        (Ok(a), Ok(b)) if a == b => PathBuf::from("/"),
+        _ => PathBuf::from(format!("/proc/{pid}/root")),
+    }
+}
+
+/// A process's command line, words joined by spaces ("" when unreadable),
+/// on one line (`python3 -c` scripts carry newlines).
+pub fn command_line(pid: u32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|bytes| {
+            bytes
+                .split(|&b| b == 0)
+                .filter(|word| !word.is_empty())
+                .map(String::from_utf8_lossy)
+                .collect::<Vec<_>>()
+                .join(" ")
+                .replace(char::is_control, " ")
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) const MAPS: &str = "\
+55d0c0a00000-55d0c0a01000 r--p 00000000 fe:01 1234                       /usr/bin/prog
+55d0c0a01000-55d0c0a02000 r-xp 00001000 fe:01 1234                       /usr/bin/prog
+55d0c1000000-55d0c1021000 rw-p 00000000 00:00 0                          [heap]
+7f0000000000-7f0000028000 r--p 00000000 fe:01 99                         /usr/lib/x86_64-linux-gnu/libc.so.6
+7f0000028000-7f000019d000 r-xp 00028000 fe:01 99                         /usr/lib/x86_64-linux-gnu/libc.so.6
+7f00001a0000-7f00001a1000 r-xp 00000000 fe:01 77                         /tmp/gone.so (deleted)
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
+";
+
+    #[test]
+    fn parses_file_backed_mappings_only() {
+        let maps = parse_maps(MAPS);
+        assert_eq!(maps.len(), 5);
+        assert_eq!(maps[1].start, 0x55d0c0a01000);
+        assert_eq!(maps[1].file_offset, 0x1000);
+        assert!(maps[1].executable);
+        assert!(!maps[0].executable);
+        assert_eq!(&*maps[4].path, "/tmp/gone.so");
+    }
+}
