@@ -9,10 +9,9 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Deserialize;
 
-use crate::report::{
-    Report,
-    pprof::{self, NO_STACK, Profile},
-};
+#[cfg(test)]
+use crate::report::Report;
+use crate::report::pprof::{self, NO_STACK, Profile};
 
 /// What matches a call site across reports.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
