@@ -142,7 +142,7 @@ pub struct EventHeader {
     pub tid: u32,
     /// Valid entries in `AllocEvent::stack`; 0 for release events.
     pub stack_len: u32,
-    /// CLOCK_MONOTONIC (bpf_ktime_get_ns); 0 on release records, whose
+    /// `CLOCK_MONOTONIC` (`bpf_ktime_get_ns`); 0 on release records, whose
     /// time nothing uses (it saves a clock read per free).
     pub timestamp_ns: u64,
 }
@@ -151,7 +151,7 @@ pub struct EventHeader {
 ///
 /// The kernel sends the raw argument registers and the return register; the
 /// daemon's `ingest` stage interprets them per function (realloc's rules,
-/// calloc's overflow, MAP_FAILED...). Keeping the semantics out of the kernel
+/// calloc's overflow, `MAP_FAILED`...). Keeping the semantics out of the kernel
 /// keeps the probe cheap and the rules unit-testable.
 ///
 /// On the wire the event is followed by `header.stack_len` return addresses
@@ -166,11 +166,11 @@ pub struct AllocEvent {
     pub args: [u64; 4],
     /// The return register (rax).
     pub ret: u64,
-    /// posix_memalign only: the pointer it stored through its out-pointer,
+    /// `posix_memalign` only: the pointer it stored through its out-pointer,
     /// read when it returned 0.
     pub out: u64,
     /// Bit i set: frame i was found by falling back to frame pointers (code
-    /// without unwind rows) while unwinding with .eh_frame tables.
+    /// without unwind rows) while unwinding with .`eh_frame` tables.
     pub fp_frames: u64,
     /// `FLAG_*` bits.
     pub flags: u64,
@@ -233,7 +233,7 @@ pub enum LossCounter {
     /// Two threads in flight in the same stash slot: the earlier call was
     /// displaced and goes unrecorded.
     EntrySlotCollision = 1,
-    /// bpf_get_stack failed: the event was sent with an empty stack.
+    /// `bpf_get_stack` failed: the event was sent with an empty stack.
     StackCaptureFailed = 2,
     /// A return probe fired without its entry (call in flight at attach).
     ReturnWithoutEntry = 3,
@@ -244,16 +244,16 @@ pub enum LossCounter {
 pub const LOSS_COUNTERS: u32 = 5;
 
 /// How to unwind one frame, from `pc` up to the next row's `pc`, in an
-/// object's compact unwind table (built from .eh_frame by userspace, searched
-/// by the eBPF unwinder). The return address is always at CFA - 8 (x86_64).
+/// object's compact unwind table (built from .`eh_frame` by userspace, searched
+/// by the eBPF unwinder). The return address is always at CFA - 8 (`x86_64`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UnwindRow {
     /// First instruction the row covers: the object's ELF virtual address.
     pub pc: u32,
-    /// CFA = (rsp or rbp, per `kind`) + cfa_offset.
+    /// CFA = (rsp or rbp, per `kind`) + `cfa_offset`.
     pub cfa_offset: i16,
-    /// Where the caller's rbp was saved: CFA + rbp_offset; 0 when rbp still
+    /// Where the caller's rbp was saved: CFA + `rbp_offset`; 0 when rbp still
     /// holds the caller's value (not saved yet, or never touched).
     pub rbp_offset: i16,
     /// One of the UNWIND_* kinds.
@@ -264,9 +264,9 @@ pub struct UnwindRow {
 /// No unwind information covers this pc (a gap between FDEs, or a rule the
 /// table cannot express): the unwinder falls back to frame pointers.
 pub const UNWIND_NONE: u8 = 0;
-/// CFA = rsp + cfa_offset.
+/// CFA = rsp + `cfa_offset`.
 pub const UNWIND_CFA_RSP: u8 = 1;
-/// CFA = rbp + cfa_offset.
+/// CFA = rbp + `cfa_offset`.
 pub const UNWIND_CFA_RBP: u8 = 2;
 /// The return address is undefined here: the outermost frame (_start, clone's thread start). Stop.
 pub const UNWIND_OUTERMOST: u8 = 3;

@@ -1,7 +1,7 @@
 //! What the eBPF unwinder reads to unwind without frame pointers: per
 //! process, its executable mappings (sorted by start) and, for each, where
 //! its object's rows sit in the shared row array (rows are `UnwindRow`s
-//! built from the object's .eh_frame by userspace).
+//! built from the object's .`eh_frame` by userspace).
 
 /// Executable mappings per process the unwinder can hold.
 pub const MAX_UNWIND_MAPPINGS: usize = 128;
@@ -13,7 +13,7 @@ pub const MAX_UNWIND_PROCESSES: u32 = 256;
 pub const CONFIG_STACK_MODE: u32 = 0;
 /// Frame pointers only.
 pub const STACK_MODE_FP: u32 = 0;
-/// .eh_frame tables where there are rows, frame pointers elsewhere.
+/// .`eh_frame` tables where there are rows, frame pointers elsewhere.
 pub const STACK_MODE_DWARF: u32 = 1;
 /// `CONFIG[CONFIG_SELF_PID]`: leaktrace's own pid, which the probes ignore:
 /// with system-wide probes (`--all`) the daemon's own allocations would
@@ -24,7 +24,7 @@ pub const CONFIG_SELF_PID: u32 = 2;
 /// pids in `TRACED_PIDS`.
 pub const CONFIG_TRACE_ALL: u32 = 3;
 /// `CONFIG[CONFIG_GROUP_DEAD_OFFSET]`: offset of `group_dead` in the
-/// sched_process_exit tracepoint's record (read from its format file by
+/// `sched_process_exit` tracepoint's record (read from its format file by
 /// userspace); 0 when the kernel has no such field, and then a process
 /// counts as gone when its main thread exits.
 pub const CONFIG_GROUP_DEAD_OFFSET: u32 = 4;

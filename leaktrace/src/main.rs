@@ -15,7 +15,7 @@ fn main() -> ExitCode {
                     | ErrorKind::DisplayVersion
                     | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             ) {
-                let _ = err.print();
+                let _: Result<_, _> = err.print();
                 return ExitCode::SUCCESS;
             }
             // One line: the first line of clap's message, without its prefix.

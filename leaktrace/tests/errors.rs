@@ -15,9 +15,9 @@ use common::{
     require_root, run_with_timeout, serial,
 };
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+const TIMEOUT: Duration = Duration::from_mins(1);
 
-/// A pid that cannot exist (pid_max is at most 2^22) is refused.
+/// A pid that cannot exist (`pid_max` is at most 2^22) is refused.
 #[test]
 fn trace_of_missing_pid_is_refused() {
     if !require_root("trace_of_missing_pid_is_refused") {
@@ -49,7 +49,7 @@ fn a_missing_pid_among_several_and_conflicting_targets_are_refused() {
 /// Whether every directory above `path` is searchable and `path` itself
 /// executable by anyone.
 fn world_executable(path: &Path) -> bool {
-    let mode = |p: &Path| fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
+    let mode = |p: &Path| fs::metadata(p).map_or(0, |m| m.permissions().mode());
     mode(path) & 0o001 != 0 && path.ancestors().skip(1).all(|dir| mode(dir) & 0o001 != 0)
 }
 

@@ -1,14 +1,14 @@
 //! The pprof and SVG formats and `leaktrace diff`, end to end, on the
 //! `leaky` fixture (tests/fixtures/leaky.c), whose leaks are known exactly
-//! (common::EXPECTED_LEAKS): `go tool pprof` (Debian's golang-go) reads our
-//! profile and finds leak_malloc's bytes and count; the flamegraph names
+//! (`common::EXPECTED_LEAKS)`: `go tool pprof` (Debian's golang-go) reads our
+//! profile and finds `leak_malloc`'s bytes and count; the flamegraph names
 //! it; diff finds no growth between two runs and exactly the change made
 //! to an edited copy of a report.
 //!
 //! The tracing tests need root (eBPF); without it each prints `SKIPPED
 //! (needs root)` and passes, unless `CI` is set. The pprof test also needs
 //! `go`: without it, `SKIPPED: go tool pprof not installed`, or a failure
-//! when `CI` is set. They run one at a time (common::serial).
+//! when `CI` is set. They run one at a time (`common::serial`).
 mod common;
 
 use std::{fs, path::Path, process::Command, time::Duration};
@@ -18,7 +18,7 @@ use common::{
     innermost_function, leaktrace, require_root, run_json, run_with_timeout, serial, sites,
 };
 
-const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+const RUN_TIMEOUT: Duration = Duration::from_mins(2);
 
 fn leak_malloc() -> &'static Leak {
     EXPECTED_LEAKS
@@ -67,9 +67,10 @@ fn require_go(test: &str) -> bool {
     if have_tool("go") {
         return true;
     }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: go is not installed and CI is set (apt-get install golang-go)");
-    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: go is not installed and CI is set (apt-get install golang-go)"
+    );
     eprintln!();
     eprintln!("=================================================================");
     eprintln!("SKIPPED: go tool pprof not installed: {test} (apt-get install golang-go)");
@@ -79,9 +80,9 @@ fn require_go(test: &str) -> bool {
 }
 
 /// `--format pprof --output F.pb.gz` writes a profile `go tool pprof` reads:
-/// `-top` shows leak_malloc with its exact bytes (flat: it called the
+/// `-top` shows `leak_malloc` with its exact bytes (flat: it called the
 /// allocator), `-traces` its stack with main as caller, and the
-/// inuse_objects sample its allocation count.
+/// `inuse_objects` sample its allocation count.
 #[test]
 fn pprof_profile_reads_in_go_tool_pprof() {
     if !require_root("pprof_profile_reads_in_go_tool_pprof")
@@ -148,7 +149,7 @@ fn pprof_profile_reads_in_go_tool_pprof() {
     );
 }
 
-/// `--format svg --output F.svg` writes a flamegraph with leak_malloc in it,
+/// `--format svg --output F.svg` writes a flamegraph with `leak_malloc` in it,
 /// its tooltip giving the exact bytes.
 #[test]
 fn svg_flamegraph_names_the_leaks() {
@@ -178,7 +179,7 @@ fn svg_flamegraph_names_the_leaks() {
 
 /// Two runs of leaky: no growth at any of the fixture's sites, JSON against
 /// JSON or pprof. A report against itself: no change at all. A report
-/// against a copy with leak_malloc's bytes doubled: exactly that site grew,
+/// against a copy with `leak_malloc`'s bytes doubled: exactly that site grew,
 /// by its bytes.
 #[test]
 fn diff_of_runs_and_of_an_edited_report() {

@@ -2,7 +2,7 @@
 //! (as redis-server is) gets its allocator found in jemalloc, not libc,
 //! with probes on jemalloc's malloc family and mallocx/rallocx/dallocx/
 //! sdallocx, placed off their single-stepped first instructions; the report
-//! has exactly the fixture's leaks (tests/fixtures/jemalloc_leaks.c).
+//! has exactly the fixture's leaks (`tests/fixtures/jemalloc_leaks.c`).
 mod common;
 
 use std::path::Path;

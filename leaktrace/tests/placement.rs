@@ -1,6 +1,6 @@
 //! Probe placement end to end: the probes `--probe-placement auto` moves
 //! off each function's first instruction (glibc's free onto its `je`,
-//! posix_memalign past its `cmpb`) must see exactly what probes at offset 0
+//! `posix_memalign` past its `cmpb`) must see exactly what probes at offset 0
 //! see. Both runs of `leaky` are checked against its table, and against
 //! each other site by site.
 mod common;

@@ -86,7 +86,7 @@ impl Holder {
 }
 
 /// Checks that `pid`'s sites in `report` are exactly the table, each with a
-/// stack through main (or thread_main for the thread site).
+/// stack through main (or `thread_main` for the thread site).
 fn assert_exact_leaks_of(report: &Value, pid: u32) {
     assert_eq!(
         bytes_by_fixture_function(report, Some(pid)),
@@ -178,7 +178,7 @@ fn serve_traces_several_pids_and_stops_when_all_exited() {
         address,
     } = start_serve(&["--pid", &pids, "--sample-bytes", "0", "--format", "json"]);
     stderr
-        .wait_for(Duration::from_secs(60), |l| {
+        .wait_for(Duration::from_mins(1), |l| {
             l.starts_with(&format!("leaktrace: tracing pid {a} ("))
                 && l.contains(&format!(", {b} ("))
         })
@@ -218,7 +218,7 @@ fn serve_traces_several_pids_and_stops_when_all_exited() {
         .filter(|l| l.key == pid_key)
         .map(|l| l.num)
         .collect();
-    labelled.sort();
+    labelled.sort_unstable();
     labelled.dedup();
     assert_eq!(labelled, [i64::from(a.min(b)), i64::from(a.max(b))]);
 
@@ -281,7 +281,7 @@ fn trace_all_follows_processes_started_later_and_drops_them_at_exit() {
     );
     let stderr = tracer.stderr_lines();
     stderr
-        .wait_for(Duration::from_secs(120), |l| {
+        .wait_for(Duration::from_mins(2), |l| {
             l.starts_with("leaktrace: tracing all processes")
         })
         .unwrap_or_else(|e| panic!("leaktrace --all never started tracing: {e}"));

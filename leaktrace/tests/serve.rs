@@ -1,7 +1,7 @@
 //! `leaktrace serve` against a running process that leaks slowly
-//! (tests/fixtures/slow_leak.c: 5000 bytes every 10 ms from grow_cache):
+//! (`tests/fixtures/slow_leak.c`: 5000 bytes every 10 ms from `grow_cache)`:
 //! /metrics exposes its outstanding bytes (a multiple of 5000), a pprof
-//! profile from /debug/pprof/heap decodes to grow_cache's samples, the page
+//! profile from /debug/pprof/heap decodes to `grow_cache`'s samples, the page
 //! at / shows the site and a flamegraph, unknown paths are 404, SIGTERM
 //! ends it with a final report; and it refuses a non-loopback address
 //! unless --allow-remote is given.
@@ -45,7 +45,7 @@ fn serve_exposes_metrics_pprof_and_a_page() {
         address,
     } = start_serve(&["--pid", &pid, "--sample-bytes", "0"]);
     stderr
-        .wait_for(Duration::from_secs(60), |l| {
+        .wait_for(Duration::from_mins(1), |l| {
             l.starts_with("leaktrace: tracing pid ")
         })
         .unwrap_or_else(|e| panic!("never attached: {e}"));
@@ -155,7 +155,7 @@ fn a_steady_leak_is_ranked_with_its_rate() {
             "--output",
             report_path.to_str().unwrap(),
         ],
-        Duration::from_secs(60),
+        Duration::from_mins(1),
     );
     finished.succeeded("leaktrace trace --interval 1s");
     let report: serde_json::Value =

@@ -1,7 +1,7 @@
 //! Symbolization end to end: C++ names come back demangled (a method of a
 //! class in a namespace, libstdc++'s operator new), and a malloc inside an
 //! always-inlined helper is reported as an inlined frame inside its caller,
-//! with file and line (tests/fixtures/cxx_leaks.cpp).
+//! with file and line (`tests/fixtures/cxx_leaks.cpp`).
 mod common;
 
 use std::process::Command;

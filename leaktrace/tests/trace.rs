@@ -1,10 +1,10 @@
 //! End-to-end tests of `leaktrace run` and `leaktrace trace --pid` against
 //! the `leaky` fixture (tests/fixtures/leaky.c), whose outstanding memory
-//! per call site is known exactly (common::EXPECTED_LEAKS), and against the
+//! per call site is known exactly (`common::EXPECTED_LEAKS`), and against the
 //! `spin` fixture for probe cleanup after SIGKILL.
 //!
 //! They need root (eBPF); without it each prints `SKIPPED (needs root)` and
-//! passes, unless `CI` is set. They run one at a time (common::serial).
+//! passes, unless `CI` is set. They run one at a time (`common::serial`).
 mod common;
 
 use std::{
@@ -21,7 +21,7 @@ use common::{
     leaktrace, leaktrace_bin, read_json, require_root, run_json, serial, sites,
 };
 
-const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+const RUN_TIMEOUT: Duration = Duration::from_mins(2);
 
 /// `leaktrace run` reports, for every leaking call site of `leaky`, exactly
 /// the bytes and allocations it left (one site per function, attributed to
@@ -111,7 +111,7 @@ fn trace_pid_reports_exact_leaks() {
     );
     let tracer_out = tracer.stdout_lines();
     let tracer_err = tracer.stderr_lines();
-    let tracing_line = tracer_err.wait_for(Duration::from_secs(60), |l| {
+    let tracing_line = tracer_err.wait_for(Duration::from_mins(1), |l| {
         l.starts_with("leaktrace: tracing pid ")
     });
     if let Err(e) = tracing_line {
@@ -125,7 +125,7 @@ fn trace_pid_reports_exact_leaks() {
     stdin.flush().expect("flushing leaky's stdin");
     drop(stdin);
     let fixture_status = fixture
-        .wait_timeout(Duration::from_secs(60))
+        .wait_timeout(Duration::from_mins(1))
         .unwrap_or_else(|| {
             panic!(
                 "leaky did not exit within 60 s; stderr:\n{}",
@@ -144,7 +144,7 @@ fn trace_pid_reports_exact_leaks() {
     );
 
     // The traced process is gone: leaktrace must notice, report and exit.
-    let Some(status) = tracer.wait_timeout(Duration::from_secs(60)) else {
+    let Some(status) = tracer.wait_timeout(Duration::from_mins(1)) else {
         tracer.kill_and_reap();
         panic!(
             "leaktrace trace did not exit within 60 s of the traced process exiting\nstderr:\n{}",
@@ -168,7 +168,7 @@ fn trace_pid_reports_exact_leaks() {
 
 /// `leaktrace run` exits with the command's exit status (7 here), and the
 /// folded report has one `frame;frame;...;allocator BYTES` line per site,
-/// root first, with leak_malloc's site as `...;main;leak_malloc;malloc 4444`
+/// root first, with `leak_malloc`'s site as `...;main;leak_malloc;malloc 4444`
 /// and the thread site as `...;thread_main;leak_in_thread;malloc 6660`.
 #[test]
 fn run_passes_exit_status_and_writes_folded_stacks() {
@@ -287,7 +287,7 @@ fn run_min_age_hides_young_allocations() {
 fn uprobe_events_path() -> Option<&'static Path> {
     let tracefs = Path::new("/sys/kernel/tracing/uprobe_events");
     if !tracefs.exists() {
-        let _ = Command::new("mount")
+        let _: Result<_, _> = Command::new("mount")
             .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
             .status();
     }
@@ -375,7 +375,7 @@ fn sigkill_leaves_no_probe_behind() {
             .stderr(Stdio::piped()),
     );
     let tracer_err = tracer.stderr_lines();
-    if let Err(e) = tracer_err.wait_for(Duration::from_secs(60), |l| {
+    if let Err(e) = tracer_err.wait_for(Duration::from_mins(1), |l| {
         l.starts_with("leaktrace: tracing pid ")
     }) {
         panic!("leaktrace never said 'leaktrace: tracing pid ': {e}");
@@ -420,7 +420,7 @@ fn sigkill_leaves_no_probe_behind() {
 }
 
 /// --max-allocations bounds the daemon's table: beyond the cap, new
-/// allocations are dropped and counted as lost (losses.table_full), and the
+/// allocations are dropped and counted as lost (`losses.table_full`), and the
 /// report says so instead of silently showing less.
 #[test]
 fn the_table_cap_is_honoured_and_counted() {

@@ -1,7 +1,7 @@
 //! valgrind memcheck as an independent oracle for the heap rows of the
 //! expected-leak table, and for leaktrace itself.
 //!
-//! `leaky` runs with LEAKY_SKIP_PVALLOC=1 here: valgrind 3.19 aborts a
+//! `leaky` runs with `LEAKY_SKIP_PVALLOC=1` here: valgrind 3.19 aborts a
 //! program at its first pvalloc call. valgrind does not track mmap, so the
 //! mmap rows are not part of this comparison (tests/trace.rs checks them).
 mod common;
@@ -15,7 +15,7 @@ use common::{
     run_with_timeout, serial,
 };
 
-const VALGRIND_TIMEOUT: Duration = Duration::from_secs(300);
+const VALGRIND_TIMEOUT: Duration = Duration::from_mins(5);
 
 /// Runs `leaky` (pvalloc skipped) under valgrind memcheck; returns its leaks
 /// per fixture function: (bytes, blocks), summed over loss records whose
@@ -144,7 +144,7 @@ fn leaktrace_agrees_with_valgrind() {
     run_with_timeout(
         "leaktrace run -- leaky",
         &mut command,
-        Duration::from_secs(120),
+        Duration::from_mins(2),
     )
     .succeeded("leaktrace run -- leaky");
     let report = read_json(&report_path);

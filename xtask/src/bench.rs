@@ -6,13 +6,13 @@
 //! within one run mean anything):
 //! - untraced;
 //! - floor: the same probes at the same offsets, attached to empty programs;
-//! - leaktrace exact (`leaktrace run`, .eh_frame stacks), which also checks
+//! - leaktrace exact (`leaktrace run`, .`eh_frame` stacks), which also checks
 //!   no event was lost;
 //! - leaktrace exact with frame-pointer stacks (`--stack-mode fp`);
 //! - leaktrace sampling (`--sample-bytes 512k`, the continuous-mode rate);
 //! - leaktrace with probes at offset 0 (`--probe-placement entry`);
 //! - bpftrace doing what bcc memleak does (Debian's bpftrace, installed if
-//!   missing; BPFTRACE_MAP_KEYS_MAX raised so its maps do not fill).
+//!   missing; `BPFTRACE_MAP_KEYS_MAX` raised so its maps do not fill).
 //!
 //! Then the daemon's replay benchmark (benches/ingest.rs).
 use std::{path::Path, process::Command};
@@ -23,12 +23,12 @@ use crate::{compile_c, leaktrace_binary, workspace_root};
 
 /// A bcc-memleak-like script: size at malloc entry per thread, the block
 /// with its stack at malloc's return, deleted at free.
-const BPFTRACE_MEMLEAK: &str = r#"
+const BPFTRACE_MEMLEAK: &str = r"
 uprobe:LIBC:malloc /pid == cpid/ { @size[tid] = arg0; }
 uretprobe:LIBC:malloc /pid == cpid && @size[tid]/ { @allocs[retval] = (@size[tid], ustack); delete(@size[tid]); }
 uprobe:LIBC:free /pid == cpid/ { delete(@allocs[arg0]); }
 END { clear(@allocs); clear(@size); }
-"#;
+";
 
 const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
 
@@ -170,7 +170,7 @@ fn stats(values: &[f64]) -> (f64, f64) {
     (sorted[0], sorted[sorted.len() / 2])
 }
 
-pub fn run(pairs: u64, runs: usize) -> Result<()> {
+pub(crate) fn run(pairs: u64, runs: usize) -> Result<()> {
     ensure_bpftrace()?;
     let dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;

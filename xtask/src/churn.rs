@@ -47,7 +47,7 @@ fn report_counts(path: &Path) -> Result<(usize, u64, usize)> {
     ))
 }
 
-pub fn run(rounds: usize, processes: usize) -> Result<()> {
+pub(crate) fn run(rounds: usize, processes: usize) -> Result<()> {
     let dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let leaky = dir.join("leaky");

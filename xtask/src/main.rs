@@ -158,7 +158,7 @@ pub fn wait_for_stderr(child: &mut std::process::Child, prefix: &str) -> Result<
 }
 
 /// Compiles a C program with frame pointers (stacks are frame-pointer
-/// unwound for now) and debug info (for file:line).
+/// unwound for now) and debug info (for <file:line>).
 pub fn compile_c(source: &std::path::Path, output: &std::path::Path) -> Result<()> {
     run(Command::new("cc")
         .args([

@@ -28,7 +28,7 @@ fn ensure_redis() -> Result<()> {
 }
 
 /// utime + stime of a process, in clock ticks.
-pub fn cpu_ticks(pid: u32) -> u64 {
+pub(crate) fn cpu_ticks(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
@@ -38,7 +38,7 @@ pub fn cpu_ticks(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn rss_mib(pid: u32) -> f64 {
+pub(crate) fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -112,7 +112,7 @@ impl Traced {
 }
 
 unsafe extern "C" {
-    pub fn kill(pid: i32, signal: i32) -> i32;
+    pub(crate) fn kill(pid: i32, signal: i32) -> i32;
 }
 
 /// One mode's measurements over the rounds.
@@ -131,7 +131,7 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-pub fn run(rounds: usize) -> Result<()> {
+pub(crate) fn run(rounds: usize) -> Result<()> {
     ensure_redis()?;
     let dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -157,7 +157,7 @@ pub fn run(rounds: usize) -> Result<()> {
         .map_or(true, |o| !o.status.success())
     {
         if started.elapsed() > Duration::from_secs(10) {
-            let _ = redis.kill();
+            let _: Result<_, _> = redis.kill();
             bail!("redis-server did not start");
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -205,14 +205,13 @@ pub fn run(rounds: usize) -> Result<()> {
         }
         Ok(())
     })();
-    let _ = redis.kill();
-    let _ = redis.wait();
+    let _: Result<_, _> = redis.kill();
+    let _: Result<_, _> = redis.wait();
     outcome?;
     let base_set = median(&mut results[0].set.clone());
     let base_get = median(&mut results[0].get.clone());
     println!(
-        "redis-server {} SET/GET requests (redis-benchmark -q), median of {rounds} rounds:",
-        REQUESTS
+        "redis-server {REQUESTS} SET/GET requests (redis-benchmark -q), median of {rounds} rounds:"
     );
     println!(
         "  {:<24} {:>10} {:>10} {:>8} {:>12} {:>12} {:>6}",
@@ -243,7 +242,7 @@ pub fn run(rounds: usize) -> Result<()> {
             name,
             set,
             get,
-            (set / base_set + get / base_get) / 2.0,
+            f64::midpoint(set / base_set, get / base_get),
             cpu,
             rss,
             lost

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 
 use crate::run;
 
-pub const NIGHTLY: &str = "nightly-2026-07-01";
+pub(crate) const NIGHTLY: &str = "nightly-2026-07-01";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const LLVM_PACKAGES: [&str; 4] = [
@@ -22,7 +22,7 @@ const LLVM_PACKAGES: [&str; 4] = [
     "zlib1g-dev",
 ];
 
-pub fn all() -> Result<()> {
+pub(crate) fn all() -> Result<()> {
     nightly()?;
     llvm()?;
     bpf_linker()?;
@@ -33,7 +33,7 @@ pub fn all() -> Result<()> {
 /// What the test suite needs beyond the build: jemalloc (traced as Debian's
 /// redis-server uses it), valgrind (the oracle the leak numbers are
 /// checked against) and golang-go (`go tool pprof` reads the pprof output).
-pub fn test_dependencies() -> Result<()> {
+pub(crate) fn test_dependencies() -> Result<()> {
     apt_packages(
         &["libjemalloc2", "valgrind", "golang-go"],
         "the test suite traces jemalloc, checks against valgrind and reads pprof output with go tool pprof",
@@ -69,14 +69,15 @@ fn apt_install(packages: &[&str], why: &str) -> Result<()> {
 }
 
 fn cargo_bin() -> std::path::PathBuf {
-    let home = std::env::var_os("CARGO_HOME")
-        .map(Into::into)
-        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
+    let home = std::env::var_os("CARGO_HOME").map_or_else(
+        || Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cargo"),
+        Into::into,
+    );
     home.join("bin")
 }
 
 /// Puts cargo's bin directory (bpf-linker) on a command's PATH.
-pub fn add_tool_paths(command: &mut Command) {
+pub(crate) fn add_tool_paths(command: &mut Command) {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut paths: Vec<_> = std::env::split_paths(&path).collect();
     let bin = cargo_bin();
@@ -159,7 +160,7 @@ fn tracefs() {
     if Path::new("/sys/kernel/tracing/events").exists() {
         return;
     }
-    let _ = Command::new("mount")
+    let _: Result<_, _> = Command::new("mount")
         .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
         .status();
 }

@@ -185,7 +185,7 @@ pub struct ReportOptions {
     /// first instruction, as other tools do.
     #[arg(long, value_enum, default_value_t = ProbePlacement::Auto)]
     pub probe_placement: ProbePlacement,
-    /// How stacks are unwound: `dwarf` follows each object's .eh_frame
+    /// How stacks are unwound: `dwarf` follows each object's .`eh_frame`
     /// tables (complete stacks through code built without frame pointers,
     /// like Debian's libc and python3), falling back to frame pointers for
     /// code without tables; `fp` follows frame pointers only (cheaper).
@@ -290,8 +290,8 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_mins(5)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_mins(90)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("x").is_err());
     }

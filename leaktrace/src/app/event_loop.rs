@@ -93,14 +93,14 @@ pub(super) async fn trace_loop(
                     ("500 Internal Server Error", "text/plain", format!("{err:#}\n").into_bytes())
                 });
                 // The client may have gone: nothing to do then.
-                let _ = reply.send(response);
+                let _: Result<_, _> = reply.send(response);
             }
             exit = watch.wait() => match exit {
                 Exit::One(pid) => tracer.progress(&format!("pid {pid} exited; still tracing the others")),
                 Exit::All(status) => break Stop::Exited(status),
             },
-            _ = sleep_until(deadline) => break Stop::DurationElapsed,
-            _ = sleep_until(next_report) => {
+            () = sleep_until(deadline) => break Stop::DurationElapsed,
+            () = sleep_until(next_report) => {
                 tracer.drain(ring.get_mut());
                 tracer.emit(false)?;
                 next_report = interval.map(|i| tokio::time::Instant::now() + i);

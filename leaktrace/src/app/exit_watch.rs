@@ -30,7 +30,7 @@ pub(crate) enum Exit {
 
 impl ExitWatch {
     /// Watches `pids` through pidfds (each one stays open, inside its
-    /// AsyncFd, until it fires).
+    /// `AsyncFd`, until it fires).
     pub(crate) fn pids(pidfds: Vec<(u32, OwnedFd)>) -> Result<ExitWatch> {
         let (sender, exits) = mpsc::unbounded_channel();
         let remaining = pidfds.len();
@@ -42,8 +42,8 @@ impl ExitWatch {
                 .context("watching a pidfd")?;
             let sender = sender.clone();
             tokio::spawn(async move {
-                let _ = pidfd.readable().await;
-                let _ = sender.send(pid);
+                let _: Result<_, _> = pidfd.readable().await;
+                let _: Result<_, _> = sender.send(pid);
             });
         }
         Ok(ExitWatch::Pids { exits, remaining })

@@ -13,7 +13,7 @@ use tokio::{
 
 /// What a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Page {
+pub(super) enum Page {
     /// `/`: the HTML page.
     Index,
     /// `/debug/pprof/heap`: the outstanding profile, gzipped pprof.
@@ -27,7 +27,7 @@ pub enum Page {
 }
 
 /// Routes a request line (`GET /path?query HTTP/1.1`).
-pub fn route(request_line: &str) -> Page {
+pub(super) fn route(request_line: &str) -> Page {
     let mut words = request_line.split_whitespace();
     if words.next() != Some("GET") {
         return Page::BadMethod;
@@ -43,7 +43,7 @@ pub fn route(request_line: &str) -> Page {
 }
 
 /// Refuses to listen beyond this machine unless the user asked for it.
-pub fn check_listen_address(address: SocketAddr, allow_remote: bool) -> Result<()> {
+pub(super) fn check_listen_address(address: SocketAddr, allow_remote: bool) -> Result<()> {
     if !address.ip().is_loopback() && !allow_remote {
         bail!(
             "{address} is reachable from other machines: serve listens on loopback unless --allow-remote is given"
@@ -54,7 +54,7 @@ pub fn check_listen_address(address: SocketAddr, allow_remote: bool) -> Result<(
 
 /// Reads the request head (up to a blank line, 8 KiB, 5 s) and returns its
 /// first line.
-pub async fn read_request_line(stream: &mut TcpStream) -> Result<String> {
+pub(super) async fn read_request_line(stream: &mut TcpStream) -> Result<String> {
     let mut head = Vec::new();
     let mut buffer = [0u8; 1024];
     let read = async {
@@ -73,12 +73,12 @@ pub async fn read_request_line(stream: &mut TcpStream) -> Result<String> {
 }
 
 /// Status, content type and body of a response.
-pub type Response = (&'static str, &'static str, Vec<u8>);
+pub(super) type Response = (&'static str, &'static str, Vec<u8>);
 
 /// Serves one connection without holding up tracing: reads and routes its
 /// request here (a client may be slow to send it), hands the page to the
 /// trace loop through `pages`, and writes the response the loop sends back.
-pub async fn handle(
+pub(super) async fn handle(
     stream: TcpStream,
     pages: mpsc::UnboundedSender<(Page, oneshot::Sender<Response>)>,
 ) {
@@ -91,12 +91,12 @@ pub async fn handle(
         return;
     }
     if let Ok((status, content_type, body)) = response.await {
-        let _ = respond(&mut stream, status, content_type, &body).await;
+        let _: Result<_, _> = respond(&mut stream, status, content_type, &body).await;
     }
 }
 
 /// Writes one complete response and closes the connection.
-pub async fn respond(
+pub(super) async fn respond(
     stream: &mut TcpStream,
     status: &str,
     content_type: &str,

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 /// terminal) is written in place: renaming a file over it would replace the
 /// device itself, for every process on the machine. (It did: `--output
 /// /dev/null` once turned this machine's /dev/null into a plain file.)
-pub fn write_atomically(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+pub(super) fn write_atomically(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     let special = fs::metadata(path).is_ok_and(|m| !m.file_type().is_file());
     if special {
         return fs::write(path, contents).with_context(|| format!("writing {}", path.display()));

@@ -38,7 +38,7 @@ struct Pending {
 }
 
 /// The allocators probed for every process, and the processes to inspect.
-pub struct SystemWide {
+pub(super) struct SystemWide {
     /// (device, inode) of every object probed: a file probed twice would
     /// send every call twice.
     probed: HashSet<(u64, u64)>,
@@ -51,7 +51,7 @@ pub struct SystemWide {
 }
 
 impl SystemWide {
-    pub fn new(placed: bool) -> SystemWide {
+    pub(super) fn new(placed: bool) -> SystemWide {
         SystemWide {
             probed: HashSet::new(),
             objects: Vec::new(),
@@ -64,7 +64,7 @@ impl SystemWide {
     /// Probes the allocator of every process running now. Returns the pids
     /// whose allocator was found (kernel threads, and programs with no
     /// malloc such as Go's, have none).
-    pub fn attach_running(&mut self, kernel: &mut KernelProbes) -> Result<Vec<u32>> {
+    pub(super) fn attach_running(&mut self, kernel: &mut KernelProbes) -> Result<Vec<u32>> {
         let mut found = Vec::new();
         for pid in running_pids() {
             if let Ok(objects) = target::objects_for_pid_cached(pid, &mut self.cache) {
@@ -101,7 +101,7 @@ impl SystemWide {
     }
 
     /// A process exec'd: inspect it soon.
-    pub fn exec_seen(&mut self, pid: u32) {
+    pub(super) fn exec_seen(&mut self, pid: u32) {
         self.pending.retain(|p| p.pid != pid);
         self.pending.push(Pending {
             pid,
@@ -113,7 +113,7 @@ impl SystemWide {
     /// Inspects the processes whose time has come, probing allocators not
     /// probed yet. Returns the pids inspected successfully (their mappings
     /// are worth reading now) and the objects newly probed.
-    pub fn inspect_due(&mut self, kernel: &mut KernelProbes) -> (Vec<u32>, Vec<String>) {
+    pub(super) fn inspect_due(&mut self, kernel: &mut KernelProbes) -> (Vec<u32>, Vec<String>) {
         let now = Instant::now();
         let known = self.objects.len();
         let mut inspected = Vec::new();

@@ -38,7 +38,7 @@ use crate::{
 };
 
 /// What is traced.
-pub enum Targets {
+pub(super) enum Targets {
     /// `run`: the command leaktrace started (its words).
     Command(Vec<String>),
     /// `--pid`: these processes.
@@ -58,7 +58,7 @@ struct TracedProcess {
 }
 
 /// Everything the daemon keeps about the traced processes.
-pub struct Tracer {
+pub(super) struct Tracer {
     targets: Targets,
     pub kernel: KernelProbes,
     /// What was probed for `run` and `--pid` (`--all` keeps its own list).
@@ -80,7 +80,7 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    pub fn new(
+    pub(super) fn new(
         targets: Targets,
         kernel: KernelProbes,
         objects: Vec<ProbedObject>,
@@ -107,7 +107,7 @@ impl Tracer {
     }
 
     /// Starts keeping `pid` with mappings shared with someone else (`run`).
-    pub fn adopt(&mut self, pid: u32, maps: Arc<Mutex<ProcessMaps>>, command: String) {
+    pub(super) fn adopt(&mut self, pid: u32, maps: Arc<Mutex<ProcessMaps>>, command: String) {
         self.processes.insert(
             pid,
             TracedProcess {
@@ -120,7 +120,7 @@ impl Tracer {
 
     /// Starts keeping `pid` (if new) and reads its mappings, loading the
     /// unwind tables of objects it maps.
-    pub fn track(&mut self, pid: u32) {
+    pub(super) fn track(&mut self, pid: u32) {
         self.process(pid);
         self.refresh_mappings(pid);
     }
@@ -135,7 +135,7 @@ impl Tracer {
     }
 
     /// Applies every record waiting in the ring buffer.
-    pub fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+    pub(super) fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
         while let Some(item) = ring.next() {
             self.ingest(&item);
         }
@@ -205,7 +205,7 @@ impl Tracer {
     /// Periodic work beyond draining: under `--all`, probes the allocators
     /// of processes that exec'd, and lets go of processes whose exit record
     /// was lost.
-    pub fn housekeeping(&mut self, full: bool) {
+    pub(super) fn housekeeping(&mut self, full: bool) {
         let Targets::All(system) = &mut self.targets else {
             return;
         };
@@ -251,7 +251,7 @@ impl Tracer {
     }
 
     /// One line for progress: what the unwind tables cost so far.
-    pub fn unwind_summary(&self) -> Option<String> {
+    pub(super) fn unwind_summary(&self) -> Option<String> {
         self.unwind_tables
             .lock()
             .expect("unwind lock")
@@ -267,7 +267,7 @@ impl Tracer {
         }
     }
 
-    pub fn object_list(&self) -> String {
+    pub(super) fn object_list(&self) -> String {
         self.objects()
             .iter()
             .map(|o| format!("{} ({} functions)", o.display_path, o.functions.len()))
@@ -276,11 +276,11 @@ impl Tracer {
     }
 
     /// The traced processes, for messages.
-    pub fn process_count(&self) -> usize {
+    pub(super) fn process_count(&self) -> usize {
         self.processes.len()
     }
 
-    pub fn report(&mut self, is_final: bool) -> Result<report::Report> {
+    pub(super) fn report(&mut self, is_final: bool) -> Result<report::Report> {
         let now_ns = monotonic_ns();
         let min_age = self.options.min_age;
         let pipeline = &self.pipeline;
@@ -349,23 +349,22 @@ impl Tracer {
     }
 
     /// Writes a report where the options say.
-    pub fn emit(&mut self, is_final: bool) -> Result<()> {
+    pub(super) fn emit(&mut self, is_final: bool) -> Result<()> {
         let report = self.report(is_final)?;
         let options = &self.options;
         let rendered = report::render_bytes(&report, options.format, options.top);
-        match &options.output {
-            Some(path) => write_atomically(path, &rendered)?,
-            None => {
-                let mut stdout = std::io::stdout().lock();
-                let separator = if options.format == Format::Text && !is_final {
-                    "\n"
-                } else {
-                    ""
-                };
-                stdout.write_all(&rendered)?;
-                stdout.write_all(separator.as_bytes())?;
-                stdout.flush()?;
-            }
+        if let Some(path) = &options.output {
+            write_atomically(path, &rendered)?
+        } else {
+            let mut stdout = std::io::stdout().lock();
+            let separator = if options.format == Format::Text && !is_final {
+                "\n"
+            } else {
+                ""
+            };
+            stdout.write_all(&rendered)?;
+            stdout.write_all(separator.as_bytes())?;
+            stdout.flush()?;
         }
         if is_final && let Some(path) = &options.folded {
             write_atomically(path, report::render(&report, Format::Folded, 0))?;
@@ -388,7 +387,7 @@ impl Tracer {
     }
 
     /// Samples every site's outstanding bytes for the growth ranking.
-    pub fn record_growth(&mut self) {
+    pub(super) fn record_growth(&mut self) {
         let totals = aggregate::outstanding_by_site(
             &self.pipeline.table,
             monotonic_ns(),
@@ -401,7 +400,7 @@ impl Tracer {
 
     /// The response to a request for `page` (serve): status, content type
     /// and body, from the current report.
-    pub fn page(&mut self, page: Page) -> Result<http::Response> {
+    pub(super) fn page(&mut self, page: Page) -> Result<http::Response> {
         Ok(match page {
             Page::NotFound => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
             Page::BadMethod => (
@@ -433,21 +432,21 @@ impl Tracer {
         })
     }
 
-    pub fn progress(&self, message: &str) {
+    pub(super) fn progress(&self, message: &str) {
         if !self.options.quiet {
             eprintln!("leaktrace: {message}");
         }
     }
 }
 
-/// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns.
+/// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -458,9 +457,10 @@ struct OwnUsage {
 }
 
 fn own_usage() -> OwnUsage {
-    // SAFETY: getrusage fills the struct it is given.
+    // SAFETY: rusage is plain data, for which all zeroes is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    // SAFETY: getrusage fills the struct it is given, which outlives the call.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut usage) };
     let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
     OwnUsage {
         cpu_ms: ms(usage.ru_utime) + ms(usage.ru_stime),

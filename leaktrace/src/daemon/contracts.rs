@@ -5,8 +5,8 @@
 //! - realloc(NULL, n) is malloc(n); realloc(p, 0) returning NULL freed p;
 //!   a realloc that fails (NULL for n > 0) leaves p allocated.
 //! - calloc(n, m) and reallocarray(p, n, m) fail when n*m overflows.
-//! - posix_memalign returns its block through the out-pointer, 0 on success.
-//! - mmap and mremap fail with MAP_FAILED (-1), not 0; only anonymous maps
+//! - `posix_memalign` returns its block through the out-pointer, 0 on success.
+//! - mmap and mremap fail with `MAP_FAILED` (-1), not 0; only anonymous maps
 //!   are heap memory; lengths are rounded up to whole pages.
 use leaktrace_common::AllocFn;
 

@@ -29,6 +29,8 @@ pub enum DecodeError {
 }
 
 /// Reinterprets ring-buffer bytes. The kernel reserves records 8-byte aligned.
+// The pointer casts are to 8-aligned types: the alignment is checked first.
+#[allow(clippy::cast_ptr_alignment)]
 pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     if bytes.len() < size_of::<EventHeader>() {
         return Err(DecodeError::TooShort);

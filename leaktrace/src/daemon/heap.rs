@@ -100,7 +100,7 @@ impl ProcessHeap {
 #[derive(Default)]
 pub struct HeapTable {
     processes: HashMap<u32, ProcessHeap>,
-    /// CLOCK_MONOTONIC ns that `Block::time_ms` counts from.
+    /// `CLOCK_MONOTONIC` ns that `Block::time_ms` counts from.
     epoch_ns: u64,
     /// Most blocks and regions the table holds; 0: no limit. Keeps the
     /// daemon's memory bounded on a process that allocates without end.
@@ -112,7 +112,7 @@ pub struct HeapTable {
 }
 
 impl HeapTable {
-    /// A table whose block times count from `epoch_ns` (CLOCK_MONOTONIC).
+    /// A table whose block times count from `epoch_ns` (`CLOCK_MONOTONIC`).
     pub fn with_epoch(epoch_ns: u64) -> HeapTable {
         HeapTable {
             epoch_ns,
@@ -305,7 +305,7 @@ mod tests {
             .outstanding()
             .map(|(_, b, _, _)| (b.site, b.size))
             .collect();
-        v.sort();
+        v.sort_unstable();
         v
     }
 

@@ -15,7 +15,7 @@ pub fn encode_alloc(event: &AllocEvent, stack: &[u64]) -> Vec<u64> {
             (&raw const event).cast::<u8>(),
             words.as_mut_ptr().cast::<u8>(),
             size_of::<AllocEvent>(),
-        )
+        );
     };
     words.extend_from_slice(stack);
     words
@@ -27,10 +27,10 @@ pub fn encode_release(event: &ReleaseEvent) -> Vec<u64> {
     // SAFETY: ReleaseEvent is plain data whose size is a multiple of 8.
     unsafe {
         std::ptr::copy_nonoverlapping(
-            (event as *const ReleaseEvent).cast::<u8>(),
+            std::ptr::from_ref::<ReleaseEvent>(event).cast::<u8>(),
             words.as_mut_ptr().cast::<u8>(),
             size_of::<ReleaseEvent>(),
-        )
+        );
     };
     words
 }

@@ -24,7 +24,7 @@ pub struct CallSite {
     /// Return addresses captured at the allocator's return, innermost first.
     pub stack: Box<[u64]>,
     /// Bit i set: frame i was found by the frame-pointer fallback of the
-    /// .eh_frame unwinder (as first seen; not part of the site's identity).
+    /// .`eh_frame` unwinder (as first seen; not part of the site's identity).
     pub fp_frames: u64,
 }
 
@@ -67,15 +67,12 @@ impl CallSites {
             stack: stack.into(),
             fp_frames,
         };
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.sites[id as usize] = site;
-                id
-            }
-            None => {
-                self.sites.push(site);
-                (self.sites.len() - 1) as SiteId
-            }
+        let id = if let Some(id) = self.free.pop() {
+            self.sites[id as usize] = site;
+            id
+        } else {
+            self.sites.push(site);
+            (self.sites.len() - 1) as SiteId
         };
         ids.push(id);
         self.by_pid.entry(pid).or_default().push(id);
@@ -143,7 +140,7 @@ mod tests {
         ];
         let mut all = vec![a];
         all.extend(others);
-        all.sort();
+        all.sort_unstable();
         all.dedup();
         assert_eq!(all.len(), 6);
         assert_eq!(sites.len(), 6);
@@ -157,7 +154,7 @@ mod tests {
         let (gone_a, _) = sites.intern(2, AllocFn::Malloc, &[1, 2], 0);
         let (gone_b, _) = sites.intern(2, AllocFn::Calloc, &[3], 0);
         let mut forgotten = sites.forget_process(2);
-        forgotten.sort();
+        forgotten.sort_unstable();
         assert_eq!(forgotten, [gone_a, gone_b]);
         assert_eq!(sites.len(), 1);
         assert!(sites.forget_process(2).is_empty());

@@ -4,7 +4,7 @@ use super::load::{Amount, SiteKey, Sites};
 
 /// One site's amounts in both reports (zero where it is absent).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SiteDiff {
+pub(super) struct SiteDiff {
     pub key: SiteKey,
     pub old: Amount,
     pub new: Amount,
@@ -16,12 +16,12 @@ fn delta(old: u64, new: u64) -> i128 {
 
 impl SiteDiff {
     /// NEW - OLD bytes.
-    pub fn bytes(&self) -> i128 {
+    pub(super) fn bytes(&self) -> i128 {
         delta(self.old.bytes, self.new.bytes)
     }
 
     /// NEW - OLD allocations.
-    pub fn count(&self) -> i128 {
+    pub(super) fn count(&self) -> i128 {
         delta(self.old.count, self.new.count)
     }
 
@@ -32,7 +32,7 @@ impl SiteDiff {
 
 /// Every site of either report, largest growth in bytes first (then in
 /// allocations; ties in stack order), the most shrunk last.
-pub fn diff(old: &Sites, new: &Sites) -> Vec<SiteDiff> {
+pub(super) fn diff(old: &Sites, new: &Sites) -> Vec<SiteDiff> {
     let mut keys: Vec<&SiteKey> = old.0.keys().chain(new.0.keys()).collect();
     keys.sort();
     keys.dedup();

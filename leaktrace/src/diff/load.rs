@@ -15,7 +15,7 @@ use crate::report::pprof::{self, NO_STACK, Profile};
 
 /// What matches a call site across reports.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SiteKey {
+pub(super) struct SiteKey {
     /// Function names, root first (the function that called the allocator
     /// last); empty when no stack was captured.
     pub stack: Vec<String>,
@@ -26,14 +26,14 @@ pub struct SiteKey {
 
 /// Outstanding memory of a site.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Amount {
+pub(super) struct Amount {
     pub bytes: u64,
     pub count: u64,
 }
 
 /// A saved report, reduced to what diff compares.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Sites(pub BTreeMap<SiteKey, Amount>);
+pub(super) struct Sites(pub BTreeMap<SiteKey, Amount>);
 
 impl Sites {
     fn add(&mut self, key: SiteKey, bytes: u64, count: u64) {
@@ -42,7 +42,7 @@ impl Sites {
         amount.count = amount.count.saturating_add(count);
     }
 
-    pub fn total(&self) -> Amount {
+    pub(super) fn total(&self) -> Amount {
         self.0.values().fold(Amount::default(), |sum, a| Amount {
             bytes: sum.bytes.saturating_add(a.bytes),
             count: sum.count.saturating_add(a.count),
@@ -51,7 +51,7 @@ impl Sites {
 
     /// The sites of a report in memory (tests compare reports made here).
     #[cfg(test)]
-    pub fn from_report(report: &Report) -> Sites {
+    pub(super) fn from_report(report: &Report) -> Sites {
         let mut sites = Sites::default();
         for site in &report.sites {
             let stack = site.frames.iter().rev().map(|f| f.function.clone());
@@ -69,14 +69,14 @@ impl Sites {
 }
 
 /// Reads a saved report, JSON or gzipped pprof.
-pub fn load(path: &Path) -> Result<Sites> {
+pub(super) fn load(path: &Path) -> Result<Sites> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     parse(&bytes).with_context(|| path.display().to_string())
 }
 
 /// A saved report's bytes: gzipped pprof if they start with the gzip
 /// magic, else JSON.
-pub fn parse(bytes: &[u8]) -> Result<Sites> {
+pub(super) fn parse(bytes: &[u8]) -> Result<Sites> {
     if bytes.starts_with(&[0x1f, 0x8b]) {
         from_pprof(&pprof::decode(bytes)?)
     } else {

@@ -27,7 +27,7 @@ fn summary(amount: Amount, sites: usize) -> String {
 
 /// The text output: both totals, the total change, then each site that
 /// changed, innermost frame first as in the text report.
-pub fn render_text(
+pub(super) fn render_text(
     old_name: &str,
     new_name: &str,
     old: &Sites,
@@ -101,7 +101,7 @@ pub fn render_text(
 
 /// The folded output: `root;...;allocator growth_bytes` for each site that
 /// grew, largest first.
-pub fn render_folded(diffs: &[SiteDiff]) -> String {
+pub(super) fn render_folded(diffs: &[SiteDiff]) -> String {
     let mut out = String::new();
     for site in diffs.iter().filter(|d| d.bytes() > 0) {
         let mut names: Vec<String> = site

@@ -10,12 +10,12 @@ use crate::report::{Report, fixtures, json, pprof};
 
 fn key(stack: &[&str], allocator: &str) -> SiteKey {
     SiteKey {
-        stack: stack.iter().map(|s| s.to_string()).collect(),
+        stack: stack.iter().map(std::string::ToString::to_string).collect(),
         allocator: allocator.into(),
     }
 }
 
-/// The fixture with leak_a doubled, leak;b gone and a new site.
+/// The fixture with `leak_a` doubled, leak;b gone and a new site.
 fn grown() -> Report {
     let mut report = fixtures::report();
     report.sites[0].bytes *= 2;

@@ -12,7 +12,7 @@ use crate::target::ProbedObject;
 
 /// The three kernel programs (see leaktrace-ebpf).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Program {
+pub(crate) enum Program {
     /// Entry of an allocating call: stashes its arguments.
     AllocEntry,
     /// Return of an allocating call: sends the event with the stack.
@@ -23,7 +23,7 @@ pub enum Program {
 
 impl Program {
     /// The program's name in the eBPF object.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Program::AllocEntry => "alloc_entry",
             Program::AllocReturn => "alloc_return",
@@ -34,7 +34,7 @@ impl Program {
 
 /// One uprobe to create.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attachment {
+pub(crate) struct Attachment {
     pub program: Program,
     pub func: AllocFn,
     pub object: PathBuf,
@@ -56,7 +56,7 @@ pub struct Attachment {
 /// offset; otherwise at its first instruction. A return probe can move
 /// with its entry probe because nothing before the placed offset moves
 /// rsp: [rsp] still holds the return address the kernel hijacks.
-pub fn plan(objects: &[ProbedObject], placed: bool) -> Vec<Attachment> {
+pub(crate) fn plan(objects: &[ProbedObject], placed: bool) -> Vec<Attachment> {
     let mut attachments = unordered_plan(objects, placed);
     attachments.sort_by_key(|a| match a.program {
         Program::ReleaseEntry => 0,

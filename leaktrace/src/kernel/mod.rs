@@ -5,8 +5,8 @@
 //! Every probe is an fd-based perf link: when leaktrace exits, however it
 //! exits (SIGKILL included), the kernel closes the fds and removes the
 //! probes, so the traced process never keeps paying for a dead tracer.
-pub mod attach;
-pub mod unwind_tables;
+pub(crate) mod attach;
+pub(crate) mod unwind_tables;
 
 use std::{num::NonZeroU32, path::Path};
 
@@ -32,7 +32,7 @@ use self::{
 
 /// Counts of what the kernel side had to drop, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelLosses {
+pub(crate) struct KernelLosses {
     pub ring_buffer_full: u64,
     pub entry_slot_collisions: u64,
     pub stack_capture_failed: u64,
@@ -42,9 +42,9 @@ pub struct KernelLosses {
 
 /// How to load the kernel side.
 #[derive(Clone, Copy, Debug)]
-pub struct KernelOptions {
+pub(crate) struct KernelOptions {
     pub ring_buffer_bytes: u32,
-    /// Unwind with .eh_frame tables (rows in a map of `unwind_rows` entries)
+    /// Unwind with .`eh_frame` tables (rows in a map of `unwind_rows` entries)
     /// instead of frame pointers only.
     pub dwarf: bool,
     pub unwind_rows: u32,
@@ -57,7 +57,7 @@ pub struct KernelOptions {
 }
 
 /// The loaded programs and their maps. Dropping it detaches everything.
-pub struct KernelProbes {
+pub(crate) struct KernelProbes {
     /// Owns the programs and their links (more are attached as `--all`
     /// finds new allocators).
     ebpf: Ebpf,
@@ -78,7 +78,7 @@ fn program_name(empty_programs: bool, program: Program) -> &'static str {
     }
 }
 
-/// Where sched_process_exit's record keeps `group_dead` (recent kernels
+/// Where `sched_process_exit`'s record keeps `group_dead` (recent kernels
 /// have it; older ones do not), from the tracepoint's format file.
 fn group_dead_offset() -> Option<u32> {
     ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
@@ -102,7 +102,7 @@ fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
 }
 
 /// Checks that this process may load BPF programs and the kernel has uprobes.
-pub fn check_environment() -> Result<()> {
+pub(crate) fn check_environment() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("leaktrace must run as root (it loads eBPF programs and uprobes): try sudo");
@@ -136,7 +136,7 @@ fn ensure_tracefs() {
 
 /// Which processes the uprobes of one `attach` call fire for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// One process: all its threads, and its image after an exec.
     Process(u32),
     /// Every process that maps the object, now or later (`--all`).
@@ -148,7 +148,7 @@ impl KernelProbes {
     /// tracepoints; no uprobe is attached yet (see [`KernelProbes::attach`]).
     /// With `trace_all`, the tracepoints report every process on the host
     /// but leaktrace itself. Returns the ring buffer the records arrive in.
-    pub fn load(
+    pub(crate) fn load(
         options: &KernelOptions,
         trace_all: bool,
     ) -> Result<(KernelProbes, RingBuf<MapData>, Option<UnwindTables>)> {
@@ -272,7 +272,7 @@ impl KernelProbes {
     /// while others are live (a new allocator found under `--all`) may see
     /// returns of calls that began before them: those are not counted as
     /// losses.
-    pub fn attach(&mut self, plan: &[Attachment], scope: Scope) -> Result<()> {
+    pub(crate) fn attach(&mut self, plan: &[Attachment], scope: Scope) -> Result<()> {
         let was_armed = self.armed;
         self.set_armed(false)?;
         let scope = match scope {
@@ -312,7 +312,7 @@ impl KernelProbes {
 
     /// Makes the exec and exit tracepoints report `pid` (the uprobes are
     /// scoped by `attach`).
-    pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
+    pub(crate) fn trace_pid(&mut self, pid: u32) -> Result<()> {
         let mut traced: HashMap<_, u32, u8> = HashMap::try_from(
             self.ebpf
                 .map_mut("TRACED_PIDS")
@@ -324,7 +324,7 @@ impl KernelProbes {
     }
 
     /// Every probe is live: from now on a return without entry is a loss.
-    pub fn arm(&mut self) -> Result<()> {
+    pub(crate) fn arm(&mut self) -> Result<()> {
         self.set_armed(true)
     }
 
@@ -339,7 +339,7 @@ impl KernelProbes {
     /// Removes `pid`'s blocks at `addresses` from the kernel's set of
     /// sampled blocks: the process is gone (or exec'd), and their frees
     /// will never come.
-    pub fn forget_sampled(&mut self, pid: u32, addresses: impl Iterator<Item = u64>) {
+    pub(crate) fn forget_sampled(&mut self, pid: u32, addresses: impl Iterator<Item = u64>) {
         for addr in addresses {
             let key = SampledKey {
                 pid,
@@ -348,12 +348,12 @@ impl KernelProbes {
             };
             // A block may have left the set already (its free raced the
             // exit): nothing to do then.
-            let _ = self.sampled.remove(&key);
+            let _: Result<_, _> = self.sampled.remove(&key);
         }
     }
 
     /// Reads the kernel's loss counters.
-    pub fn losses(&self) -> Result<KernelLosses> {
+    pub(crate) fn losses(&self) -> Result<KernelLosses> {
         let mut totals = [0u64; LOSS_COUNTERS as usize];
         for (index, total) in totals.iter_mut().enumerate() {
             let per_cpu = self.losses.get(&(index as u32), 0)?;
@@ -373,7 +373,7 @@ impl KernelProbes {
 /// the given mean (inverse transform: -mean * ln(U), U uniform in (0, 1]),
 /// from a generator seeded by the clock. The kernel picks among them at
 /// random; with 4096 of them the distribution's shape is kept.
-pub fn exponential_gaps(mean: u32) -> Vec<u32> {
+pub(crate) fn exponential_gaps(mean: u32) -> Vec<u32> {
     let mut state = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
@@ -392,14 +392,14 @@ pub fn exponential_gaps(mean: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+/// Kernels before 5.11 charge BPF maps to `RLIMIT_MEMLOCK`.
 fn raise_memlock_limit() {
     let unlimited = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: plain syscall with a valid pointer; failure is harmless here.
-    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
 }
 
 #[cfg(test)]

@@ -33,16 +33,16 @@ struct LoadedObject {
 
 /// What loading cost, for progress messages and the figures.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct LoadStats {
+pub(crate) struct LoadStats {
     pub objects: usize,
     pub rows: usize,
-    /// Parsing .eh_frame into rows.
+    /// Parsing .`eh_frame` into rows.
     pub build_time: Duration,
     /// Writing the rows into the kernel's map.
     pub load_time: Duration,
 }
 
-pub struct UnwindTables {
+pub(crate) struct UnwindTables {
     rows: Array<MapData, UnwindRow>,
     /// pid -> slot in `mappings`.
     slots: HashMap<MapData, u32, u32>,
@@ -56,7 +56,7 @@ pub struct UnwindTables {
 }
 
 impl UnwindTables {
-    pub fn new(
+    pub(crate) fn new(
         rows: Array<MapData, UnwindRow>,
         slots: HashMap<MapData, u32, u32>,
         mappings: Array<MapData, ProcessMappings>,
@@ -73,12 +73,12 @@ impl UnwindTables {
     }
 
     /// Bytes the loaded rows take in the kernel.
-    pub fn row_bytes(&self) -> usize {
+    pub(crate) fn row_bytes(&self) -> usize {
         self.next_row as usize * size_of::<UnwindRow>()
     }
 
     /// One line for progress messages: what the tables cost.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         format!(
             "unwind tables for {} objects: {} rows, {} KiB in the kernel, built in {} ms, loaded in {} ms",
             self.stats.objects,
@@ -91,7 +91,12 @@ impl UnwindTables {
 
     /// Loads the tables of `pid`'s executable mappings (objects not loaded
     /// yet are read from `root`) and publishes its mappings.
-    pub fn load_process(&mut self, pid: u32, mappings: &[Mapping], root: &Path) -> Result<()> {
+    pub(crate) fn load_process(
+        &mut self,
+        pid: u32,
+        mappings: &[Mapping],
+        root: &Path,
+    ) -> Result<()> {
         let mut entries: Vec<UnwindMapping> = Vec::new();
         for mapping in mappings.iter().filter(|m| m.executable) {
             let Some(object) = self.object(&mapping.path, root) else {
@@ -136,15 +141,15 @@ impl UnwindTables {
 
     /// Frees `pid`'s slot of mappings (it exited): its stacks can no longer
     /// be walked, and the slot can serve another process.
-    pub fn forget_process(&mut self, pid: u32) {
+    pub(crate) fn forget_process(&mut self, pid: u32) {
         if self.slot_of.remove(&pid).is_some() {
             // Gone already if the process never had one: nothing to undo.
-            let _ = self.slots.remove(&pid);
+            let _: Result<_, _> = self.slots.remove(&pid);
         }
     }
 
     /// The object's rows, loading them on first sight. None when it has no
-    /// usable table (unreadable, not ELF, no .eh_frame, or no room left).
+    /// usable table (unreadable, not ELF, no .`eh_frame`, or no room left).
     /// Objects are known by file (device and inode), not by path: two
     /// containers' /usr/lib/.../libc.so.6 are different files.
     fn object(&mut self, path: &str, root: &Path) -> Option<LoadedObject> {
@@ -181,10 +186,7 @@ impl UnwindTables {
         let row_count = u32::try_from(table.len())?;
         let capacity = self.rows.len();
         if self.next_row.saturating_add(row_count) > capacity {
-            anyhow::bail!(
-                "the unwind row map is full ({} rows; raise --unwind-rows)",
-                capacity
-            );
+            anyhow::bail!("the unwind row map is full ({capacity} rows; raise --unwind-rows)");
         }
         let first_row = self.next_row;
         let loading = Instant::now();

@@ -367,7 +367,7 @@ pub fn render_bytes(report: &Report, format: Format, top: usize) -> Vec<u8> {
 pub(crate) mod fixtures {
     use super::*;
 
-    pub fn frame(function: &str, file: Option<&str>, line: Option<u32>) -> Frame {
+    pub(crate) fn frame(function: &str, file: Option<&str>, line: Option<u32>) -> Frame {
         Frame {
             function: function.into(),
             file: file.map(Into::into),
@@ -379,8 +379,8 @@ pub(crate) mod fixtures {
         }
     }
 
-    /// Two sites: 4096 bytes in 4 mallocs from leak_a, 100 bytes from one calloc in leak_b.
-    pub fn report() -> Report {
+    /// Two sites: 4096 bytes in 4 mallocs from `leak_a`, 100 bytes from one calloc in `leak_b`.
+    pub(crate) fn report() -> Report {
         Report {
             pids: vec![42],
             command: Some(vec!["./prog".into()]),

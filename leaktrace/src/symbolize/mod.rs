@@ -28,7 +28,7 @@ pub struct Frame {
     /// An inlined call inside the next frame (same address).
     pub inlined: bool,
     /// Found by following frame pointers, not unwind tables: the code below
-    /// it had no .eh_frame rows (JIT, anonymous code), so this frame and the
+    /// it had no .`eh_frame` rows (JIT, anonymous code), so this frame and the
     /// ones above it may be incomplete.
     pub fallback: bool,
 }

@@ -30,7 +30,7 @@ const MAPPING_FAMILY: [AllocFn; 3] = [AllocFn::Mmap, AllocFn::Munmap, AllocFn::M
 /// An object mapped in (or to be loaded by) the target, in the dynamic
 /// linker's search order, with what it defines.
 #[derive(Clone, Debug)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub path: PathBuf,
     pub display_path: String,
     pub symbols: ObjectSymbols,
@@ -38,7 +38,7 @@ pub struct Candidate {
 
 /// Chooses what to probe among objects in symbol-resolution order (the
 /// executable first). Pure, so the choice is tested on made-up objects.
-pub fn choose_objects(candidates: &[Candidate]) -> Result<Vec<ProbedObject>> {
+pub(crate) fn choose_objects(candidates: &[Candidate]) -> Result<Vec<ProbedObject>> {
     let defines_malloc: Vec<&Candidate> = candidates
         .iter()
         .filter(|c| c.symbols.defines(AllocFn::Malloc))
@@ -48,7 +48,7 @@ pub fn choose_objects(candidates: &[Candidate]) -> Result<Vec<ProbedObject>> {
             "no allocator found: none of the target's {} objects defines malloc",
             candidates.len()
         ),
-        Some(first) if std::ptr::eq(*first, &candidates[0]) => *first,
+        Some(first) if std::ptr::eq(*first, &raw const candidates[0]) => *first,
         Some(_) => defines_malloc
             .iter()
             .find(|c| !c.symbols.is_c_library)

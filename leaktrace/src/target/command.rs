@@ -1,6 +1,6 @@
 //! A command not started yet: where execvp would find it, and the objects
-//! its dynamic linker would load (`ld.so --list`, which honours LD_PRELOAD
-//! and LD_LIBRARY_PATH exactly as the launch will).
+//! its dynamic linker would load (`ld.so --list`, which honours `LD_PRELOAD`
+//! and `LD_LIBRARY_PATH` exactly as the launch will).
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -17,7 +17,7 @@ use super::{
 };
 
 /// Finds `program` the way execvp would.
-pub fn resolve_program(program: &Path) -> Result<PathBuf> {
+pub(crate) fn resolve_program(program: &Path) -> Result<PathBuf> {
     if program.components().count() > 1 {
         if !program.exists() {
             bail!("command not found: {}", program.display());
@@ -33,8 +33,8 @@ pub fn resolve_program(program: &Path) -> Result<PathBuf> {
 
 /// The objects to probe for a command not started yet: the executable,
 /// then what its dynamic linker would load (`ld.so --list`, which honours
-/// LD_PRELOAD and LD_LIBRARY_PATH exactly as the launch will).
-pub fn objects_for_command(program: &Path) -> Result<Vec<ProbedObject>> {
+/// `LD_PRELOAD` and `LD_LIBRARY_PATH` exactly as the launch will).
+pub(crate) fn objects_for_command(program: &Path) -> Result<Vec<ProbedObject>> {
     let data = fs::read(program).with_context(|| format!("reading {}", program.display()))?;
     let interpreter = program_interpreter(&data)
         .with_context(|| format!("{} is not an ELF executable", program.display()))?;
@@ -68,7 +68,7 @@ pub fn objects_for_command(program: &Path) -> Result<Vec<ProbedObject>> {
 }
 
 /// Paths from `ld.so --list` output, in load order.
-pub fn parse_ld_list(text: &str) -> Vec<String> {
+pub(crate) fn parse_ld_list(text: &str) -> Vec<String> {
     text.lines()
         .filter_map(|line| {
             let line = line.trim();

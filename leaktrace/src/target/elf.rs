@@ -14,7 +14,7 @@ use super::{
 
 /// What an object defines, as far as choosing the allocator goes.
 #[derive(Clone, Debug, Default)]
-pub struct ObjectSymbols {
+pub(crate) struct ObjectSymbols {
     pub functions: Vec<FunctionSymbol>,
     /// Defines `__libc_start_main`: it is the C library, never an interposer.
     pub is_c_library: bool,
@@ -23,7 +23,7 @@ pub struct ObjectSymbols {
 impl ObjectSymbols {
     /// The symbol found for `func` itself (aliases aside).
     #[cfg(test)]
-    pub fn function(&self, func: AllocFn) -> Option<&FunctionSymbol> {
+    pub(crate) fn function(&self, func: AllocFn) -> Option<&FunctionSymbol> {
         self.functions.iter().find(|f| f.func == func)
     }
 
@@ -36,7 +36,7 @@ impl ObjectSymbols {
 
 /// Reads the traced functions an ELF image defines (dynamic symbols first,
 /// then the full symbol table for static or unstripped executables).
-pub fn object_symbols(data: &[u8]) -> Result<ObjectSymbols> {
+pub(crate) fn object_symbols(data: &[u8]) -> Result<ObjectSymbols> {
     let file = object::File::parse(data).context("not an ELF object")?;
     let mut found: Vec<(AllocFn, u64, u64)> = Vec::new();
     let mut is_c_library = false;
@@ -72,17 +72,16 @@ pub fn object_symbols(data: &[u8]) -> Result<ObjectSymbols> {
     let mut functions: Vec<FunctionSymbol> = Vec::new();
     let mut addresses = Vec::new();
     for (func, file_offset, address) in found {
-        match functions.iter_mut().find(|f| f.file_offset == file_offset) {
-            Some(existing) => existing.aliases.push(func),
-            None => {
-                functions.push(FunctionSymbol {
-                    func,
-                    file_offset,
-                    placement: Placement::default(),
-                    aliases: Vec::new(),
-                });
-                addresses.push(address);
-            }
+        if let Some(existing) = functions.iter_mut().find(|f| f.file_offset == file_offset) {
+            existing.aliases.push(func)
+        } else {
+            functions.push(FunctionSymbol {
+                func,
+                file_offset,
+                placement: Placement::default(),
+                aliases: Vec::new(),
+            });
+            addresses.push(address);
         }
     }
     place_probes(&file, data, &mut functions, &addresses);
@@ -149,8 +148,8 @@ fn virtual_to_file_offset(file: &object::File<'_>, address: u64) -> Option<u64> 
     })
 }
 
-/// The dynamic linker named by PT_INTERP; None for a static executable.
-pub fn program_interpreter(data: &[u8]) -> Result<Option<PathBuf>> {
+/// The dynamic linker named by `PT_INTERP`; None for a static executable.
+pub(crate) fn program_interpreter(data: &[u8]) -> Result<Option<PathBuf>> {
     use object::read::elf::{ElfFile64, ProgramHeader as _};
     let elf = ElfFile64::<object::Endianness>::parse(data)?;
     let endian = elf.endian();

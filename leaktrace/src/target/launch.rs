@@ -3,10 +3,10 @@
 //! The child is forked and held before exec until every probe is attached
 //! to it; uprobes follow its pid through exec, so nothing it allocates is
 //! missed. The parent thread also ptrace-seizes the child, for two stops:
-//! - at its entry point (a one-shot int3 planted at AT_ENTRY when it
+//! - at its entry point (a one-shot int3 planted at `AT_ENTRY` when it
 //!   execs): the dynamic linker has mapped every library by then, and
 //!   `at_entry` loads their unwind tables before main runs;
-//! - at its exit (PTRACE_O_TRACEEXIT), while its address space still
+//! - at its exit (`PTRACE_O_TRACEEXIT`), while its address space still
 //!   exists, so `at_exit` can read its mappings for the report of a program
 //!   that exits before anyone could look at it.
 //!
@@ -24,14 +24,14 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 /// How the launched command ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExitStatus {
+pub(crate) enum ExitStatus {
     Code(i32),
     Signal(i32),
 }
 
 impl ExitStatus {
     /// The shell's convention: the code, or 128 + signal.
-    pub fn as_exit_code(self) -> i32 {
+    pub(crate) fn as_exit_code(self) -> i32 {
         match self {
             ExitStatus::Code(code) => code,
             ExitStatus::Signal(signal) => 128 + signal,
@@ -40,7 +40,7 @@ impl ExitStatus {
 }
 
 /// A forked child waiting for `start` before it execs.
-pub struct HeldChild {
+pub(crate) struct HeldChild {
     pub pid: u32,
     go: mpsc::Sender<()>,
     started: mpsc::Receiver<Result<()>>,
@@ -49,7 +49,7 @@ pub struct HeldChild {
 /// Forks `program` with `args` (args[0] included), held before exec. The
 /// returned receiver yields the exit status. `at_exit` runs while the child
 /// is stopped at its exit, before its address space is torn down.
-pub fn spawn_held(
+pub(crate) fn spawn_held(
     program: &Path,
     args: &[OsString],
     at_entry: impl FnOnce() + Send + 'static,
@@ -74,22 +74,22 @@ pub fn spawn_held(
             let child = match fork_held(&path, &argv) {
                 Ok(child) => child,
                 Err(err) => {
-                    let _ = pid_tx.send(Err(err));
+                    let _: Result<_, _> = pid_tx.send(Err(err));
                     return;
                 }
             };
-            let _ = pid_tx.send(Ok(child.pid));
+            let _: Result<_, _> = pid_tx.send(Ok(child.pid));
             if go_rx.recv().is_err() {
                 // The tracer gave up before starting it.
                 // SAFETY: our own child.
                 unsafe { libc::kill(child.pid as i32, libc::SIGKILL) };
-                let _ = started_tx.send(Err(anyhow!("not started")));
+                let _: Result<_, _> = started_tx.send(Err(anyhow!("not started")));
                 wait_plain(child.pid);
                 return;
             }
             let pid = child.pid;
-            let _ = started_tx.send(child.release());
-            let _ = exit_tx.send(wait_traced(pid, at_entry, at_exit));
+            let _: Result<_, _> = started_tx.send(child.release());
+            let _: Result<_, _> = exit_tx.send(wait_traced(pid, at_entry, at_exit));
         })
         .context("starting the child-watching thread")?;
     let pid = pid_rx.recv().context("child thread died")??;
@@ -105,7 +105,7 @@ pub fn spawn_held(
 
 impl HeldChild {
     /// Lets the child exec; fails if the exec failed.
-    pub fn start(self) -> Result<()> {
+    pub(crate) fn start(self) -> Result<()> {
         self.go.send(()).map_err(|_| anyhow!("child thread died"))?;
         self.started.recv().context("child thread died")?
     }
@@ -138,6 +138,9 @@ fn fork_held(path: &CString, argv: &[CString]) -> Result<Forked> {
         bail!("fork: {}", std::io::Error::last_os_error());
     }
     if pid == 0 {
+        // SAFETY: in the forked child: only async-signal-safe calls, on fds
+        // and memory prepared before the fork; it never returns (execv or
+        // _exit).
         unsafe {
             libc::close(gate[1]);
             libc::close(error[0]);
@@ -168,7 +171,7 @@ fn fork_held(path: &CString, argv: &[CString]) -> Result<Forked> {
             libc::PTRACE_SEIZE,
             pid as libc::pid_t,
             0,
-            (libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_TRACEEXEC) as libc::c_long,
+            libc::c_long::from(libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_TRACEEXEC),
         )
     };
     if seized != 0 {
@@ -202,6 +205,7 @@ impl Forked {
                 size_of::<libc::c_int>(),
             )
         };
+        // SAFETY: our own fd, closed once.
         unsafe { libc::close(self.error_read) };
         if n > 0 {
             bail!(
@@ -216,7 +220,7 @@ impl Forked {
 fn wait_plain(pid: u32) {
     let mut status = 0;
     // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid as i32, &mut status, libc::__WALL) };
+    unsafe { libc::waitpid(pid as i32, &raw mut status, libc::__WALL) };
 }
 
 /// The program's entry point, from the auxiliary vector the kernel gave it.
@@ -287,7 +291,7 @@ fn wait_traced(pid: u32, at_entry: impl FnOnce(), at_exit: impl FnOnce()) -> Exi
     loop {
         let mut status = 0;
         // SAFETY: waiting for our own child.
-        let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::__WALL) };
+        let r = unsafe { libc::waitpid(pid as i32, &raw mut status, libc::__WALL) };
         if r < 0 {
             if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
@@ -344,7 +348,7 @@ fn wait_traced(pid: u32, at_entry: impl FnOnce(), at_exit: impl FnOnce()) -> Exi
                 }
             } else {
                 // Signal-delivery stop: deliver the signal unchanged.
-                libc::ptrace(libc::PTRACE_CONT, pid as i32, 0, signal as libc::c_long);
+                libc::ptrace(libc::PTRACE_CONT, pid as i32, 0, libc::c_long::from(signal));
             }
         }
     }

@@ -13,12 +13,12 @@
 //! - [`procfs`]: `/proc` (mappings, roots, command lines);
 //! - [`command`]: a command not started yet; [`launch`]: starting it held
 //!   at its entry point.
-pub mod allocator;
-pub mod command;
-pub mod elf;
-pub mod launch;
-pub mod placement;
-pub mod procfs;
+pub(crate) mod allocator;
+pub(crate) mod command;
+pub(crate) mod elf;
+pub(crate) mod launch;
+pub(crate) mod placement;
+pub(crate) mod procfs;
 
 use std::{collections::HashMap, fs, path::PathBuf};
 
@@ -34,7 +34,7 @@ use self::{
 
 /// A traced function found in an object, at the file offset uprobes take.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FunctionSymbol {
+pub(crate) struct FunctionSymbol {
     pub func: AllocFn,
     /// File offset of the function's first instruction.
     pub file_offset: u64,
@@ -48,7 +48,7 @@ pub struct FunctionSymbol {
 
 /// One ELF object to probe and the functions to probe in it.
 #[derive(Clone, Debug)]
-pub struct ProbedObject {
+pub(crate) struct ProbedObject {
     /// Path to open and attach to, as seen from leaktrace's mount namespace.
     pub path: PathBuf,
     /// Path as the target sees it, for messages and reports.
@@ -71,7 +71,7 @@ fn candidate(path: PathBuf, display_path: String) -> Result<Candidate> {
 /// allocator of every process that starts, and most of them map the same
 /// C library, whose symbols take milliseconds to read.
 #[derive(Default)]
-pub struct SymbolCache {
+pub(crate) struct SymbolCache {
     by_file: HashMap<(u64, u64), Option<ObjectSymbols>>,
 }
 
@@ -97,7 +97,10 @@ impl SymbolCache {
 
 /// The objects to probe in a running process, from /proc/PID/maps,
 /// reading each object's symbols once per `cache`.
-pub fn objects_for_pid_cached(pid: u32, cache: &mut SymbolCache) -> Result<Vec<ProbedObject>> {
+pub(crate) fn objects_for_pid_cached(
+    pid: u32,
+    cache: &mut SymbolCache,
+) -> Result<Vec<ProbedObject>> {
     check_pid(pid)?;
     let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
         .with_context(|| format!("reading /proc/{pid}/maps"))?;

@@ -28,7 +28,7 @@ const WINDOW_INSTRUCTIONS: usize = 16;
 
 /// Where to put a function's entry probe.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Placement {
+pub(crate) struct Placement {
     /// Bytes from the function's first instruction.
     pub offset: u64,
     /// What was decided, for `--verbose` style diagnostics and tests.
@@ -36,7 +36,7 @@ pub struct Placement {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum PlacementReason {
+pub(crate) enum PlacementReason {
     /// Not decided (placement off, or no code).
     #[default]
     NotPlaced,
@@ -51,7 +51,7 @@ pub enum PlacementReason {
 }
 
 /// Argument registers a probe on `func` reads, in order (System V ABI).
-pub fn argument_registers(func: AllocFn) -> &'static [Register] {
+pub(crate) fn argument_registers(func: AllocFn) -> &'static [Register] {
     const ARGS: [Register; 4] = [Register::RDI, Register::RSI, Register::RDX, Register::RCX];
     let count = match func {
         AllocFn::Malloc
@@ -79,10 +79,13 @@ pub fn argument_registers(func: AllocFn) -> &'static [Register] {
 /// it: the same byte-level test as arch/x86/kernel/uprobes.c, restricted to
 /// forms without prefixes (a prefixed form may be refused and single-stepped,
 /// which is slower but still correct, so only the plain forms count).
-pub fn is_emulated(bytes: &[u8]) -> bool {
+// One arm per instruction form, as the kernel lists them, even where the
+// answers are the same.
+#[allow(clippy::match_same_arms)]
+pub(crate) fn is_emulated(bytes: &[u8]) -> bool {
     match *bytes {
         // jcc rel8, jmp rel8
-        [0x70..=0x7f, _] | [0xeb, _] => true,
+        [0x70..=0x7f | 0xeb, _] => true,
         // jcc rel32
         [0x0f, 0x80..=0x8f, _, _, _, _] => true,
         // jmp rel32, call rel32
@@ -136,7 +139,7 @@ fn harm(
 
 /// Places the probe of a function whose code starts with `code` (at
 /// virtual address `address`) and whose probe reads `protected` registers.
-pub fn place(code: &[u8], address: u64, protected: &[Register]) -> Placement {
+pub(crate) fn place(code: &[u8], address: u64, protected: &[Register]) -> Placement {
     let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
     let mut factory = InstructionInfoFactory::new();
     let mut instruction = Instruction::default();
@@ -163,7 +166,7 @@ pub fn place(code: &[u8], address: u64, protected: &[Register]) -> Placement {
         if let Some(why) = harm(&instruction, &mut factory, protected) {
             return Placement {
                 offset: 0,
-                reason: PlacementReason::Blocked(format!("{} {why}", instruction)),
+                reason: PlacementReason::Blocked(format!("{instruction} {why}")),
             };
         }
     }
@@ -176,7 +179,7 @@ pub fn place(code: &[u8], address: u64, protected: &[Register]) -> Placement {
 /// Targets of the direct (relative) jumps and calls in `code`, decoded
 /// linearly from `address`. Used to refuse a placement when any code jumps
 /// into the instructions the probe would skip.
-pub fn direct_branch_targets(code: &[u8], address: u64) -> Vec<u64> {
+pub(crate) fn direct_branch_targets(code: &[u8], address: u64) -> Vec<u64> {
     let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
     let mut instruction = Instruction::default();
     let mut targets = Vec::new();

@@ -10,12 +10,12 @@ use std::{
 use anyhow::{Result, bail};
 
 /// Whether process `pid` is there (a zombie still is, until reaped).
-pub fn process_exists(pid: u32) -> bool {
+pub(crate) fn process_exists(pid: u32) -> bool {
     pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Error text for a PID that is not there.
-pub fn check_pid(pid: u32) -> Result<()> {
+pub(crate) fn check_pid(pid: u32) -> Result<()> {
     if !process_exists(pid) {
         bail!("no such process: {pid}");
     }
@@ -24,7 +24,7 @@ pub fn check_pid(pid: u32) -> Result<()> {
 
 /// (device, inode) of a file: what a uprobe is attached to, whatever the
 /// path (a container's /proc/PID/root/... or ours).
-pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
+pub(crate) fn file_identity(path: &Path) -> Option<(u64, u64)> {
     fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
@@ -40,7 +40,7 @@ pub struct Mapping {
 }
 
 /// Parses /proc/PID/maps, keeping file-backed mappings.
-pub fn parse_maps(text: &str) -> Vec<Mapping> {
+pub(crate) fn parse_maps(text: &str) -> Vec<Mapping> {
     text.lines()
         .filter_map(|line| {
             // start-end perms offset dev inode path
@@ -68,7 +68,7 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
 
 /// Where the process's files are from leaktrace's point of view: `/` when
 /// it shares our root, `/proc/PID/root` when it lives in a container.
-pub fn process_root(pid: u32) -> PathBuf {
+pub(crate) fn process_root(pid: u32) -> PathBuf {
     let theirs = fs::canonicalize(format!("/proc/{pid}/root"));
     let ours = fs::canonicalize("/proc/self/root");
     match (theirs, ours) {
@@ -79,7 +79,7 @@ pub fn process_root(pid: u32) -> PathBuf {
 
 /// A process's command line, words joined by spaces ("" when unreadable),
 /// on one line (`python3 -c` scripts carry newlines).
-pub fn command_line(pid: u32) -> String {
+pub(crate) fn command_line(pid: u32) -> String {
     fs::read(format!("/proc/{pid}/cmdline"))
         .map(|bytes| {
             bytes

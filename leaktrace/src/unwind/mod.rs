@@ -12,7 +12,7 @@
 //! The format: [`UnwindRow`]s sorted by `pc`, each row covering `pc` up to the
 //! next row's `pc`. A row says how to compute the CFA (`rsp` or `rbp` plus an
 //! offset) and where the caller's `rbp` was saved; the return address is at
-//! CFA - 8 on x86_64, so rows whose return address lives elsewhere are
+//! CFA - 8 on `x86_64`, so rows whose return address lives elsewhere are
 //! [`UNWIND_NONE`]. Gaps between FDEs get a `UNWIND_NONE` row (so a gap is not
 //! covered by the function before it), the table ends with one, and
 //! consecutive rows with the same rule are merged. `UNWIND_NONE`,
@@ -50,7 +50,7 @@ const PLT_CFA_EXPRESSION: [u8; 11] = [
 /// What building a table met, for logs and tests. Row counts are over the
 /// rows gimli produced, before gap rows are added and rows are merged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TableStats {
+pub(crate) struct TableStats {
     /// FDEs in the section, including skipped ones.
     pub fdes: usize,
     /// FDEs whose range reaches above `u32::MAX`: skipped.
@@ -75,14 +75,16 @@ pub struct TableStats {
     pub gap_rows: usize,
 }
 
-/// Builds the unwind table of an x86_64 ELF object (see the module doc).
+/// Builds the unwind table of an `x86_64` ELF object (see the module doc).
 /// An object with neither `.eh_frame` nor `.debug_frame` gets an empty table.
-pub fn build_table(elf_data: &[u8]) -> anyhow::Result<Vec<UnwindRow>> {
+pub(crate) fn build_table(elf_data: &[u8]) -> anyhow::Result<Vec<UnwindRow>> {
     Ok(build_table_with_stats(elf_data)?.0)
 }
 
 /// [`build_table`], also saying what it met.
-pub fn build_table_with_stats(elf_data: &[u8]) -> anyhow::Result<(Vec<UnwindRow>, TableStats)> {
+pub(crate) fn build_table_with_stats(
+    elf_data: &[u8],
+) -> anyhow::Result<(Vec<UnwindRow>, TableStats)> {
     let file = object::File::parse(elf_data).context("parsing the ELF object")?;
     if file.architecture() != Architecture::X86_64 {
         bail!("not an x86_64 object: {:?}", file.architecture());
@@ -115,7 +117,7 @@ pub fn build_table_with_stats(elf_data: &[u8]) -> anyhow::Result<(Vec<UnwindRow>
 /// (The kernel does this search in BPF; this copy lets the tests check a
 /// table the way the kernel reads it.)
 #[cfg(test)]
-pub fn find(rows: &[UnwindRow], pc: u64) -> Option<&UnwindRow> {
+pub(crate) fn find(rows: &[UnwindRow], pc: u64) -> Option<&UnwindRow> {
     let after = rows.partition_point(|row| u64::from(row.pc) <= pc);
     after.checked_sub(1).map(|i| &rows[i])
 }
@@ -183,16 +185,15 @@ fn walk<'a, S: UnwindSection<Slice<'a>>>(
             }
             Ok(())
         })();
-        match walked {
-            Ok(()) => fdes.push(Fde {
+        if let Ok(()) = walked {
+            fdes.push(Fde {
                 start: start32,
                 end,
                 rows,
-            }),
-            Err(_) => {
-                *stats = saved;
-                stats.fdes_invalid += 1;
-            }
+            });
+        } else {
+            *stats = saved;
+            stats.fdes_invalid += 1;
         }
     }
     Ok(fdes)

@@ -10,7 +10,7 @@ const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
 const PYTHON: &str = "/usr/bin/python3.11";
 const RSP: u8 = UNWIND_CFA_RSP;
 const RBP: u8 = UNWIND_CFA_RBP;
-/// (kind, cfa_offset, rbp_offset)
+/// (kind, `cfa_offset`, `rbp_offset`)
 type Rule = (u8, i16, i16);
 
 fn read_or_skip(path: &str) -> Option<Vec<u8>> {
@@ -270,9 +270,9 @@ fn gcc(flags: &[&str]) -> Option<Vec<u8>> {
         .args(["-Wl,-z,lazy", "-o"])
         .args([&binary, &source])
         .status();
-    let built = status.as_ref().is_ok_and(|s| s.success());
+    let built = status.as_ref().is_ok_and(std::process::ExitStatus::success);
     let built = built.then(|| std::fs::read(&binary).unwrap());
-    let _ = std::fs::remove_dir_all(&dir);
+    let _: Result<_, _> = std::fs::remove_dir_all(&dir);
     if built.is_none() {
         eprintln!("SKIPPED: gcc {flags:?} fixture: {status:?}");
     }
@@ -294,7 +294,7 @@ fn frame_setup(data: &[u8], function: &str) -> (u64, u64, u64) {
         match insn.code() {
             Code::Push_r64 if regs.0 == Register::RBP => pushed = pushed.or(Some(insn.next_ip())),
             Code::Mov_rm64_r64 | Code::Mov_r64_rm64 if regs == (Register::RBP, Register::RSP) => {
-                moved = moved.or(Some(insn.next_ip()))
+                moved = moved.or(Some(insn.next_ip()));
             }
             Code::Retnq => ret = Some(insn.ip()),
             _ => {}
@@ -353,7 +353,7 @@ fn fixture_frame_pointers_outermost_and_plt() {
     }
 }
 
-/// Prints row counts, what became UNWIND_NONE and build times; run with
+/// Prints row counts, what became `UNWIND_NONE` and build times; run with
 /// `cargo test --release -p leaktrace --lib unwind -- --nocapture`.
 #[test]
 fn sizes_and_times() {
@@ -366,8 +366,9 @@ fn sizes_and_times() {
         let took = began.elapsed();
         assert_well_formed(&rows);
         let mut kinds = [0usize; 5];
-        rows.iter()
-            .for_each(|row| kinds[usize::from(row.kind)] += 1);
+        for row in &rows {
+            kinds[usize::from(row.kind)] += 1;
+        }
         println!(
             "{path}: {} rows ({} KiB) in {took:?}; by kind [none, rsp, rbp, outermost, plt] = {kinds:?}\n  {stats:?}",
             rows.len(),

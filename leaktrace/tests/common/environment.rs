@@ -10,12 +10,12 @@ use std::{
 };
 
 /// The leaktrace binary under test.
-pub fn leaktrace_bin() -> PathBuf {
+pub(crate) fn leaktrace_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_leaktrace"))
 }
 
 /// Effective uid, from /proc/self/status.
-pub fn effective_uid() -> u32 {
+pub(crate) fn effective_uid() -> u32 {
     let status = fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
     let line = status
         .lines()
@@ -27,20 +27,21 @@ pub fn effective_uid() -> u32 {
         .expect("effective uid")
 }
 
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     effective_uid() == 0
 }
 
 /// True when the test may proceed. Not root: prints a loud SKIPPED line and
 /// returns false, unless `CI` is set, where a skipped tracer test would hide
 /// a broken build: then it panics.
-pub fn require_root(test: &str) -> bool {
+pub(crate) fn require_root(test: &str) -> bool {
     if is_root() {
         return true;
     }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: needs root, and CI is set: refusing to skip (run the tests as root)");
-    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: needs root, and CI is set: refusing to skip (run the tests as root)"
+    );
     eprintln!();
     eprintln!("=================================================================");
     eprintln!("SKIPPED (needs root): {test}: leaktrace loads eBPF programs");
@@ -50,21 +51,20 @@ pub fn require_root(test: &str) -> bool {
 }
 
 /// Whether `tool` is on PATH.
-pub fn have_tool(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| is_executable(&dir.join(tool))))
-        .unwrap_or(false)
+pub(crate) fn have_tool(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| is_executable(&dir.join(tool)))
+    })
 }
 
 fn is_executable(path: &Path) -> bool {
-    fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Tests that trace run one at a time: two tracers at once would disturb
 /// each other's timing (and the machine may have two cores).
-pub fn serial() -> MutexGuard<'static, ()> {
+pub(crate) fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -13,7 +13,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-pub fn fixture_source(name: &str) -> PathBuf {
+pub(crate) fn fixture_source(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
@@ -21,17 +21,16 @@ pub fn fixture_source(name: &str) -> PathBuf {
 
 /// A fresh directory under the system temp dir, removed on drop unless the
 /// test is failing (then it is kept, and its path printed, for a look).
-pub struct TempDir {
+pub(crate) struct TempDir {
     path: PathBuf,
 }
 
 impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+            .map_or(0, |d| d.as_nanos());
         let path = std::env::temp_dir().join(format!(
             "leaktrace-test-{tag}-{}-{}-{nanos}",
             std::process::id(),
@@ -39,15 +38,15 @@ impl TempDir {
         ));
         fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
         // Readable and searchable by anyone: the non-root test runs from here.
-        let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o755));
+        let _: Result<_, _> = fs::set_permissions(&path, fs::Permissions::from_mode(0o755));
         TempDir { path }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn join(&self, name: &str) -> PathBuf {
+    pub(crate) fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
 }
@@ -60,13 +59,13 @@ impl Drop for TempDir {
                 self.path.display()
             );
         } else {
-            let _ = fs::remove_dir_all(&self.path);
+            let _: Result<_, _> = fs::remove_dir_all(&self.path);
         }
     }
 }
 
 /// Compiles `tests/fixtures/<source>` with gcc into `dir/<output>`.
-pub fn compile(dir: &TempDir, source: &str, output: &str, flags: &[&str]) -> PathBuf {
+pub(crate) fn compile(dir: &TempDir, source: &str, output: &str, flags: &[&str]) -> PathBuf {
     let src = fixture_source(source);
     let out = dir.join(output);
     let result = Command::new("gcc")
@@ -87,7 +86,7 @@ pub fn compile(dir: &TempDir, source: &str, output: &str, flags: &[&str]) -> Pat
 
 /// The leaky fixture, with exact frames: no optimization, no inlining,
 /// frame pointers, debug info.
-pub fn build_leaky(dir: &TempDir) -> PathBuf {
+pub(crate) fn build_leaky(dir: &TempDir) -> PathBuf {
     compile(
         dir,
         "leaky.c",
@@ -102,7 +101,7 @@ pub fn build_leaky(dir: &TempDir) -> PathBuf {
     )
 }
 
-pub fn build_spin(dir: &TempDir) -> PathBuf {
+pub(crate) fn build_spin(dir: &TempDir) -> PathBuf {
     compile(
         dir,
         "spin.c",
@@ -112,12 +111,12 @@ pub fn build_spin(dir: &TempDir) -> PathBuf {
 }
 
 /// A static program with no libc, hence no malloc anywhere.
-pub fn build_nomalloc(dir: &TempDir) -> PathBuf {
+pub(crate) fn build_nomalloc(dir: &TempDir) -> PathBuf {
     compile(dir, "nomalloc.c", "nomalloc", &["-static", "-nostdlib"])
 }
 
 /// Line number of each `/* SITE name */` marker in a fixture source.
-pub fn site_lines(source: &str) -> HashMap<String, u32> {
+pub(crate) fn site_lines(source: &str) -> HashMap<String, u32> {
     let text = fs::read_to_string(fixture_source(source)).expect("reading fixture source");
     let mut lines = HashMap::new();
     for (index, line) in text.lines().enumerate() {

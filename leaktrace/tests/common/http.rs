@@ -10,7 +10,7 @@ use std::{
 use super::{Guarded, Lines, leaktrace_bin};
 
 /// A running `leaktrace serve`, killed when dropped.
-pub struct Server {
+pub(crate) struct Server {
     pub process: Guarded,
     pub stdout: Lines,
     pub stderr: Lines,
@@ -20,7 +20,7 @@ pub struct Server {
 
 /// Starts `leaktrace serve ARGS --listen 127.0.0.1:0` and waits until it
 /// says where it serves.
-pub fn start_serve(args: &[&str]) -> Server {
+pub(crate) fn start_serve(args: &[&str]) -> Server {
     let mut process = Guarded::spawn(
         "leaktrace serve",
         Command::new(leaktrace_bin())
@@ -34,9 +34,7 @@ pub fn start_serve(args: &[&str]) -> Server {
     let stdout = process.stdout_lines();
     let stderr = process.stderr_lines();
     let serving = stderr
-        .wait_for(Duration::from_secs(60), |l| {
-            l.contains("serving on http://")
-        })
+        .wait_for(Duration::from_mins(1), |l| l.contains("serving on http://"))
         .unwrap_or_else(|e| panic!("no 'serving on' line: {e}"));
     let address = serving
         .split("http://")
@@ -53,7 +51,7 @@ pub fn start_serve(args: &[&str]) -> Server {
 }
 
 /// GET `path` from `address`: (status code, body).
-pub fn get(address: &str, path: &str) -> (u16, Vec<u8>) {
+pub(crate) fn get(address: &str, path: &str) -> (u16, Vec<u8>) {
     let mut stream = TcpStream::connect(address).expect("connecting to leaktrace serve");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))

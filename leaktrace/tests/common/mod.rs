@@ -14,36 +14,38 @@
 //! through the re-exports below (`common::NAME`).
 #![allow(dead_code)]
 
-pub mod environment;
-pub mod fixtures;
-pub mod http;
-pub mod process;
-pub mod report;
-pub mod table;
-pub mod valgrind;
+pub(crate) mod environment;
+pub(crate) mod fixtures;
+pub(crate) mod http;
+pub(crate) mod process;
+pub(crate) mod report;
+pub(crate) mod table;
+pub(crate) mod valgrind;
 
 // Each test file uses only some of these: the rest are unused there.
 #[allow(unused_imports)]
-pub use environment::{effective_uid, have_tool, is_root, leaktrace_bin, require_root, serial};
+pub(crate) use environment::{
+    effective_uid, have_tool, is_root, leaktrace_bin, require_root, serial,
+};
 #[allow(unused_imports)]
-pub use fixtures::{
+pub(crate) use fixtures::{
     TempDir, build_leaky, build_nomalloc, build_spin, compile, fixture_source, site_lines,
 };
 #[allow(unused_imports)]
-pub use http::{Server, get, start_serve};
+pub(crate) use http::{Server, get, start_serve};
 #[allow(unused_imports)]
-pub use process::{
+pub(crate) use process::{
     Finished, Guarded, Lines, assert_one_error_line, leaktrace, output_text, run_json,
     run_with_timeout,
 };
 #[allow(unused_imports)]
-pub use report::{
+pub(crate) use report::{
     bytes_by_fixture_function, check_report_against_table, describe_sites, frame_functions,
     innermost_function, read_json, sites,
 };
 #[allow(unused_imports)]
-pub use table::{
+pub(crate) use table::{
     EXPECTED_LEAKS, Leak, Memory, PAGE, SKIP_PVALLOC, TEMPORARY_FUNCTIONS, expected_without_pvalloc,
 };
 #[allow(unused_imports)]
-pub use valgrind::{LossRecord, errors, loss_records, tag};
+pub(crate) use valgrind::{LossRecord, errors, loss_records, tag};

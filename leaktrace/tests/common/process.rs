@@ -21,7 +21,7 @@ use super::{environment::leaktrace_bin, fixtures::TempDir, report::read_json};
 
 /// A child process killed (with its whole process group) when dropped, so
 /// that a failing test leaves nothing running.
-pub struct Guarded {
+pub(crate) struct Guarded {
     pub child: Child,
     pub name: String,
     /// The child leads its own process group (what it starts dies with it).
@@ -31,7 +31,7 @@ pub struct Guarded {
 
 impl Guarded {
     /// Spawns `command` in a new process group.
-    pub fn spawn(name: &str, command: &mut Command) -> Guarded {
+    pub(crate) fn spawn(name: &str, command: &mut Command) -> Guarded {
         command.process_group(0);
         let child = command
             .spawn()
@@ -44,12 +44,12 @@ impl Guarded {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Waits up to `timeout`; None if still running.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    pub(crate) fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if let Some(status) = self.reaped {
             return Some(status);
         }
@@ -68,11 +68,11 @@ impl Guarded {
     }
 
     /// SIGKILL to the child (only the child), then reap it.
-    pub fn kill_and_reap(&mut self) -> ExitStatus {
+    pub(crate) fn kill_and_reap(&mut self) -> ExitStatus {
         if let Some(status) = self.reaped {
             return status;
         }
-        let _ = self.child.kill();
+        let _: Result<_, _> = self.child.kill();
         let status = self
             .child
             .wait()
@@ -81,15 +81,15 @@ impl Guarded {
         status
     }
 
-    pub fn take_stdin(&mut self) -> std::process::ChildStdin {
+    pub(crate) fn take_stdin(&mut self) -> std::process::ChildStdin {
         self.child.stdin.take().expect("stdin was piped")
     }
 
-    pub fn stdout_lines(&mut self) -> Lines {
+    pub(crate) fn stdout_lines(&mut self) -> Lines {
         Lines::spawn(self.child.stdout.take().expect("stdout was piped"))
     }
 
-    pub fn stderr_lines(&mut self) -> Lines {
+    pub(crate) fn stderr_lines(&mut self) -> Lines {
         Lines::spawn(self.child.stderr.take().expect("stderr was piped"))
     }
 }
@@ -102,21 +102,21 @@ impl Drop for Guarded {
             unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         }
         if self.reaped.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            let _: Result<_, _> = self.child.kill();
+            let _: Result<_, _> = self.child.wait();
         }
     }
 }
 
 /// Lines read from a pipe by a background thread, available with timeouts;
 /// every line seen is kept for failure messages.
-pub struct Lines {
+pub(crate) struct Lines {
     rx: Receiver<String>,
     seen: Arc<Mutex<Vec<String>>>,
 }
 
 impl Lines {
-    pub fn spawn(pipe: impl Read + Send + 'static) -> Lines {
+    pub(crate) fn spawn(pipe: impl Read + Send + 'static) -> Lines {
         let (tx, rx) = mpsc::channel();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let keep = seen.clone();
@@ -124,7 +124,7 @@ impl Lines {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
                 keep.lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(line.clone());
                 if tx.send(line).is_err() {
                     break;
@@ -135,13 +135,13 @@ impl Lines {
     }
 
     /// The next line; None at timeout or end of file.
-    pub fn next(&self, timeout: Duration) -> Option<String> {
+    pub(crate) fn next(&self, timeout: Duration) -> Option<String> {
         self.rx.recv_timeout(timeout).ok()
     }
 
     /// Reads lines until one satisfies `matches`; Err with what was seen on
     /// timeout or end of file.
-    pub fn wait_for(
+    pub(crate) fn wait_for(
         &self,
         timeout: Duration,
         matches: impl Fn(&str) -> bool,
@@ -166,12 +166,12 @@ impl Lines {
     }
 
     /// Discards the lines already received.
-    pub fn drain(&self) {
+    pub(crate) fn drain(&self) {
         while self.rx.try_recv().is_ok() {}
     }
 
     /// Waits up to `timeout` for end of file, then returns every line seen.
-    pub fn finish(&self, timeout: Duration) -> Vec<String> {
+    pub(crate) fn finish(&self, timeout: Duration) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -183,17 +183,20 @@ impl Lines {
         self.all()
     }
 
-    pub fn all(&self) -> Vec<String> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    pub(crate) fn all(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         self.all().join("\n")
     }
 }
 
 /// What a finished command printed.
-pub struct Finished {
+pub(crate) struct Finished {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
@@ -202,7 +205,7 @@ pub struct Finished {
 impl Finished {
     /// Asserts that it exited 0 (showing its output when not), and passes
     /// it on.
-    pub fn succeeded(self, what: &str) -> Finished {
+    pub(crate) fn succeeded(self, what: &str) -> Finished {
         assert!(
             self.status.success(),
             "{what}: {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -214,7 +217,7 @@ impl Finished {
     }
 
     /// The non-empty lines of stderr.
-    pub fn stderr_lines(&self) -> Vec<&str> {
+    pub(crate) fn stderr_lines(&self) -> Vec<&str> {
         self.stderr
             .lines()
             .filter(|l| !l.trim().is_empty())
@@ -224,7 +227,7 @@ impl Finished {
 
 /// Runs `command` to completion with piped output; kills it and panics
 /// after `timeout`.
-pub fn run_with_timeout(name: &str, command: &mut Command, timeout: Duration) -> Finished {
+pub(crate) fn run_with_timeout(name: &str, command: &mut Command, timeout: Duration) -> Finished {
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -250,7 +253,7 @@ pub fn run_with_timeout(name: &str, command: &mut Command, timeout: Duration) ->
 }
 
 /// `leaktrace ARGS...`, to completion.
-pub fn leaktrace(args: &[&str], timeout: Duration) -> Finished {
+pub(crate) fn leaktrace(args: &[&str], timeout: Duration) -> Finished {
     let mut command = Command::new(leaktrace_bin());
     command.args(args);
     run_with_timeout("leaktrace", &mut command, timeout)
@@ -258,7 +261,7 @@ pub fn leaktrace(args: &[&str], timeout: Duration) -> Finished {
 
 /// `leaktrace run [extra...] --format json --output DIR/NAME.json -- COMMAND...`:
 /// asserts it succeeded and returns the parsed report.
-pub fn run_json(dir: &TempDir, name: &str, extra: &[&str], command: &[&str]) -> Value {
+pub(crate) fn run_json(dir: &TempDir, name: &str, extra: &[&str], command: &[&str]) -> Value {
     let report = dir.join(&format!("{name}.json"));
     let mut args = vec!["run"];
     args.extend_from_slice(extra);
@@ -270,13 +273,13 @@ pub fn run_json(dir: &TempDir, name: &str, extra: &[&str], command: &[&str]) -> 
         "--",
     ]);
     args.extend_from_slice(command);
-    leaktrace(&args, Duration::from_secs(120)).succeeded(&format!("leaktrace {}", args.join(" ")));
+    leaktrace(&args, Duration::from_mins(2)).succeeded(&format!("leaktrace {}", args.join(" ")));
     read_json(&report)
 }
 
 /// Asserts that a failed leaktrace printed exactly one non-empty stderr line,
 /// starting with `leaktrace: error: `, and exited non-zero. Returns the line.
-pub fn assert_one_error_line<'a>(what: &str, finished: &'a Finished) -> &'a str {
+pub(crate) fn assert_one_error_line<'a>(what: &str, finished: &'a Finished) -> &'a str {
     let lines = finished.stderr_lines();
     assert!(
         !finished.status.success(),
@@ -300,7 +303,7 @@ pub fn assert_one_error_line<'a>(what: &str, finished: &'a Finished) -> &'a str 
 }
 
 /// Output of a command, for messages.
-pub fn output_text(output: &Output) -> String {
+pub(crate) fn output_text(output: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
         output.status,

@@ -11,7 +11,7 @@ use super::{
     table::{EXPECTED_LEAKS, Leak, TEMPORARY_FUNCTIONS},
 };
 
-pub fn read_json(path: &Path) -> Value {
+pub(crate) fn read_json(path: &Path) -> Value {
     let text = fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("reading report {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| {
@@ -22,14 +22,14 @@ pub fn read_json(path: &Path) -> Value {
     })
 }
 
-pub fn sites(report: &Value) -> &Vec<Value> {
+pub(crate) fn sites(report: &Value) -> &Vec<Value> {
     report["sites"]
         .as_array()
         .expect("report has a sites array")
 }
 
 /// Function names of a site's frames, innermost first.
-pub fn frame_functions(site: &Value) -> Vec<&str> {
+pub(crate) fn frame_functions(site: &Value) -> Vec<&str> {
     site["frames"]
         .as_array()
         .map(|frames| {
@@ -41,12 +41,12 @@ pub fn frame_functions(site: &Value) -> Vec<&str> {
         .unwrap_or_default()
 }
 
-pub fn innermost_function(site: &Value) -> &str {
+pub(crate) fn innermost_function(site: &Value) -> &str {
     site["frames"][0]["function"].as_str().unwrap_or("")
 }
 
 /// One line per site, for failure messages.
-pub fn describe_sites(report: &Value) -> String {
+pub(crate) fn describe_sites(report: &Value) -> String {
     sites(report)
         .iter()
         .map(|s| {
@@ -61,8 +61,7 @@ pub fn describe_sites(report: &Value) -> String {
                                 f["function"].as_str().unwrap_or("?"),
                                 f["file"]
                                     .as_str()
-                                    .map(|p| p.rsplit('/').next().unwrap_or(p))
-                                    .unwrap_or("?"),
+                                    .map_or("?", |p| p.rsplit('/').next().unwrap_or(p)),
                                 f["line"]
                             )
                         })
@@ -96,7 +95,7 @@ pub fn describe_sites(report: &Value) -> String {
 /// - totals are consistent with the sites; nothing was lost; the report is final.
 ///
 /// Collects every failure and panics once with all of them and the sites.
-pub fn check_report_against_table(report: &Value, expected: &[Leak], pid: Option<u32>) {
+pub(crate) fn check_report_against_table(report: &Value, expected: &[Leak], pid: Option<u32>) {
     let mut failures: Vec<String> = Vec::new();
     let lines = site_lines("leaky.c");
     let all_sites = sites(report);
@@ -301,21 +300,23 @@ pub fn check_report_against_table(report: &Value, expected: &[Leak], pid: Option
         failures.push(format!("pids is {}, expected [{pid}]", report["pids"]));
     }
 
-    if !failures.is_empty() {
-        panic!(
-            "the report does not match leaky's expected leaks:\n- {}\n\nsites reported:\n{}\ntotals: {}\nlosses: {}",
-            failures.join("\n- "),
-            describe_sites(report),
-            report["totals"],
-            report["losses"]
-        );
-    }
+    assert!(
+        failures.is_empty(),
+        "the report does not match leaky's expected leaks:\n- {}\n\nsites reported:\n{}\ntotals: {}\nlosses: {}",
+        failures.join("\n- "),
+        describe_sites(report),
+        report["totals"],
+        report["losses"]
+    );
 }
 
 /// Per function of the table: (bytes, count) of the site whose `frames[0]`
 /// is that function, for reports compared against another oracle; with
 /// `pid`, only that process's sites count (reports of several processes).
-pub fn bytes_by_fixture_function(report: &Value, pid: Option<u32>) -> BTreeMap<String, (u64, u64)> {
+pub(crate) fn bytes_by_fixture_function(
+    report: &Value,
+    pid: Option<u32>,
+) -> BTreeMap<String, (u64, u64)> {
     let mut by_function = BTreeMap::new();
     for site in sites(report) {
         if pid.is_some_and(|pid| site["pid"].as_u64() != Some(u64::from(pid))) {

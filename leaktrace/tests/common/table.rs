@@ -6,7 +6,7 @@
 /// Heap block (malloc family, valgrind sees it) or mapped region (mmap,
 /// valgrind does not).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Memory {
+pub(crate) enum Memory {
     Heap,
     Mapped,
 }
@@ -16,7 +16,7 @@ pub enum Memory {
 /// allocations outstanding at exit, and the function that calls it
 /// (`frames[1]`).
 #[derive(Clone, Copy, Debug)]
-pub struct Leak {
+pub(crate) struct Leak {
     pub function: &'static str,
     pub allocators: &'static [&'static str],
     pub bytes: u64,
@@ -43,14 +43,14 @@ const fn leak(
     }
 }
 
-pub const PAGE: u64 = 4096;
+pub(crate) const PAGE: u64 = 4096;
 
 /// What `leaky` leaves outstanding, per call site, derived from
 /// tests/fixtures/leaky.c (whose header carries the same table) and
 /// confirmed for every heap row by valgrind memcheck 3.19
 /// (`valgrind_confirms_expected_table` redoes that check on every run).
 /// The mmap rows are checked by reasoning: valgrind does not track mmap.
-pub const EXPECTED_LEAKS: &[Leak] = &[
+pub(crate) const EXPECTED_LEAKS: &[Leak] = &[
     // 4 x malloc(1111)
     leak(
         "leak_malloc",
@@ -167,7 +167,7 @@ pub const EXPECTED_LEAKS: &[Leak] = &[
 
 /// Functions of `leaky` whose allocations are all freed (or failed): they
 /// must not appear in any frame of any reported site.
-pub const TEMPORARY_FUNCTIONS: &[&str] = &[
+pub(crate) const TEMPORARY_FUNCTIONS: &[&str] = &[
     "churn_temporaries",
     "realloc_to_zero",
     "free_null",
@@ -177,11 +177,11 @@ pub const TEMPORARY_FUNCTIONS: &[&str] = &[
 
 /// Environment variable that makes `leaky` skip every pvalloc call
 /// (valgrind 3.19 aborts the program at the first pvalloc).
-pub const SKIP_PVALLOC: &str = "LEAKY_SKIP_PVALLOC";
+pub(crate) const SKIP_PVALLOC: &str = "LEAKY_SKIP_PVALLOC";
 
 /// The table without the rows `leaky` does not produce when run with
 /// `LEAKY_SKIP_PVALLOC=1`.
-pub fn expected_without_pvalloc() -> Vec<Leak> {
+pub(crate) fn expected_without_pvalloc() -> Vec<Leak> {
     EXPECTED_LEAKS
         .iter()
         .copied()

@@ -3,7 +3,7 @@
 
 /// One loss record of valgrind's XML output.
 #[derive(Debug)]
-pub struct LossRecord {
+pub(crate) struct LossRecord {
     pub kind: String,
     pub bytes: u64,
     pub blocks: u64,
@@ -20,7 +20,7 @@ fn unescape(text: &str) -> String {
 }
 
 /// Text of the first `<tag>...</tag>` in `xml`.
-pub fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
     let open = format!("<{name}>");
     let close = format!("</{name}>");
     let start = xml.find(&open)? + open.len();
@@ -29,7 +29,7 @@ pub fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Every `<error>` of valgrind's XML: (kind, whole text).
-pub fn errors(xml: &str) -> Vec<(String, &str)> {
+pub(crate) fn errors(xml: &str) -> Vec<(String, &str)> {
     xml.split("<error>")
         .skip(1)
         .map(|chunk| {
@@ -39,7 +39,7 @@ pub fn errors(xml: &str) -> Vec<(String, &str)> {
         .collect()
 }
 
-pub fn loss_records(xml: &str) -> Vec<LossRecord> {
+pub(crate) fn loss_records(xml: &str) -> Vec<LossRecord> {
     errors(xml)
         .into_iter()
         .filter(|(kind, _)| kind.starts_with("Leak_"))

@@ -16,6 +16,7 @@
 //! protoc is needed at build time.
 use std::{
     collections::HashMap,
+    fmt::Write as _,
     io::{Read as _, Write as _},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -165,7 +166,7 @@ fn comments(report: &Report) -> Vec<String> {
         report.kind(),
         report.target_label()
     );
-    header.push_str(&format!(", traced {} ms", report.elapsed_ms));
+    let _: std::fmt::Result = write!(header, ", traced {} ms", report.elapsed_ms);
     let t = &report.totals;
     let mut outstanding = format!(
         "outstanding: {} bytes ({}) in {} allocations at {} call sites",
@@ -175,7 +176,7 @@ fn comments(report: &Report) -> Vec<String> {
         t.call_sites
     );
     if report.min_age_ms > 0 {
-        outstanding.push_str(&format!(", older than {} ms", report.min_age_ms));
+        let _: std::fmt::Result = write!(outstanding, ", older than {} ms", report.min_age_ms);
     }
     vec![
         header,
