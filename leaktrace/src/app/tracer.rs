@@ -354,7 +354,7 @@ impl Tracer {
         let options = &self.options;
         let rendered = report::render_bytes(&report, options.format, options.top);
         if let Some(path) = &options.output {
-            write_atomically(path, &rendered)?
+            write_atomically(path, &rendered)?;
         } else {
             let mut stdout = std::io::stdout().lock();
             let separator = if options.format == Format::Text && !is_final {

@@ -73,7 +73,7 @@ pub(crate) fn object_symbols(data: &[u8]) -> Result<ObjectSymbols> {
     let mut addresses = Vec::new();
     for (func, file_offset, address) in found {
         if let Some(existing) = functions.iter_mut().find(|f| f.file_offset == file_offset) {
-            existing.aliases.push(func)
+            existing.aliases.push(func);
         } else {
             functions.push(FunctionSymbol {
                 func,
