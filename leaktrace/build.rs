@@ -1,7 +1,8 @@
 //! Compiles the kernel programs (leaktrace-ebpf) with the pinned nightly and
 //! bpf-linker, so that the userspace binary embeds them.
 
-/// The nightly whose LLVM bpf-linker can read (see DESIGN.md).
+/// The nightly whose LLVM (22) the pinned bpf-linker can read; newer nightlies
+/// use LLVM 23, which it cannot. xtask installs it (`cargo xtask setup`).
 const EBPF_TOOLCHAIN: &str = "nightly-2026-07-01";
 
 fn main() -> anyhow::Result<()> {

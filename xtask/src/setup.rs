@@ -1,4 +1,4 @@
-//! Idempotent set-up of the eBPF toolchain (facts from DESIGN.md):
+//! Idempotent set-up of the eBPF toolchain:
 //! - `nightly-2026-07-01` with rust-src: its LLVM (22) is one bpf-linker reads;
 //! - Debian's LLVM 22 dev packages, which bpf-linker links against;
 //! - bpf-linker 0.13.0 built with `--features llvm-22`, with LLVM 22's

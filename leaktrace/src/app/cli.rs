@@ -126,7 +126,7 @@ impl ReportOptions {
 /// `serve`'s sampling rate unless --sample-bytes says otherwise.
 pub const SERVE_SAMPLE_BYTES: u32 = 512 * 1024;
 
-/// Options shared by `trace` and `run`.
+/// Options shared by `trace`, `run` and `serve`.
 #[derive(Debug, Args, Clone)]
 pub struct ReportOptions {
     /// Stop after this long (e.g. 30s, 5m, 1h); default: until the traced
@@ -145,7 +145,7 @@ pub struct ReportOptions {
     #[arg(long, short = 'o', value_parser = parse_duration, default_value = "0s")]
     pub min_age: Duration,
     /// Report format: text (for people), folded (flamegraph.pl, inferno,
-    /// speedscope), json (schema in README.md), pprof (gzipped, for `go tool
+    /// speedscope), json (fields in README.md), pprof (gzipped, for `go tool
     /// pprof`; needs --output), svg (interactive flamegraph).
     #[arg(long, short, value_enum, default_value_t = Format::Text)]
     pub format: Format,

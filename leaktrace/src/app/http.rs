@@ -1,7 +1,9 @@
 //! The HTTP side of `leaktrace serve`: a deliberately small GET-only
 //! HTTP/1.1 responder (one request per connection), enough for curl,
 //! Prometheus, `go tool pprof http://...` and a browser. Routing is pure;
-//! the session builds the report each page shows.
+//! each connection is read and written by a task of its own, and only the
+//! page it asks for goes through the event loop, where the tracer builds
+//! the report the page shows.
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Result, bail};

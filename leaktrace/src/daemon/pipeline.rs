@@ -1,5 +1,5 @@
 //! Pipeline: the pure part of the daemon, ring-buffer bytes in, heap table
-//! out. The session feeds it records from the kernel; the ingest benchmark
+//! out. The tracer (app) feeds it records from the kernel; the ingest benchmark
 //! feeds it synthetic ones through the very same code.
 use leaktrace_common::{AllocFn, FLAG_SAMPLED};
 
@@ -15,7 +15,7 @@ pub enum Ingested<'a> {
     /// Nothing beyond the table update.
     Applied,
     /// The record introduced a call site never seen before in process
-    /// `pid`, with this stack: the session makes sure its addresses are in
+    /// `pid`, with this stack: the tracer makes sure its addresses are in
     /// the known mappings.
     NewSite { pid: u32, stack: &'a [u64] },
     /// The process exec'd: its earlier blocks and sites were dropped.

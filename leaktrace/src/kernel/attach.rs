@@ -1,9 +1,14 @@
-//! Probes: where each kernel program is attached, and with which cookie.
+//! The attach plan: where each kernel program is attached, and with which
+//! cookie.
 //!
 //! Pure: turns the functions `target` found into a list of attachments, so
-//! that the placement is tested without a kernel. Every function gets its
-//! probe at its first instruction (offset 0 from the symbol), which is
-//! always an instruction boundary.
+//! that the plan is tested without a kernel. Each entry probe goes where
+//! `target::placement` put it: with `--probe-placement auto`, on the first
+//! instruction the kernel emulates when everything before it is provably
+//! harmless to run unobserved (glibc's `free` on its `je`, after `test
+//! %rdi,%rdi`), otherwise at the function's first instruction. Both are
+//! instruction boundaries found by decoding, never guessed. Allocating
+//! calls also get a return probe; releasing calls need none.
 use std::path::PathBuf;
 
 use leaktrace_common::AllocFn;

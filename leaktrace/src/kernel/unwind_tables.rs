@@ -4,7 +4,7 @@
 //! Rows of every object go back to back into one array map; an object is
 //! loaded once (by file) however many processes map it. Rows stay until
 //! leaktrace exits (a bump allocator): the objects of the processes a
-//! session traces stay mostly the same (the C library, the interpreter). A
+//! trace follows stay mostly the same (the C library, the interpreter). A
 //! process's slot of mappings is freed when it exits.
 use std::{
     collections::HashMap as StdHashMap,

@@ -178,7 +178,7 @@ pub struct Report {
     pub processes: Vec<ProcessReport>,
     pub allocator_objects: Vec<String>,
     pub elapsed_ms: u64,
-    /// The last report of the session (the process exited or tracing ended).
+    /// The last report of the trace (the process exited or tracing ended).
     #[serde(rename = "final")]
     pub is_final: bool,
     pub min_age_ms: u64,
@@ -191,14 +191,14 @@ pub struct Report {
     pub sites: Vec<SiteReport>,
 }
 
-/// A traced process as the session knows it.
+/// A traced process as the tracer knows it.
 pub struct ProcessInput {
     pub pid: u32,
     pub command: String,
     pub exited: bool,
 }
 
-/// What the session knows when it asks for a report.
+/// What the tracer knows when it asks for a report.
 pub struct ReportInput<'a> {
     pub processes: Vec<ProcessInput>,
     pub all_processes: bool,

@@ -1,6 +1,7 @@
 //! Compact unwind tables from an ELF object's `.eh_frame`, for the eBPF unwinder.
 //!
-//! Why: the kernel's `bpf_get_stack` walks frame pointers, but most of what a
+//! Why: a frame-pointer walk (the kernel's own stack helpers, and our
+//! fallback) needs frame pointers, but most of what a
 //! traced process runs has none: Debian builds libc, python3 and nearly every
 //! release binary with `-fomit-frame-pointer`, so a frame-pointer walk loses
 //! the callers of any function in them. `.eh_frame` is always there (C++
