@@ -1,9 +1,9 @@
-//! One object file: does it hold a CPython interpreter, and which version.
+//! One object file: does it hold a `CPython` interpreter, and which version.
 //!
 //! An object holds the interpreter when it defines it (`Py_Initialize` and
 //! an evaluation entry), whatever its name or path: a pyenv or conda
 //! `libpython3.11.so.1.0`, Debian's static `/usr/bin/python3.11`, or a
-//! program that embeds CPython. The version comes from the object itself,
+//! program that embeds `CPython`. The version comes from the object itself,
 //! from every source it carries:
 //!
 //! - `Py_Version` (3.11+), `PY_VERSION_HEX` as an exported constant;

@@ -1,4 +1,4 @@
-//! The few symbols of an object that say whether it holds a CPython
+//! The few symbols of an object that say whether it holds a `CPython`
 //! interpreter, and bounds-checked reads of the bytes behind them.
 //!
 //! The file is the target's: hostile. Every address is mapped to a file
@@ -17,7 +17,7 @@ pub(super) struct Symbol {
 /// What an object defines that marks or versions an interpreter.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct InterpreterSymbols {
-    /// `Py_Initialize`: every CPython from 2.0 on exports it.
+    /// `Py_Initialize`: every `CPython` from 2.0 on exports it.
     pub py_initialize: bool,
     /// An evaluation loop or its entry: `PyEval_EvalFrameEx` (2.7, and a
     /// wrapper up to 3.13), `_PyEval_EvalFrameDefault` (3.6+) or

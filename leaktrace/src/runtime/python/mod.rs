@@ -1,4 +1,4 @@
-//! CPython: which object of a process holds the interpreter (the
+//! `CPython`: which object of a process holds the interpreter (the
 //! executable or a libpython, at any path, in any root), and its version,
 //! read from that object and never from a file name.
 //!
@@ -19,20 +19,4 @@ mod tests;
 #[cfg(test)]
 mod tests_live;
 
-use anyhow::{Context as _, Result};
-
-pub(crate) use self::{
-    detect::VersionSource,
-    process::{PythonCache, PythonFound, PythonInterpreter},
-    version::PythonVersion,
-};
-use crate::target::procfs::{check_pid, parse_maps, process_root};
-
-/// The interpreter running in process `pid`, from /proc/PID/maps and the
-/// files under /proc/PID/root (a container's).
-pub(crate) fn detect_pid(pid: u32, cache: &mut PythonCache) -> Result<PythonFound> {
-    check_pid(pid)?;
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .with_context(|| format!("reading /proc/{pid}/maps"))?;
-    Ok(cache.detect(&process_root(pid), &parse_maps(&maps)))
-}
+pub(crate) use self::process::{PythonCache, PythonFound};

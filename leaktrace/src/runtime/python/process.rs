@@ -3,7 +3,7 @@
 //! `--all` most Python processes map the same `libpython` or `python3`,
 //! and Debian's static `python3` is 7 MB of symbols to read.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, hash_map::Entry},
     fs,
     path::{Path, PathBuf},
 };
@@ -55,14 +55,11 @@ impl PythonCache {
     /// deleted, or the process and its root are gone).
     fn verdict(&mut self, path: &Path) -> Option<((u64, u64), &ObjectVerdict)> {
         let identity = file_identity(path)?;
-        if !self.by_file.contains_key(&identity) {
-            let verdict = match fs::read(path) {
-                Ok(data) => detect::inspect(&data),
-                Err(_) => return None,
-            };
-            self.by_file.insert(identity, verdict);
-        }
-        self.by_file.get(&identity).map(|v| (identity, v))
+        let verdict = match self.by_file.entry(identity) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(new) => new.insert(detect::inspect(&fs::read(path).ok()?)),
+        };
+        Some((identity, verdict))
     }
 
     /// The interpreter among a process's `mappings` (its files under

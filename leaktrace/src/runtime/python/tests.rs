@@ -216,7 +216,7 @@ fn garbage_and_truncated_files_are_not_objects() {
     }
 }
 
-/// The file offset of `name`'s `.dynsym` entry (Elf64_Sym, 24 bytes).
+/// The file offset of `name`'s `.dynsym` entry (`Elf64_Sym`, 24 bytes).
 fn dynsym_entry(data: &[u8], name: &str) -> usize {
     let file = object::File::parse(data).unwrap();
     let dynsym = file.section_by_name(".dynsym").unwrap();

@@ -6,19 +6,30 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::{Context as _, Result};
+
 use super::{
-    PythonCache, PythonFound, detect_pid,
+    PythonCache, PythonFound,
     tests::{DEBIAN_PYTHON, oracle, pyenv_root},
 };
-use crate::target::procfs::Mapping;
+use crate::target::procfs::{Mapping, check_pid, parse_maps, process_root};
+
+/// The interpreter running in process `pid`, from /proc/PID/maps and the
+/// files under /proc/PID/root, as the tracer finds it.
+fn detect_pid(pid: u32, cache: &mut PythonCache) -> Result<PythonFound> {
+    check_pid(pid)?;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .with_context(|| format!("reading /proc/{pid}/maps"))?;
+    Ok(cache.detect(&process_root(pid), &parse_maps(&maps)))
+}
 
 /// A child killed (and reaped) when the test ends, pass or fail.
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _: std::io::Result<()> = self.0.kill();
+        let _: std::io::Result<std::process::ExitStatus> = self.0.wait();
     }
 }
 

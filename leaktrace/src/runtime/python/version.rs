@@ -7,7 +7,7 @@ use std::fmt;
 
 use iced_x86::{Decoder, DecoderOptions, OpKind, Register};
 
-/// A CPython release, as `sys.version_info[:3]` says it.
+/// A `CPython` release, as `sys.version_info[:3]` says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct PythonVersion {
     pub major: u8,
@@ -119,7 +119,7 @@ pub(crate) fn debug_offsets(head: &[u8], little_endian: bool) -> DebugOffsets {
     PythonVersion::from_hex(hex).map_or(DebugOffsets::Malformed(hex), DebugOffsets::Version)
 }
 
-/// The format `Py_GetVersion` hands `PY_VERSION` to, in every CPython from
+/// The format `Py_GetVersion` hands `PY_VERSION` to, in every `CPython` from
 /// 2.0 to 3.13: `"%.80s (%.80s) %.80s"` (version, build info, compiler).
 pub(crate) const GET_VERSION_FORMAT: &[u8] = b"%.80s (%.80s) %.80s";
 
@@ -248,7 +248,7 @@ mod tests {
         assert_eq!(addresses_taken(&code, 0x1000, 64), [0x1017, 0x6d26fe]);
         // Garbage and truncated code decode to nothing or stop cleanly.
         assert!(addresses_taken(&[0x48, 0x8d], 0, 64).is_empty());
-        let _ = addresses_taken(&[0xff; 64], u64::MAX - 8, 64);
+        let _: Vec<u64> = addresses_taken(&[0xff; 64], u64::MAX - 8, 64);
     }
 
     #[test]
