@@ -173,6 +173,12 @@ fn debian_python_3_11_static_stripped() {
         "Debian's python3.11 is missing: no {DEBIAN_PYTHON} (apt-get install python3.11)"
     );
     let data = fs::read(path).unwrap();
+    let started = std::time::Instant::now();
+    let verdict = inspect(&data);
+    eprintln!(
+        "{DEBIAN_PYTHON}: inspected in {:?}: {verdict:?}",
+        started.elapsed()
+    );
     let file = object::File::parse(&*data).unwrap();
     assert!(file.symbols().next().is_none(), "expected a stripped build");
     assert!(
@@ -217,7 +223,7 @@ fn garbage_and_truncated_files_are_not_objects() {
 }
 
 /// The file offset of `name`'s `.dynsym` entry (`Elf64_Sym`, 24 bytes).
-fn dynsym_entry(data: &[u8], name: &str) -> usize {
+pub(super) fn dynsym_entry(data: &[u8], name: &str) -> usize {
     let file = object::File::parse(data).unwrap();
     let dynsym = file.section_by_name(".dynsym").unwrap();
     let (offset, _) = dynsym.file_range().unwrap();

@@ -111,3 +111,39 @@ fn objects_are_opened_under_the_process_root() {
     assert_eq!(cache.detect(&root, &mappings), PythonFound::Python(found));
     assert_eq!(cache.detect(&root, &mappings[..2]), PythonFound::NotPython);
 }
+
+/// An interpreter whose version cannot be read is reported as such, and
+/// warned about once per file, however many processes map it.
+#[test]
+fn an_unreadable_version_is_reported_and_warned_about_once() {
+    let library = pyenv_root().join("versions/3.11.7/lib/libpython3.11.so.1.0");
+    let mut data = std::fs::read(&library)
+        .unwrap_or_else(|err| panic!("pyenv 3.11.7 is missing: {}: {err}", library.display()));
+    // Py_Version's value moved outside the file (see tests.rs).
+    let entry = super::tests::dynsym_entry(&data, "Py_Version");
+    data[entry + 8..entry + 16].copy_from_slice(&0xdead_0000_0000u64.to_le_bytes());
+    let root = std::env::temp_dir().join(format!("leaktrace-python-{}", std::process::id()));
+    std::fs::create_dir_all(root.join("lib")).unwrap();
+    std::fs::write(root.join("lib/libpython3.11.so.1.0"), &data).unwrap();
+    let mappings = [Mapping {
+        start: 0x7f00_0000_0000,
+        end: 0x7f00_0010_0000,
+        file_offset: 0,
+        executable: true,
+        path: "/lib/libpython3.11.so.1.0".into(),
+    }];
+    let mut cache = PythonCache::default();
+    let found = cache.detect(&root, &mappings);
+    std::fs::remove_dir_all(&root).unwrap();
+    let PythonFound::VersionUnreadable { display_path, .. } = &found else {
+        panic!("{found:?}");
+    };
+    assert_eq!(display_path, "/lib/libpython3.11.so.1.0");
+    let warning = cache.first_warning(&found).expect("a first warning");
+    assert!(
+        warning.contains("Py_Version: 0xdead00000000 is outside every loadable segment"),
+        "{warning}"
+    );
+    assert_eq!(cache.first_warning(&found), None);
+    assert_eq!(cache.first_warning(&PythonFound::NotPython), None);
+}
