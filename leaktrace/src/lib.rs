@@ -23,6 +23,8 @@
 //!   from the mappings a process had.
 //! - [`report`]: the report model and one file per output format.
 //! - [`diff`]: the `diff` subcommand: load two saved reports, compare, render.
+//! - [`runtime`]: what runs on top of native code (the Python interpreter a
+//!   process holds and its version), read from the target's own objects.
 //! - [`app`]: the command line, the tracer that ties the stages together,
 //!   the event loop, output files and the HTTP side of `serve`.
 //!
@@ -36,6 +38,7 @@ pub mod daemon;
 pub mod diff;
 pub(crate) mod kernel;
 pub mod report;
+pub(crate) mod runtime;
 pub(crate) mod symbolize;
 pub(crate) mod target;
 pub(crate) mod unwind;

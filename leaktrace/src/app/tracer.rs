@@ -29,7 +29,8 @@ use crate::{
         pipeline::{Forgotten, Ingested, Pipeline},
     },
     kernel::{KernelProbes, unwind_tables::UnwindTables},
-    report::{self, Format, Losses, ProcessInput, ReportInput},
+    report::{self, Format, Losses, ProcessInput, ReportInput, RuntimeReport},
+    runtime::python::{PythonCache, PythonFound},
     symbolize::{ProcessMaps, Symbolizer},
     target::{
         ProbedObject,
@@ -55,6 +56,11 @@ struct TracedProcess {
     /// Its command line, for reports.
     command: String,
     exited: bool,
+    /// The runtime found in it (a Python interpreter), for reports.
+    runtime: Option<RuntimeReport>,
+    /// The mappings' generation `runtime` was found in (None: not looked
+    /// for yet).
+    runtime_generation: Option<u64>,
 }
 
 /// Everything the daemon keeps about the traced processes.
@@ -65,6 +71,8 @@ pub(super) struct Tracer {
     objects: Vec<ProbedObject>,
     pub pipeline: Pipeline,
     processes: BTreeMap<u32, TracedProcess>,
+    /// Which objects hold a Python interpreter, each file read once.
+    python: PythonCache,
     symbolizer: Symbolizer,
     /// Each site's outstanding bytes at every interval.
     growth: GrowthTracker,
@@ -96,6 +104,7 @@ impl Tracer {
                 ..Pipeline::default()
             },
             processes: BTreeMap::new(),
+            python: PythonCache::default(),
             symbolizer: Symbolizer::default(),
             growth: GrowthTracker::default(),
             unwind_tables: Arc::new(Mutex::new(unwind_tables)),
@@ -114,6 +123,8 @@ impl Tracer {
                 maps,
                 command,
                 exited: false,
+                runtime: None,
+                runtime_generation: None,
             },
         );
     }
@@ -123,6 +134,7 @@ impl Tracer {
     pub(super) fn track(&mut self, pid: u32) {
         self.process(pid);
         self.refresh_mappings(pid);
+        self.update_runtime(pid);
     }
 
     /// The process `pid`, kept from its first record on.
@@ -131,6 +143,8 @@ impl Tracer {
             maps: Arc::new(Mutex::new(ProcessMaps::new(pid))),
             command: command_line(pid),
             exited: false,
+            runtime: None,
+            runtime_generation: None,
         })
     }
 
@@ -166,6 +180,8 @@ impl Tracer {
                 if let Some(process) = self.processes.get_mut(&pid) {
                     process.command = command;
                     *process.maps.lock().expect("maps lock") = ProcessMaps::new(pid);
+                    process.runtime = None;
+                    process.runtime_generation = None;
                 }
                 self.track(pid);
                 if let Targets::All(system) = &mut self.targets {
@@ -250,6 +266,29 @@ impl Tracer {
         }
     }
 
+    /// Looks for the runtime `pid` runs when its mappings changed since the
+    /// last look (each file is read once, so a look is a stat per object),
+    /// and warns once per object whose interpreter version is unreadable.
+    /// What is traced does not change: this only names the runtime.
+    fn update_runtime(&mut self, pid: u32) {
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        let shared = process.maps.clone();
+        let maps = shared.lock().expect("maps lock");
+        let generation = maps.generation();
+        if generation == 0 || process.runtime_generation == Some(generation) {
+            return;
+        }
+        let found = self.python.detect(maps.root(), maps.current());
+        drop(maps);
+        if let Some(warning) = self.python.first_warning(&found) {
+            eprintln!("leaktrace: warning: {warning}");
+        }
+        process.runtime = runtime_report(&found);
+        process.runtime_generation = Some(generation);
+    }
+
     /// One line for progress: what the unwind tables cost so far.
     pub(super) fn unwind_summary(&self) -> Option<String> {
         self.unwind_tables
@@ -281,6 +320,10 @@ impl Tracer {
     }
 
     pub(super) fn report(&mut self, is_final: bool) -> Result<report::Report> {
+        let pids: Vec<u32> = self.processes.keys().copied().collect();
+        for pid in pids {
+            self.update_runtime(pid);
+        }
         let now_ns = monotonic_ns();
         let min_age = self.options.min_age;
         let pipeline = &self.pipeline;
@@ -319,6 +362,7 @@ impl Tracer {
                 pid,
                 command: process.command.clone(),
                 exited: process.exited,
+                runtime: process.runtime.clone(),
             })
             .collect();
         Ok(report::build(
@@ -437,6 +481,23 @@ impl Tracer {
             eprintln!("leaktrace: {message}");
         }
     }
+}
+
+/// What a report says of the runtime found (None: no runtime).
+fn runtime_report(found: &PythonFound) -> Option<RuntimeReport> {
+    let (version, display_path) = match found {
+        PythonFound::NotPython => return None,
+        PythonFound::Python(interpreter) => (
+            Some(interpreter.version.to_string()),
+            &interpreter.display_path,
+        ),
+        PythonFound::VersionUnreadable { display_path, .. } => (None, display_path),
+    };
+    Some(RuntimeReport {
+        kind: "python".into(),
+        version,
+        object: display_path.clone(),
+    })
 }
 
 /// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.

@@ -39,13 +39,18 @@ pub fn render(report: &Report, top: usize) -> String {
         for process in report.processes.iter().take(top) {
             let _ = writeln!(
                 out,
-                "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}{}</td></tr>",
+                "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}{}{}</td></tr>",
                 process.pid,
                 process.bytes,
                 process.count,
                 process.call_sites,
                 escape(&process.command),
-                if process.exited { " (exited)" } else { "" }
+                if process.exited { " (exited)" } else { "" },
+                process
+                    .runtime
+                    .as_ref()
+                    .map(|r| format!(" [{}]", escape(&r.label())))
+                    .unwrap_or_default()
             );
         }
         out.push_str("</table>\n");

@@ -33,5 +33,21 @@ mod tests {
         assert_eq!(frame["address"], 0x401000);
         assert_eq!(frame["inlined"], false);
         assert!(sites[1]["frames"][0]["file"].is_null());
+        assert!(value["processes"][0]["runtime"].is_null());
+    }
+
+    #[test]
+    fn a_runtime_has_kind_version_and_object() {
+        let mut report = fixtures::report();
+        report.processes[0].runtime = Some(super::super::RuntimeReport {
+            kind: "python".into(),
+            version: None,
+            object: "/usr/bin/python3.11".into(),
+        });
+        let value: serde_json::Value = serde_json::from_str(&super::render(&report)).unwrap();
+        assert_eq!(
+            value["processes"][0]["runtime"],
+            serde_json::json!({"kind": "python", "version": null, "object": "/usr/bin/python3.11"})
+        );
     }
 }

@@ -157,6 +157,34 @@ pub struct ProcessReport {
     pub bytes: u64,
     pub count: u64,
     pub call_sites: u64,
+    /// The runtime found in it (a Python interpreter), or null. Its frames
+    /// are still native: this says what runs, not how it is unwound.
+    pub runtime: Option<RuntimeReport>,
+}
+
+/// The runtime a process runs on top of its native code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuntimeReport {
+    /// "python".
+    pub kind: String,
+    /// "3.11.7", read from the object itself; null when it could not be
+    /// read (then its frames stay native, and a warning said why).
+    pub version: Option<String>,
+    /// The object that holds the runtime, as the process sees it: the
+    /// executable or a libpython, wherever it lives.
+    pub object: String,
+}
+
+impl RuntimeReport {
+    /// "python 3.11.7 (libpython3.11.so.1.0)", or "python, version
+    /// unreadable (python3.11)".
+    pub fn label(&self) -> String {
+        let file = self.object.rsplit('/').next().unwrap_or_default();
+        match &self.version {
+            Some(version) => format!("{} {version} ({file})", self.kind),
+            None => format!("{}, version unreadable ({file})", self.kind),
+        }
+    }
 }
 
 impl ProcessReport {
@@ -196,6 +224,7 @@ pub struct ProcessInput {
     pub pid: u32,
     pub command: String,
     pub exited: bool,
+    pub runtime: Option<RuntimeReport>,
 }
 
 /// What the tracer knows when it asks for a report.
@@ -267,6 +296,7 @@ pub fn build<'m>(
                 bytes: own.clone().map(|s| s.bytes).sum(),
                 count: own.clone().map(|s| s.count).sum(),
                 call_sites: own.count() as u64,
+                runtime: process.runtime.clone(),
             }
         })
         .collect();
@@ -392,6 +422,7 @@ pub(crate) mod fixtures {
                 bytes: 4196,
                 count: 5,
                 call_sites: 2,
+                runtime: None,
             }],
             allocator_objects: vec!["/lib/libc.so.6".into()],
             elapsed_ms: 1500,

@@ -66,6 +66,13 @@ pub fn render(report: &Report, top: usize) -> String {
         report.target_label(),
         human_age(report.elapsed_ms)
     );
+    if !report.spans_processes() {
+        for process in &report.processes {
+            if let Some(runtime) = &process.runtime {
+                let _ = writeln!(out, "runtime: {}", runtime.label());
+            }
+        }
+    }
     let t = &report.totals;
     let _ = writeln!(
         out,
@@ -119,13 +126,18 @@ pub fn render(report: &Report, top: usize) -> String {
         for process in holding.iter().take(top) {
             let _ = writeln!(
                 out,
-                "  pid {}: {} in {} allocations at {} call sites  {}{}",
+                "  pid {}: {} in {} allocations at {} call sites  {}{}{}",
                 process.pid,
                 human_bytes(process.bytes),
                 process.count,
                 process.call_sites,
                 process.command,
-                if process.exited { " (exited)" } else { "" }
+                if process.exited { " (exited)" } else { "" },
+                process
+                    .runtime
+                    .as_ref()
+                    .map(|r| format!("  [{}]", r.label()))
+                    .unwrap_or_default()
             );
         }
     }
@@ -242,6 +254,7 @@ mod tests {
             bytes: 0,
             count: 0,
             call_sites: 0,
+            runtime: None,
         });
         let text = render(&report, 10);
         let lines: Vec<&str> = text.lines().collect();
@@ -263,6 +276,33 @@ mod tests {
         assert!(render(&report, 10).starts_with(
             "leaktrace final report: all processes (2 traced, 3 exited), traced 1.5 s\n"
         ));
+    }
+
+    #[test]
+    fn the_runtime_found_is_in_the_header_or_the_process_line() {
+        let python = |version: Option<&str>| {
+            Some(super::super::RuntimeReport {
+                kind: "python".into(),
+                version: version.map(Into::into),
+                object: "/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0".into(),
+            })
+        };
+        let mut report = fixtures::report();
+        report.processes[0].runtime = python(Some("3.11.7"));
+        let text = render(&report, 10);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "runtime: python 3.11.7 (libpython3.11.so.1.0)");
+        assert!(lines[2].starts_with("outstanding: "), "{text}");
+        report.processes[0].runtime = python(None);
+        report.pids = vec![42, 7];
+        let text = render(&report, 10);
+        assert!(!text.contains("runtime: "), "{text}");
+        assert!(
+            text.contains(
+                "  pid 42: 4.1 KiB in 5 allocations at 2 call sites  ./prog (exited)  [python, version unreadable (libpython3.11.so.1.0)]\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub struct ProcessMaps {
     history: Vec<Mapping>,
     /// The mappings of the last successful read.
     current: Vec<Mapping>,
+    /// Counts the reads that changed `current`: whoever derives something
+    /// from the mappings (the runtime a process runs) redoes it when this
+    /// moves.
+    generation: u64,
 }
 
 impl ProcessMaps {
@@ -26,6 +30,7 @@ impl ProcessMaps {
             root: process_root(pid).into(),
             history: Vec::new(),
             current: Vec::new(),
+            generation: 0,
         }
     }
 
@@ -36,6 +41,7 @@ impl ProcessMaps {
             root: Path::new("/").into(),
             current: mappings.clone(),
             history: mappings,
+            generation: 1,
         }
     }
 
@@ -58,7 +64,13 @@ impl ProcessMaps {
             }
         }
         self.current = current;
+        self.generation += 1;
         true
+    }
+
+    /// How many reads changed the mappings (0: none was read yet).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The mappings of the last successful read.

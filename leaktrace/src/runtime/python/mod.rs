@@ -1,0 +1,22 @@
+//! `CPython`: which object of a process holds the interpreter (the
+//! executable or a libpython, at any path, in any root), and its version,
+//! read from that object and never from a file name.
+//!
+//! - [`detect`]: one object file: interpreter or not, and its version;
+//! - [`version`]: the version encodings an interpreter carries;
+//! - [`elf`]: the symbols that mark an interpreter, read with bounds checks;
+//! - [`process`]: a process's mappings, each file read once.
+//!
+//! A version that cannot be read is reported as such (its frames stay
+//! native, with one warning): a wrong version would name wrong frames.
+pub(crate) mod detect;
+pub(crate) mod elf;
+pub(crate) mod process;
+pub(crate) mod version;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_live;
+
+pub(crate) use self::process::{PythonCache, PythonFound};
