@@ -14,9 +14,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
-use leaktrace_common::{AllocFn, CONFIG_SAMPLE_MEAN, EXPONENTIAL_POOL, LossCounter, SampledKey};
+use leaktrace_common::{AllocFn, EXPONENTIAL_POOL, LossCounter, SampledKey};
 
-use crate::{CONFIG, count_loss};
+use crate::{maps::count_loss, settings};
 
 /// Exponential gaps (bytes) with the configured mean, drawn by userspace.
 #[map]
@@ -30,12 +30,6 @@ static COUNTDOWN: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
 /// preallocated: only sampled blocks take room).
 #[map]
 static SAMPLED: HashMap<SampledKey, u8> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
-
-/// Mean bytes between samples; 0 when every call is recorded.
-#[inline(always)]
-pub fn mean() -> u32 {
-    CONFIG.get(CONFIG_SAMPLE_MEAN).map_or(0, |mean| *mean)
-}
 
 /// a * b, or u64::MAX when a factor reaches 2^32 (such a call is sampled
 /// for sure, or fails). BPF has no 128-bit multiply, and LLVM turns any
@@ -69,6 +63,7 @@ fn requested(func: u32, args: &[u64; 4]) -> u64 {
     }
 }
 
+/// The next gap between samples, from the pool.
 #[inline(always)]
 fn next_gap() -> i64 {
     // SAFETY: plain helper call.
@@ -81,7 +76,10 @@ fn next_gap() -> i64 {
 /// Whether the call about to run allocates a sampled block.
 #[inline(always)]
 pub fn decide(func: u32, args: &[u64; 4]) -> bool {
-    if mean() == 0 || func == AllocFn::Mmap as u32 || func == AllocFn::Mremap as u32 {
+    if settings::sample_mean() == 0
+        || func == AllocFn::Mmap as u32
+        || func == AllocFn::Mremap as u32
+    {
         return true;
     }
     // xallocx resizes a block in place and allocates none: nothing to
@@ -115,7 +113,7 @@ pub fn record(pid: u32, addr: u64) -> bool {
         _padding: 0,
         addr,
     };
-    if SAMPLED.insert(&key, &1, 0).is_err() {
+    if SAMPLED.insert(key, 1, 0).is_err() {
         count_loss(LossCounter::SampledMapFull);
         return false;
     }
@@ -131,7 +129,7 @@ pub fn contains(pid: u32, addr: u64) -> bool {
         addr,
     };
     // SAFETY: read-only lookup.
-    unsafe { SAMPLED.get(&key) }.is_some()
+    unsafe { SAMPLED.get(key) }.is_some()
 }
 
 /// Forgets a block; true when it was a sampled one.
@@ -142,5 +140,5 @@ pub fn forget(pid: u32, addr: u64) -> bool {
         _padding: 0,
         addr,
     };
-    SAMPLED.remove(&key).is_ok()
+    SAMPLED.remove(key).is_ok()
 }
