@@ -17,9 +17,8 @@ use aya::{
     },
 };
 use leaktrace_common::{
-    CONFIG_GROUP_DEAD_OFFSET, CONFIG_SAMPLE_MEAN, CONFIG_SELF_PID, CONFIG_STACK_MODE,
-    CONFIG_TRACE_ALL, EXPONENTIAL_POOL, LOSS_COUNTERS, LossCounter, STACK_MODE_DWARF,
-    STACK_MODE_FP, SampledKey,
+    EXPONENTIAL_POOL, LOSS_COUNTERS, LossCounter, STACK_MODE_DWARF, STACK_MODE_FP, SampledKey,
+    Settings,
 };
 
 use crate::{
@@ -151,7 +150,21 @@ impl KernelProbes {
     ) -> Result<(KernelProbes, RingBuf<MapData>, Option<UnwindTables>)> {
         check_environment()?;
         raise_memlock_limit();
+        let settings = Settings {
+            stack_mode: if options.dwarf {
+                STACK_MODE_DWARF
+            } else {
+                STACK_MODE_FP
+            },
+            sample_mean: options.sample_mean,
+            self_pid: std::process::id(),
+            trace_all: u32::from(trace_all),
+            group_dead_offset: group_dead_offset().unwrap_or(0),
+        };
         let mut ebpf = EbpfLoader::new()
+            // Before verification: the verifier treats the settings as
+            // constants and skips the code they turn off.
+            .override_global("SETTINGS", &settings, true)
             .map_max_entries("EVENTS", options.ring_buffer_bytes)
             .map_max_entries("SAMPLED", options.sampled_blocks.max(1))
             .map_max_entries(
@@ -187,22 +200,6 @@ impl KernelProbes {
                 .with_context(|| format!("loading program {name}"))?;
             loaded.push(name);
         }
-        let mut config: Array<_, u32> =
-            Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?;
-        let mode = if options.dwarf {
-            STACK_MODE_DWARF
-        } else {
-            STACK_MODE_FP
-        };
-        config.set(CONFIG_STACK_MODE, mode, 0)?;
-        config.set(CONFIG_SAMPLE_MEAN, options.sample_mean, 0)?;
-        config.set(CONFIG_SELF_PID, std::process::id(), 0)?;
-        config.set(CONFIG_TRACE_ALL, u32::from(trace_all), 0)?;
-        config.set(
-            CONFIG_GROUP_DEAD_OFFSET,
-            group_dead_offset().unwrap_or(0),
-            0,
-        )?;
         if options.sample_mean != 0 {
             let mut gaps: Array<_, u32> = Array::try_from(
                 ebpf.map_mut("EXPONENTIALS")
