@@ -285,6 +285,7 @@ mod user {
     unsafe impl aya::Pod for super::ProcessMappings {}
     // SAFETY: u32, u32, u64: no holes.
     unsafe impl aya::Pod for super::SampledKey {}
-    // SAFETY: five u32: 20 bytes, no holes.
+    // SAFETY: six u32 (the last one explicit padding), then a u64: 32
+    // bytes, no holes.
     unsafe impl aya::Pod for super::Settings {}
 }

@@ -35,7 +35,27 @@ pub struct Settings {
     /// such field, and then a process counts as gone when its main thread
     /// exits.
     pub group_dead_offset: u32,
+    pub _padding: u32,
+    /// Seed of the kernel's per-CPU generators that pick sampling gaps from
+    /// the pool (`EXPONENTIAL_POOL`); each CPU mixes in its id. The same
+    /// seed and the same pool give the same gaps, so a test can fix both.
+    pub sample_seed: u64,
 }
 
 // Both sides must agree on the layout byte for byte.
-const _: () = assert!(size_of::<Settings>() == 20);
+const _: () = assert!(size_of::<Settings>() == 32);
+
+/// The splitmix64 output function: a bijection on u64 that spreads every
+/// input bit over the whole word. Both sides use it to turn a seed (and the
+/// kernel a generator's state) into well-mixed bits.
+#[inline(always)]
+pub const fn mix64(value: u64) -> u64 {
+    let mut z = value;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The splitmix64 increment (2^64 / golden ratio): successive states of a
+/// generator differ by it.
+pub const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;

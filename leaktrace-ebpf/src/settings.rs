@@ -14,6 +14,8 @@ static SETTINGS: Settings = Settings {
     self_pid: 0,
     trace_all: 0,
     group_dead_offset: 0,
+    _padding: 0,
+    sample_seed: 0,
 };
 
 /// Reads one field of `SETTINGS`. The read is volatile: the compiler sees
@@ -30,6 +32,12 @@ macro_rules! setting {
 #[inline(always)]
 pub fn sample_mean() -> u32 {
     setting!(sample_mean)
+}
+
+/// Seed of the per-CPU generators that pick sampling gaps.
+#[inline(always)]
+pub fn sample_seed() -> u64 {
+    setting!(sample_seed)
 }
 
 /// Whether stacks are walked with .eh_frame tables (else frame pointers).
