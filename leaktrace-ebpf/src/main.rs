@@ -7,7 +7,8 @@
 //!   and friends.
 //! - `sampling`: byte-based Poisson sampling, decided at the entry.
 //! - `stack`: the native stack at the return, by frame pointers or by
-//!   .eh_frame tables.
+//!   .eh_frame tables. (Frames of interpreted and managed runtimes, Python
+//!   and Go, are to get a `runtime/` folder of their own beside it.)
 //! - `process`: exec and exit tracepoints, and the set of traced pids.
 //! - `maps`: the ring buffer, loss counters, stash and scratch they share.
 //! - `settings`: what the loader fixed (stack mode, sampling, own pid...).

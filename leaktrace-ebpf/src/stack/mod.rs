@@ -30,9 +30,7 @@ pub unsafe fn capture(pid: u32, regs: *const pt_regs, record: *mut AllocRecord) 
         dwarf::walk(pid, pc, sp, bp)
     } else {
         // SAFETY: as above; `record` is this CPU's scratch record.
-        (
-            unsafe { frame_pointers::walk(regs, &mut (*record).stack) },
-            0,
-        )
+        let depth = unsafe { frame_pointers::walk(regs, &mut (*record).stack) };
+        (depth, 0)
     }
 }
