@@ -5,7 +5,9 @@
 //! writes these into the ring buffer and userspace decodes them from bytes.
 #![no_std]
 
+mod settings;
 mod unwinding;
+pub use settings::*;
 pub use unwinding::*;
 
 /// How many user frames an allocation event carries. Frames beyond this are
@@ -181,9 +183,6 @@ pub struct AllocEvent {
 /// (a realloc of a sampled block to an unsampled one).
 pub const FLAG_SAMPLED: u64 = 1;
 
-/// `CONFIG[CONFIG_SAMPLE_MEAN]`: mean bytes between samples; 0 = exact.
-pub const CONFIG_SAMPLE_MEAN: u32 = 1;
-
 /// Exponentially distributed gaps between samples (bytes), drawn by
 /// userspace with the configured mean: the kernel has no floating point.
 pub const EXPONENTIAL_POOL: u32 = 4096;
@@ -286,4 +285,7 @@ mod user {
     unsafe impl aya::Pod for super::ProcessMappings {}
     // SAFETY: u32, u32, u64: no holes.
     unsafe impl aya::Pod for super::SampledKey {}
+    // SAFETY: six u32 (the last one explicit padding), then a u64: 32
+    // bytes, no holes.
+    unsafe impl aya::Pod for super::Settings {}
 }

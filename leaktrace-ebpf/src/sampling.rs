@@ -8,15 +8,18 @@
 //! sampled blocks are kept here, so that releases of unsampled blocks are
 //! dropped in the kernel too. mmap and mremap are never sampled out: they
 //! are rare, and munmap may release any part of a region.
+//!
+//! Gaps are picked from the pool by a per-CPU generator seeded from
+//! `Settings::sample_seed`, so that a test can fix the sequence.
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::bpf_get_prandom_u32,
+    helpers::bpf_get_smp_processor_id,
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
-use leaktrace_common::{AllocFn, CONFIG_SAMPLE_MEAN, EXPONENTIAL_POOL, LossCounter, SampledKey};
+use leaktrace_common::{AllocFn, EXPONENTIAL_POOL, GOLDEN_GAMMA, LossCounter, SampledKey, mix64};
 
-use crate::{CONFIG, count_loss};
+use crate::{maps::count_loss, settings};
 
 /// Exponential gaps (bytes) with the configured mean, drawn by userspace.
 #[map]
@@ -31,11 +34,9 @@ static COUNTDOWN: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SAMPLED: HashMap<SampledKey, u8> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
-/// Mean bytes between samples; 0 when every call is recorded.
-#[inline(always)]
-pub fn mean() -> u32 {
-    CONFIG.get(CONFIG_SAMPLE_MEAN).map_or(0, |mean| *mean)
-}
+/// This CPU's generator (splitmix64 state); 0 before its first draw.
+#[map]
+static RANDOM: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// a * b, or u64::MAX when a factor reaches 2^32 (such a call is sampled
 /// for sure, or fails). BPF has no 128-bit multiply, and LLVM turns any
@@ -69,10 +70,33 @@ fn requested(func: u32, args: &[u64; 4]) -> u64 {
     }
 }
 
+/// 32 random bits from this CPU's generator. Its first draw seeds it from
+/// the loader's seed mixed with the CPU's id, so CPUs draw different
+/// sequences and a fixed seed gives each CPU a fixed one.
+#[inline(always)]
+fn next_random() -> u32 {
+    let Some(state) = RANDOM.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot; programs on one CPU do not preempt each other.
+    let mut current = unsafe { *state };
+    if current == 0 {
+        // SAFETY: plain helper call.
+        let cpu = u64::from(unsafe { bpf_get_smp_processor_id() }) + 1;
+        // Never 0, which means "not seeded yet".
+        current = mix64(settings::sample_seed() ^ cpu.wrapping_mul(GOLDEN_GAMMA)) | 1;
+    }
+    // A state that wraps to 0 (once in 2^64 draws) is simply seeded again.
+    current = current.wrapping_add(GOLDEN_GAMMA);
+    // SAFETY: as above.
+    unsafe { *state = current };
+    (mix64(current) >> 32) as u32
+}
+
+/// The next gap between samples, from the pool.
 #[inline(always)]
 fn next_gap() -> i64 {
-    // SAFETY: plain helper call.
-    let index = unsafe { bpf_get_prandom_u32() } % EXPONENTIAL_POOL;
+    let index = next_random() % EXPONENTIAL_POOL;
     EXPONENTIALS
         .get(index)
         .map_or(1, |gap| i64::from(*gap).max(1))
@@ -81,7 +105,10 @@ fn next_gap() -> i64 {
 /// Whether the call about to run allocates a sampled block.
 #[inline(always)]
 pub fn decide(func: u32, args: &[u64; 4]) -> bool {
-    if mean() == 0 || func == AllocFn::Mmap as u32 || func == AllocFn::Mremap as u32 {
+    if settings::sample_mean() == 0
+        || func == AllocFn::Mmap as u32
+        || func == AllocFn::Mremap as u32
+    {
         return true;
     }
     // xallocx resizes a block in place and allocates none: nothing to
@@ -115,7 +142,7 @@ pub fn record(pid: u32, addr: u64) -> bool {
         _padding: 0,
         addr,
     };
-    if SAMPLED.insert(&key, &1, 0).is_err() {
+    if SAMPLED.insert(key, 1, 0).is_err() {
         count_loss(LossCounter::SampledMapFull);
         return false;
     }
@@ -131,7 +158,7 @@ pub fn contains(pid: u32, addr: u64) -> bool {
         addr,
     };
     // SAFETY: read-only lookup.
-    unsafe { SAMPLED.get(&key) }.is_some()
+    unsafe { SAMPLED.get(key) }.is_some()
 }
 
 /// Forgets a block; true when it was a sampled one.
@@ -142,5 +169,5 @@ pub fn forget(pid: u32, addr: u64) -> bool {
         _padding: 0,
         addr,
     };
-    SAMPLED.remove(&key).is_ok()
+    SAMPLED.remove(key).is_ok()
 }

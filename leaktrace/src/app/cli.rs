@@ -172,6 +172,11 @@ pub struct ReportOptions {
     /// Default: 0 for trace --pid and run, 512k for serve and --all.
     #[arg(long, value_parser = parse_bytes, value_name = "N")]
     pub sample_bytes: Option<u32>,
+    /// Seed of the random gaps between samples (default: from the clock).
+    /// The same seed, on a process pinned to one CPU, samples the same
+    /// blocks: for reproducible sampled reports in tests and benchmarks.
+    #[arg(long, value_name = "N")]
+    pub sample_seed: Option<u64>,
     /// Most outstanding allocations the daemon keeps (about 50 bytes each);
     /// beyond it new ones are dropped and counted as lost. 0: no limit.
     #[arg(long, default_value_t = 10_000_000)]

@@ -32,6 +32,7 @@ fn kernel_options(options: &ReportOptions) -> KernelOptions {
         empty_programs: options.empty_programs,
         sample_mean: options.sample_mean(),
         sampled_blocks: options.sampled_blocks,
+        sample_seed: options.sample_seed,
     }
 }
 

@@ -20,9 +20,8 @@ use aya::{
     },
 };
 use leaktrace_common::{
-    CONFIG_GROUP_DEAD_OFFSET, CONFIG_SAMPLE_MEAN, CONFIG_SELF_PID, CONFIG_STACK_MODE,
-    CONFIG_TRACE_ALL, EXPONENTIAL_POOL, LOSS_COUNTERS, LossCounter, STACK_MODE_DWARF,
-    STACK_MODE_FP, SampledKey,
+    EXPONENTIAL_POOL, GOLDEN_GAMMA, LOSS_COUNTERS, LossCounter, STACK_MODE_DWARF, STACK_MODE_FP,
+    SampledKey, Settings, mix64,
 };
 
 use self::{
@@ -54,6 +53,9 @@ pub(crate) struct KernelOptions {
     pub sample_mean: u32,
     /// Room for outstanding sampled blocks in the kernel.
     pub sampled_blocks: u32,
+    /// Seed of the sampling gaps (the pool userspace draws and the kernel's
+    /// picks among it); None: one from the clock.
+    pub sample_seed: Option<u64>,
 }
 
 /// The loaded programs and their maps. Dropping it detaches everything.
@@ -154,7 +156,24 @@ impl KernelProbes {
     ) -> Result<(KernelProbes, RingBuf<MapData>, Option<UnwindTables>)> {
         check_environment()?;
         raise_memlock_limit();
+        let sample_seed = options.sample_seed.unwrap_or_else(clock_seed);
+        let settings = Settings {
+            stack_mode: if options.dwarf {
+                STACK_MODE_DWARF
+            } else {
+                STACK_MODE_FP
+            },
+            sample_mean: options.sample_mean,
+            self_pid: std::process::id(),
+            trace_all: u32::from(trace_all),
+            group_dead_offset: group_dead_offset().unwrap_or(0),
+            _padding: 0,
+            sample_seed,
+        };
         let mut ebpf = EbpfLoader::new()
+            // Before verification: the verifier treats the settings as
+            // constants and skips the code they turn off.
+            .override_global("SETTINGS", &settings, true)
             .map_max_entries("EVENTS", options.ring_buffer_bytes)
             .map_max_entries("SAMPLED", options.sampled_blocks.max(1))
             .map_max_entries(
@@ -190,28 +209,12 @@ impl KernelProbes {
                 .with_context(|| format!("loading program {name}"))?;
             loaded.push(name);
         }
-        let mut config: Array<_, u32> =
-            Array::try_from(ebpf.map_mut("CONFIG").context("CONFIG map missing")?)?;
-        let mode = if options.dwarf {
-            STACK_MODE_DWARF
-        } else {
-            STACK_MODE_FP
-        };
-        config.set(CONFIG_STACK_MODE, mode, 0)?;
-        config.set(CONFIG_SAMPLE_MEAN, options.sample_mean, 0)?;
-        config.set(CONFIG_SELF_PID, std::process::id(), 0)?;
-        config.set(CONFIG_TRACE_ALL, u32::from(trace_all), 0)?;
-        config.set(
-            CONFIG_GROUP_DEAD_OFFSET,
-            group_dead_offset().unwrap_or(0),
-            0,
-        )?;
         if options.sample_mean != 0 {
             let mut gaps: Array<_, u32> = Array::try_from(
                 ebpf.map_mut("EXPONENTIALS")
                     .context("EXPONENTIALS map missing")?,
             )?;
-            for (index, gap) in exponential_gaps(options.sample_mean)
+            for (index, gap) in exponential_gaps(options.sample_mean, sample_seed)
                 .into_iter()
                 .enumerate()
             {
@@ -369,15 +372,24 @@ impl KernelProbes {
     }
 }
 
+/// A seed for the sampling gaps when none is given: the clock.
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(GOLDEN_GAMMA, |d| d.as_nanos() as u64)
+}
+
 /// `EXPONENTIAL_POOL` gaps between samples, exponentially distributed with
 /// the given mean (inverse transform: -mean * ln(U), U uniform in (0, 1]),
-/// from a generator seeded by the clock. The kernel picks among them at
-/// random; with 4096 of them the distribution's shape is kept.
-pub(crate) fn exponential_gaps(mean: u32) -> Vec<u32> {
-    let mut state = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
-        | 1;
+/// from a generator seeded by `seed`: the same seed gives the same pool.
+/// The kernel picks among them at random; with 4096 of them the
+/// distribution's shape is kept.
+pub(crate) fn exponential_gaps(mean: u32, seed: u64) -> Vec<u32> {
+    // xorshift64* must not start at 0; mix64 is a bijection with mix64(0) = 0.
+    let mut state = match mix64(seed) {
+        0 => GOLDEN_GAMMA,
+        mixed => mixed,
+    };
     (0..EXPONENTIAL_POOL)
         .map(|_| {
             // xorshift64*: plenty for drawing sample gaps.
@@ -416,7 +428,7 @@ mod tests {
 
     #[test]
     fn exponential_gaps_have_the_mean_and_shape() {
-        let gaps = exponential_gaps(512 * 1024);
+        let gaps = exponential_gaps(512 * 1024, 1);
         assert_eq!(gaps.len(), EXPONENTIAL_POOL as usize);
         let mean = gaps.iter().map(|&g| f64::from(g)).sum::<f64>() / gaps.len() as f64;
         // Standard error of the mean of 4096 exponentials: mean / 64.
@@ -424,5 +436,15 @@ mod tests {
         // P(gap > mean) = 1/e for an exponential.
         let above = gaps.iter().filter(|&&g| g > 512 * 1024).count() as f64 / 4096.0;
         assert!((above - (-1.0f64).exp()).abs() < 0.03, "{above}");
+    }
+
+    #[test]
+    fn exponential_gaps_are_fixed_by_their_seed() {
+        let gaps = exponential_gaps(4096, 42);
+        assert_eq!(gaps, exponential_gaps(4096, 42));
+        assert_ne!(gaps, exponential_gaps(4096, 43));
+        // Seed 0 is a seed like any other (the generator cannot start at 0).
+        assert_eq!(exponential_gaps(4096, 0), exponential_gaps(4096, 0));
+        assert_ne!(exponential_gaps(4096, 0), gaps);
     }
 }

@@ -1,4 +1,5 @@
-//! Stack walking with .eh_frame tables, inside the program.
+//! Stack walking with .eh_frame tables, inside the program (`--stack-mode
+//! dwarf`): complete stacks through code built without frame pointers.
 //!
 //! Each step finds the mapping holding the pc (binary search over the
 //! process's executable mappings), then the row covering it in that
@@ -20,34 +21,40 @@ use leaktrace_common::{
     UNWIND_CFA_RSP, UNWIND_NONE, UNWIND_OUTERMOST, UNWIND_PLT, UnwindRow,
 };
 
-use crate::SCRATCH;
+use crate::maps::SCRATCH;
 
 /// Every loaded object's rows, back to back (sized by the loader).
 #[map]
-pub static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, 0);
+static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, 0);
 
 /// Each traced process's slot in `PROCESS_MAPPINGS` (filled by userspace):
 /// looked up once per walk; each step then reads an array slot, which the
 /// verifier inlines, instead of hashing the pid again.
 #[map]
-pub static PROCESS_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UNWIND_PROCESSES, 0);
+static PROCESS_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UNWIND_PROCESSES, 0);
+
+/// Drops a process's tables (it exec'd: its mappings no longer hold): its
+/// stacks fall back to frame pointers until userspace loads the new ones.
+#[inline(always)]
+pub fn forget_process(pid: u32) {
+    let _ = PROCESS_SLOTS.remove(pid);
+}
 
 /// Executable mappings of each traced process, by slot.
 #[map]
-pub static PROCESS_MAPPINGS: Array<ProcessMappings> =
-    Array::with_max_entries(MAX_UNWIND_PROCESSES, 0);
+static PROCESS_MAPPINGS: Array<ProcessMappings> = Array::with_max_entries(MAX_UNWIND_PROCESSES, 0);
 
 /// The walk's state, shared with each bpf_loop step.
 #[repr(C)]
-pub struct Walk {
-    pub pc: u64,
-    pub sp: u64,
-    pub bp: u64,
+struct Walk {
+    pc: u64,
+    sp: u64,
+    bp: u64,
     /// Frames found by falling back to frame pointers (bit per frame).
-    pub fp_frames: u64,
+    fp_frames: u64,
     /// The process's slot in PROCESS_MAPPINGS; u32::MAX: none.
-    pub slot: u32,
-    pub depth: u32,
+    slot: u32,
+    depth: u32,
 }
 
 /// The row covering `pc` in the tables of the process in `slot`, if any.
@@ -98,7 +105,7 @@ fn find_row(slot: u32, pc: u64) -> Option<UnwindRow> {
 
 /// One step: from (pc, sp, bp) of a frame to its caller's. 0 continues the
 /// loop, 1 stops it.
-extern "C" fn unwind_step(_index: u64, context: *mut c_void) -> i64 {
+extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the Walk it was given.
     let walk = unsafe { &mut *context.cast::<Walk>() };
     let depth = walk.depth as usize;
@@ -173,7 +180,7 @@ pub fn walk(pid: u32, pc: u64, sp: u64, bp: u64) -> (u32, u64) {
     // SAFETY: this CPU's scratch slot.
     unsafe { (*record).stack[0] = pc };
     // SAFETY: read-only lookup.
-    let slot = unsafe { PROCESS_SLOTS.get(&pid) }.map_or(u32::MAX, |slot| *slot);
+    let slot = unsafe { PROCESS_SLOTS.get(pid) }.map_or(u32::MAX, |slot| *slot);
     let mut state = Walk {
         pc,
         sp,
@@ -186,7 +193,7 @@ pub fn walk(pid: u32, pc: u64, sp: u64, bp: u64) -> (u32, u64) {
     unsafe {
         bpf_loop(
             (MAX_STACK_DEPTH - 1) as u32,
-            unwind_step as *mut c_void,
+            step as *mut c_void,
             (&raw mut state).cast(),
             0,
         )

@@ -1,0 +1,189 @@
+//! The allocating calls (malloc and its family, mmap, mremap): `alloc_entry`
+//! stashes the argument registers per thread at the call's entry, and
+//! `alloc_return` sends them with the return value and the caller's stack
+//! as one `AllocEvent` when the call returns. Calls the allocator makes into
+//! itself are folded into the outer call; sampling decides at the entry
+//! whether the return is worth a record.
+use aya_ebpf::{
+    EbpfContext,
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    },
+    macros::{map, uprobe, uretprobe},
+    maps::Array,
+    programs::{ProbeContext, RetProbeContext},
+};
+use leaktrace_common::{
+    AllocEvent, AllocFn, EntryStash, FLAG_SAMPLED, LossCounter, MAX_STACK_DEPTH,
+};
+
+use crate::{
+    maps::{EVENTS, SCRATCH, count_loss, header, is_nested, stash_slot, submit_flags, user_sp},
+    sampling, settings, stack,
+};
+
+/// Set to 1 by userspace once every probe is attached. Before that, a return
+/// whose entry was not seen is a call that began while the probes were
+/// going live, not a loss.
+#[map]
+static ARMED: Array<u32> = Array::with_max_entries(1, 0);
+
+#[uprobe]
+pub fn alloc_entry(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if settings::is_self(pid_tgid) {
+        return 0;
+    }
+    let tid = pid_tgid as u32;
+    let sp = user_sp(&ctx);
+    let Some(slot) = stash_slot(tid) else {
+        return 0;
+    };
+    // SAFETY: the slot is this thread's (a colliding thread is detected by
+    // its tid and counted).
+    unsafe {
+        if (*slot).func != 0 {
+            if (*slot).tid == tid {
+                if is_nested((*slot).sp, sp) {
+                    (*slot).nested += 1;
+                    return 0;
+                }
+            } else {
+                count_loss(LossCounter::EntrySlotCollision);
+            }
+        }
+        let func = bpf_get_attach_cookie(ctx.as_ptr()) as u32;
+        let args = [
+            ctx.arg::<u64>(0).unwrap_or(0),
+            ctx.arg::<u64>(1).unwrap_or(0),
+            ctx.arg::<u64>(2).unwrap_or(0),
+            ctx.arg::<u64>(3).unwrap_or(0),
+        ];
+        *slot = EntryStash {
+            func,
+            nested: 0,
+            tid,
+            sampled: sampling::decide(func, &args) as u32,
+            sp,
+            args,
+        };
+    }
+    0
+}
+
+/// The record's flags when sampling, or None when the call is not worth a
+/// record: its block is not sampled and it released no sampled block.
+/// Keeps the set of sampled blocks up to date (realloc releases its old
+/// block when it succeeds, or when realloc(p, 0) returns NULL).
+#[inline(always)]
+fn sampled_flags(stash: &EntryStash, pid: u32, ret: u64, out: u64) -> Option<u64> {
+    if settings::sample_mean() == 0
+        || stash.func == AllocFn::Mmap as u32
+        || stash.func == AllocFn::Mremap as u32
+    {
+        return Some(FLAG_SAMPLED);
+    }
+    // xallocx returns a size, not a block: it only resizes its argument,
+    // which matters when that block is a sampled one.
+    if stash.func == AllocFn::Xallocx as u32 {
+        return sampling::contains(pid, stash.args[0]).then_some(FLAG_SAMPLED);
+    }
+    let reallocates = stash.func == AllocFn::Realloc as u32
+        || stash.func == AllocFn::Reallocarray as u32
+        || stash.func == AllocFn::Rallocx as u32;
+    let old = stash.args[0];
+    let releases_old = reallocates
+        && old != 0
+        && (ret != 0 || (stash.func == AllocFn::Realloc as u32 && stash.args[1] == 0));
+    let released_sampled = releases_old && sampling::forget(pid, old);
+    let new = if stash.func == AllocFn::PosixMemalign as u32 {
+        out
+    } else {
+        ret
+    };
+    let recorded = stash.sampled != 0 && new != 0 && sampling::record(pid, new);
+    match (recorded, released_sampled) {
+        (true, _) => Some(FLAG_SAMPLED),
+        (false, true) => Some(0),
+        (false, false) => None,
+    }
+}
+
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if settings::is_self(pid_tgid) {
+        return 0;
+    }
+    let tid = pid_tgid as u32;
+    let Some(slot) = stash_slot(tid) else {
+        return 0;
+    };
+    // SAFETY: the slot is this thread's when its tid says so.
+    let stash = unsafe {
+        if (*slot).func == 0 || (*slot).tid != tid {
+            if ARMED.get(0).is_some_and(|armed| *armed != 0) {
+                count_loss(LossCounter::ReturnWithoutEntry);
+            }
+            return 0;
+        }
+        if (*slot).nested > 0 {
+            (*slot).nested -= 1;
+            return 0;
+        }
+        let stash = *slot;
+        (*slot).func = 0;
+        stash
+    };
+
+    let ret: u64 = ctx.ret();
+    let mut out = 0u64;
+    if stash.func == AllocFn::PosixMemalign as u32 && ret == 0 {
+        // SAFETY: bpf_probe_read_user checks the user address.
+        out = unsafe { bpf_probe_read_user(stash.args[0] as *const u64) }.unwrap_or(0);
+    }
+    let pid = (pid_tgid >> 32) as u32;
+    let Some(flags) = sampled_flags(&stash, pid, ret, out) else {
+        // Unsampled, and no sampled block released: nothing to report.
+        return 0;
+    };
+
+    let Some(record) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch slot; programs on one CPU do not preempt
+    // each other. The length sent is bounded by the slot's size.
+    unsafe {
+        let regs: *const pt_regs = ctx.as_ptr().cast();
+        // A record that only releases a sampled block needs no stack.
+        let (depth, fp_frames) = if flags & FLAG_SAMPLED == 0 {
+            (0, 0)
+        } else {
+            stack::capture(pid, regs, record)
+        };
+        let mut event_header = header(stash.func, pid_tgid, bpf_ktime_get_ns());
+        event_header.stack_len = depth;
+        (*record).event = AllocEvent {
+            header: event_header,
+            args: stash.args,
+            ret,
+            out,
+            fp_frames,
+            flags,
+        };
+        let depth = (depth as usize).min(MAX_STACK_DEPTH);
+        let bytes = core::slice::from_raw_parts(
+            record.cast::<u8>(),
+            size_of::<AllocEvent>() + depth * size_of::<u64>(),
+        );
+        if EVENTS.output::<[u8]>(bytes, submit_flags()).is_err() {
+            // A block added to the sampled set here stays there until its
+            // free, which then reaches userspace as a release of a block it
+            // never saw (counted). Removing it at once cost 200 ms of
+            // verification at every load (measured), for no gain in counts.
+            count_loss(LossCounter::RingBufferFull);
+        }
+    }
+    0
+}

@@ -1,0 +1,66 @@
+//! The settings the programs were loaded with, kept where the verifier can
+//! see them: a read-only global that the loader fills in before it loads the
+//! programs (`EbpfLoader::override_global("SETTINGS", ..)`). Each read is a
+//! load from a frozen `.rodata` map, whose value the verifier knows: the
+//! branches a setting rules out are neither verified nor run, and no probe
+//! pays a map lookup for its settings.
+use leaktrace_common::{STACK_MODE_DWARF, Settings};
+
+/// The loader overwrites these zeros; userspace finds the symbol by name.
+#[unsafe(no_mangle)]
+static SETTINGS: Settings = Settings {
+    stack_mode: 0,
+    sample_mean: 0,
+    self_pid: 0,
+    trace_all: 0,
+    group_dead_offset: 0,
+    _padding: 0,
+    sample_seed: 0,
+};
+
+/// Reads one field of `SETTINGS`. The read is volatile: the compiler sees
+/// an immutable static of zeros and would otherwise fold the read itself.
+macro_rules! setting {
+    ($field:ident) => {
+        // SAFETY: a field of an aligned, initialised static; nothing writes
+        // it once the programs are loaded (the map is frozen).
+        unsafe { core::ptr::read_volatile(&raw const SETTINGS.$field) }
+    };
+}
+
+/// Mean bytes between samples; 0 when every call is recorded.
+#[inline(always)]
+pub fn sample_mean() -> u32 {
+    setting!(sample_mean)
+}
+
+/// Seed of the per-CPU generators that pick sampling gaps.
+#[inline(always)]
+pub fn sample_seed() -> u64 {
+    setting!(sample_seed)
+}
+
+/// Whether stacks are walked with .eh_frame tables (else frame pointers).
+#[inline(always)]
+pub fn dwarf_stacks() -> bool {
+    setting!(stack_mode) == STACK_MODE_DWARF
+}
+
+/// Whether every process is traced (`--all`).
+#[inline(always)]
+pub fn trace_all() -> bool {
+    setting!(trace_all) != 0
+}
+
+/// Offset of `group_dead` in sched_process_exit's record; 0: no such field.
+#[inline(always)]
+pub fn group_dead_offset() -> usize {
+    setting!(group_dead_offset) as usize
+}
+
+/// True for leaktrace's own calls. Only system-wide probes (`--all`) see
+/// them; without this check the daemon would trace itself tracing.
+#[inline(always)]
+pub fn is_self(pid_tgid: u64) -> bool {
+    setting!(self_pid) == (pid_tgid >> 32) as u32
+}
