@@ -29,5 +29,7 @@ pub mod sites;
 pub mod symbolize;
 pub mod system;
 pub mod target;
+#[cfg(test)]
+mod test_support;
 pub mod unwind;
 pub mod unwind_maps;
