@@ -2,6 +2,10 @@
 //!
 //! - [`table`]: the expected-leak table of the `leaky` fixture;
 //! - [`environment`]: the binary under test, root checks, tools, serialization;
+//! - [`prerequisite`]: a missing prerequisite fails the test, or (when
+//!   `LEAKTRACE_ALLOW_SKIPS=1`, never under `CI`) is a counted skip;
+//! - [`objdump`]: readelf and objdump as an oracle for where probes go;
+//! - [`probed`]: where a process's memory holds the int3 of a uprobe;
 //! - [`fixtures`]: temporary directories, building fixtures with gcc into
 //!   them, the site markers of a fixture source;
 //! - [`http`]: starting `leaktrace serve` and GETs against it;
@@ -17,6 +21,9 @@
 pub mod environment;
 pub mod fixtures;
 pub mod http;
+pub mod objdump;
+pub mod prerequisite;
+pub mod probed;
 pub mod process;
 pub mod report;
 pub mod table;
@@ -24,13 +31,17 @@ pub mod valgrind;
 
 // Each test file uses only some of these: the rest are unused there.
 #[allow(unused_imports)]
-pub use environment::{effective_uid, have_tool, is_root, leaktrace_bin, require_root, serial};
+pub use environment::{
+    effective_uid, have_tool, is_root, leaktrace_bin, require_root, require_tool, serial,
+};
 #[allow(unused_imports)]
 pub use fixtures::{
     TempDir, build_leaky, build_nomalloc, build_spin, compile, fixture_source, site_lines,
 };
 #[allow(unused_imports)]
 pub use http::{Server, get, start_serve};
+#[allow(unused_imports)]
+pub use prerequisite::prerequisite_missing;
 #[allow(unused_imports)]
 pub use process::{
     Finished, Guarded, Lines, assert_one_error_line, leaktrace, output_text, run_json,
