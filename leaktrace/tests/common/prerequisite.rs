@@ -34,11 +34,11 @@ pub fn prerequisite_missing(test: &str, missing: &str) {
             "{test}: missing {missing} (set {ALLOW_SKIPS}=1 to skip such tests instead, counted by cargo xtask test)"
         );
     }
-    eprintln!();
-    eprintln!("=================================================================");
-    eprintln!("SKIPPED: {test}: missing {missing}");
-    eprintln!("=================================================================");
-    eprintln!();
+    // Straight to stderr, not through eprintln!, which the test harness
+    // captures (and shows only for failed tests).
+    let rule = "=".repeat(65);
+    let _ = std::io::stderr()
+        .write_all(format!("\n{rule}\nSKIPPED: {test}: missing {missing}\n{rule}\n\n").as_bytes());
     if let Some(log) = std::env::var_os(SKIP_LOG) {
         let line = format!("{test}\t{missing}\n");
         std::fs::OpenOptions::new()
