@@ -41,4 +41,6 @@ pub mod report;
 pub(crate) mod runtime;
 pub(crate) mod symbolize;
 pub(crate) mod target;
+#[cfg(test)]
+mod test_support;
 pub(crate) mod unwind;

@@ -18,11 +18,18 @@ fn main() -> ExitCode {
                 let _: Result<_, _> = err.print();
                 return ExitCode::SUCCESS;
             }
-            // One line: the first line of clap's message, without its prefix.
+            // One line: the first line of clap's message, without its
+            // prefix, joined with the indented lines that continue it (the
+            // missing arguments, the possible values).
             let text = err.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("leaktrace: error: {first} (see leaktrace --help)");
+            let mut lines = text.lines();
+            let first = lines.next().unwrap_or("invalid arguments");
+            let mut message = first.strip_prefix("error: ").unwrap_or(first).to_string();
+            for more in lines.take_while(|l| l.starts_with(char::is_whitespace)) {
+                message.push(' ');
+                message.push_str(more.trim());
+            }
+            eprintln!("leaktrace: error: {message} (see leaktrace --help)");
             return ExitCode::from(2);
         }
     };

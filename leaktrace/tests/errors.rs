@@ -1,5 +1,6 @@
 //! Bad input: every refusal is one line on stderr starting with
-//! `leaktrace: error: ` and a non-zero exit, and says why.
+//! `leaktrace: error: `, says why in the words the binary uses (checked
+//! here), and exits with 2 for a usage error (clap's), 1 for anything else.
 mod common;
 
 use std::{
@@ -11,11 +12,34 @@ use std::{
 };
 
 use common::{
-    TempDir, assert_one_error_line, build_nomalloc, have_tool, is_root, leaktrace, leaktrace_bin,
-    require_root, run_with_timeout, serial,
+    Finished, TempDir, assert_one_error_line, build_nomalloc, have_tool, is_root, leaktrace,
+    leaktrace_bin, prerequisite_missing, require_root, run_with_timeout, serial,
 };
 
 const TIMEOUT: Duration = Duration::from_mins(1);
+
+/// Exit status of a usage error (bad or missing arguments).
+const USAGE: i32 = 2;
+/// Exit status of any other refusal.
+const FAILURE: i32 = 1;
+
+/// `finished` is a refusal: one `leaktrace: error: ` line on stderr that
+/// contains each of `words`, and exit status `code`. Returns the line.
+fn assert_refused<'a>(what: &str, finished: &'a Finished, words: &[&str], code: i32) -> &'a str {
+    let line = assert_one_error_line(what, finished);
+    for word in words {
+        assert!(
+            line.contains(word),
+            "{what}: the message should say {word:?}: {line}"
+        );
+    }
+    assert_eq!(
+        finished.status.code(),
+        Some(code),
+        "{what}: exit status ({line})"
+    );
+    line
+}
 
 /// A pid that cannot exist (`pid_max` is at most 2^22) is refused.
 #[test]
@@ -25,7 +49,12 @@ fn trace_of_missing_pid_is_refused() {
     }
     let _serial = serial();
     let finished = leaktrace(&["trace", "--pid", "999999999"], TIMEOUT);
-    assert_one_error_line("trace --pid 999999999", &finished);
+    assert_refused(
+        "trace --pid 999999999",
+        &finished,
+        &["no such process: 999999999"],
+        FAILURE,
+    );
 }
 
 /// Of several pids, one missing is refused, named, before anything is
@@ -38,12 +67,28 @@ fn a_missing_pid_among_several_and_conflicting_targets_are_refused() {
     let _serial = serial();
     let own = std::process::id().to_string();
     let finished = leaktrace(&["trace", "--pid", &format!("{own},999999999")], TIMEOUT);
-    let line = assert_one_error_line("trace --pid OWN,999999999", &finished);
-    assert!(line.contains("no such process: 999999999"), "{line}");
-    for args in [&["serve", "--all", "--pid", "1"][..], &["trace"][..]] {
-        let finished = leaktrace(args, TIMEOUT);
-        assert_one_error_line(&args.join(" "), &finished);
-    }
+    assert_refused(
+        "trace --pid OWN,999999999",
+        &finished,
+        &["no such process: 999999999"],
+        FAILURE,
+    );
+    let finished = leaktrace(&["serve", "--all", "--pid", "1"], TIMEOUT);
+    assert_refused(
+        "serve --all --pid 1",
+        &finished,
+        &["'--all' cannot be used with '--pid"],
+        USAGE,
+    );
+    // Clap lists the missing arguments on the lines after its first:
+    // leaktrace must keep them on its one line.
+    let finished = leaktrace(&["trace"], TIMEOUT);
+    assert_refused(
+        "trace",
+        &finished,
+        &["required arguments were not provided", "--pid", "--all"],
+        USAGE,
+    );
 }
 
 /// Whether every directory above `path` is searchable and `path` itself
@@ -87,18 +132,21 @@ fn non_root_is_refused() {
                 c.args(["-u", "nobody", "--"]).arg(bin);
                 c
             } else {
-                eprintln!("SKIPPED: non_root_is_refused: neither setpriv nor runuser is installed");
-                return;
+                return prerequisite_missing(
+                    "non_root_is_refused",
+                    "setpriv or runuser, to run leaktrace as nobody (util-linux)",
+                );
             }
         } else {
             Command::new(leaktrace_bin())
         };
         command.args(args).current_dir(dir.path());
         let finished = run_with_timeout("leaktrace (unprivileged)", &mut command, TIMEOUT);
-        let line = assert_one_error_line(&format!("unprivileged leaktrace {args:?}"), &finished);
-        assert!(
-            line.to_lowercase().contains("root"),
-            "the message should say root is needed: {line}"
+        assert_refused(
+            &format!("unprivileged leaktrace {args:?}"),
+            &finished,
+            &["must run as root", "sudo"],
+            FAILURE,
         );
     }
 }
@@ -114,10 +162,11 @@ fn target_without_allocator_is_refused() {
     let dir = TempDir::new("nomalloc");
     let nomalloc = build_nomalloc(&dir);
     let finished = leaktrace(&["run", "--", nomalloc.to_str().unwrap()], TIMEOUT);
-    let line = assert_one_error_line("run -- nomalloc", &finished);
-    assert!(
-        line.contains("no allocator found"),
-        "expected 'no allocator found', got: {line}"
+    assert_refused(
+        "run -- nomalloc",
+        &finished,
+        &["no allocator found", "defines malloc"],
+        FAILURE,
     );
 }
 
@@ -125,12 +174,15 @@ fn target_without_allocator_is_refused() {
 /// both subcommands (no root needed: arguments are checked first).
 #[test]
 fn unknown_format_is_refused() {
+    // The bad value, the option, and (from clap's next line) what is valid.
+    let words = [
+        "invalid value 'xml' for '--format",
+        "possible values",
+        "json",
+        "folded",
+    ];
     let finished = leaktrace(&["run", "--format", "xml", "--", "/bin/true"], TIMEOUT);
-    let line = assert_one_error_line("run --format xml", &finished);
-    assert!(
-        line.contains("xml"),
-        "the message should name the bad value: {line}"
-    );
+    assert_refused("run --format xml", &finished, &words, USAGE);
     let finished = leaktrace(&["trace", "--pid", "1", "--format", "xml"], TIMEOUT);
-    assert_one_error_line("trace --format xml", &finished);
+    assert_refused("trace --format xml", &finished, &words, USAGE);
 }

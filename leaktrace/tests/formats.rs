@@ -5,17 +5,17 @@
 //! it; diff finds no growth between two runs and exactly the change made
 //! to an edited copy of a report.
 //!
-//! The tracing tests need root (eBPF); without it each prints `SKIPPED
-//! (needs root)` and passes, unless `CI` is set. The pprof test also needs
-//! `go`: without it, `SKIPPED: go tool pprof not installed`, or a failure
-//! when `CI` is set. They run one at a time (`common::serial`).
+//! The tracing tests need root (eBPF), the pprof test also `go`: without
+//! them each fails, or is a counted skip when `LEAKTRACE_ALLOW_SKIPS=1`
+//! (see `common::prerequisite`). They run one at a time (`common::serial`).
 mod common;
 
 use std::{fs, path::Path, process::Command, time::Duration};
 
 use common::{
-    EXPECTED_LEAKS, Leak, TempDir, assert_one_error_line, build_leaky, fixture_source, have_tool,
-    innermost_function, leaktrace, require_root, run_json, run_with_timeout, serial, sites,
+    EXPECTED_LEAKS, Leak, TempDir, assert_one_error_line, build_leaky, fixture_source,
+    innermost_function, leaktrace, require_root, require_tool, run_json, run_with_timeout, serial,
+    sites,
 };
 
 const RUN_TIMEOUT: Duration = Duration::from_mins(2);
@@ -61,22 +61,13 @@ fn top_flat<'a>(top: &'a str, function: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no -top row for {function}:\n{top}"))
 }
 
-/// Whether go is there; if not, skips loudly (false) or, with `CI` set,
-/// fails.
+/// Whether go is there (see `common::require_tool`).
 fn require_go(test: &str) -> bool {
-    if have_tool("go") {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: go is not installed and CI is set (apt-get install golang-go)"
-    );
-    eprintln!();
-    eprintln!("=================================================================");
-    eprintln!("SKIPPED: go tool pprof not installed: {test} (apt-get install golang-go)");
-    eprintln!("=================================================================");
-    eprintln!();
-    false
+    require_tool(
+        test,
+        "go",
+        "apt-get install golang-go; cargo xtask test installs it",
+    )
 }
 
 /// `--format pprof --output F.pb.gz` writes a profile `go tool pprof` reads:

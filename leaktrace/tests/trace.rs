@@ -3,22 +3,21 @@
 //! per call site is known exactly (`common::EXPECTED_LEAKS`), and against the
 //! `spin` fixture for probe cleanup after SIGKILL.
 //!
-//! They need root (eBPF); without it each prints `SKIPPED (needs root)` and
-//! passes, unless `CI` is set. They run one at a time (`common::serial`).
+//! They need root (eBPF): without it each fails, or is a counted skip when
+//! `LEAKTRACE_ALLOW_SKIPS=1` (see `common::prerequisite`). They run one at a
+//! time (`common::serial`).
 mod common;
 
 use std::{
-    collections::BTreeSet,
     fs,
     io::Write as _,
-    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use common::{
     EXPECTED_LEAKS, Guarded, Lines, TempDir, build_leaky, build_spin, check_report_against_table,
-    leaktrace, leaktrace_bin, read_json, require_root, run_json, serial, sites,
+    leaktrace, leaktrace_bin, probed, read_json, require_root, run_json, serial, sites,
 };
 
 const RUN_TIMEOUT: Duration = Duration::from_mins(2);
@@ -282,34 +281,6 @@ fn run_min_age_hides_young_allocations() {
 // SIGKILL cleanup
 // ---------------------------------------------------------------------------
 
-/// Where the kernel lists uprobes created through tracefs (mounts tracefs
-/// if it is missing).
-fn uprobe_events_path() -> Option<&'static Path> {
-    let tracefs = Path::new("/sys/kernel/tracing/uprobe_events");
-    if !tracefs.exists() {
-        let _: Result<_, _> = Command::new("mount")
-            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
-            .status();
-    }
-    [
-        tracefs,
-        Path::new("/sys/kernel/debug/tracing/uprobe_events"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-}
-
-fn uprobe_events(path: Option<&Path>) -> BTreeSet<String> {
-    path.and_then(|p| fs::read_to_string(p).ok())
-        .map(|text| {
-            text.lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The median of the next `samples` per-200-ms counts from `spin`, after
 /// discarding everything already received and `skip` more (an interval that
 /// straddles a change of state).
@@ -332,10 +303,13 @@ fn spin_rate(lines: &Lines, skip: usize, samples: usize) -> u64 {
 }
 
 /// SIGKILL gives leaktrace no chance to clean up, yet the kernel must remove
-/// its probes: a process doing malloc+free in a loop runs much slower while
-/// traced (the probes fire) and at least half its untraced speed again once
-/// leaktrace is killed (they are gone), and no uprobe was left registered in
-/// tracefs. Rates are compared within one run, never to absolute numbers.
+/// its probes. Seen in the traced process's memory: while leaktrace traces,
+/// the text of its C library differs from the file at some bytes, each of
+/// them int3 (the probes); after leaktrace is `SIGKILLed`, at none. And seen
+/// in its speed: a process doing malloc+free in a loop runs much slower
+/// while traced (the probes fire) and at least half its untraced speed again
+/// once leaktrace is killed. Rates are compared within one run, never to
+/// absolute numbers.
 #[test]
 fn sigkill_leaves_no_probe_behind() {
     if !require_root("sigkill_leaves_no_probe_behind") {
@@ -344,8 +318,6 @@ fn sigkill_leaves_no_probe_behind() {
     let _serial = serial();
     let dir = TempDir::new("sigkill");
     let spin = build_spin(&dir);
-    let events_path = uprobe_events_path();
-    let events_before = uprobe_events(events_path);
 
     let mut spinner = Guarded::spawn(
         "spin",
@@ -354,9 +326,17 @@ fn sigkill_leaves_no_probe_behind() {
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),
     );
+    let spin_pid = spinner.pid();
     let counts = spinner.stdout_lines();
     let untraced = spin_rate(&counts, 2, 5);
     assert!(untraced > 0, "spin does nothing untraced");
+    let libc = probed::c_library(spin_pid);
+    let before = probed::int3_offsets(spin_pid, &libc);
+    assert!(
+        before.is_empty(),
+        "int3 in spin's {libc} before leaktrace attached, at {before:x?}: another tracer? {:?}",
+        probed::other_tracers(&[])
+    );
 
     let mut tracer = Guarded::spawn(
         "leaktrace trace (spin)",
@@ -364,7 +344,7 @@ fn sigkill_leaves_no_probe_behind() {
             .args([
                 "trace",
                 "--pid",
-                &spinner.pid().to_string(),
+                &spin_pid.to_string(),
                 "--format",
                 "json",
                 "--output",
@@ -386,13 +366,32 @@ fn sigkill_leaves_no_probe_behind() {
         traced * 3 < untraced,
         "tracing should slow malloc+free down a lot (the probes fire on every call): untraced {untraced}, traced {traced} per 200 ms"
     );
-    let events_while_tracing = uprobe_events(events_path);
+    let probes = probed::int3_offsets(spin_pid, &libc);
+    eprintln!(
+        "spin: int3 at {} offsets of {libc} while traced: {probes:x?}",
+        probes.len()
+    );
+    assert!(
+        !probes.is_empty(),
+        "leaktrace traces spin, yet its {libc} text in memory is the file's: no probe installed?"
+    );
 
     let status = tracer.kill_and_reap();
     assert!(!status.success(), "leaktrace was killed: {status:?}");
 
-    // The kernel tears the probes down as the killed process's files close;
-    // give a loaded machine up to three 1-second windows to show it.
+    // The kernel removes the probes as the killed process's files close;
+    // give a loaded machine up to ten seconds to show it.
+    let left = probed::int3_offsets_when(
+        spin_pid,
+        &libc,
+        Duration::from_secs(10),
+        std::collections::BTreeSet::is_empty,
+    );
+    assert!(
+        left.is_empty(),
+        "int3 still in spin's {libc} 10 s after SIGKILL of leaktrace, at {left:x?} (of {probes:x?} while traced); other tracers running: {:?}",
+        probed::other_tracers(&[])
+    );
     let mut after = 0;
     for _ in 0..3 {
         after = after.max(spin_rate(&counts, 1, 5));
@@ -401,14 +400,6 @@ fn sigkill_leaves_no_probe_behind() {
         }
     }
     eprintln!("spin: {after} malloc+free per 200 ms after SIGKILL of leaktrace");
-    let events_after = uprobe_events(events_path);
-    let left: Vec<&String> = events_after.difference(&events_before).collect();
-    assert!(
-        left.is_empty(),
-        "uprobes left registered in {:?} after SIGKILL: {left:?} (while tracing: {} new)",
-        events_path,
-        events_while_tracing.difference(&events_before).count()
-    );
     assert!(
         after * 2 >= untraced,
         "after SIGKILL of leaktrace, spin runs at {after} per 200 ms, under half its untraced {untraced}: probes are still firing"

@@ -10,7 +10,8 @@ mod common;
 use std::{path::Path, process::Command};
 
 use common::{
-    TempDir, fixture_source, have_tool, loss_records, require_root, run_json, serial, sites,
+    TempDir, fixture_source, loss_records, prerequisite_missing, require_root, require_tool,
+    run_json, serial, sites,
 };
 use serde_json::Value;
 
@@ -101,7 +102,23 @@ fn valgrind_chain(dir: &TempDir, program: &Path) -> Vec<String> {
     names[start..=end].to_vec()
 }
 
-fn check_chain(source: &str, compiler: &str, bytes: u64, count: u64, innermost: &str) {
+fn check_chain(
+    test: &str,
+    (source, compiler): (&str, &str),
+    bytes: u64,
+    count: u64,
+    innermost: &str,
+) {
+    if !require_root(test)
+        || !require_tool(test, compiler, "apt-get install build-essential")
+        || !require_tool(
+            test,
+            "valgrind",
+            "apt-get install valgrind; cargo xtask test installs it",
+        )
+    {
+        return;
+    }
     let _serial = serial();
     let dir = TempDir::new("unwind");
     let program = build(&dir, source, compiler);
@@ -129,16 +146,11 @@ fn check_chain(source: &str, compiler: &str, bytes: u64, count: u64, innermost: 
         );
     }
 
-    if have_tool("valgrind") {
-        assert_eq!(
-            valgrind_chain(&dir, &program),
-            CHAIN,
-            "valgrind's stack for the leak"
-        );
-    } else {
-        assert!(std::env::var_os("CI").is_none(), "valgrind missing in CI");
-        eprintln!("SKIPPED: valgrind not installed, stacks not compared with it");
-    }
+    assert_eq!(
+        valgrind_chain(&dir, &program),
+        CHAIN,
+        "valgrind's stack for the leak"
+    );
 
     // Frame pointers alone find the same blocks but lose their callers.
     let fp = traced(&dir, &[path], "fp");
@@ -158,18 +170,24 @@ fn check_chain(source: &str, compiler: &str, bytes: u64, count: u64, innermost: 
 
 #[test]
 fn c_chain_without_frame_pointers_is_complete() {
-    if !require_root("c_chain_without_frame_pointers_is_complete") {
-        return;
-    }
-    check_chain("deep_chain.c", "gcc", 3 * 777, 3, "level4");
+    check_chain(
+        "c_chain_without_frame_pointers_is_complete",
+        ("deep_chain.c", "gcc"),
+        3 * 777,
+        3,
+        "level4",
+    );
 }
 
 #[test]
 fn cxx_chain_through_operator_new_is_complete() {
-    if !require_root("cxx_chain_through_operator_new_is_complete") {
-        return;
-    }
-    check_chain("deep_chain.cpp", "g++", 2 * 500, 2, "operator new");
+    check_chain(
+        "cxx_chain_through_operator_new_is_complete",
+        ("deep_chain.cpp", "g++"),
+        2 * 500,
+        2,
+        "operator new",
+    );
 }
 
 #[test]
@@ -179,9 +197,10 @@ fn python3_allocations_reach_the_entry_through_the_eval_loop() {
     }
     let python = Path::new("/usr/bin/python3");
     if !python.exists() {
-        assert!(std::env::var_os("CI").is_none(), "python3 missing in CI");
-        eprintln!("SKIPPED: no /usr/bin/python3");
-        return;
+        return prerequisite_missing(
+            "python3_allocations_reach_the_entry_through_the_eval_loop",
+            "/usr/bin/python3 (apt-get install python3)",
+        );
     }
     let _serial = serial();
     let dir = TempDir::new("python");

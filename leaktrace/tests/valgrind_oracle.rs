@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, process::Command, time::Duration};
 use common::{
     EXPECTED_LEAKS, Memory, SKIP_PVALLOC, TEMPORARY_FUNCTIONS, TempDir, build_leaky,
     bytes_by_fixture_function, check_report_against_table, describe_sites, errors,
-    expected_without_pvalloc, have_tool, leaktrace_bin, loss_records, read_json, require_root,
+    expected_without_pvalloc, leaktrace_bin, loss_records, read_json, require_root, require_tool,
     run_with_timeout, serial,
 };
 
@@ -77,16 +77,13 @@ fn valgrind_leaks(dir: &TempDir) -> BTreeMap<String, (u64, u64)> {
     by_function
 }
 
+/// Whether valgrind is there (see `common::require_tool`).
 fn valgrind_available(test: &str) -> bool {
-    if have_tool("valgrind") {
-        return true;
-    }
-    eprintln!();
-    eprintln!("=================================================================");
-    eprintln!("SKIPPED: valgrind not installed ({test})");
-    eprintln!("=================================================================");
-    eprintln!();
-    false
+    require_tool(
+        test,
+        "valgrind",
+        "apt-get install valgrind; cargo xtask test installs it",
+    )
 }
 
 /// The heap rows of the expected-leak table are right: valgrind memcheck,
@@ -119,8 +116,8 @@ fn valgrind_confirms_expected_table() {
 /// full table check (mmap rows included).
 #[test]
 fn leaktrace_agrees_with_valgrind() {
-    if !valgrind_available("leaktrace_agrees_with_valgrind")
-        || !require_root("leaktrace_agrees_with_valgrind")
+    if !require_root("leaktrace_agrees_with_valgrind")
+        || !valgrind_available("leaktrace_agrees_with_valgrind")
     {
         return;
     }

@@ -196,15 +196,30 @@ fn demo() -> Result<()> {
     Ok(())
 }
 
+/// What the tests append a line to when they skip (see
+/// leaktrace/tests/common/prerequisite.rs): `test name<TAB>what is missing`.
+const SKIP_LOG: &str = "LEAKTRACE_SKIP_LOG";
+
 fn test(args: &[String]) -> Result<()> {
     setup::all()?;
     setup::test_dependencies()?;
+    let skips_allowed = std::env::var_os("LEAKTRACE_ALLOW_SKIPS").is_some_and(|v| v == "1")
+        && std::env::var_os("CI").is_none();
     // SAFETY: geteuid has no preconditions.
     if unsafe { geteuid() } != 0 {
-        eprintln!(
-            "xtask: WARNING: not root: the integration tests that load eBPF programs will SKIP (run as root for the full suite)"
-        );
+        if skips_allowed {
+            eprintln!(
+                "xtask: WARNING: not root: the integration tests that load eBPF programs will be SKIPPED (counted below)"
+            );
+        } else {
+            eprintln!(
+                "xtask: WARNING: not root: the integration tests that load eBPF programs will FAIL (run as root, or set LEAKTRACE_ALLOW_SKIPS=1 to skip them)"
+            );
+        }
     }
+    // A fresh file for this run's skips.
+    let skip_log = std::env::temp_dir().join(format!("leaktrace-skips-{}.log", std::process::id()));
+    std::fs::write(&skip_log, "").with_context(|| format!("creating {}", skip_log.display()))?;
     // Default members (the eBPF crate is built by leaktrace's build
     // script); no doc tests (there are none, and their empty runs would
     // end the log on "0 passed").
@@ -212,12 +227,14 @@ fn test(args: &[String]) -> Result<()> {
     command
         .args(["test", "--lib", "--bins", "--tests"])
         .args(args)
+        .env(SKIP_LOG, &skip_log)
         // An empty stdin even when ours is closed (see .ci/run).
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped());
     let mut child = command.spawn().context("running cargo test")?;
     let stdout = child.stdout.take().expect("piped");
     let mut totals = [0u64; 3];
+    let mut ignored = Vec::new();
     for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
         let line = line?;
         println!("{line}");
@@ -228,12 +245,28 @@ fn test(args: &[String]) -> Result<()> {
                     .find_map(|part| part.trim().strip_suffix(word)?.trim().parse::<u64>().ok())
                     .unwrap_or(0);
             }
+        } else if let Some(name) = ignored_test(&line) {
+            ignored.push(name.to_string());
         }
     }
     let status = child.wait()?;
+    let log = std::fs::read_to_string(&skip_log)
+        .with_context(|| format!("reading {}", skip_log.display()))?;
+    let _: std::io::Result<()> = std::fs::remove_file(&skip_log);
+    let skipped = skipped_tests(&log);
+    for name in &ignored {
+        println!("skipped (ignored): {name}");
+    }
+    for (name, missing) in &skipped {
+        println!("skipped: {name}: missing {missing}");
+    }
+    // A test that skipped returned normally: cargo counted it as passed.
+    let skips = skipped.len() as u64;
     println!(
         "total: {} passed, {} failed, {} skipped",
-        totals[0], totals[1], totals[2]
+        totals[0].saturating_sub(skips),
+        totals[1],
+        totals[2] + skips
     );
     if !status.success() {
         bail!("cargo test failed: {status}");
@@ -241,6 +274,55 @@ fn test(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The name of the test a libtest line reports ignored
+/// (`test NAME ... ignored`, perhaps with `, reason`).
+fn ignored_test(line: &str) -> Option<&str> {
+    let (name, result) = line.strip_prefix("test ")?.split_once(" ... ")?;
+    (result == "ignored" || result.starts_with("ignored, ")).then_some(name)
+}
+
+/// The skips in a skip log, one per test (the first reason given), in the
+/// order they happened.
+fn skipped_tests(log: &str) -> Vec<(String, String)> {
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let (name, missing) = line.split_once('\t').unwrap_or((line, "?"));
+        if !skipped.iter().any(|(n, _)| n == name) {
+            skipped.push((name.to_string(), missing.to_string()));
+        }
+    }
+    skipped
+}
+
 unsafe extern "C" {
     fn geteuid() -> u32;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_are_read_once_per_test_in_order() {
+        let log = "b_test\tvalgrind\na_test\troot\nb_test\tgo\n\n";
+        assert_eq!(
+            skipped_tests(log),
+            [
+                ("b_test".to_string(), "valgrind".to_string()),
+                ("a_test".to_string(), "root".to_string())
+            ]
+        );
+        assert!(skipped_tests("").is_empty());
+    }
+
+    #[test]
+    fn ignored_tests_are_recognised() {
+        assert_eq!(ignored_test("test slow ... ignored"), Some("slow"));
+        assert_eq!(
+            ignored_test("test m::slow ... ignored, needs a GPU"),
+            Some("m::slow")
+        );
+        assert_eq!(ignored_test("test fast ... ok"), None);
+        assert_eq!(ignored_test("running 3 tests"), None);
+    }
 }

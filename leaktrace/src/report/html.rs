@@ -114,4 +114,40 @@ mod tests {
         assert!(!html.contains("<?xml"));
         assert!(super::escape("a<b>&\"") == "a&lt;b&gt;&amp;&quot;");
     }
+
+    /// A function name carrying markup is shown as text, in the stack
+    /// column and in the inline flamegraph, and never as markup: no raw
+    /// `<script>` anywhere, and no bare `&` or `"` from it.
+    #[test]
+    fn markup_in_a_function_name_is_escaped() {
+        let html = super::render(&fixtures::report_with_markup(), 10);
+        // The stack column: `<`, `>`, `&`, `"` and `'` as entities.
+        let escaped = "leak&lt;script&gt;alert(1)&lt;/script&gt;&amp;&quot;&#39;";
+        assert!(
+            html.contains(&format!(
+                "<pre>{escaped} (prog.c:10)\nmain (prog.c:30)</pre>"
+            )),
+            "{html}"
+        );
+        // inferno's own script (zoom, search) is the only one.
+        let plain = super::render(&fixtures::report(), 10);
+        for tag in ["<script", "</script"] {
+            assert_eq!(
+                html.matches(tag).count(),
+                plain.matches(tag).count(),
+                "the name added a raw {tag}:\n{html}"
+            );
+        }
+        assert!(!html.contains("leak<"), "raw markup in the page:\n{html}");
+        assert!(
+            !html.contains("&\"'"),
+            "unescaped & or \" in the page:\n{html}"
+        );
+        // The flamegraph inside the page names the frame too, escaped.
+        let svg = &html[html.find("<svg").expect("inline svg")..];
+        assert!(
+            svg.contains("leak&lt;script&gt;alert(1)&lt;/script&gt;&amp;"),
+            "{svg}"
+        );
+    }
 }

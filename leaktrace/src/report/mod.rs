@@ -409,6 +409,17 @@ pub(crate) mod fixtures {
         }
     }
 
+    /// A function name that is markup, to check it is escaped wherever it
+    /// is written into HTML or SVG.
+    pub(crate) const MARKUP: &str = "leak<script>alert(1)</script>&\"'";
+
+    /// [`report`] with `leak_a`'s frame named [`MARKUP`].
+    pub(crate) fn report_with_markup() -> Report {
+        let mut report = report();
+        report.sites[0].frames[0].function = MARKUP.into();
+        report
+    }
+
     /// Two sites: 4096 bytes in 4 mallocs from `leak_a`, 100 bytes from one calloc in `leak_b`.
     pub(crate) fn report() -> Report {
         Report {

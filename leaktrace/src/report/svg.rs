@@ -89,6 +89,41 @@ mod tests {
         assert!(svg.contains("4196 bytes (4.1 KiB) in 5 allocations at 2 call sites"));
     }
 
+    /// A function name carrying markup is drawn as text: escaped in the
+    /// frame's label and tooltip, never as raw markup (inferno's own
+    /// script stays the only one), and no bare `&`, `"` or `'` from it (the
+    /// SVG's attribute values are quoted).
+    #[test]
+    fn markup_in_a_function_name_is_escaped() {
+        let svg = render(&fixtures::report_with_markup());
+        let plain = render(&fixtures::report());
+        for tag in ["<script", "</script"] {
+            assert_eq!(
+                svg.matches(tag).count(),
+                plain.matches(tag).count(),
+                "the name added a raw {tag}:\n{svg}"
+            );
+        }
+        assert!(!svg.contains("leak<"), "raw markup in the SVG:\n{svg}");
+        let escaped = "leak&lt;script&gt;alert(1)&lt;/script&gt;&amp;";
+        // Tooltip (<title>) and label (<text>): the full name both times,
+        // its quotes as entities.
+        let mut found = 0;
+        for (at, _) in svg.match_indices(escaped) {
+            let rest = &svg[at + escaped.len()..];
+            assert!(
+                rest.starts_with("&quot;&apos;") || rest.starts_with("&quot;&#39;"),
+                "quotes after the escaped name are not entities: {}",
+                &rest[..40.min(rest.len())]
+            );
+            found += 1;
+        }
+        assert!(
+            found >= 2,
+            "the escaped name is in the tooltip and the label: {svg}"
+        );
+    }
+
     #[test]
     fn empty_report_is_a_valid_svg_that_says_so() {
         let mut report = fixtures::report();

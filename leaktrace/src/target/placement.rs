@@ -205,7 +205,11 @@ mod tests {
     }
 
     // Prologues as Debian 12's libc.so.6 (glibc 2.36) and libjemalloc.so.2
-    // (5.3.0) have them, copied from `objdump -d`.
+    // (5.3.0) have them, copied from `objdump -d`. These tests check
+    // `place` on those copied bytes only, whatever the machine's libraries
+    // are; the placements in the libraries actually installed are checked
+    // against objdump in target.rs (`real_*_placements_match_objdump`) and,
+    // in a traced process's memory, by tests/placement.rs.
     const GLIBC_MALLOC: &[u8] = &[0x41, 0x54, 0x55, 0x53, 0x48, 0x89, 0xfb]; // push %r12; push %rbp; push %rbx; mov %rdi,%rbx
     const GLIBC_FREE: &[u8] = &[0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0x00, 0x00, 0x00, 0x55]; // test %rdi,%rdi; je; push %rbp
     const GLIBC_CALLOC: &[u8] = &[0x41, 0x55, 0x48, 0x89, 0xf8]; // push %r13; mov %rdi,%rax

@@ -1,22 +1,43 @@
-//! Tests of the unwind table builder against real objects (Debian's libc
-//! and python3.11, gcc-built fixtures) and readelf's reading of them.
+//! Tests of the unwind table builder against real objects (the machine's
+//! libc and python3, gcc-built fixtures) and what binutils (readelf's
+//! reading of their CFI, objdump's of their instructions) says of them.
+//! A missing object or tool fails the test unless skips are allowed (see
+//! `crate::test_support`).
 
 use super::*;
+use crate::test_support::{
+    objdump::{self, Instruction, Library, Verdict},
+    prerequisite_missing, read_or_missing, require_binutils,
+};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
 
 const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
-const PYTHON: &str = "/usr/bin/python3.11";
 const RSP: u8 = UNWIND_CFA_RSP;
 const RBP: u8 = UNWIND_CFA_RBP;
 /// (kind, `cfa_offset`, `rbp_offset`)
 type Rule = (u8, i16, i16);
 
-fn read_or_skip(path: &str) -> Option<Vec<u8>> {
-    std::fs::read(path)
-        .inspect_err(|e| eprintln!("SKIPPED: cannot read {path}: {e}"))
-        .ok()
+/// The machine's python3 interpreter, symlinks resolved
+/// (`/usr/bin/python3.11` on Debian 12).
+fn python() -> String {
+    let python = std::path::Path::new("/usr/bin/python3");
+    std::fs::canonicalize(python)
+        .unwrap_or_else(|_| python.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The C library and python3, read; None when one is missing (and
+/// skipping is allowed).
+fn libc_and_python(test: &str) -> Option<Vec<(String, Vec<u8>)>> {
+    let mut objects = Vec::new();
+    for path in [LIBC.to_string(), python()] {
+        let data = read_or_missing(test, &path)?;
+        objects.push((path, data));
+    }
+    Some(objects)
 }
 
 /// The rule for `pc`.
@@ -86,22 +107,102 @@ fn gaps_are_closed_and_repeated_rules_merged() {
     assert_eq!(at(&rows, u64::MAX).0, UNWIND_NONE);
 }
 
+/// An immediate operand (`$0x10`, `$-0x80`).
+fn immediate(operand: &str) -> Option<i64> {
+    let digits = operand.strip_prefix('$')?;
+    let (negative, digits) = match digits.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, digits),
+    };
+    let value = i64::from_str_radix(digits.strip_prefix("0x")?, 16).ok()?;
+    Some(if negative { -value } else { value })
+}
+
+/// The rule that must hold before each of a function's first
+/// instructions, derived from the instructions alone: the CFA starts at
+/// rsp+8, each push of a register adds 8 (a push of rbp saves it at
+/// CFA-offset), `sub $n,%rsp` adds n, `add $n,%rsp` takes n away, and
+/// instructions that only set flags or write other registers change
+/// nothing. Stops after the first instruction whose effect on the frame
+/// this does not model (a branch, a store, a write to rsp or rbp).
+fn prologue_rules(code: &[Instruction]) -> Vec<(Instruction, Rule)> {
+    let (mut cfa, mut rbp) = (8i64, 0i64);
+    let mut rules = Vec::new();
+    for instruction in code {
+        let (Ok(cfa_offset), Ok(rbp_offset)) = (i16::try_from(cfa), i16::try_from(rbp)) else {
+            break;
+        };
+        rules.push((instruction.clone(), (RSP, cfa_offset, rbp_offset)));
+        let operands = instruction.operand_list();
+        match (instruction.mnemonic.as_str(), operands.as_slice()) {
+            ("push", [register]) if objdump::general_register(register).is_some() => {
+                cfa += 8;
+                if objdump::general_register(register) == Some("rbp") {
+                    rbp = -cfa;
+                }
+            }
+            ("sub", [amount, "%rsp"]) => match immediate(amount) {
+                Some(n) => cfa += n,
+                None => break,
+            },
+            ("add", [amount, "%rsp"]) => match immediate(amount) {
+                Some(n) => cfa -= n,
+                None => break,
+            },
+            _ if objdump::judge(instruction, &[]) == Verdict::Harmless => {}
+            _ => break,
+        }
+    }
+    rules
+}
+
+/// The table's rows over the C library's malloc prologue are what its
+/// instructions do to the stack (objdump's decoding, not the CFI): on
+/// Debian 12's glibc 2.36, rsp+8 at +0, rsp+16 after push %r12, rsp+24 and
+/// rbp at CFA-24 after push %rbp, rsp+32 after push %rbx and rsp+48 after
+/// sub $0x10,%rsp; another build is checked against its own instructions.
 #[test]
-fn libc_malloc_prologue() {
-    let Some(data) = read_or_skip(LIBC) else {
+fn libc_malloc_prologue_follows_its_instructions() {
+    const TEST: &str = "unwind::tests::libc_malloc_prologue_follows_its_instructions";
+    if !require_binutils(TEST) {
+        return;
+    }
+    let Some(data) = read_or_missing(TEST, LIBC) else {
         return;
     };
     let rows = build_table(&data).unwrap();
-    let (malloc, _) = symbol(&data, "malloc");
-    // Debian 12 (glibc 2.36): push %r12; push %rbp; push %rbx; ...
-    // readelf: rsp+8 at +0, rsp+16 at +2, rsp+24 and rbp at c-24 at +3,
-    // rsp+32 at +4 (rbx saved), rsp+48 at +11 (after sub $0x10,%rsp).
-    assert_eq!(at(&rows, malloc), (RSP, 8, 0));
-    assert_eq!(at(&rows, malloc + 1), (RSP, 8, 0));
-    assert_eq!(at(&rows, malloc + 2), (RSP, 16, 0));
-    assert_eq!(at(&rows, malloc + 3), (RSP, 24, -24));
-    assert_eq!(at(&rows, malloc + 4), (RSP, 32, -24));
-    assert_eq!(at(&rows, malloc + 11), (RSP, 48, -24));
+    let library = Library::read(std::path::Path::new(LIBC));
+    let (malloc, size) = library.function("malloc").expect("readelf finds malloc");
+    assert_eq!(
+        symbol(&data, "malloc"),
+        (malloc, size),
+        "readelf and object"
+    );
+    let code = library.disassemble(malloc, malloc + size.min(128));
+    let rules = prologue_rules(&code);
+    let changes = rules.windows(2).filter(|w| w[0].1 != w[1].1).count();
+    if changes < 2 {
+        return prerequisite_missing(
+            TEST,
+            &format!("a malloc whose prologue moves rsp at least twice before a branch: {code:#?}"),
+        );
+    }
+    for (instruction, rule) in &rules {
+        for pc in instruction.address..instruction.end() {
+            assert_eq!(
+                at(&rows, pc),
+                *rule,
+                "malloc+{:#x}, in `{} {}`",
+                pc - malloc,
+                instruction.mnemonic,
+                instruction.operands
+            );
+        }
+    }
+    eprintln!(
+        "malloc: {} instructions, {changes} changes of rule, agree with objdump",
+        rules.len()
+    );
 }
 
 /// What readelf's interpreted row says the table must hold; None for
@@ -140,8 +241,7 @@ fn expected(columns: &[&str], words: &[&str]) -> Option<Rule> {
 /// Compares the table with readelf's evaluation of the same CFI at every
 /// row start it prints; returns how many rows were compared, and how
 /// many of those are `UNWIND_NONE`.
-fn cross_check(path: &str) -> Option<(usize, usize)> {
-    let data = read_or_skip(path)?;
+fn cross_check(path: &str, data: &[u8]) -> (usize, usize) {
     // Not following the debug link: libc6-dbg's file has a NOBITS
     // .eh_frame, which makes readelf fail.
     let readelf = Command::new("readelf")
@@ -149,12 +249,9 @@ fn cross_check(path: &str) -> Option<(usize, usize)> {
         .output();
     let text = match readelf {
         Ok(out) if out.status.success() => String::from_utf8(out.stdout).unwrap(),
-        other => {
-            eprintln!("SKIPPED: readelf cross-check of {path}: {other:?}");
-            return None;
-        }
+        other => panic!("readelf --debug-dump=frames-interp {path}: {other:?}"),
     };
-    let rows = build_table(&data).unwrap();
+    let rows = build_table(data).unwrap();
     let (mut columns, mut fde_end, mut cie) = (Vec::new(), 0, None);
     // (pc, readelf's line, expected rule), one per row readelf prints.
     let mut listed: Vec<(u64, &str, Option<Rule>)> = Vec::new();
@@ -212,15 +309,21 @@ fn cross_check(path: &str) -> Option<(usize, usize)> {
         listed.len()
     );
     assert!(mismatches.is_empty(), "{path}: {mismatches:#?}");
-    Some((compared, none))
+    (compared, none)
 }
 
 #[test]
 fn libc_and_python_match_readelf() {
-    for path in [LIBC, PYTHON] {
-        if let Some((compared, none)) = cross_check(path) {
-            eprintln!("{path}: {compared} rows agree with readelf, {none} of them NONE");
-        }
+    const TEST: &str = "unwind::tests::libc_and_python_match_readelf";
+    if !require_binutils(TEST) {
+        return;
+    }
+    let Some(objects) = libc_and_python(TEST) else {
+        return;
+    };
+    for (path, data) in objects {
+        let (compared, none) = cross_check(&path, &data);
+        eprintln!("{path}: {compared} rows agree with readelf, {none} of them NONE");
     }
 }
 
@@ -249,17 +352,22 @@ return 0;
 "#;
 
 /// The fixture built twice, dynamically linked with a lazy .plt:
-/// `-O2 -fomit-frame-pointer` and `-O0 -fno-omit-frame-pointer`.
-fn fixtures() -> Option<&'static (Vec<u8>, Vec<u8>)> {
-    static BUILT: OnceLock<Option<(Vec<u8>, Vec<u8>)>> = OnceLock::new();
+/// `-O2 -fomit-frame-pointer` and `-O0 -fno-omit-frame-pointer`; None when
+/// gcc is missing (and skipping is allowed). gcc failing fails the test.
+fn fixtures(test: &str) -> Option<&'static (Vec<u8>, Vec<u8>)> {
+    static BUILT: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
+    if !objdump::on_path("gcc") {
+        prerequisite_missing(test, "gcc (apt-get install gcc)");
+        return None;
+    }
     let build = || {
-        let optimized = gcc(&["-O2", "-fomit-frame-pointer"])?;
-        Some((optimized, gcc(&["-O0", "-fno-omit-frame-pointer"])?))
+        let optimized = gcc(&["-O2", "-fomit-frame-pointer"]);
+        (optimized, gcc(&["-O0", "-fno-omit-frame-pointer"]))
     };
-    BUILT.get_or_init(build).as_ref()
+    Some(BUILT.get_or_init(build))
 }
 
-fn gcc(flags: &[&str]) -> Option<Vec<u8>> {
+fn gcc(flags: &[&str]) -> Vec<u8> {
     let name = format!("leaktrace-unwind-{}{}", std::process::id(), flags[0]);
     let dir = std::env::temp_dir().join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -273,10 +381,7 @@ fn gcc(flags: &[&str]) -> Option<Vec<u8>> {
     let built = status.as_ref().is_ok_and(std::process::ExitStatus::success);
     let built = built.then(|| std::fs::read(&binary).unwrap());
     let _: Result<_, _> = std::fs::remove_dir_all(&dir);
-    if built.is_none() {
-        eprintln!("SKIPPED: gcc {flags:?} fixture: {status:?}");
-    }
-    built
+    built.unwrap_or_else(|| panic!("gcc {flags:?} could not build the fixture: {status:?}"))
 }
 
 /// The pcs just after `push %rbp` and just after `mov %rsp,%rbp` in a
@@ -306,7 +411,9 @@ fn frame_setup(data: &[u8], function: &str) -> (u64, u64, u64) {
 
 #[test]
 fn fixture_frame_pointers_outermost_and_plt() {
-    let Some((optimized, framed)) = fixtures() else {
+    let Some((optimized, framed)) =
+        fixtures("unwind::tests::fixture_frame_pointers_outermost_and_plt")
+    else {
         return;
     };
     for data in [optimized, framed] {
@@ -357,10 +464,10 @@ fn fixture_frame_pointers_outermost_and_plt() {
 /// `cargo test --release -p leaktrace --lib unwind -- --nocapture`.
 #[test]
 fn sizes_and_times() {
-    for path in [LIBC, PYTHON] {
-        let Some(data) = read_or_skip(path) else {
-            continue;
-        };
+    let Some(objects) = libc_and_python("unwind::tests::sizes_and_times") else {
+        return;
+    };
+    for (path, data) in objects {
         let began = Instant::now();
         let (rows, stats) = build_table_with_stats(&data).unwrap();
         let took = began.elapsed();

@@ -1,7 +1,8 @@
-//! The test environment: the leaktrace binary under test, root checks (and
-//! the loud skip when not root), tools on PATH, and the lock that makes
-//! tracing tests run one at a time.
+//! The test environment: the leaktrace binary under test, root and tool
+//! checks (a failure, or a counted skip: see `prerequisite`), tools on
+//! PATH, and the lock that makes tracing tests run one at a time.
 
+use super::prerequisite::prerequisite_missing;
 use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
@@ -31,22 +32,28 @@ pub(crate) fn is_root() -> bool {
     effective_uid() == 0
 }
 
-/// True when the test may proceed. Not root: prints a loud SKIPPED line and
-/// returns false, unless `CI` is set, where a skipped tracer test would hide
-/// a broken build: then it panics.
+/// True when the test may proceed. Not root: the test fails, saying so,
+/// unless skips are allowed (`LEAKTRACE_ALLOW_SKIPS=1`, never under `CI`):
+/// then it prints a loud SKIPPED line, the skip is counted and this
+/// returns false (see [`prerequisite_missing`]).
 pub(crate) fn require_root(test: &str) -> bool {
     if is_root() {
         return true;
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: needs root, and CI is set: refusing to skip (run the tests as root)"
+    prerequisite_missing(
+        test,
+        "root (leaktrace loads eBPF programs: run the tests as root)",
     );
-    eprintln!();
-    eprintln!("=================================================================");
-    eprintln!("SKIPPED (needs root): {test}: leaktrace loads eBPF programs");
-    eprintln!("=================================================================");
-    eprintln!();
+    false
+}
+
+/// True when `tool` is on PATH; otherwise [`prerequisite_missing`] (with
+/// `hint`, e.g. the package to install) and false when skips are allowed.
+pub(crate) fn require_tool(test: &str, tool: &str, hint: &str) -> bool {
+    if have_tool(tool) {
+        return true;
+    }
+    prerequisite_missing(test, &format!("{tool} ({hint})"));
     false
 }
 

@@ -2,6 +2,10 @@
 //!
 //! - [`table`]: the expected-leak table of the `leaky` fixture;
 //! - [`environment`]: the binary under test, root checks, tools, serialization;
+//! - [`prerequisite`]: a missing prerequisite fails the test, or (when
+//!   `LEAKTRACE_ALLOW_SKIPS=1`, never under `CI`) is a counted skip;
+//! - [`objdump`]: readelf and objdump as an oracle for where probes go;
+//! - [`probed`]: where a process's memory holds the int3 of a uprobe;
 //! - [`fixtures`]: temporary directories, building fixtures with gcc into
 //!   them, the site markers of a fixture source;
 //! - [`http`]: starting `leaktrace serve` and GETs against it;
@@ -17,6 +21,9 @@
 pub(crate) mod environment;
 pub(crate) mod fixtures;
 pub(crate) mod http;
+pub(crate) mod objdump;
+pub(crate) mod prerequisite;
+pub(crate) mod probed;
 pub(crate) mod process;
 pub(crate) mod report;
 pub(crate) mod table;
@@ -25,7 +32,7 @@ pub(crate) mod valgrind;
 // Each test file uses only some of these: the rest are unused there.
 #[allow(unused_imports)]
 pub(crate) use environment::{
-    effective_uid, have_tool, is_root, leaktrace_bin, require_root, serial,
+    effective_uid, have_tool, is_root, leaktrace_bin, require_root, require_tool, serial,
 };
 #[allow(unused_imports)]
 pub(crate) use fixtures::{
@@ -33,6 +40,8 @@ pub(crate) use fixtures::{
 };
 #[allow(unused_imports)]
 pub(crate) use http::{Server, get, start_serve};
+#[allow(unused_imports)]
+pub(crate) use prerequisite::prerequisite_missing;
 #[allow(unused_imports)]
 pub(crate) use process::{
     Finished, Guarded, Lines, assert_one_error_line, leaktrace, output_text, run_json,
