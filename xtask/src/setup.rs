@@ -32,11 +32,13 @@ pub(crate) fn all() -> Result<()> {
 
 /// What the test suite needs beyond the build: jemalloc (traced as Debian's
 /// redis-server uses it), valgrind (the oracle the leak numbers are
-/// checked against) and golang-go (`go tool pprof` reads the pprof output).
+/// checked against), golang-go (`go tool pprof` reads the pprof output)
+/// and dwarves (pahole: the oracle for the kernel struct offsets leaktrace
+/// reads from BTF).
 pub(crate) fn test_dependencies() -> Result<()> {
     apt_packages(
-        &["libjemalloc2", "valgrind", "golang-go"],
-        "the test suite traces jemalloc, checks against valgrind and reads pprof output with go tool pprof",
+        &["libjemalloc2", "valgrind", "golang-go", "dwarves"],
+        "the test suite traces jemalloc, checks against valgrind, reads pprof output with go tool pprof and checks BTF offsets with pahole",
     )
 }
 

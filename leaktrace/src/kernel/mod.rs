@@ -6,6 +6,7 @@
 //! exits (SIGKILL included), the kernel closes the fds and removes the
 //! probes, so the traced process never keeps paying for a dead tracer.
 pub(crate) mod attach;
+pub(crate) mod btf;
 pub(crate) mod unwind_tables;
 
 use std::{num::NonZeroU32, path::Path};
