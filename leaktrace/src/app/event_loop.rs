@@ -31,6 +31,16 @@ const GROWTH_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often the ring buffer is drained when the kernel has not woken us.
 const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// Records applied per drain before the loop looks at its timers, signals
+/// and requests again (tens of milliseconds of work at most).
+const DRAIN_BATCH: usize = 1 << 16;
+
+/// Records applied after the stop, before the final report: what the ring
+/// buffer holds (16 MiB of records of 96 bytes and more is under 200,000),
+/// bounded so that processes that keep allocating under `--all` cannot hold
+/// the final report back.
+const FINAL_DRAIN: usize = 1 << 22;
+
 /// Drains events until a stop condition, then drains the rest and writes
 /// the final report. `child` is the pid to forward SIGINT/SIGTERM to when
 /// leaktrace launched it (the command decides when to stop).
@@ -68,15 +78,17 @@ pub(super) async fn trace_loop(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                tracer.drain(guard.get_inner_mut());
-                guard.clear_ready();
+                // A full batch may have left records behind: stay ready.
+                if tracer.drain(guard.get_inner_mut(), DRAIN_BATCH) < DRAIN_BATCH {
+                    guard.clear_ready();
+                }
             }
             _ = drain_timer.tick() => {
-                tracer.drain(ring.get_mut());
+                tracer.drain(ring.get_mut(), DRAIN_BATCH);
                 tracer.housekeeping(false);
             }
             _ = growth_timer.tick() => {
-                tracer.drain(ring.get_mut());
+                tracer.drain(ring.get_mut(), DRAIN_BATCH);
                 tracer.housekeeping(true);
                 tracer.record_growth();
             }
@@ -87,7 +99,7 @@ pub(super) async fn trace_loop(
                 Err(err) => tracer.progress(&format!("http: accepting a connection: {err}")),
             },
             Some((page, reply)) = pages.recv() => {
-                tracer.drain(ring.get_mut());
+                tracer.drain(ring.get_mut(), DRAIN_BATCH);
                 let response = tracer.page(page).unwrap_or_else(|err| {
                     tracer.progress(&format!("http: {err:#}"));
                     ("500 Internal Server Error", "text/plain", format!("{err:#}\n").into_bytes())
@@ -101,7 +113,7 @@ pub(super) async fn trace_loop(
             },
             () = sleep_until(deadline) => break Stop::DurationElapsed,
             () = sleep_until(next_report) => {
-                tracer.drain(ring.get_mut());
+                tracer.drain(ring.get_mut(), DRAIN_BATCH);
                 tracer.emit(false)?;
                 next_report = interval.map(|i| tokio::time::Instant::now() + i);
             }
@@ -125,7 +137,7 @@ pub(super) async fn trace_loop(
             },
         }
     };
-    tracer.drain(ring.get_mut());
+    tracer.drain(ring.get_mut(), FINAL_DRAIN);
     match &stop {
         Stop::Exited(Some(status)) => tracer.progress(&format!("the command exited ({status:?})")),
         Stop::Exited(None) => tracer.progress("the traced processes exited"),

@@ -148,11 +148,23 @@ impl Tracer {
         })
     }
 
-    /// Applies every record waiting in the ring buffer.
-    pub(super) fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
-        while let Some(item) = ring.next() {
+    /// Applies the records waiting in the ring buffer, at most `limit` of
+    /// them: under `--all` on a busy host records can arrive as fast as
+    /// they are read, and an unbounded drain would never let the loop
+    /// report, answer HTTP or stop. Returns how many were applied.
+    pub(super) fn drain(
+        &mut self,
+        ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+        limit: usize,
+    ) -> usize {
+        let mut applied = 0;
+        while applied < limit
+            && let Some(item) = ring.next()
+        {
             self.ingest(&item);
+            applied += 1;
         }
+        applied
     }
 
     fn ingest(&mut self, bytes: &[u8]) {
