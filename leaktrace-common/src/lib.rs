@@ -5,8 +5,10 @@
 //! writes these into the ring buffer and userspace decodes them from bytes.
 #![no_std]
 
+mod python;
 mod settings;
 mod unwinding;
+pub use python::*;
 pub use settings::*;
 pub use unwinding::*;
 
@@ -158,8 +160,8 @@ pub struct EventHeader {
 ///
 /// On the wire the event is followed by `header.stack_len` return addresses
 /// (u64, innermost first, captured at the call's return: the first one is
-/// inside the function that called the allocator), and nothing more: a
-/// record is as long as its stack, not `MAX_STACK_DEPTH` frames.
+/// inside the function that called the allocator), then `python_frames`
+/// pairs of words, and nothing more: a record is as long as its stacks.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AllocEvent {
@@ -176,6 +178,13 @@ pub struct AllocEvent {
     pub fp_frames: u64,
     /// `FLAG_*` bits.
     pub flags: u64,
+    /// Python frames that follow the native stack (`PYTHON_WALKED`): two
+    /// words each, the code object's address and the raw position
+    /// (`f_lasti`, or the instruction pointer), `PYTHON_ENTRY_BIT` marking
+    /// the first frame of a native eval call.
+    pub python_frames: u32,
+    /// `PYTHON_*`: whether frames were walked, and if not, why.
+    pub python_status: u32,
 }
 
 /// `AllocEvent::flags`: the block the call returned is sampled (always set
@@ -202,8 +211,13 @@ pub struct SampledKey {
 #[derive(Clone, Copy, Debug)]
 pub struct AllocRecord {
     pub event: AllocEvent,
-    pub stack: [u64; MAX_STACK_DEPTH],
+    /// The native stack, then the Python frames' word pairs.
+    pub stack: [u64; RECORD_WORDS],
 }
+
+/// Words after an allocating record's fixed part: the native stack and
+/// two per Python frame.
+pub const RECORD_WORDS: usize = MAX_STACK_DEPTH + 2 * MAX_PYTHON_FRAMES;
 
 /// A call that releases memory: free, dallocx, sdallocx, munmap.
 #[repr(C)]
@@ -285,7 +299,9 @@ mod user {
     unsafe impl aya::Pod for super::ProcessMappings {}
     // SAFETY: u32, u32, u64: no holes.
     unsafe impl aya::Pod for super::SampledKey {}
-    // SAFETY: six u32 (the last one explicit padding), then a u64: 32
-    // bytes, no holes.
+    // SAFETY: six u32, then a u64: 32 bytes, no holes.
     unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: a u64 then fourteen u32 (the last explicit padding): 64
+    // bytes, no holes.
+    unsafe impl aya::Pod for super::PythonProcess {}
 }

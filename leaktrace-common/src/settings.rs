@@ -35,7 +35,11 @@ pub struct Settings {
     /// such field, and then a process counts as gone when its main thread
     /// exits.
     pub group_dead_offset: u32,
-    pub _padding: u32,
+    /// Offset of the FS base (`pthread_self()`) in the kernel's
+    /// `task_struct` (`thread.fsbase`, from BTF); 0 when unknown, and then
+    /// no Python frames are walked (the allocating thread could not be
+    /// told from the GIL holder).
+    pub task_fsbase_offset: u32,
     /// Seed of the kernel's per-CPU generators that pick sampling gaps from
     /// the pool (`EXPONENTIAL_POOL`); each CPU mixes in its id. The same
     /// seed and the same pool give the same gaps, so a test can fix both.

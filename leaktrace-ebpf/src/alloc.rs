@@ -15,12 +15,13 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use leaktrace_common::{
-    AllocEvent, AllocFn, EntryStash, FLAG_SAMPLED, LossCounter, MAX_STACK_DEPTH,
+    AllocEvent, AllocFn, EntryStash, FLAG_SAMPLED, LossCounter, MAX_PYTHON_FRAMES, MAX_STACK_DEPTH,
+    PYTHON_NONE, RECORD_WORDS,
 };
 
 use crate::{
     maps::{EVENTS, SCRATCH, count_loss, header, is_nested, stash_slot, submit_flags, user_sp},
-    sampling, settings, stack,
+    runtime, sampling, settings, stack,
 };
 
 /// Set to 1 by userspace once every probe is attached. Before that, a return
@@ -30,7 +31,7 @@ use crate::{
 static ARMED: Array<u32> = Array::with_max_entries(1, 0);
 
 #[uprobe]
-pub fn alloc_entry(ctx: ProbeContext) -> u32 {
+pub(crate) fn alloc_entry(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if settings::is_self(pid_tgid) {
         return 0;
@@ -111,7 +112,7 @@ fn sampled_flags(stash: &EntryStash, pid: u32, ret: u64, out: u64) -> Option<u64
 }
 
 #[uretprobe]
-pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+pub(crate) fn alloc_return(ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if settings::is_self(pid_tgid) {
         return 0;
@@ -162,6 +163,13 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         } else {
             stack::capture(pid, regs, record)
         };
+        let depth = depth.min(MAX_STACK_DEPTH as u32);
+        let (python_frames, python_status) = if flags & FLAG_SAMPLED == 0 {
+            (0, PYTHON_NONE)
+        } else {
+            runtime::python::capture(pid, depth)
+        };
+        let python_frames = python_frames.min(MAX_PYTHON_FRAMES as u32);
         let mut event_header = header(stash.func, pid_tgid, bpf_ktime_get_ns());
         event_header.stack_len = depth;
         (*record).event = AllocEvent {
@@ -171,11 +179,13 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
             out,
             fp_frames,
             flags,
+            python_frames,
+            python_status,
         };
-        let depth = (depth as usize).min(MAX_STACK_DEPTH);
+        let words = (depth + 2 * python_frames) as usize;
         let bytes = core::slice::from_raw_parts(
             record.cast::<u8>(),
-            size_of::<AllocEvent>() + depth * size_of::<u64>(),
+            size_of::<AllocEvent>() + words.min(RECORD_WORDS) * size_of::<u64>(),
         );
         if EVENTS.output::<[u8]>(bytes, submit_flags()).is_err() {
             // A block added to the sampled set here stays there until its

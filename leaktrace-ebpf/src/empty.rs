@@ -8,12 +8,12 @@ use aya_ebpf::{
 
 /// Benchmark floor: the same probes, attached to programs that do nothing.
 #[uprobe]
-pub fn empty_entry(_ctx: ProbeContext) -> u32 {
+pub(crate) fn empty_entry(_ctx: ProbeContext) -> u32 {
     0
 }
 
 /// Benchmark floor, return side.
 #[uretprobe]
-pub fn empty_return(_ctx: RetProbeContext) -> u32 {
+pub(crate) fn empty_return(_ctx: RetProbeContext) -> u32 {
     0
 }

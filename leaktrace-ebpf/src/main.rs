@@ -27,6 +27,7 @@ mod empty;
 mod maps;
 mod process;
 mod release;
+mod runtime;
 mod sampling;
 mod settings;
 mod stack;

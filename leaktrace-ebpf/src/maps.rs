@@ -15,7 +15,7 @@ use leaktrace_common::{
 
 /// Events to userspace. The size is set by the loader (`--ring-buffer-size`).
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
 /// Wake the daemon only once this much is waiting. By default the kernel
 /// wakes the consumer on every record it has caught up to, which for a
@@ -26,7 +26,7 @@ const WAKEUP_BYTES: u64 = 256 * 1024;
 
 /// Flags for `EVENTS.output` on the allocator's hot path (see `WAKEUP_BYTES`).
 #[inline(always)]
-pub fn submit_flags() -> u64 {
+pub(crate) fn submit_flags() -> u64 {
     if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
@@ -36,7 +36,7 @@ pub fn submit_flags() -> u64 {
 
 /// The header of a record from this thread.
 #[inline(always)]
-pub fn header(func: u32, pid_tgid: u64, timestamp_ns: u64) -> EventHeader {
+pub(crate) fn header(func: u32, pid_tgid: u64, timestamp_ns: u64) -> EventHeader {
     EventHeader {
         func,
         pid: (pid_tgid >> 32) as u32,
@@ -51,7 +51,7 @@ pub fn header(func: u32, pid_tgid: u64, timestamp_ns: u64) -> EventHeader {
 static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_COUNTERS, 0);
 
 #[inline(always)]
-pub fn count_loss(counter: LossCounter) {
+pub(crate) fn count_loss(counter: LossCounter) {
     if let Some(slot) = LOSSES.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, programs on one CPU do not preempt each other.
         unsafe { *slot += 1 };
@@ -64,13 +64,13 @@ static STASH: Array<EntryStash> = Array::with_max_entries(STASH_SLOTS, 0);
 
 /// This thread's stash slot.
 #[inline(always)]
-pub fn stash_slot(tid: u32) -> Option<*mut EntryStash> {
+pub(crate) fn stash_slot(tid: u32) -> Option<*mut EntryStash> {
     STASH.get_ptr_mut(tid & (STASH_SLOTS - 1))
 }
 
 /// The traced thread's user stack pointer.
 #[inline(always)]
-pub fn user_sp<C: EbpfContext>(ctx: &C) -> u64 {
+pub(crate) fn user_sp<C: EbpfContext>(ctx: &C) -> u64 {
     let regs = ctx.as_ptr() as *const pt_regs;
     // SAFETY: uprobe contexts are the traced thread's saved user registers.
     unsafe { (*regs).rsp }
@@ -84,14 +84,14 @@ const NESTING_WINDOW: u64 = 64 * 1024;
 
 /// Whether a call starting at `sp` runs inside the call stashed at `outer_sp`.
 #[inline(always)]
-pub fn is_nested(outer_sp: u64, sp: u64) -> bool {
+pub(crate) fn is_nested(outer_sp: u64, sp: u64) -> bool {
     outer_sp.wrapping_sub(sp) < NESTING_WINDOW
 }
 
 /// True when an outer allocator call is running on this thread, i.e. the
 /// current call is the allocator calling into itself.
 #[inline(always)]
-pub fn inside_allocator(tid: u32, sp: u64) -> bool {
+pub(crate) fn inside_allocator(tid: u32, sp: u64) -> bool {
     match stash_slot(tid) {
         // SAFETY: plain reads of this thread's slot.
         Some(slot) => unsafe {
@@ -104,4 +104,4 @@ pub fn inside_allocator(tid: u32, sp: u64) -> bool {
 /// Per-CPU scratch where an allocating record is built: only its used part
 /// (the event and the frames captured) goes into the ring buffer.
 #[map]
-pub static SCRATCH: PerCpuArray<AllocRecord> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static SCRATCH: PerCpuArray<AllocRecord> = PerCpuArray::with_max_entries(1, 0);

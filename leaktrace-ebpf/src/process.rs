@@ -49,7 +49,7 @@ fn send_process_event(func: u32, pid_tgid: u64) {
 
 /// sched:sched_process_exec: a traced process replaced its image.
 #[tracepoint]
-pub fn on_exec(_ctx: TracePointContext) -> u32 {
+pub(crate) fn on_exec(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if is_traced(pid_tgid) {
         // The old image's mappings no longer hold: until the daemon has
@@ -66,7 +66,7 @@ pub fn on_exec(_ctx: TracePointContext) -> u32 {
 /// Every record the process sent is in the ring buffer before this one: no
 /// user code runs after its last thread entered exit.
 #[tracepoint]
-pub fn on_exit(ctx: TracePointContext) -> u32 {
+pub(crate) fn on_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // A thread that dies inside the allocator (killed, or its process
     // exec'd) never returns: free its stash slot, which would otherwise

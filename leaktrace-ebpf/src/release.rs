@@ -16,7 +16,7 @@ use crate::{
 };
 
 #[uprobe]
-pub fn release_entry(ctx: ProbeContext) -> u32 {
+pub(crate) fn release_entry(ctx: ProbeContext) -> u32 {
     let addr = ctx.arg::<u64>(0).unwrap_or(0);
     if addr == 0 {
         // free(NULL) is a no-op; it costs no event (checked first: it

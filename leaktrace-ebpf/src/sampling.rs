@@ -104,7 +104,7 @@ fn next_gap() -> i64 {
 
 /// Whether the call about to run allocates a sampled block.
 #[inline(always)]
-pub fn decide(func: u32, args: &[u64; 4]) -> bool {
+pub(crate) fn decide(func: u32, args: &[u64; 4]) -> bool {
     if settings::sample_mean() == 0
         || func == AllocFn::Mmap as u32
         || func == AllocFn::Mremap as u32
@@ -136,7 +136,7 @@ pub fn decide(func: u32, args: &[u64; 4]) -> bool {
 
 /// Records a sampled block; false (counted) when the map is full.
 #[inline(always)]
-pub fn record(pid: u32, addr: u64) -> bool {
+pub(crate) fn record(pid: u32, addr: u64) -> bool {
     let key = SampledKey {
         pid,
         _padding: 0,
@@ -151,7 +151,7 @@ pub fn record(pid: u32, addr: u64) -> bool {
 
 /// Whether a block is a sampled one.
 #[inline(always)]
-pub fn contains(pid: u32, addr: u64) -> bool {
+pub(crate) fn contains(pid: u32, addr: u64) -> bool {
     let key = SampledKey {
         pid,
         _padding: 0,
@@ -163,7 +163,7 @@ pub fn contains(pid: u32, addr: u64) -> bool {
 
 /// Forgets a block; true when it was a sampled one.
 #[inline(always)]
-pub fn forget(pid: u32, addr: u64) -> bool {
+pub(crate) fn forget(pid: u32, addr: u64) -> bool {
     let key = SampledKey {
         pid,
         _padding: 0,

@@ -14,7 +14,7 @@ static SETTINGS: Settings = Settings {
     self_pid: 0,
     trace_all: 0,
     group_dead_offset: 0,
-    _padding: 0,
+    task_fsbase_offset: 0,
     sample_seed: 0,
 };
 
@@ -30,37 +30,43 @@ macro_rules! setting {
 
 /// Mean bytes between samples; 0 when every call is recorded.
 #[inline(always)]
-pub fn sample_mean() -> u32 {
+pub(crate) fn sample_mean() -> u32 {
     setting!(sample_mean)
 }
 
 /// Seed of the per-CPU generators that pick sampling gaps.
 #[inline(always)]
-pub fn sample_seed() -> u64 {
+pub(crate) fn sample_seed() -> u64 {
     setting!(sample_seed)
 }
 
 /// Whether stacks are walked with .eh_frame tables (else frame pointers).
 #[inline(always)]
-pub fn dwarf_stacks() -> bool {
+pub(crate) fn dwarf_stacks() -> bool {
     setting!(stack_mode) == STACK_MODE_DWARF
 }
 
 /// Whether every process is traced (`--all`).
 #[inline(always)]
-pub fn trace_all() -> bool {
+pub(crate) fn trace_all() -> bool {
     setting!(trace_all) != 0
 }
 
 /// Offset of `group_dead` in sched_process_exit's record; 0: no such field.
 #[inline(always)]
-pub fn group_dead_offset() -> usize {
+pub(crate) fn group_dead_offset() -> usize {
     setting!(group_dead_offset) as usize
 }
 
 /// True for leaktrace's own calls. Only system-wide probes (`--all`) see
 /// them; without this check the daemon would trace itself tracing.
 #[inline(always)]
-pub fn is_self(pid_tgid: u64) -> bool {
+pub(crate) fn is_self(pid_tgid: u64) -> bool {
     setting!(self_pid) == (pid_tgid >> 32) as u32
+}
+
+/// Offset of the FS base in `task_struct`; 0 when unknown (no Python walk).
+#[inline(always)]
+pub(crate) fn task_fsbase_offset() -> u32 {
+    setting!(task_fsbase_offset)
 }

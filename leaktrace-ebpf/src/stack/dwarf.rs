@@ -36,7 +36,7 @@ static PROCESS_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UNWIND_P
 /// Drops a process's tables (it exec'd: its mappings no longer hold): its
 /// stacks fall back to frame pointers until userspace loads the new ones.
 #[inline(always)]
-pub fn forget_process(pid: u32) {
+pub(crate) fn forget_process(pid: u32) {
     let _ = PROCESS_SLOTS.remove(pid);
 }
 
@@ -173,7 +173,7 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
 /// Walks the stack from the registers at the allocator's return into the
 /// scratch record's stack. Returns (frames, frame-pointer fallback bits).
 #[inline(always)]
-pub fn walk(pid: u32, pc: u64, sp: u64, bp: u64) -> (u32, u64) {
+pub(crate) fn walk(pid: u32, pc: u64, sp: u64, bp: u64) -> (u32, u64) {
     let Some(record) = SCRATCH.get_ptr_mut(0) else {
         return (0, 0);
     };

@@ -4,7 +4,7 @@
 //! binaries) it stops early or follows garbage: `dwarf` is the walk for
 //! those.
 use aya_ebpf::{bindings::pt_regs, helpers::bpf_probe_read_user};
-use leaktrace_common::MAX_STACK_DEPTH;
+use leaktrace_common::{MAX_STACK_DEPTH, RECORD_WORDS};
 
 /// A frame record as frame-pointer code lays it out: saved rbp, then the
 /// return address.
@@ -29,7 +29,7 @@ struct FrameRecord {
 ///
 /// `regs` must point at a uprobe context's saved user registers.
 #[inline(always)]
-pub unsafe fn walk(regs: *const pt_regs, stack: &mut [u64; MAX_STACK_DEPTH]) -> u32 {
+pub(crate) unsafe fn walk(regs: *const pt_regs, stack: &mut [u64; RECORD_WORDS]) -> u32 {
     // SAFETY: uprobe contexts point at the thread's saved user registers.
     let (ip, mut frame) = unsafe { ((*regs).rip, (*regs).rbp) };
     stack[0] = ip;

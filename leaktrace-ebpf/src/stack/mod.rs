@@ -6,7 +6,7 @@
 //! - `frame_pointers`: follow the rbp chain, one user read per frame.
 //! - `dwarf`: step with .eh_frame rows that userspace loads per object,
 //!   falling back to frame pointers where an object has none.
-pub mod dwarf;
+pub(crate) mod dwarf;
 mod frame_pointers;
 
 use aya_ebpf::bindings::pt_regs;
@@ -23,7 +23,11 @@ use crate::settings;
 /// `regs` must be a uprobe context's saved user registers and `record` this
 /// CPU's scratch record (`SCRATCH`).
 #[inline(always)]
-pub unsafe fn capture(pid: u32, regs: *const pt_regs, record: *mut AllocRecord) -> (u32, u64) {
+pub(crate) unsafe fn capture(
+    pid: u32,
+    regs: *const pt_regs,
+    record: *mut AllocRecord,
+) -> (u32, u64) {
     if settings::dwarf_stacks() {
         // SAFETY: `regs` are the saved user registers (see the contract).
         let (pc, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };

@@ -33,6 +33,10 @@ fn kernel_options(options: &ReportOptions) -> KernelOptions {
         sample_mean: options.sample_mean(),
         sampled_blocks: options.sampled_blocks,
         sample_seed: options.sample_seed,
+        task_fsbase_offset: kernel::btf::task_fsbase_offset().unwrap_or_else(|err| {
+            eprintln!("leaktrace: warning: Python frames will not be walked: {err:#}");
+            0
+        }),
     }
 }
 

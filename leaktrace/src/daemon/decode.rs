@@ -5,14 +5,16 @@
 //! for what its header promises, or names an unknown function, is an error
 //! (counted as a loss), never a panic.
 use leaktrace_common::{
-    AllocEvent, AllocFn, EXEC_EVENT, EXIT_EVENT, EventHeader, MAX_STACK_DEPTH, ReleaseEvent,
+    AllocEvent, AllocFn, EXEC_EVENT, EXIT_EVENT, EventHeader, MAX_PYTHON_FRAMES, MAX_STACK_DEPTH,
+    ReleaseEvent,
 };
 
 /// A record as it came from the kernel.
 #[derive(Clone, Copy, Debug)]
 pub enum Record<'a> {
-    /// The event and its stack (return addresses, innermost first).
-    Alloc(&'a AllocEvent, &'a [u64]),
+    /// The event, its stack (return addresses, innermost first) and its
+    /// Python frames (word pairs: code object, position; innermost first).
+    Alloc(&'a AllocEvent, &'a [u64], &'a [u64]),
     Release(&'a ReleaseEvent),
     /// The process called exec: its old address space is gone.
     Exec(&'a EventHeader),
@@ -63,15 +65,18 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
         // SAFETY: as above, for the fixed part of the record.
         let event = unsafe { &*bytes.as_ptr().cast::<AllocEvent>() };
         let frames = (event.header.stack_len as usize).min(MAX_STACK_DEPTH);
+        let python_words = 2 * (event.python_frames as usize).min(MAX_PYTHON_FRAMES);
         let stack_bytes = &bytes[fixed..];
-        if stack_bytes.len() < frames * size_of::<u64>() {
+        if stack_bytes.len() < (frames + python_words) * size_of::<u64>() {
             return Err(DecodeError::TooShort);
         }
         // SAFETY: `fixed` is a multiple of 8 from an 8-aligned start, and
         // the length was checked.
-        let stack =
-            unsafe { std::slice::from_raw_parts(stack_bytes.as_ptr().cast::<u64>(), frames) };
-        Ok(Record::Alloc(event, stack))
+        let words = unsafe {
+            std::slice::from_raw_parts(stack_bytes.as_ptr().cast::<u64>(), frames + python_words)
+        };
+        let (stack, python) = words.split_at(frames);
+        Ok(Record::Alloc(event, stack, python))
     }
 }
 
@@ -111,9 +116,10 @@ mod tests {
             },
             ..AllocEvent::default()
         };
-        let words = encode_alloc(&event, &[0xa, 0xb]);
+        let words = encode_alloc(&event, &[0xa, 0xb], &[]);
         match decode(as_bytes(&words)).unwrap() {
-            Record::Alloc(e, stack) => {
+            Record::Alloc(e, stack, python) => {
+                assert!(python.is_empty());
                 assert_eq!(e.header.stack_len, 2);
                 assert_eq!(stack, [0xa, 0xb]);
             }
@@ -122,6 +128,32 @@ mod tests {
         // stack_len promising more frames than sent is rejected.
         assert_eq!(
             decode(&as_bytes(&words)[..as_bytes(&words).len() - 8]).unwrap_err(),
+            DecodeError::TooShort
+        );
+    }
+
+    #[test]
+    fn python_frames_follow_the_native_stack() {
+        let event = AllocEvent {
+            header: EventHeader {
+                func: AllocFn::Malloc as u32,
+                ..EventHeader::default()
+            },
+            ..AllocEvent::default()
+        };
+        let words = encode_alloc(&event, &[0xa, 0xb], &[0xc0de, 7, 0xc0df, 9]);
+        match decode(as_bytes(&words)).unwrap() {
+            Record::Alloc(e, stack, python) => {
+                assert_eq!(e.python_frames, 2);
+                assert_eq!(stack, [0xa, 0xb]);
+                assert_eq!(python, [0xc0de, 7, 0xc0df, 9]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A record cut inside its Python frames is rejected.
+        let bytes = as_bytes(&words);
+        assert_eq!(
+            decode(&bytes[..bytes.len() - 8]).unwrap_err(),
             DecodeError::TooShort
         );
     }

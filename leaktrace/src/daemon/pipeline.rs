@@ -80,7 +80,7 @@ impl Pipeline {
                     .apply(event.header.pid, op, 0, event.header.timestamp_ns);
                 Ingested::Applied
             }
-            Ok(Record::Alloc(event, stack)) => {
+            Ok(Record::Alloc(event, stack, python)) => {
                 let func = AllocFn::from_u32(event.header.func).expect("decode checked it");
                 let mut op = contracts::interpret_alloc(func, event.args, event.ret, event.out);
                 if event.flags & FLAG_SAMPLED == 0 {
@@ -97,7 +97,7 @@ impl Pipeline {
                 // or release-only record keeps no stack.
                 let (site, new) = match op {
                     HeapOp::Alloc { .. } | HeapOp::Realloc { .. } => {
-                        self.sites.intern(pid, func, stack, event.fp_frames)
+                        self.sites.intern(pid, func, stack, python, event.fp_frames)
                     }
                     _ => (0, false),
                 };

@@ -5,9 +5,11 @@ use leaktrace_common::{AllocEvent, AllocFn, EventHeader, ReleaseEvent};
 
 /// Encodes an allocating record as the kernel sends it (tests, benchmarks).
 /// u64 storage keeps the 8-byte alignment the ring buffer guarantees.
-pub fn encode_alloc(event: &AllocEvent, stack: &[u64]) -> Vec<u64> {
+/// `python` holds the Python frames' word pairs.
+pub fn encode_alloc(event: &AllocEvent, stack: &[u64], python: &[u64]) -> Vec<u64> {
     let mut event = *event;
     event.header.stack_len = stack.len() as u32;
+    event.python_frames = (python.len() / 2) as u32;
     let mut words = vec![0u64; size_of::<AllocEvent>() / 8];
     // SAFETY: AllocEvent is plain data whose size is a multiple of 8.
     unsafe {
@@ -18,6 +20,7 @@ pub fn encode_alloc(event: &AllocEvent, stack: &[u64]) -> Vec<u64> {
         );
     };
     words.extend_from_slice(stack);
+    words.extend_from_slice(python);
     words
 }
 
@@ -51,8 +54,10 @@ pub fn malloc_record(pid: u32, addr: u64, size: u64, stack: &[u64], timestamp_ns
         out: 0,
         fp_frames: 0,
         flags: leaktrace_common::FLAG_SAMPLED,
+        python_frames: 0,
+        python_status: 0,
     };
-    encode_alloc(&event, stack)
+    encode_alloc(&event, stack, &[])
 }
 
 /// A `free(addr)` by `pid`, as the kernel sends it (tests, benchmarks).

@@ -23,6 +23,10 @@ pub struct CallSite {
     pub func: AllocFn,
     /// Return addresses captured at the allocator's return, innermost first.
     pub stack: Box<[u64]>,
+    /// Python frames, two words each (code object, position), innermost
+    /// first; empty for native code. Part of the site's identity: one
+    /// native stack runs many Python lines.
+    pub python: Box<[u64]>,
     /// Bit i set: frame i was found by the frame-pointer fallback of the
     /// .`eh_frame` unwinder (as first seen; not part of the site's identity).
     pub fp_frames: u64,
@@ -51,13 +55,18 @@ impl CallSites {
         pid: u32,
         func: AllocFn,
         stack: &[u64],
+        python: &[u64],
         fp_frames: u64,
     ) -> (SiteId, bool) {
-        let hash = self.hasher.hash_one((pid, func as u32, stack));
+        let hash = self.hasher.hash_one((pid, func as u32, stack, python));
         let ids = self.by_hash.entry(hash).or_default();
         for &id in ids.iter() {
             let site = &self.sites[id as usize];
-            if site.pid == pid && site.func == func && *site.stack == *stack {
+            if site.pid == pid
+                && site.func == func
+                && *site.stack == *stack
+                && *site.python == *python
+            {
                 return (id, false);
             }
         }
@@ -65,6 +74,7 @@ impl CallSites {
             pid,
             func,
             stack: stack.into(),
+            python: python.into(),
             fp_frames,
         };
         let id = if let Some(id) = self.free.pop() {
@@ -90,12 +100,13 @@ impl CallSites {
                     pid: 0,
                     func: AllocFn::Malloc,
                     stack: Box::new([]),
+                    python: Box::new([]),
                     fp_frames: 0,
                 },
             );
-            let hash = self
-                .hasher
-                .hash_one((site.pid, site.func as u32, &*site.stack));
+            let hash =
+                self.hasher
+                    .hash_one((site.pid, site.func as u32, &*site.stack, &*site.python));
             if let Entry::Occupied(mut bucket) = self.by_hash.entry(hash) {
                 bucket.get_mut().retain(|&other| other != id);
                 if bucket.get().is_empty() {
@@ -128,15 +139,18 @@ mod tests {
     #[test]
     fn same_site_same_id_different_anything_different_id() {
         let mut sites = CallSites::default();
-        let (a, new) = sites.intern(1, AllocFn::Malloc, &[1, 2, 3], 0);
+        let (a, new) = sites.intern(1, AllocFn::Malloc, &[1, 2, 3], &[], 0);
         assert!(new);
-        assert_eq!(sites.intern(1, AllocFn::Malloc, &[1, 2, 3], 0), (a, false));
+        assert_eq!(
+            sites.intern(1, AllocFn::Malloc, &[1, 2, 3], &[], 0),
+            (a, false)
+        );
         let others = [
-            sites.intern(2, AllocFn::Malloc, &[1, 2, 3], 0).0,
-            sites.intern(1, AllocFn::Calloc, &[1, 2, 3], 0).0,
-            sites.intern(1, AllocFn::Malloc, &[1, 2], 0).0,
-            sites.intern(1, AllocFn::Malloc, &[1, 2, 4], 0).0,
-            sites.intern(1, AllocFn::Malloc, &[], 0).0,
+            sites.intern(2, AllocFn::Malloc, &[1, 2, 3], &[], 0).0,
+            sites.intern(1, AllocFn::Calloc, &[1, 2, 3], &[], 0).0,
+            sites.intern(1, AllocFn::Malloc, &[1, 2], &[], 0).0,
+            sites.intern(1, AllocFn::Malloc, &[1, 2, 4], &[], 0).0,
+            sites.intern(1, AllocFn::Malloc, &[], &[], 0).0,
         ];
         let mut all = vec![a];
         all.extend(others);
@@ -150,9 +164,9 @@ mod tests {
     #[test]
     fn an_exited_process_sites_are_forgotten_and_their_ids_reused() {
         let mut sites = CallSites::default();
-        let (kept, _) = sites.intern(1, AllocFn::Malloc, &[1, 2], 0);
-        let (gone_a, _) = sites.intern(2, AllocFn::Malloc, &[1, 2], 0);
-        let (gone_b, _) = sites.intern(2, AllocFn::Calloc, &[3], 0);
+        let (kept, _) = sites.intern(1, AllocFn::Malloc, &[1, 2], &[], 0);
+        let (gone_a, _) = sites.intern(2, AllocFn::Malloc, &[1, 2], &[], 0);
+        let (gone_b, _) = sites.intern(2, AllocFn::Calloc, &[3], &[], 0);
         let mut forgotten = sites.forget_process(2);
         forgotten.sort_unstable();
         assert_eq!(forgotten, [gone_a, gone_b]);
@@ -160,9 +174,12 @@ mod tests {
         assert!(sites.forget_process(2).is_empty());
         // The same stack in a new process with the old pid is a new site,
         // on a reused id; the other process's site is untouched.
-        let (again, new) = sites.intern(2, AllocFn::Malloc, &[1, 2], 0);
+        let (again, new) = sites.intern(2, AllocFn::Malloc, &[1, 2], &[], 0);
         assert!(new && (again == gone_a || again == gone_b));
-        assert_eq!(sites.intern(1, AllocFn::Malloc, &[1, 2], 0), (kept, false));
+        assert_eq!(
+            sites.intern(1, AllocFn::Malloc, &[1, 2], &[], 0),
+            (kept, false)
+        );
         assert_eq!(sites.len(), 2);
         assert_eq!(sites.get(again).pid, 2);
     }

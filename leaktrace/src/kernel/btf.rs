@@ -2,7 +2,7 @@
 //! enough to find where a field sits in a kernel struct.
 //!
 //! Why: the Python frame walker must know which thread is allocating in the
-//! terms CPython uses, `pthread_self()`, which on x86-64 is the thread's FS
+//! terms `CPython` uses, `pthread_self()`, which on x86-64 is the thread's FS
 //! base. The kernel keeps it in `task_struct.thread.fsbase`, whose offset
 //! changes with the kernel's version and configuration. aya 0.14's eBPF side
 //! has no CO-RE field relocations, so userspace looks the offset up here and

@@ -57,6 +57,9 @@ pub(crate) struct KernelOptions {
     /// Seed of the sampling gaps (the pool userspace draws and the kernel's
     /// picks among it); None: one from the clock.
     pub sample_seed: Option<u64>,
+    /// `task_struct.thread.fsbase` (from BTF), for the Python frame walk;
+    /// 0 when unknown, and then no Python frames are walked.
+    pub task_fsbase_offset: u32,
 }
 
 /// The loaded programs and their maps. Dropping it detaches everything.
@@ -168,7 +171,7 @@ impl KernelProbes {
             self_pid: std::process::id(),
             trace_all: u32::from(trace_all),
             group_dead_offset: group_dead_offset().unwrap_or(0),
-            _padding: 0,
+            task_fsbase_offset: options.task_fsbase_offset,
             sample_seed,
         };
         let mut ebpf = EbpfLoader::new()
