@@ -11,9 +11,12 @@
 //! native, with one warning): a wrong version would name wrong frames.
 pub(crate) mod detect;
 pub(crate) mod elf;
+pub(crate) mod layout;
 pub(crate) mod process;
 pub(crate) mod version;
 
+#[cfg(test)]
+mod layout_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
