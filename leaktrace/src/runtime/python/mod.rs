@@ -12,11 +12,14 @@
 pub(crate) mod detect;
 pub(crate) mod elf;
 pub(crate) mod layout;
+pub(crate) mod line_table;
 pub(crate) mod process;
 pub(crate) mod version;
 
 #[cfg(test)]
 mod layout_tests;
+#[cfg(test)]
+mod line_table_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
