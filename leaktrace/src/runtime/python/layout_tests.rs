@@ -2,7 +2,7 @@
 //! a C program compiled with each version's headers prints `offsetof` of
 //! every field, and the table must say the same. A missing interpreter or
 //! header directory fails its test, naming it.
-use std::{collections::BTreeMap, path::PathBuf, process::Command};
+use std::{collections::BTreeMap, process::Command};
 
 use super::{
     layout::{EntryMarker, PythonLayout},
