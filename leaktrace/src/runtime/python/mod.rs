@@ -20,6 +20,11 @@ pub(crate) mod elf;
     dead_code,
     reason = "the userspace half of Python frames: wired in with the kernel walker (issue 10)"
 )]
+pub(crate) mod frames;
+#[allow(
+    dead_code,
+    reason = "the userspace half of Python frames: wired in with the kernel walker (issue 10)"
+)]
 pub(crate) mod layout;
 #[allow(
     dead_code,
@@ -31,6 +36,8 @@ pub(crate) mod version;
 
 #[cfg(test)]
 mod code_object_tests;
+#[cfg(test)]
+mod frames_tests;
 #[cfg(test)]
 mod layout_tests;
 #[cfg(test)]
