@@ -2,11 +2,15 @@
 //! a C program compiled with each version's headers prints `offsetof` of
 //! every field, and the table must say the same. A missing interpreter or
 //! header directory fails its test, naming it.
-use std::{collections::BTreeMap, process::Command};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use super::{
     layout::{EntryMarker, PythonLayout},
-    tests::pyenv_root,
+    tests::{DEBIAN_PYTHON, oracle as oracle_version, pyenv_root},
     version::PythonVersion,
 };
 
@@ -126,16 +130,20 @@ return 0;}
 "#;
 
 /// What the C oracle prints for pyenv's `build` ("3.11.7") with headers in
-/// `include/<dir>`.
+/// `include/<dir>`, or for `build` "debian-3.11.x" with `dir` an absolute path.
 fn oracle(build: &str, dir: &str) -> BTreeMap<String, u32> {
-    let include = pyenv_root()
-        .join("versions")
-        .join(build)
-        .join("include")
-        .join(dir);
+    let include = if Path::new(dir).is_absolute() {
+        PathBuf::from(dir)
+    } else {
+        pyenv_root()
+            .join("versions")
+            .join(build)
+            .join("include")
+            .join(dir)
+    };
     assert!(
         include.join("Python.h").exists(),
-        "pyenv's Python {build} headers are missing: no {}/Python.h (install it with `pyenv install {build}`)",
+        "Python {build} headers are missing: no {}/Python.h (pyenv: `pyenv install {build}`; Debian: `apt-get install python3.11-dev`)",
         include.display()
     );
     let work =
@@ -177,7 +185,10 @@ fn oracle(build: &str, dir: &str) -> BTreeMap<String, u32> {
 }
 
 fn check(build: &str, dir: &str) {
-    let mut numbers = build.split('.').map(|n| n.parse::<u8>().unwrap());
+    let mut numbers = build
+        .trim_start_matches("debian-")
+        .split('.')
+        .map(|n| n.parse::<u8>().unwrap());
     let version = PythonVersion {
         major: numbers.next().unwrap(),
         minor: numbers.next().unwrap(),
@@ -253,6 +264,14 @@ fn layout_3_12_matches_headers() {
 #[test]
 fn layout_3_13_matches_headers() {
     check("3.13.0", "python3.13");
+}
+
+/// Debian's python3.11 (static, LTO) has the layout of a release 3.11
+/// build: its own headers say so.
+#[test]
+fn layout_debian_python3_11_matches_headers() {
+    let version = oracle_version(Path::new(DEBIAN_PYTHON));
+    check(&format!("debian-{version}"), "/usr/include/python3.11");
 }
 
 #[test]
