@@ -46,5 +46,7 @@ mod line_table_tests;
 mod tests;
 #[cfg(test)]
 mod tests_live;
+#[cfg(test)]
+mod walk_tests;
 
 pub(crate) use self::process::{PythonCache, PythonFound};
