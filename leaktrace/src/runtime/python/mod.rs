@@ -7,6 +7,13 @@
 //! - [`elf`]: the symbols that mark an interpreter, read with bounds checks;
 //! - [`process`]: a process's mappings, each file read once.
 //!
+//! Then its frames (the userspace half; the kernel walker reads the chain):
+//!
+//! - [`layout`]: per-version offsets of thread state, frames, code objects;
+//! - [`line_table`]: instruction offset to line, in the three encodings;
+//! - [`code_object`]: a code object read from `/proc/PID/mem`, capped;
+//! - [`frames`]: Python frames spliced in place of the eval-loop frames.
+//!
 //! A version that cannot be read is reported as such (its frames stay
 //! native, with one warning): a wrong version would name wrong frames.
 #[allow(
