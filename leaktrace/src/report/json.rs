@@ -32,6 +32,8 @@ mod tests {
         assert_eq!(frame["module"], "/usr/bin/prog");
         assert_eq!(frame["address"], 0x401000);
         assert_eq!(frame["inlined"], false);
+        assert_eq!(frame["kind"], "native");
+        assert!(frame.get("python_unmatched").is_none());
         assert!(sites[1]["frames"][0]["file"].is_null());
         assert!(value["processes"][0]["runtime"].is_null());
     }

@@ -406,6 +406,8 @@ pub(crate) mod fixtures {
             address: 0x401000,
             inlined: false,
             fallback: false,
+            kind: crate::symbolize::FrameKind::Native,
+            python_unmatched: false,
         }
     }
 

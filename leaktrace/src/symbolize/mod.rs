@@ -14,6 +14,16 @@ mod process_maps;
 
 pub(crate) use process_maps::ProcessMaps;
 
+/// Where a frame comes from: native code, or Python code named from the
+/// interpreter's own frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrameKind {
+    #[default]
+    Native,
+    Python,
+}
+
 /// One symbolized frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Frame {
@@ -31,6 +41,15 @@ pub struct Frame {
     /// it had no .`eh_frame` rows (JIT, anonymous code), so this frame and the
     /// ones above it may be incomplete.
     pub fallback: bool,
+    /// `native`, or `python` for a frame of Python code (its function, file
+    /// and line come from the code object; `module` and `address` are those
+    /// of the interpreter's eval-loop frame that ran it).
+    pub kind: FrameKind,
+    /// An interpreter eval-loop frame left native because the Python frames
+    /// it ran could not be matched to it (a stack cut short, frames not
+    /// read); only written when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub python_unmatched: bool,
 }
 
 /// An object as the symbolizer knows it: the process's root and the path
@@ -90,6 +109,8 @@ impl Symbolizer {
                     address: addr,
                     inlined: false,
                     fallback,
+                    kind: FrameKind::Native,
+                    python_unmatched: false,
                 }),
             }
         }
@@ -155,6 +176,8 @@ impl Symbolizer {
                             address: 0,
                             inlined: true,
                             fallback: false,
+                            kind: FrameKind::Native,
+                            python_unmatched: false,
                         });
                     }
                     let (file, line) = location(sym.code_info.as_deref());
@@ -166,6 +189,8 @@ impl Symbolizer {
                         address: 0,
                         inlined: false,
                         fallback: false,
+                        kind: FrameKind::Native,
+                        python_unmatched: false,
                     });
                     Some(frames)
                 }
@@ -187,6 +212,8 @@ fn unknown_frame(path: &str, offset: u64) -> Frame {
         address: 0,
         inlined: false,
         fallback: false,
+        kind: FrameKind::Native,
+        python_unmatched: false,
     }
 }
 

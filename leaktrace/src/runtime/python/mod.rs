@@ -7,16 +7,53 @@
 //! - [`elf`]: the symbols that mark an interpreter, read with bounds checks;
 //! - [`process`]: a process's mappings, each file read once.
 //!
+//! Then its frames (the userspace half; the kernel walker reads the chain):
+//!
+//! - [`layout`]: per-version offsets of thread state, frames, code objects;
+//! - [`line_table`]: instruction offset to line, in the three encodings;
+//! - [`code_object`]: a code object read from `/proc/PID/mem`, capped;
+//! - [`frames`]: Python frames spliced in place of the eval-loop frames.
+//!
 //! A version that cannot be read is reported as such (its frames stay
 //! native, with one warning): a wrong version would name wrong frames.
+#[allow(
+    dead_code,
+    reason = "the userspace half of Python frames: wired in with the kernel walker (issue 10)"
+)]
+pub(crate) mod code_object;
 pub(crate) mod detect;
 pub(crate) mod elf;
+#[allow(
+    dead_code,
+    reason = "the userspace half of Python frames: wired in with the kernel walker (issue 10)"
+)]
+pub(crate) mod frames;
+#[allow(
+    dead_code,
+    reason = "the userspace half of Python frames: wired in with the kernel walker (issue 10)"
+)]
+pub(crate) mod layout;
+#[allow(
+    dead_code,
+    reason = "the userspace half of Python frames: wired in with the kernel walker (issue 10)"
+)]
+pub(crate) mod line_table;
 pub(crate) mod process;
 pub(crate) mod version;
 
 #[cfg(test)]
+mod code_object_tests;
+#[cfg(test)]
+mod frames_tests;
+#[cfg(test)]
+mod layout_tests;
+#[cfg(test)]
+mod line_table_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_live;
+#[cfg(test)]
+mod walk_tests;
 
 pub(crate) use self::process::{PythonCache, PythonFound};
