@@ -17,6 +17,7 @@ mod event_loop;
 mod exit_watch;
 mod http;
 mod output;
+mod python_frames;
 mod start;
 mod system_wide;
 mod tracer;

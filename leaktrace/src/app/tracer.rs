@@ -19,6 +19,7 @@ use super::{
     cli::ReportOptions,
     http::{self, Page},
     output::write_atomically,
+    python_frames::PythonFrames,
     system_wide::SystemWide,
 };
 use crate::{
@@ -73,6 +74,11 @@ pub(super) struct Tracer {
     processes: BTreeMap<u32, TracedProcess>,
     /// Which objects hold a Python interpreter, each file read once.
     python: PythonCache,
+    /// The Python processes whose frames the kernel walks, and their code
+    /// objects.
+    python_frames: PythonFrames,
+    /// Python processes whose frames could not be walked (one warning).
+    python_warnings: u64,
     symbolizer: Symbolizer,
     /// Each site's outstanding bytes at every interval.
     growth: GrowthTracker,
@@ -105,6 +111,8 @@ impl Tracer {
             },
             processes: BTreeMap::new(),
             python: PythonCache::default(),
+            python_frames: PythonFrames::default(),
+            python_warnings: 0,
             symbolizer: Symbolizer::default(),
             growth: GrowthTracker::default(),
             unwind_tables: Arc::new(Mutex::new(unwind_tables)),
@@ -172,7 +180,7 @@ impl Tracer {
             Ingested::Applied => {}
             // Make sure the new stack's code is in the mappings we know,
             // while the process is still there to ask.
-            Ingested::NewSite { pid, stack } => {
+            Ingested::NewSite { pid, stack, python } => {
                 let maps = self.process(pid).maps.clone();
                 let covered = {
                     let maps = maps.lock().expect("maps lock");
@@ -181,6 +189,11 @@ impl Tracer {
                 if !covered {
                     self.refresh_mappings(pid);
                 }
+                // The interpreter may have been mapped since the last look
+                // (`run`'s command at its entry point).
+                self.update_runtime(pid);
+                let python = python.to_vec();
+                self.python_frames.prefetch(pid, &python);
             }
             // The old image's sites are gone, and with them any use for
             // its mappings: a fresh history keeps them from hiding the new
@@ -195,6 +208,7 @@ impl Tracer {
                     process.runtime = None;
                     process.runtime_generation = None;
                 }
+                self.python_frames.exec(&mut self.kernel, pid);
                 self.track(pid);
                 if let Targets::All(system) = &mut self.targets {
                     system.exec_seen(pid);
@@ -222,11 +236,15 @@ impl Tracer {
         if let Targets::All(_) = self.targets {
             let forgotten = self.pipeline.forget_process(pid);
             self.let_go(forgotten);
+            self.python_frames.forget(&mut self.kernel, pid);
             if self.processes.remove(&pid).is_some() {
                 self.exited_processes += 1;
             }
-        } else if let Some(process) = self.processes.get_mut(&pid) {
-            process.exited = true;
+        } else {
+            self.python_frames.stop(&mut self.kernel, pid);
+            if let Some(process) = self.processes.get_mut(&pid) {
+                process.exited = true;
+            }
         }
     }
 
@@ -293,12 +311,23 @@ impl Tracer {
             return;
         }
         let found = self.python.detect(maps.root(), maps.current());
-        drop(maps);
         if let Some(warning) = self.python.first_warning(&found) {
             eprintln!("leaktrace: warning: {warning}");
         }
         process.runtime = runtime_report(&found);
         process.runtime_generation = Some(generation);
+        if let PythonFound::Python(interpreter) = &found
+            && let Err(err) =
+                self.python_frames
+                    .start(&mut self.kernel, pid, interpreter, maps.current())
+        {
+            if self.python_warnings == 0 {
+                eprintln!(
+                    "leaktrace: warning: pid {pid}'s Python frames will not be named: {err:#} (its stacks stay native; further warnings are counted)"
+                );
+            }
+            self.python_warnings += 1;
+        }
     }
 
     /// One line for progress: what the unwind tables cost so far.
@@ -401,6 +430,7 @@ impl Tracer {
             },
             &|pid| maps.get(&pid).map(|m| &**m),
             &mut self.symbolizer,
+            &mut |pid, native, python| self.python_frames.splice(pid, native, python),
         ))
     }
 

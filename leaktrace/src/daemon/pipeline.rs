@@ -17,7 +17,11 @@ pub enum Ingested<'a> {
     /// The record introduced a call site never seen before in process
     /// `pid`, with this stack: the tracer makes sure its addresses are in
     /// the known mappings.
-    NewSite { pid: u32, stack: &'a [u64] },
+    NewSite {
+        pid: u32,
+        stack: &'a [u64],
+        python: &'a [u64],
+    },
     /// The process exec'd: its earlier blocks and sites were dropped.
     Exec(Forgotten),
     /// The process exited (its last thread).
@@ -103,7 +107,7 @@ impl Pipeline {
                 };
                 self.table.apply(pid, op, site, event.header.timestamp_ns);
                 if new {
-                    Ingested::NewSite { pid, stack }
+                    Ingested::NewSite { pid, stack, python }
                 } else {
                     Ingested::Applied
                 }
@@ -125,7 +129,8 @@ mod tests {
             pipeline.ingest(as_bytes(&first)),
             Ingested::NewSite {
                 pid: 7,
-                stack: &[0xa, 0xb]
+                stack: &[0xa, 0xb],
+                python: &[],
             }
         ));
         let again = malloc_record(7, 0x2000, 10, &[0xa, 0xb], 1);

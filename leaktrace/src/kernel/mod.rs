@@ -21,8 +21,8 @@ use aya::{
     },
 };
 use leaktrace_common::{
-    EXPONENTIAL_POOL, GOLDEN_GAMMA, LOSS_COUNTERS, LossCounter, STACK_MODE_DWARF, STACK_MODE_FP,
-    SampledKey, Settings, mix64,
+    EXPONENTIAL_POOL, GOLDEN_GAMMA, LOSS_COUNTERS, LossCounter, PythonProcess, STACK_MODE_DWARF,
+    STACK_MODE_FP, SampledKey, Settings, mix64,
 };
 
 use self::{
@@ -69,6 +69,8 @@ pub(crate) struct KernelProbes {
     ebpf: Ebpf,
     losses: PerCpuArray<MapData, u64>,
     sampled: HashMap<MapData, SampledKey, u8>,
+    /// How to walk each traced Python process's frames, by pid.
+    python: HashMap<MapData, u32, PythonProcess>,
     empty_programs: bool,
     armed: bool,
     /// Uprobes attached so far.
@@ -261,11 +263,16 @@ impl KernelProbes {
         let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let losses = PerCpuArray::try_from(ebpf.take_map("LOSSES").context("LOSSES map missing")?)?;
         let sampled = HashMap::try_from(ebpf.take_map("SAMPLED").context("SAMPLED map missing")?)?;
+        let python = HashMap::try_from(
+            ebpf.take_map("PYTHON_PROCESSES")
+                .context("PYTHON_PROCESSES map missing")?,
+        )?;
         Ok((
             KernelProbes {
                 ebpf,
                 losses,
                 sampled,
+                python,
                 empty_programs: options.empty_programs,
                 armed: false,
                 attached: 0,
@@ -357,6 +364,20 @@ impl KernelProbes {
             // exit): nothing to do then.
             let _: Result<_, _> = self.sampled.remove(&key);
         }
+    }
+
+    /// Has the kernel walk `pid`'s Python frames as `process` says, from
+    /// its next allocation on.
+    pub(crate) fn walk_python(&mut self, pid: u32, process: &PythonProcess) -> Result<()> {
+        self.python
+            .insert(pid, process, 0)
+            .with_context(|| format!("telling the kernel how to walk pid {pid}'s Python frames"))
+    }
+
+    /// Stops walking `pid`'s Python frames (it exited, or exec'd).
+    pub(crate) fn forget_python(&mut self, pid: u32) {
+        // Never registered, or already gone: nothing to do.
+        let _: Result<_, _> = self.python.remove(&pid);
     }
 
     /// Reads the kernel's loss counters.

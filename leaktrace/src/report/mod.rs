@@ -11,7 +11,7 @@ use crate::{
         heap::TableStats,
         sites::CallSites,
     },
-    symbolize::{Frame, ProcessMaps, Symbolizer},
+    symbolize::{Frame, FrameKind, ProcessMaps, Symbolizer},
 };
 
 mod escape;
@@ -247,12 +247,17 @@ pub struct ReportInput<'a> {
     pub growth: &'a GrowthTracker,
 }
 
+/// Puts a site's Python frames (pid, its native frames, the kernel's word
+/// pairs) into its native stack; the identity for native code.
+pub type PythonSplice<'a> = &'a mut dyn FnMut(u32, Vec<Frame>, &[u64]) -> Vec<Frame>;
+
 /// Symbolizes and assembles a report; `maps` gives each process's mappings
 /// (None: nothing is known of it, its frames stay addresses).
 pub fn build<'m>(
     input: ReportInput<'_>,
     maps: &dyn Fn(u32) -> Option<&'m ProcessMaps>,
     symbolizer: &mut Symbolizer,
+    python: PythonSplice<'_>,
 ) -> Report {
     let unknown = ProcessMaps::from_mappings(0, Vec::new());
     let sites: Vec<SiteReport> = input
@@ -267,14 +272,19 @@ pub fn build<'m>(
                 count: total.count,
                 oldest_age_ms: total.oldest_age_ms,
                 growth: input.growth.assess(total.site),
-                frames: symbolizer.symbolize_stack(
-                    maps(site.pid).unwrap_or(&unknown),
-                    &site.stack,
-                    site.fp_frames,
+                frames: python(
+                    site.pid,
+                    symbolizer.symbolize_stack(
+                        maps(site.pid).unwrap_or(&unknown),
+                        &site.stack,
+                        site.fp_frames,
+                    ),
+                    &site.python,
                 ),
             }
         })
         .collect();
+    let sites = merge_python_sites(sites);
     let TableStats {
         allocations,
         releases,
@@ -327,6 +337,50 @@ pub fn build<'m>(
         losses: input.losses,
         sites,
     }
+}
+
+/// Sites with Python frames, merged when they name the same frames: the
+/// kernel tells Python frames apart by code object and instruction, so one
+/// Python line that allocates from several instructions (or through several
+/// native return addresses of the eval loop) is several sites until named.
+/// Native-only sites are kept as they are. Largest first, as they came.
+fn merge_python_sites(sites: Vec<SiteReport>) -> Vec<SiteReport> {
+    type Key = (
+        u32,
+        String,
+        Vec<(FrameKind, String, Option<String>, Option<u32>)>,
+    );
+    let key = |site: &SiteReport| -> Key {
+        let frames = site
+            .frames
+            .iter()
+            .map(|f| (f.kind, f.function.clone(), f.file.clone(), f.line))
+            .collect();
+        (site.pid, site.allocator.clone(), frames)
+    };
+    let mut merged: Vec<SiteReport> = Vec::with_capacity(sites.len());
+    let mut index: std::collections::HashMap<Key, usize> = std::collections::HashMap::new();
+    for site in sites {
+        if !site.frames.iter().any(|f| f.kind == FrameKind::Python) {
+            merged.push(site);
+            continue;
+        }
+        match index.entry(key(&site)) {
+            std::collections::hash_map::Entry::Occupied(at) => {
+                let into = &mut merged[*at.get()];
+                into.bytes += site.bytes;
+                into.count += site.count;
+                into.oldest_age_ms = into.oldest_age_ms.max(site.oldest_age_ms);
+                // The growth of the largest part stands for the whole.
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(merged.len());
+                merged.push(site);
+            }
+        }
+    }
+    merged.sort_by_key(|site| std::cmp::Reverse(site.bytes));
+    merged
 }
 
 impl Report {

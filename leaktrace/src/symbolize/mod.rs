@@ -16,7 +16,7 @@ pub(crate) use process_maps::ProcessMaps;
 
 /// Where a frame comes from: native code, or Python code named from the
 /// interpreter's own frames.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FrameKind {
     #[default]

@@ -12,7 +12,8 @@
 //! - [`layout`]: per-version offsets of thread state, frames, code objects;
 //! - [`line_table`]: instruction offset to line, in the three encodings;
 //! - [`code_object`]: a code object read from `/proc/PID/mem`, capped;
-//! - [`frames`]: Python frames spliced in place of the eval-loop frames.
+//! - [`frames`]: Python frames spliced in place of the eval-loop frames;
+//! - [`walker`]: the kernel walker's instructions for one process.
 //!
 //! A version that cannot be read is reported as such (its frames stay
 //! native, with one warning): a wrong version would name wrong frames.
@@ -40,6 +41,7 @@ pub(crate) mod layout;
 pub(crate) mod line_table;
 pub(crate) mod process;
 pub(crate) mod version;
+pub(crate) mod walker;
 
 #[cfg(test)]
 mod code_object_tests;
