@@ -3,21 +3,31 @@
 //! are traced, each stack starts with its process (`pid 42 (python3)`), so
 //! the flamegraph's first level splits the memory by process.
 use super::Report;
+use crate::symbolize::{Frame, FrameKind};
 
 /// Frame names may not contain the separator (`diff` shares it).
 pub(crate) fn clean(name: &str) -> String {
     name.replace(';', ":")
 }
 
+/// A frame's name in a folded stack: the function, and for Python code its
+/// file's name and line too (`handle (views.py:42)`): one Python function
+/// allocates from many lines, and the line is what a Python developer acts
+/// on. Native frames keep the function alone, as flamegraph tools expect.
+pub(crate) fn frame_name(frame: &Frame) -> String {
+    match (frame.kind, &frame.file, frame.line) {
+        (FrameKind::Python, Some(file), Some(line)) => {
+            let base = file.rsplit('/').next().unwrap_or(file);
+            clean(&format!("{} ({base}:{line})", frame.function))
+        }
+        _ => clean(&frame.function),
+    }
+}
+
 pub fn render(report: &Report) -> String {
     let mut out = String::new();
     for site in &report.sites {
-        let mut names: Vec<String> = site
-            .frames
-            .iter()
-            .rev()
-            .map(|f| clean(&f.function))
-            .collect();
+        let mut names: Vec<String> = site.frames.iter().rev().map(frame_name).collect();
         if report.spans_processes() {
             names.insert(0, clean(&report.process_label(site.pid)));
         }
@@ -39,6 +49,18 @@ mod tests {
         assert_eq!(
             super::render(&fixtures::report()),
             "main;leak_a;malloc 4096\nmain;leak:b;calloc 100\n"
+        );
+    }
+
+    #[test]
+    fn python_frames_carry_their_file_and_line() {
+        let mut report = fixtures::report();
+        report.sites[0].frames[0].kind = crate::symbolize::FrameKind::Python;
+        report.sites[0].frames[0].file = Some("/srv/app/agent.py".into());
+        report.sites[0].frames[0].line = Some(17);
+        assert_eq!(
+            super::render(&report).lines().next().unwrap(),
+            "main;leak_a (agent.py:17);malloc 4096"
         );
     }
 

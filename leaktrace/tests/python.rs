@@ -1,0 +1,351 @@
+//! Python frames, end to end: `trace --pid` on a leaking agent
+//! (tests/fixtures/python/agent.py) under every interpreter on the machine
+//! (pyenv's 2.7 and 3.6–3.13, shared builds; Debian's static, stripped,
+//! LTO python3), and the report must
+//! - name the interpreter and its version, as the interpreter itself says;
+//! - carry Python frames on nearly all outstanding bytes (the arenas and
+//!   large blocks the allocator gets from libc, attributed to the Python
+//!   line that needed them);
+//! - put the most bytes on the leaking line, named by function, file and
+//!   line;
+//! - with two threads, give each allocation its own thread's Python stack;
+//! - name the lines of a process that exits while traced.
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{
+    Guarded, TempDir, fixture_source, leaktrace, prerequisite_missing, read_json, require_root,
+    serial, sites,
+};
+use serde_json::Value;
+
+const AGENT: &str = "python/agent.py";
+
+/// The `# SITE name` markers of the agent: name -> line.
+fn site_lines() -> BTreeMap<String, u64> {
+    let text = std::fs::read_to_string(fixture_source(AGENT)).expect("reading the agent");
+    text.lines()
+        .enumerate()
+        .filter_map(|(index, line)| {
+            let name = line.split("# SITE ").nth(1)?.trim();
+            Some((name.to_string(), index as u64 + 1))
+        })
+        .collect()
+}
+
+/// pyenv's interpreter of `version` (e.g. "3.11.7"), by its binary name.
+fn pyenv(version: &str) -> PathBuf {
+    let root = std::env::var_os("PYENV_ROOT").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".pyenv"),
+        PathBuf::from,
+    );
+    let minor: Vec<&str> = version.split('.').take(2).collect();
+    root.join("versions")
+        .join(version)
+        .join("bin")
+        .join(format!("python{}", minor.join(".")))
+}
+
+/// What the interpreter says its version is (the oracle).
+fn own_version(python: &Path) -> String {
+    let output = Command::new(python)
+        .args(["-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
+    assert!(output.status.success(), "{}: {output:?}", python.display());
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// The Python frames of a site, innermost first: (function, file, line).
+fn python_frames(site: &Value) -> Vec<(String, String, u64)> {
+    site["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "python")
+        .map(|f| {
+            (
+                f["function"].as_str().unwrap_or_default().to_string(),
+                f["file"].as_str().unwrap_or_default().to_string(),
+                f["line"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+fn native_functions(site: &Value) -> Vec<String> {
+    site["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "native")
+        .map(|f| f["function"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Outstanding bytes by the innermost Python frame (function, line); the
+/// bytes without Python frames under `("", 0)`.
+fn bytes_by_python_line(report: &Value) -> BTreeMap<(String, u64), u64> {
+    let mut lines = BTreeMap::new();
+    for site in sites(report) {
+        let key = python_frames(site)
+            .first()
+            .map_or((String::new(), 0), |(function, _, line)| {
+                (function.clone(), *line)
+            });
+        *lines.entry(key).or_default() += site["bytes"].as_u64().unwrap();
+    }
+    lines
+}
+
+/// Starts the agent under `python`, traces it for `duration` (or until it
+/// is killed after `kill_after`) and returns the JSON report.
+fn trace_agent(
+    dir: &TempDir,
+    python: &Path,
+    args: &[&str],
+    duration: &str,
+    kill_after: Option<Duration>,
+) -> Value {
+    let mut agent = Guarded::spawn(
+        "the python agent",
+        Command::new(python)
+            .arg(fixture_source(AGENT))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    agent
+        .stdout_lines()
+        .wait_for(Duration::from_secs(30), |line| line == "ready")
+        .unwrap_or_else(|e| panic!("{}: the agent never got ready: {e}", python.display()));
+    let pid = agent.pid().to_string();
+    let report = dir.join("report.json");
+    let output = report.to_str().unwrap();
+    let traced = std::thread::scope(|scope| {
+        let tracer = scope.spawn(|| {
+            leaktrace(
+                &[
+                    "trace",
+                    "--pid",
+                    &pid,
+                    "--duration",
+                    duration,
+                    "--format",
+                    "json",
+                    "--output",
+                    output,
+                ],
+                Duration::from_mins(2),
+            )
+        });
+        if let Some(after) = kill_after {
+            std::thread::sleep(after);
+            agent.kill_and_reap();
+        }
+        tracer.join().expect("the tracer thread")
+    });
+    traced.succeeded(&format!("leaktrace trace --pid {pid}"));
+    read_json(&report)
+}
+
+/// The agent under `python`, checked as the module doc says.
+fn agent_leak_is_named(test: &str, python: &Path) {
+    if !require_root(test) {
+        return;
+    }
+    if !python.exists() {
+        return prerequisite_missing(test, &format!("{} (pyenv's interpreter)", python.display()));
+    }
+    let _serial = serial();
+    let dir = TempDir::new("python-agent");
+    let version = own_version(python);
+    let report = trace_agent(&dir, python, &[], "3s", None);
+    let process = &report["processes"][0];
+    assert_eq!(process["runtime"]["kind"], "python", "{process}");
+    assert_eq!(process["runtime"]["version"], version.as_str(), "{process}");
+
+    let lines = site_lines();
+    let by_line = bytes_by_python_line(&report);
+    let total: u64 = by_line.values().sum();
+    let native_only = by_line.get(&(String::new(), 0)).copied().unwrap_or(0);
+    let leak = by_line
+        .get(&("roll_up_instance_metadata".to_string(), lines["leak"]))
+        .copied()
+        .unwrap_or(0);
+    let summary =
+        format!("{python:?} {version}: {total} bytes by innermost Python line: {by_line:?}");
+    eprintln!("{summary}");
+    assert!(total > 20 << 20, "the agent leaks tens of MiB: {summary}");
+    // Python frames on (nearly) every outstanding byte.
+    assert!(
+        native_only * 5 < total,
+        "over 20% of the bytes have no Python frame: {summary}"
+    );
+    // The leaking line holds the most, and over half of everything.
+    assert!(
+        leak * 2 > total,
+        "the leak line holds under half: {summary}"
+    );
+    for ((function, line), bytes) in &by_line {
+        assert!(
+            *bytes <= leak,
+            "{function}:{line} holds more than the leak line: {summary}"
+        );
+    }
+    // The leaking site's whole Python stack: file and callers.
+    let site = sites(&report)
+        .into_iter()
+        .find(|s| {
+            python_frames(s)
+                .first()
+                .is_some_and(|f| f.0 == "roll_up_instance_metadata")
+        })
+        .expect("a site of the leak");
+    let frames = python_frames(site);
+    assert!(frames[0].1.ends_with("agent.py"), "{frames:?}");
+    let functions: Vec<&str> = frames.iter().map(|f| f.0.as_str()).collect();
+    assert_eq!(functions, ["roll_up_instance_metadata", "main", "<module>"]);
+}
+
+#[test]
+fn debian_python3_static_stripped() {
+    agent_leak_is_named(
+        "debian_python3_static_stripped",
+        Path::new("/usr/bin/python3"),
+    );
+}
+
+#[test]
+fn pyenv_2_7() {
+    agent_leak_is_named("pyenv_2_7", &pyenv("2.7.18"));
+}
+
+#[test]
+fn pyenv_3_6() {
+    agent_leak_is_named("pyenv_3_6", &pyenv("3.6.15"));
+}
+
+#[test]
+fn pyenv_3_7() {
+    agent_leak_is_named("pyenv_3_7", &pyenv("3.7.16"));
+}
+
+#[test]
+fn pyenv_3_8() {
+    agent_leak_is_named("pyenv_3_8", &pyenv("3.8.18"));
+}
+
+#[test]
+fn pyenv_3_9() {
+    agent_leak_is_named("pyenv_3_9", &pyenv("3.9.18"));
+}
+
+#[test]
+fn pyenv_3_10() {
+    agent_leak_is_named("pyenv_3_10", &pyenv("3.10.13"));
+}
+
+#[test]
+fn pyenv_3_11() {
+    agent_leak_is_named("pyenv_3_11", &pyenv("3.11.7"));
+}
+
+#[test]
+fn pyenv_3_12() {
+    agent_leak_is_named("pyenv_3_12", &pyenv("3.12.1"));
+}
+
+#[test]
+fn pyenv_3_13() {
+    agent_leak_is_named("pyenv_3_13", &pyenv("3.13.0"));
+}
+
+/// Two threads leak at two lines: each allocation carries its own thread's
+/// Python stack. The poller thread's frames only ever sit on a thread
+/// started by `start_thread`, the main thread's only on the process's main
+/// (never one thread's Python stack on the other's allocation).
+#[test]
+fn each_thread_gets_its_own_python_stack() {
+    const TEST: &str = "each_thread_gets_its_own_python_stack";
+    if !require_root(TEST) {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("python-threads");
+    for python in [Path::new("/usr/bin/python3"), &pyenv("2.7.18")] {
+        if !python.exists() {
+            return prerequisite_missing(TEST, &python.display().to_string());
+        }
+        let report = trace_agent(&dir, python, &["threads"], "3s", None);
+        let lines = site_lines();
+        let by_line = bytes_by_python_line(&report);
+        eprintln!("{python:?}: {by_line:?}");
+        for (function, marker) in [
+            ("roll_up_instance_metadata", "leak"),
+            ("remember_poll", "thread_leak"),
+        ] {
+            assert!(
+                by_line.contains_key(&(function.to_string(), lines[marker])),
+                "{python:?}: no bytes at {function}:{}: {by_line:?}",
+                lines[marker]
+            );
+        }
+        for site in sites(&report) {
+            let functions: Vec<String> = python_frames(site).into_iter().map(|f| f.0).collect();
+            let native = native_functions(site);
+            if functions.iter().any(|f| f == "poller") {
+                assert!(
+                    native.iter().any(|f| f == "start_thread"),
+                    "{python:?}: the poller's Python stack on a native stack without start_thread: {functions:?} over {native:?}"
+                );
+                assert!(!functions.iter().any(|f| f == "main"), "{functions:?}");
+            }
+            if functions.iter().any(|f| f == "main") {
+                assert!(
+                    !native.iter().any(|f| f == "start_thread"),
+                    "{python:?}: the main thread's Python stack on another thread: {functions:?} over {native:?}"
+                );
+            }
+        }
+    }
+}
+
+/// The agent is killed while traced: `trace` ends with it, and its final
+/// report still names the Python lines (read while it lived).
+#[test]
+fn a_python_process_that_exits_mid_trace_keeps_its_lines() {
+    const TEST: &str = "a_python_process_that_exits_mid_trace_keeps_its_lines";
+    if !require_root(TEST) {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("python-exit");
+    let report = trace_agent(
+        &dir,
+        Path::new("/usr/bin/python3"),
+        &[],
+        "60s",
+        Some(Duration::from_secs(3)),
+    );
+    assert_eq!(report["processes"][0]["exited"], true);
+    let lines = site_lines();
+    let by_line = bytes_by_python_line(&report);
+    assert!(
+        by_line.contains_key(&("roll_up_instance_metadata".to_string(), lines["leak"])),
+        "{by_line:?}"
+    );
+    assert!(
+        !by_line
+            .keys()
+            .any(|(function, _)| function.starts_with("[python code")),
+        "unnamed Python frames after the process exited: {by_line:?}"
+    );
+}
