@@ -180,8 +180,10 @@ fn agent_leak_is_named(test: &str, python: &Path) {
         .get(&("roll_up_instance_metadata".to_string(), lines["leak"]))
         .copied()
         .unwrap_or(0);
-    let summary =
-        format!("{python:?} {version}: {total} bytes by innermost Python line: {by_line:?}");
+    let summary = format!(
+        "{} {version}: {total} bytes by innermost Python line: {by_line:?}",
+        python.display()
+    );
     eprintln!("{summary}");
     assert!(total > 20 << 20, "the agent leaks tens of MiB: {summary}");
     // Python frames on (nearly) every outstanding byte.
@@ -202,7 +204,7 @@ fn agent_leak_is_named(test: &str, python: &Path) {
     }
     // The leaking site's whole Python stack: file and callers.
     let site = sites(&report)
-        .into_iter()
+        .iter()
         .find(|s| {
             python_frames(s)
                 .first()
