@@ -65,7 +65,7 @@ pub(crate) fn alloc_entry(ctx: ProbeContext) -> u32 {
             func,
             nested: 0,
             tid,
-            sampled: sampling::decide(func, &args) as u32,
+            sampled: u32::from(sampling::decide(func, &args)),
             sp,
             args,
         };

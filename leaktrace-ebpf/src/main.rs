@@ -7,8 +7,9 @@
 //!   and friends.
 //! - `sampling`: byte-based Poisson sampling, decided at the entry.
 //! - `stack`: the native stack at the return, by frame pointers or by
-//!   .eh_frame tables. (Frames of interpreted and managed runtimes, Python
-//!   and Go, are to get a `runtime/` folder of their own beside it.)
+//!   .`eh_frame` tables.
+//! - `runtime`: frames of language runtimes walked from their own data
+//!   structures: `python` (`CPython`'s frame chain, per traced process).
 //! - `process`: exec and exit tracepoints, and the set of traced pids.
 //! - `maps`: the ring buffer, loss counters, stash and scratch they share.
 //! - `settings`: what the loader fixed (stack mode, sampling, own pid...).
@@ -16,11 +17,13 @@
 //!
 //! Which function fired comes from the attach cookie (`AllocFn`), so the
 //! same programs serve glibc, jemalloc and any other allocator. Everything
-//! the rules of each function imply (realloc, calloc overflow, MAP_FAILED)
+//! the rules of each function imply (realloc, calloc overflow, `MAP_FAILED`)
 //! is decided in userspace; the kernel only copies registers, so that the
 //! cost per call stays at the uprobe floor.
 #![no_std]
 #![no_main]
+// aya's program macros take the context by value.
+#![allow(clippy::needless_pass_by_value)]
 
 mod alloc;
 mod empty;

@@ -19,7 +19,7 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0)
 
 /// Wake the daemon only once this much is waiting. By default the kernel
 /// wakes the consumer on every record it has caught up to, which for a
-/// daemon that keeps up means on every record: an irq_work and a thread
+/// daemon that keeps up means on every record: an `irq_work` and a thread
 /// wakeup per malloc, more than the rest of the probe costs. The daemon
 /// also drains on a short timer, so nothing waits long below the mark.
 const WAKEUP_BYTES: u64 = 256 * 1024;
@@ -27,10 +27,10 @@ const WAKEUP_BYTES: u64 = 256 * 1024;
 /// Flags for `EVENTS.output` on the allocator's hot path (see `WAKEUP_BYTES`).
 #[inline(always)]
 pub(crate) fn submit_flags() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP as u64
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+        u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
-        BPF_RB_NO_WAKEUP as u64
+        u64::from(BPF_RB_NO_WAKEUP)
     }
 }
 

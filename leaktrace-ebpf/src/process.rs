@@ -40,14 +40,14 @@ fn send_process_event(func: u32, pid_tgid: u64) {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     if EVENTS
-        .output::<EventHeader>(&header(func, pid_tgid, now), BPF_RB_FORCE_WAKEUP as u64)
+        .output::<EventHeader>(&header(func, pid_tgid, now), u64::from(BPF_RB_FORCE_WAKEUP))
         .is_err()
     {
         count_loss(LossCounter::RingBufferFull);
     }
 }
 
-/// sched:sched_process_exec: a traced process replaced its image.
+/// `sched:sched_process_exec`: a traced process replaced its image.
 #[tracepoint]
 pub(crate) fn on_exec(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -61,7 +61,7 @@ pub(crate) fn on_exec(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// sched:sched_process_exit: a thread exited; the process is gone when it
+/// `sched:sched_process_exit`: a thread exited; the process is gone when it
 /// was its last one (`group_dead`, or without that field its main thread).
 /// Every record the process sent is in the ring buffer before this one: no
 /// user code runs after its last thread entered exit.

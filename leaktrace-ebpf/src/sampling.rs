@@ -38,7 +38,7 @@ static SAMPLED: HashMap<SampledKey, u8> = HashMap::with_max_entries(1, BPF_F_NO_
 #[map]
 static RANDOM: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// a * b, or u64::MAX when a factor reaches 2^32 (such a call is sampled
+/// a * b, or `u64::MAX` when a factor reaches 2^32 (such a call is sampled
 /// for sure, or fails). BPF has no 128-bit multiply, and LLVM turns any
 /// overflow check it recognises into one.
 #[inline(always)]

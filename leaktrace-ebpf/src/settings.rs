@@ -40,7 +40,7 @@ pub(crate) fn sample_seed() -> u64 {
     setting!(sample_seed)
 }
 
-/// Whether stacks are walked with .eh_frame tables (else frame pointers).
+/// Whether stacks are walked with .`eh_frame` tables (else frame pointers).
 #[inline(always)]
 pub(crate) fn dwarf_stacks() -> bool {
     setting!(stack_mode) == STACK_MODE_DWARF
@@ -52,7 +52,7 @@ pub(crate) fn trace_all() -> bool {
     setting!(trace_all) != 0
 }
 
-/// Offset of `group_dead` in sched_process_exit's record; 0: no such field.
+/// Offset of `group_dead` in `sched_process_exit`'s record; 0: no such field.
 #[inline(always)]
 pub(crate) fn group_dead_offset() -> usize {
     setting!(group_dead_offset) as usize

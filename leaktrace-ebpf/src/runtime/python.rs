@@ -1,4 +1,4 @@
-//! CPython frames at an allocation: the code object and instruction
+//! `CPython` frames at an allocation: the code object and instruction
 //! position of each Python frame the allocating thread is running, read
 //! from the process's memory at the allocator's return.
 //!
@@ -90,6 +90,11 @@ fn own_thread_state(process: &PythonProcess) -> Result<u64, u32> {
 
 const _: () = assert!(RECORD_WORDS.is_power_of_two());
 
+/// Indexes into the record's words are masked as well as checked: the
+/// verifier bounds each access from the mask (`RECORD_WORDS` is a power of
+/// two), not from an earlier comparison.
+const MASK: usize = RECORD_WORDS - 1;
+
 /// The walk's state, handed to each `bpf_loop` step.
 #[repr(C)]
 struct PythonWalk {
@@ -130,7 +135,7 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
             // A C-stack shim: the frame sent before it (innermost side) was
             // the first its native eval call ran.
             if walk.sent > 0 {
-                let index = (walk.next as usize).wrapping_sub(1) & (RECORD_WORDS - 1);
+                let index = (walk.next as usize).wrapping_sub(1) & MASK;
                 // SAFETY: this CPU's scratch record; the mask keeps the
                 // index in bounds.
                 unsafe { (*record).stack[index] |= PYTHON_ENTRY_BIT };
@@ -161,9 +166,6 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
     if index + 1 >= RECORD_WORDS {
         return 1;
     }
-    // Masked as well as checked: the verifier bounds each access from the
-    // mask (RECORD_WORDS is a power of two), not from the check above.
-    const MASK: usize = RECORD_WORDS - 1;
     // SAFETY: this CPU's scratch record; both indexes are below
     // RECORD_WORDS.
     unsafe {
@@ -182,7 +184,7 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
 #[inline(always)]
 pub(crate) fn capture(pid: u32, native: u32) -> (u32, u32) {
     // SAFETY: a map value, copied out at once.
-    let Some(process) = (unsafe { PYTHON_PROCESSES.get(&pid) }).copied() else {
+    let Some(process) = (unsafe { PYTHON_PROCESSES.get(pid) }).copied() else {
         return (0, PYTHON_NONE);
     };
     let tstate = match own_thread_state(&process) {

@@ -1,4 +1,4 @@
-//! Stack walking with .eh_frame tables, inside the program (`--stack-mode
+//! Stack walking with .`eh_frame` tables, inside the program (`--stack-mode
 //! dwarf`): complete stacks through code built without frame pointers.
 //!
 //! Each step finds the mapping holding the pc (binary search over the
@@ -7,7 +7,7 @@
 //! or rbp, reads the return address at CFA-8 and, when the row says so,
 //! the caller's rbp. Code without rows (JIT, anonymous code, an object
 //! whose table is not loaded) is stepped with frame pointers instead, and
-//! the frame is flagged so the report can say so. The loop is a bpf_loop,
+//! the frame is flagged so the report can say so. The loop is a `bpf_loop`,
 //! so the verifier checks one step, not 64.
 use core::ffi::c_void;
 
@@ -37,14 +37,14 @@ static PROCESS_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UNWIND_P
 /// stacks fall back to frame pointers until userspace loads the new ones.
 #[inline(always)]
 pub(crate) fn forget_process(pid: u32) {
-    let _ = PROCESS_SLOTS.remove(pid);
+    let _: Result<_, _> = PROCESS_SLOTS.remove(pid);
 }
 
 /// Executable mappings of each traced process, by slot.
 #[map]
 static PROCESS_MAPPINGS: Array<ProcessMappings> = Array::with_max_entries(MAX_UNWIND_PROCESSES, 0);
 
-/// The walk's state, shared with each bpf_loop step.
+/// The walk's state, shared with each `bpf_loop` step.
 #[repr(C)]
 struct Walk {
     pc: u64,
@@ -52,7 +52,7 @@ struct Walk {
     bp: u64,
     /// Frames found by falling back to frame pointers (bit per frame).
     fp_frames: u64,
-    /// The process's slot in PROCESS_MAPPINGS; u32::MAX: none.
+    /// The process's slot in `PROCESS_MAPPINGS`; `u32::MAX`: none.
     slot: u32,
     depth: u32,
 }
@@ -68,7 +68,7 @@ fn find_row(slot: u32, pc: u64) -> Option<UnwindRow> {
         if low >= high {
             break;
         }
-        let middle = (low + high) / 2;
+        let middle = usize::midpoint(low, high);
         let mapping = process.mappings.get(middle)?;
         if mapping.start <= pc {
             low = middle + 1;
@@ -81,7 +81,7 @@ fn find_row(slot: u32, pc: u64) -> Option<UnwindRow> {
         return None;
     }
     let target = pc.wrapping_sub(mapping.bias);
-    if target > u32::MAX as u64 {
+    if target > u64::from(u32::MAX) {
         return None;
     }
     let target = target as u32;
@@ -136,8 +136,8 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
     } else {
         let row = row.unwrap_or_default();
         let cfa = match kind {
-            UNWIND_CFA_RSP => walk.sp.wrapping_add(row.cfa_offset as i64 as u64),
-            UNWIND_CFA_RBP => walk.bp.wrapping_add(row.cfa_offset as i64 as u64),
+            UNWIND_CFA_RSP => walk.sp.wrapping_add(i64::from(row.cfa_offset) as u64),
+            UNWIND_CFA_RBP => walk.bp.wrapping_add(i64::from(row.cfa_offset) as u64),
             UNWIND_PLT => walk.sp + 8 + if walk.pc & 15 >= 11 { 8 } else { 0 },
             _ => return 1,
         };
@@ -146,7 +146,7 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
             return 1;
         };
         let bp = if row.rbp_offset != 0 {
-            let at = cfa.wrapping_add(row.rbp_offset as i64 as u64);
+            let at = cfa.wrapping_add(i64::from(row.rbp_offset) as u64);
             // SAFETY: as above.
             match unsafe { bpf_probe_read_user(at as *const u64) } {
                 Ok(bp) => bp,

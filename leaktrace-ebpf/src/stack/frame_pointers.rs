@@ -19,7 +19,7 @@ struct FrameRecord {
 /// into the caller and rbp the caller's frame.
 ///
 /// Frame pointers are followed here, one user read per frame, rather than
-/// with bpf_get_stack: the perf callchain machinery behind that helper cost
+/// with `bpf_get_stack`: the perf callchain machinery behind that helper cost
 /// ~0.75 µs a call here, several times this loop. The walk stops at a null
 /// or non-increasing frame pointer (the outermost frame, or code without
 /// frame pointers) or an unreadable frame. A frame walk that finds nothing

@@ -4,7 +4,7 @@
 //! one in use.
 //!
 //! - `frame_pointers`: follow the rbp chain, one user read per frame.
-//! - `dwarf`: step with .eh_frame rows that userspace loads per object,
+//! - `dwarf`: step with .`eh_frame` rows that userspace loads per object,
 //!   falling back to frame pointers where an object has none.
 pub(crate) mod dwarf;
 mod frame_pointers;
