@@ -11,6 +11,7 @@
 //!   drain rate.
 mod bench;
 mod churn;
+mod python;
 mod redis;
 mod setup;
 
@@ -50,6 +51,14 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// A Python loop (a dict with a str and a list per iteration) under
+    /// Debian's python3 and pyenv's 3.11 and 2.7: ns per iteration
+    /// untraced and traced, interleaved.
+    BenchPython {
+        /// Rounds of each interpreter and mode (medians are printed).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// `trace --all` while rounds of short-lived processes come and go:
     /// their cost untraced and traced, and the daemon's memory, dropped
     /// processes and call sites after each round.
@@ -86,6 +95,11 @@ fn main() -> Result<()> {
             setup::all()?;
             build_release()?;
             churn::run(rounds, processes)
+        }
+        Task::BenchPython { rounds } => {
+            setup::all()?;
+            build_release()?;
+            python::run(rounds)
         }
         Task::BenchRedis { rounds } => {
             setup::all()?;

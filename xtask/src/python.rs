@@ -1,0 +1,127 @@
+//! `cargo xtask bench-python`: what tracing costs a Python program. The
+//! loop of `xtask/bench/dict_loop.py` (a dict holding a str and a 3-item
+//! list per iteration) under Debian's python3 and pyenv's 3.11 and 2.7,
+//! untraced and under `leaktrace trace --pid` (the default mode: the C
+//! library's allocator probed, Python frames walked on each recorded
+//! call), interleaved over rounds: ns per iteration, medians, ratios.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{leaktrace_binary, redis::kill, workspace_root};
+
+const ITERATIONS: &str = "2000000";
+
+/// The interpreters measured: (label, path).
+fn interpreters() -> Vec<(&'static str, PathBuf)> {
+    let pyenv = std::env::var_os("PYENV_ROOT").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".pyenv"),
+        PathBuf::from,
+    );
+    vec![
+        (
+            "Debian python3 (3.11, static)",
+            PathBuf::from("/usr/bin/python3"),
+        ),
+        (
+            "pyenv 3.11.7 (libpython)",
+            pyenv.join("versions/3.11.7/bin/python3.11"),
+        ),
+        (
+            "pyenv 2.7.18 (libpython)",
+            pyenv.join("versions/2.7.18/bin/python2.7"),
+        ),
+    ]
+}
+
+/// Runs the loop under `python`, traced when `traced`; ns per iteration.
+fn measure(python: &PathBuf, traced: bool) -> Result<f64> {
+    let script = workspace_root().join("xtask/bench/dict_loop.py");
+    let mut child = Command::new(python)
+        .arg(&script)
+        .arg(ITERATIONS)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", python.display()))?;
+    let mut lines = BufReader::new(child.stdout.take().context("piped")?).lines();
+    match lines.next() {
+        Some(Ok(line)) if line == "ready" => {}
+        other => bail!("{}: expected ready, got {other:?}", python.display()),
+    }
+    let tracer = if traced {
+        Some(attach(child.id())?)
+    } else {
+        None
+    };
+    writeln!(child.stdin.as_mut().context("piped")?, "go")?;
+    let result = lines
+        .next()
+        .context("the loop printed nothing")??
+        .trim()
+        .parse::<f64>()
+        .context("ns per iteration");
+    child.wait()?;
+    if let Some(mut tracer) = tracer {
+        // SAFETY: signalling our own child.
+        unsafe { kill(tracer.id() as i32, 15) };
+        tracer.wait()?;
+    }
+    result
+}
+
+fn attach(pid: u32) -> Result<Child> {
+    let mut child = Command::new(leaktrace_binary())
+        .args(["trace", "--pid", &pid.to_string(), "--format", "json"])
+        .args(["--output", "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting leaktrace")?;
+    crate::wait_for_stderr(&mut child, "leaktrace: tracing pid")?;
+    Ok(child)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+pub(crate) fn run(rounds: usize) -> Result<()> {
+    let interpreters = interpreters();
+    for (label, python) in &interpreters {
+        if !python.exists() {
+            bail!("{label}: {} is missing", python.display());
+        }
+    }
+    // Per interpreter: untraced and traced ns per iteration, per round.
+    let mut samples = vec![(Vec::new(), Vec::new()); interpreters.len()];
+    for round in 0..rounds {
+        for (i, (label, python)) in interpreters.iter().enumerate() {
+            eprintln!("xtask: round {round}, {label}");
+            samples[i].0.push(measure(python, false)?);
+            samples[i].1.push(measure(python, true)?);
+        }
+    }
+    println!(
+        "dict loop ({ITERATIONS} iterations), ns per iteration, median of {rounds} interleaved rounds:"
+    );
+    println!(
+        "{:<32} {:>10} {:>10} {:>7}",
+        "interpreter", "untraced", "default", "ratio"
+    );
+    for ((label, _), (untraced, traced)) in interpreters.iter().zip(&mut samples) {
+        let (untraced, traced) = (median(untraced), median(traced));
+        println!(
+            "{label:<32} {untraced:>10.1} {traced:>10.1} {:>6.2}x",
+            traced / untraced
+        );
+    }
+    println!("(exact object mode, --python-objects, is not built yet)");
+    Ok(())
+}
