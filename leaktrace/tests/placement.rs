@@ -183,12 +183,7 @@ fn auto_placement_moves_the_int3_in_the_traced_process() {
             ),
         );
     }
-    let before = probed::int3_offsets(pid, &libc);
-    assert!(
-        before.is_empty(),
-        "int3 in {libc} before tracing, at {before:x?}; other tracers: {:?}",
-        probed::other_tracers(&[])
-    );
+    probed::assert_no_int3_before_tracing(pid, &libc);
 
     for placement in ["entry", "auto"] {
         let int3s = int3s_while_traced(&dir, pid, &libc, placement);

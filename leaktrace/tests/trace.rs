@@ -331,12 +331,7 @@ fn sigkill_leaves_no_probe_behind() {
     let untraced = spin_rate(&counts, 2, 5);
     assert!(untraced > 0, "spin does nothing untraced");
     let libc = probed::c_library(spin_pid);
-    let before = probed::int3_offsets(spin_pid, &libc);
-    assert!(
-        before.is_empty(),
-        "int3 in spin's {libc} before leaktrace attached, at {before:x?}: another tracer? {:?}",
-        probed::other_tracers(&[])
-    );
+    probed::assert_no_int3_before_tracing(spin_pid, &libc);
 
     let mut tracer = Guarded::spawn(
         "leaktrace trace (spin)",

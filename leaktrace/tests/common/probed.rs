@@ -204,6 +204,20 @@ pub(crate) fn int3_offsets_when(
     }
 }
 
+/// Waits up to 30 s for `object`'s text in `pid` to be the file's (another
+/// tracer on the machine, such as a `trace --all` of another test run, puts
+/// its int3s in every process), then asserts it is: a test that counts
+/// its own probes must start from none.
+pub fn assert_no_int3_before_tracing(pid: u32, object: &str) {
+    let timeout = std::time::Duration::from_secs(30);
+    let before = int3_offsets_when(pid, object, timeout, BTreeSet::is_empty);
+    assert!(
+        before.is_empty(),
+        "pid {pid} has int3 in {object} before leaktrace attached, still after {timeout:?}, at {before:x?}: another tracer is running? {:?}",
+        other_tracers(&[])
+    );
+}
+
 /// Used by tests that read symbols of the same file the process maps.
 pub(crate) fn rooted_path(pid: u32, object: &str) -> PathBuf {
     Path::new(&format!("/proc/{pid}/root")).join(object.trim_start_matches('/'))
