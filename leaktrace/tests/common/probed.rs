@@ -208,7 +208,7 @@ pub(crate) fn int3_offsets_when(
 /// tracer on the machine, such as a `trace --all` of another test run, puts
 /// its int3s in every process), then asserts it is: a test that counts
 /// its own probes must start from none.
-pub fn assert_no_int3_before_tracing(pid: u32, object: &str) {
+pub(crate) fn assert_no_int3_before_tracing(pid: u32, object: &str) {
     let timeout = std::time::Duration::from_secs(30);
     let before = int3_offsets_when(pid, object, timeout, BTreeSet::is_empty);
     assert!(
