@@ -33,12 +33,19 @@ pub(crate) fn all() -> Result<()> {
 /// What the test suite needs beyond the build: jemalloc (traced as Debian's
 /// redis-server uses it), valgrind (the oracle the leak numbers are
 /// checked against), golang-go (`go tool pprof` reads the pprof output)
-/// and dwarves (pahole: the oracle for the kernel struct offsets leaktrace
-/// reads from BTF).
+/// dwarves (pahole: the oracle for the kernel struct offsets leaktrace
+/// reads from BTF) and python3.11-dev (the headers of Debian's python3,
+/// the oracle for its frame layout).
 pub(crate) fn test_dependencies() -> Result<()> {
     apt_packages(
-        &["libjemalloc2", "valgrind", "golang-go", "dwarves"],
-        "the test suite traces jemalloc, checks against valgrind, reads pprof output with go tool pprof and checks BTF offsets with pahole",
+        &[
+            "libjemalloc2",
+            "valgrind",
+            "golang-go",
+            "dwarves",
+            "python3.11-dev",
+        ],
+        "the test suite traces jemalloc, checks against valgrind, reads pprof output with go tool pprof, checks BTF offsets with pahole and Python layouts against Debian's python3 headers",
     )
 }
 
