@@ -246,7 +246,9 @@ pub enum LossCounter {
     /// Two threads in flight in the same stash slot: the earlier call was
     /// displaced and goes unrecorded.
     EntrySlotCollision = 1,
-    /// `bpf_get_stack` failed: the event was sent with an empty stack.
+    /// Never counted any more: stacks are walked by the programs themselves
+    /// (frame pointers or unwind tables), which cannot fail as a whole. The
+    /// slot stays so the reports' loss fields keep their meaning.
     StackCaptureFailed = 2,
     /// A return probe fired without its entry (call in flight at attach).
     ReturnWithoutEntry = 3,

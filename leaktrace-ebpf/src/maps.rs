@@ -13,7 +13,7 @@ use leaktrace_common::{
     AllocRecord, EntryStash, EventHeader, LOSS_COUNTERS, LossCounter, STASH_SLOTS,
 };
 
-/// Events to userspace. The size is set by the loader (`--ring-buffer-size`).
+/// Events to userspace. The size is set by the loader (`--ring-buffer-mib`).
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
