@@ -150,6 +150,27 @@ pub fn leaktrace_binary() -> PathBuf {
     workspace_root().join("target/release/leaktrace")
 }
 
+/// Starts `leaktrace trace --pid PID` with `extra` options, its JSON report
+/// going to `report`, and returns once its probes are attached.
+pub(crate) fn trace_pid(
+    pid: u32,
+    extra: &[&str],
+    report: &std::path::Path,
+) -> Result<std::process::Child> {
+    let mut child = Command::new(leaktrace_binary())
+        .args(["trace", "--pid", &pid.to_string()])
+        .args(extra)
+        .args(["--format", "json", "--output"])
+        .arg(report)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting leaktrace")?;
+    wait_for_stderr(&mut child, "leaktrace: tracing pid")?;
+    Ok(child)
+}
+
 /// Waits until leaktrace (`child`, its stderr piped) writes a line starting
 /// with `prefix`, then keeps draining its stderr so it never blocks on a
 /// full pipe.

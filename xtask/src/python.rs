@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{leaktrace_binary, redis::kill, workspace_root};
+use crate::{redis::kill, workspace_root};
 
 const ITERATIONS: &str = "2000000";
 
@@ -75,16 +75,7 @@ fn measure(python: &PathBuf, traced: bool) -> Result<f64> {
 }
 
 fn attach(pid: u32) -> Result<Child> {
-    let mut child = Command::new(leaktrace_binary())
-        .args(["trace", "--pid", &pid.to_string(), "--format", "json"])
-        .args(["--output", "/dev/null"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting leaktrace")?;
-    crate::wait_for_stderr(&mut child, "leaktrace: tracing pid")?;
-    Ok(child)
+    crate::trace_pid(pid, &[], std::path::Path::new("/dev/null"))
 }
 
 fn median(values: &mut [f64]) -> f64 {

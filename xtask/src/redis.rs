@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{leaktrace_binary, workspace_root};
+use crate::workspace_root;
 
 const PORT: &str = "6399";
 const REQUESTS: &str = "200000";
@@ -81,24 +81,7 @@ struct Traced {
 }
 
 fn attach(redis: u32, sample: &str, report: &std::path::Path) -> Result<Traced> {
-    let mut child = Command::new(leaktrace_binary())
-        .args([
-            "trace",
-            "--pid",
-            &redis.to_string(),
-            "--sample-bytes",
-            sample,
-            "--format",
-            "json",
-            "--output",
-        ])
-        .arg(report)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting leaktrace")?;
-    crate::wait_for_stderr(&mut child, "leaktrace: tracing pid")?;
+    let child = crate::trace_pid(redis, &["--sample-bytes", sample], report)?;
     Ok(Traced { child })
 }
 

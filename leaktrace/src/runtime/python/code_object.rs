@@ -285,6 +285,8 @@ impl CodeCache {
         self.entries.retain(|&(entry_pid, _), _| entry_pid != pid);
     }
 
+    /// Code objects cached (the tests check each is read once).
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }

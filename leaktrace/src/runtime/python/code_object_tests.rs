@@ -6,7 +6,7 @@
 use std::{
     cell::Cell,
     io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
 };
 
@@ -15,7 +15,7 @@ use anyhow::{Result, bail};
 use super::{
     code_object::{CodeCache, CodeInfo, Memory, ProcessMemory, python_frame, read_code},
     layout::{InstrUnit, PythonLayout},
-    tests::{DEBIAN_PYTHON, oracle, pyenv_root},
+    tests::{DEBIAN_PYTHON, oracle, pyenv},
     version::PythonVersion,
 };
 
@@ -371,15 +371,6 @@ fn live(python: &Path) {
     }
     let want = if version.major == 2 { 1 } else { 4 };
     assert_eq!(seen, want, "Python {version}: code objects read");
-}
-
-fn pyenv(build: &str) -> PathBuf {
-    let minor: String = build.splitn(3, '.').take(2).collect::<Vec<_>>().join(".");
-    pyenv_root()
-        .join("versions")
-        .join(build)
-        .join("bin")
-        .join(format!("python{minor}"))
 }
 
 #[test]

@@ -350,6 +350,7 @@ impl PythonLayout {
 
     /// Every offset this version has, named as the oracle prints them
     /// (`FRAME_OWNED_BY_CSTACK` included as `frame_owner_cstack`).
+    #[cfg(test)]
     pub(crate) fn offsets(&self) -> Vec<(&'static str, u32)> {
         let wide = [
             ("runtime_tstate_current", self.runtime_tstate_current),

@@ -13,7 +13,7 @@ use std::{
 use super::{
     layout::PythonLayout,
     line_table::line_at,
-    tests::{DEBIAN_PYTHON, oracle, pyenv_root},
+    tests::{DEBIAN_PYTHON, oracle, pyenv},
 };
 
 fn script() -> PathBuf {
@@ -92,15 +92,6 @@ fn check(python: &Path) {
         mismatches.len(),
         mismatches.join("\n")
     );
-}
-
-fn pyenv(build: &str) -> PathBuf {
-    let minor: String = build.splitn(3, '.').take(2).collect::<Vec<_>>().join(".");
-    pyenv_root()
-        .join("versions")
-        .join(build)
-        .join("bin")
-        .join(format!("python{minor}"))
 }
 
 #[test]

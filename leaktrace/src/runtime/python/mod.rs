@@ -17,27 +17,11 @@
 //!
 //! A version that cannot be read is reported as such (its frames stay
 //! native, with one warning): a wrong version would name wrong frames.
-#[allow(
-    dead_code,
-    reason = "the userspace half of Python frames: wired in with the kernel walker (issue 10)"
-)]
 pub(crate) mod code_object;
 pub(crate) mod detect;
 pub(crate) mod elf;
-#[allow(
-    dead_code,
-    reason = "the userspace half of Python frames: wired in with the kernel walker (issue 10)"
-)]
 pub(crate) mod frames;
-#[allow(
-    dead_code,
-    reason = "the userspace half of Python frames: wired in with the kernel walker (issue 10)"
-)]
 pub(crate) mod layout;
-#[allow(
-    dead_code,
-    reason = "the userspace half of Python frames: wired in with the kernel walker (issue 10)"
-)]
 pub(crate) mod line_table;
 pub(crate) mod process;
 pub(crate) mod version;

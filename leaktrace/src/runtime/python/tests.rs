@@ -27,6 +27,16 @@ pub(super) fn pyenv_root() -> PathBuf {
     )
 }
 
+/// pyenv's interpreter of `build` ("3.11.7"): `bin/python3.11` under it.
+pub(super) fn pyenv(build: &str) -> PathBuf {
+    let minor: String = build.splitn(3, '.').take(2).collect::<Vec<_>>().join(".");
+    pyenv_root()
+        .join("versions")
+        .join(build)
+        .join("bin")
+        .join(format!("python{minor}"))
+}
+
 /// What `python` reports of itself: `sys.version_info[:3]`.
 pub(super) fn oracle(python: &Path) -> PythonVersion {
     let output = Command::new(python)

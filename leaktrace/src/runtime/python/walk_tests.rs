@@ -5,7 +5,7 @@
 //! here before it is written. A missing interpreter fails its test.
 use std::{
     io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
 };
 
@@ -14,7 +14,7 @@ use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use super::{
     code_object::{Memory, ProcessMemory, python_frame, read_code},
     layout::{EntryMarker, FrameChain, PythonLayout, ThreadStateSource},
-    tests::{DEBIAN_PYTHON, oracle, pyenv_root},
+    tests::{DEBIAN_PYTHON, oracle, pyenv},
 };
 use crate::target::procfs::parse_maps;
 
@@ -203,15 +203,6 @@ fn live(python: &Path) {
         _ => [false, false, true],
     };
     assert_eq!(entries, want, "Python {version}: entry markers");
-}
-
-fn pyenv(build: &str) -> PathBuf {
-    let minor: String = build.splitn(3, '.').take(2).collect::<Vec<_>>().join(".");
-    pyenv_root()
-        .join("versions")
-        .join(build)
-        .join("bin")
-        .join(format!("python{minor}"))
 }
 
 #[test]
