@@ -161,7 +161,7 @@ pub(crate) fn alloc_return(ctx: RetProbeContext) -> u32 {
         let (depth, fp_frames) = if flags & FLAG_SAMPLED == 0 {
             (0, 0)
         } else {
-            stack::capture(pid, regs, record)
+            stack::capture(pid, regs)
         };
         let depth = depth.min(MAX_STACK_DEPTH as u32);
         let (python_frames, python_status) = if flags & FLAG_SAMPLED == 0 {
@@ -182,7 +182,9 @@ pub(crate) fn alloc_return(ctx: RetProbeContext) -> u32 {
             python_frames,
             python_status,
         };
-        let words = (depth + 2 * python_frames) as usize;
+        // Opaque to the compiler, so that the bound below stays in the code:
+        // it knows both counts are small, the verifier must be shown.
+        let words = core::hint::black_box((depth + 2 * python_frames) as usize);
         let bytes = core::slice::from_raw_parts(
             record.cast::<u8>(),
             size_of::<AllocEvent>() + words.min(RECORD_WORDS) * size_of::<u64>(),

@@ -16,7 +16,7 @@ use aya_ebpf::{
         bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_loop,
     },
     macros::map,
-    maps::HashMap,
+    maps::{HashMap, PerCpuArray},
 };
 use leaktrace_common::{
     CHAIN_CFRAME, ENTRY_IS_ENTRY, ENTRY_OWNER, MAX_PYTHON_FRAMES, MAX_STACK_DEPTH,
@@ -25,6 +25,10 @@ use leaktrace_common::{
 };
 
 use crate::{maps::SCRATCH, settings};
+
+/// This CPU's walk in progress (see `PythonWalk`).
+#[map]
+static WALK: PerCpuArray<PythonWalk> = PerCpuArray::with_max_entries(1, 0);
 
 /// The Python processes being traced and how to walk them, by pid.
 #[map]
@@ -95,9 +99,13 @@ const _: () = assert!(RECORD_WORDS.is_power_of_two());
 /// two), not from an earlier comparison.
 const MASK: usize = RECORD_WORDS - 1;
 
-/// The walk's state, handed to each `bpf_loop` step.
+/// The walk's state, in a per-CPU map rather than on the stack: the
+/// verifier then sees its counters as unknown values in each step and
+/// checks the step once, where counters on the stack, known exactly, made
+/// it check every count (past its budget after a frame-pointer walk).
 #[repr(C)]
-struct PythonWalk {
+#[derive(Clone, Copy)]
+pub(crate) struct PythonWalk {
     process: PythonProcess,
     /// The next frame to read; 0 at the end of the chain.
     frame: u64,
@@ -111,9 +119,12 @@ struct PythonWalk {
 
 /// One frame of the chain: sends it (or skips a shim), moves outwards. 0
 /// continues the loop, 1 stops it.
-extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop hands back the PythonWalk it was given.
-    let walk = unsafe { &mut *context.cast::<PythonWalk>() };
+extern "C" fn step(_index: u64, _context: *mut c_void) -> i64 {
+    let Some(walk) = WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's slot; programs on one CPU do not preempt each other.
+    let walk = unsafe { &mut *walk };
     let frame = walk.frame;
     if frame == 0 || walk.sent as usize >= MAX_PYTHON_FRAMES {
         return 1;
@@ -200,22 +211,30 @@ pub(crate) fn capture(pid: u32, native: u32) -> (u32, u32) {
             None => return (0, PYTHON_READ_FAILED),
         }
     }
-    let mut walk = PythonWalk {
-        process,
-        frame,
-        next: u64::from(native.min(MAX_STACK_DEPTH as u32)),
-        sent: 0,
-        status: PYTHON_WALKED,
+    let Some(walk) = WALK.get_ptr_mut(0) else {
+        return (0, PYTHON_NONE);
     };
+    // SAFETY: this CPU's slot; programs on one CPU do not preempt each other.
+    unsafe {
+        *walk = PythonWalk {
+            process,
+            frame,
+            next: u64::from(native.min(MAX_STACK_DEPTH as u32)),
+            sent: 0,
+            status: PYTHON_WALKED,
+        };
+    }
     // At most MAX_PYTHON_FRAMES frames are sent, and as many shims skipped.
-    // SAFETY: the callback and its context live for the call.
+    // SAFETY: the callback lives for the call; it needs no context.
     unsafe {
         bpf_loop(
             (2 * MAX_PYTHON_FRAMES) as u32,
             step as *mut c_void,
-            (&raw mut walk).cast(),
+            core::ptr::null_mut(),
             0,
         )
     };
+    // SAFETY: as above.
+    let walk = unsafe { &*walk };
     (walk.sent, walk.status)
 }

@@ -10,31 +10,24 @@ pub(crate) mod dwarf;
 mod frame_pointers;
 
 use aya_ebpf::bindings::pt_regs;
-use leaktrace_common::AllocRecord;
 
 use crate::settings;
 
-/// Fills `record`'s stack with return addresses, innermost first, from the
+/// Fills the scratch record's stack with return addresses, innermost first, from the
 /// user registers at the allocator's return. Returns (frames, bits of the
 /// frames found by falling back to frame pointers while walking tables).
 ///
 /// # Safety
 ///
-/// `regs` must be a uprobe context's saved user registers and `record` this
-/// CPU's scratch record (`SCRATCH`).
+/// `regs` must be a uprobe context's saved user registers.
 #[inline(always)]
-pub(crate) unsafe fn capture(
-    pid: u32,
-    regs: *const pt_regs,
-    record: *mut AllocRecord,
-) -> (u32, u64) {
+pub(crate) unsafe fn capture(pid: u32, regs: *const pt_regs) -> (u32, u64) {
     if settings::dwarf_stacks() {
         // SAFETY: `regs` are the saved user registers (see the contract).
         let (pc, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
         dwarf::walk(pid, pc, sp, bp)
     } else {
-        // SAFETY: as above; `record` is this CPU's scratch record.
-        let depth = unsafe { frame_pointers::walk(regs, &mut (*record).stack) };
-        (depth, 0)
+        // SAFETY: as above.
+        (unsafe { frame_pointers::walk(regs) }, 0)
     }
 }

@@ -41,15 +41,21 @@ const DRAIN_BATCH: usize = 1 << 16;
 /// the final report back.
 const FINAL_DRAIN: usize = 1 << 22;
 
+/// `run`'s command at its exit stop: the sender to answer once what it
+/// left in the ring buffer has been applied.
+pub(super) type ExitStops = mpsc::UnboundedReceiver<std::sync::mpsc::Sender<()>>;
+
 /// Drains events until a stop condition, then drains the rest and writes
-/// the final report. `child` is the pid to forward SIGINT/SIGTERM to when
-/// leaktrace launched it (the command decides when to stop).
+/// the final report. `launched` is the command leaktrace started: the pid
+/// to forward SIGINT/SIGTERM to (the command decides when to stop), and its
+/// exit stops.
 pub(super) async fn trace_loop(
     (mut tracer, ring): (Tracer, RingBuf<MapData>),
     mut watch: ExitWatch,
-    child: Option<u32>,
+    launched: Option<(u32, ExitStops)>,
     listener: Option<TcpListener>,
 ) -> Result<Stop> {
+    let (child, mut exit_stops) = launched.unzip();
     // SAFETY: the ring buffer's map fd stays open, and the same fd, inside
     // the AsyncFd.
     let mut ring = unsafe { AsyncFd::register(ring) }
@@ -107,6 +113,11 @@ pub(super) async fn trace_loop(
                 // The client may have gone: nothing to do then.
                 let _: Result<_, _> = reply.send(response);
             }
+            Some(done) = next_exit_stop(exit_stops.as_mut()) => {
+                tracer.drain(ring.get_mut(), FINAL_DRAIN);
+                // The launcher may have given up waiting: nothing to do then.
+                let _: Result<_, _> = done.send(());
+            }
             exit = watch.wait() => match exit {
                 Exit::One(pid) => tracer.progress(&format!("pid {pid} exited; still tracing the others")),
                 Exit::All(status) => break Stop::Exited(status),
@@ -146,6 +157,14 @@ pub(super) async fn trace_loop(
     }
     tracer.emit(true)?;
     Ok(stop)
+}
+
+/// The next exit stop of `run`'s command, or never without one.
+async fn next_exit_stop(stops: Option<&mut ExitStops>) -> Option<std::sync::mpsc::Sender<()>> {
+    match stops {
+        Some(stops) => stops.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next connection, or never without a listener.

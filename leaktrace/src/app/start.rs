@@ -179,8 +179,16 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
             }
         }
     };
+    // At the command's exit stop its memory is still there: the event loop
+    // drains what is left and reads the new sites' Python code objects
+    // before the launcher lets it go (5 s at most).
+    let (exit_stop_tx, exit_stops) = tokio::sync::mpsc::unbounded_channel();
     let (child, exit) = launch::spawn_held(&program, &command, at_entry, move || {
         maps_at_exit.lock().expect("maps lock").refresh();
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        if exit_stop_tx.send(done_tx).is_ok() {
+            let _: Result<_, _> = done.recv_timeout(std::time::Duration::from_secs(5));
+        }
     })?;
     let pid = child.pid;
     *maps.lock().expect("maps lock") = ProcessMaps::new(pid);
@@ -212,7 +220,13 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
         tracer.kernel.attached,
         tracer.object_list()
     ));
-    let stop = trace_loop((tracer, ring), ExitWatch::Child(exit), Some(pid), None).await?;
+    let stop = trace_loop(
+        (tracer, ring),
+        ExitWatch::Child(exit),
+        Some((pid, exit_stops)),
+        None,
+    )
+    .await?;
     Ok(match stop {
         Stop::Exited(Some(status)) => status.as_exit_code(),
         _ => 0,
