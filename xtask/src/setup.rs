@@ -34,8 +34,8 @@ pub(crate) fn all() -> Result<()> {
 /// redis-server uses it), valgrind (the oracle the leak numbers are
 /// checked against), golang-go (`go tool pprof` reads the pprof output)
 /// dwarves (pahole: the oracle for the kernel struct offsets leaktrace
-/// reads from BTF) and python3.11-dev (the headers of Debian's python3,
-/// the oracle for its frame layout).
+/// reads from BTF), python3.11-dev (the headers of Debian's python3, the
+/// oracle for its frame layout) and python3-matplotlib (a traced story).
 pub(crate) fn test_dependencies() -> Result<()> {
     apt_packages(
         &[
@@ -44,8 +44,9 @@ pub(crate) fn test_dependencies() -> Result<()> {
             "golang-go",
             "dwarves",
             "python3.11-dev",
+            "python3-matplotlib",
         ],
-        "the test suite traces jemalloc, checks against valgrind, reads pprof output with go tool pprof, checks BTF offsets with pahole and Python layouts against Debian's python3 headers",
+        "the test suite traces jemalloc, checks against valgrind, reads pprof output with go tool pprof, checks BTF offsets with pahole and Python layouts against Debian's python3 headers, and traces a matplotlib program",
     )
 }
 
