@@ -284,7 +284,7 @@ mod tests {
             Some(super::super::RuntimeReport {
                 kind: "python".into(),
                 version: version.map(Into::into),
-                object: "/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0".into(),
+                object: "/opt/pyenv/versions/3.11.7/lib/libpython3.11.so.1.0".into(),
             })
         };
         let mut report = fixtures::report();
