@@ -15,9 +15,9 @@ use std::{
 };
 
 use common::{
-    EXPECTED_LEAKS, Guarded, TempDir, build_leaky, build_spin, bytes_by_fixture_function,
+    EXPECTED_LEAKS, Guarded, TempDir, build_leaky, bytes_by_fixture_function,
     check_report_against_table, leaktrace_bin, objdump, prerequisite_missing, probed, require_root,
-    run_json, serial,
+    run_json, serial, start_spin,
 };
 
 fn traced_leaky(dir: &TempDir, placement: &str) -> serde_json::Value {
@@ -139,17 +139,9 @@ fn auto_placement_moves_the_int3_in_the_traced_process() {
     }
     let _serial = serial();
     let dir = TempDir::new("placement-memory");
-    let spin = build_spin(&dir);
-    let mut spinner = Guarded::spawn(
-        "spin",
-        Command::new(&spin)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    );
+    let (spinner, counts) = start_spin(&dir);
     let pid = spinner.pid();
     // Its first count: spin runs, its C library is mapped.
-    let counts = spinner.stdout_lines();
     counts
         .next(Duration::from_secs(10))
         .expect("spin printed no count in 10 s");

@@ -16,8 +16,8 @@ use std::{
 };
 
 use common::{
-    EXPECTED_LEAKS, Guarded, Lines, TempDir, build_leaky, build_spin, check_report_against_table,
-    leaktrace, leaktrace_bin, probed, read_json, require_root, run_json, serial, sites,
+    EXPECTED_LEAKS, Guarded, Lines, TempDir, build_leaky, check_report_against_table, leaktrace,
+    leaktrace_bin, probed, read_json, require_root, run_json, serial, sites, start_spin,
 };
 
 const RUN_TIMEOUT: Duration = Duration::from_mins(2);
@@ -317,17 +317,8 @@ fn sigkill_leaves_no_probe_behind() {
     }
     let _serial = serial();
     let dir = TempDir::new("sigkill");
-    let spin = build_spin(&dir);
-
-    let mut spinner = Guarded::spawn(
-        "spin",
-        Command::new(&spin)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    );
+    let (mut spinner, counts) = start_spin(&dir);
     let spin_pid = spinner.pid();
-    let counts = spinner.stdout_lines();
     let untraced = spin_rate(&counts, 2, 5);
     assert!(untraced > 0, "spin does nothing untraced");
     let libc = probed::c_library(spin_pid);

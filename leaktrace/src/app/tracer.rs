@@ -192,8 +192,7 @@ impl Tracer {
                 // The interpreter may have been mapped since the last look
                 // (`run`'s command at its entry point).
                 self.update_runtime(pid);
-                let python = python.to_vec();
-                self.python_frames.prefetch(pid, &python);
+                self.python_frames.prefetch(pid, python);
             }
             // The old image's sites are gone, and with them any use for
             // its mappings: a fresh history keeps them from hiding the new

@@ -20,7 +20,10 @@ use leaktrace_common::{
 };
 use object::{Object as _, ObjectSegment as _};
 
-use crate::{target::procfs::Mapping, unwind};
+use crate::{
+    target::{elf::load_bias, procfs::Mapping},
+    unwind,
+};
 
 /// An object whose rows are in the array.
 #[derive(Clone, Debug)]
@@ -102,7 +105,7 @@ impl UnwindTables {
             let Some(object) = self.object(&mapping.path, root) else {
                 continue;
             };
-            let Some(bias) = bias(&object.segments, mapping) else {
+            let Some(bias) = load_bias(&object.segments, mapping) else {
                 continue;
             };
             entries.push(UnwindMapping {
@@ -205,41 +208,3 @@ impl UnwindTables {
     }
 }
 
-/// Address minus virtual address for a mapping: the segment holding the
-/// mapping's file offset says which virtual address the offset has.
-fn bias(segments: &[(u64, u64, u64)], mapping: &Mapping) -> Option<u64> {
-    segments.iter().find_map(|&(offset, size, vaddr)| {
-        (mapping.file_offset >= offset && mapping.file_offset < offset + size.max(1)).then(|| {
-            mapping
-                .start
-                .wrapping_sub(vaddr + (mapping.file_offset - offset))
-        })
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bias_maps_addresses_back_to_virtual_addresses() {
-        // A PIE's text: file offset 0x1000, vaddr 0x1000, mapped at 0x5555_0000_1000.
-        let segments = [(0, 0x800, 0), (0x1000, 0x2000, 0x1000)];
-        let mapping = Mapping {
-            start: 0x5555_0000_1000,
-            end: 0x5555_0000_3000,
-            file_offset: 0x1000,
-            executable: true,
-            path: "/bin/x".into(),
-        };
-        let pie_bias = bias(&segments, &mapping).unwrap();
-        assert_eq!(0x5555_0000_1234 - pie_bias, 0x1234);
-        // A non-PIE: vaddr 0x401000 at offset 0x1000, mapped at 0x401000.
-        let segments = [(0x1000, 0x2000, 0x401000)];
-        let mapping = Mapping {
-            start: 0x401000,
-            ..mapping
-        };
-        assert_eq!(bias(&segments, &mapping), Some(0));
-    }
-}

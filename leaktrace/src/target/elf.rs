@@ -10,6 +10,7 @@ use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol a
 use super::{
     FunctionSymbol,
     placement::{self, Placement},
+    procfs::Mapping,
 };
 
 /// What an object defines, as far as choosing the allocator goes.
@@ -167,6 +168,21 @@ pub(crate) fn program_interpreter(data: &[u8]) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
+/// An object's load bias, from one of its mappings: the mapping's address
+/// less the virtual address of its file offset, through the loadable
+/// segment (file offset, file size, virtual address) that holds it,
+/// page-aligned as the loader maps it. Any address of the object is its
+/// virtual address plus the bias (wrapping: a bias may be "negative").
+pub(crate) fn load_bias(segments: &[(u64, u64, u64)], mapping: &Mapping) -> Option<u64> {
+    const PAGE: u64 = 0xfff;
+    let &(offset, _, vaddr) = segments.iter().find(|&&(offset, size, _)| {
+        mapping.file_offset >= offset & !PAGE
+            && mapping.file_offset < offset.saturating_add(size.max(1))
+    })?;
+    let mapped_vaddr = (vaddr & !PAGE).checked_add(mapping.file_offset - (offset & !PAGE))?;
+    Some(mapping.start.wrapping_sub(mapped_vaddr))
+}
+
 #[cfg(test)]
 mod tests {
     use std::{fs, path::Path};
@@ -282,5 +298,27 @@ mod tests {
                 "a libjemalloc whose malloc the objdump oracle can judge",
             );
         }
+    }
+
+    #[test]
+    fn bias_maps_addresses_back_to_virtual_addresses() {
+        // A PIE's text: file offset 0x1000, vaddr 0x1000, mapped at 0x5555_0000_1000.
+        let segments = [(0, 0x800, 0), (0x1000, 0x2000, 0x1000)];
+        let mapping = Mapping {
+            start: 0x5555_0000_1000,
+            end: 0x5555_0000_3000,
+            file_offset: 0x1000,
+            executable: true,
+            path: "/bin/x".into(),
+        };
+        let pie_bias = load_bias(&segments, &mapping).unwrap();
+        assert_eq!(0x5555_0000_1234 - pie_bias, 0x1234);
+        // A non-PIE: vaddr 0x401000 at offset 0x1000, mapped at 0x401000.
+        let segments = [(0x1000, 0x2000, 0x401000)];
+        let mapping = Mapping {
+            start: 0x401000,
+            ..mapping
+        };
+        assert_eq!(load_bias(&segments, &mapping), Some(0));
     }
 }

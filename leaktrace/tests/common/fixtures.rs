@@ -110,6 +110,21 @@ pub(crate) fn build_spin(dir: &TempDir) -> PathBuf {
     )
 }
 
+/// Builds `spin` in `dir` and starts it; its counts (one line each 200 ms)
+/// come through the returned lines.
+pub(crate) fn start_spin(dir: &TempDir) -> (super::Guarded, super::Lines) {
+    let spin = build_spin(dir);
+    let mut spinner = super::Guarded::spawn(
+        "spin",
+        Command::new(&spin)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null()),
+    );
+    let counts = spinner.stdout_lines();
+    (spinner, counts)
+}
+
 /// A static program with no libc, hence no malloc anywhere.
 pub(crate) fn build_nomalloc(dir: &TempDir) -> PathBuf {
     compile(dir, "nomalloc.c", "nomalloc", &["-static", "-nostdlib"])

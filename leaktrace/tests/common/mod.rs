@@ -37,6 +37,7 @@ pub(crate) use environment::{
 #[allow(unused_imports)]
 pub(crate) use fixtures::{
     TempDir, build_leaky, build_nomalloc, build_spin, compile, fixture_source, site_lines,
+    start_spin,
 };
 #[allow(unused_imports)]
 pub(crate) use http::{Server, get, start_serve};

@@ -15,7 +15,10 @@ use leaktrace_common::{
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 use super::layout::{EntryMarker, FrameChain, InstrUnit, PythonLayout, ThreadStateSource};
-use crate::target::procfs::{Mapping, file_identity};
+use crate::target::{
+    elf::load_bias,
+    procfs::{Mapping, file_identity},
+};
 
 /// The symbol the walk starts from, for a layout.
 fn start_symbol(layout: &PythonLayout) -> &'static str {
@@ -154,18 +157,10 @@ fn symbol_in_process(
     display_path: &str,
     mappings: &[Mapping],
 ) -> Option<u64> {
-    const PAGE: u64 = 0xfff;
     mappings
         .iter()
         .filter(|m| *m.path == *display_path)
-        .find_map(|m| {
-            let &(offset, _, vaddr) = segments.iter().find(|&&(offset, size, _)| {
-                let start = offset & !PAGE;
-                m.file_offset >= start && m.file_offset < offset.saturating_add(size.max(1))
-            })?;
-            let mapped_vaddr = (vaddr & !PAGE).checked_add(m.file_offset - (offset & !PAGE))?;
-            m.start.checked_sub(mapped_vaddr)?.checked_add(symbol)
-        })
+        .find_map(|m| Some(load_bias(segments, m)?.wrapping_add(symbol)))
 }
 
 #[cfg(test)]
