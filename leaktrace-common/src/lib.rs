@@ -39,10 +39,24 @@ pub enum AllocFn {
     Mmap = 16,
     Munmap = 17,
     Mremap = 18,
+    /// `CPython`'s object allocator (pymalloc), traced in exact object mode
+    /// only: `PyObject_Malloc(size)` (2.7) or the static
+    /// `_PyObject_Malloc(ctx, size)` behind the 3.6+ wrapper (the attach
+    /// cookie then carries `COOKIE_SKIPS_CONTEXT`).
+    PyObjectMalloc = 19,
+    PyObjectCalloc = 20,
+    PyObjectRealloc = 21,
+    PyObjectFree = 22,
 }
 
+/// Bit of a uprobe's attach cookie above the `AllocFn`: the function takes
+/// a context pointer first (3.6+'s `_PyObject_Malloc(ctx, size)`), so its
+/// arguments start at the second register. The kernel reads them from
+/// there and sends them as if the context were not there.
+pub const COOKIE_SKIPS_CONTEXT: u64 = 1 << 32;
+
 impl AllocFn {
-    pub const ALL: [AllocFn; 18] = [
+    pub const ALL: [AllocFn; 22] = [
         AllocFn::Malloc,
         AllocFn::Calloc,
         AllocFn::Realloc,
@@ -61,6 +75,10 @@ impl AllocFn {
         AllocFn::Mmap,
         AllocFn::Munmap,
         AllocFn::Mremap,
+        AllocFn::PyObjectMalloc,
+        AllocFn::PyObjectCalloc,
+        AllocFn::PyObjectRealloc,
+        AllocFn::PyObjectFree,
     ];
 
     pub fn from_u32(value: u32) -> Option<AllocFn> {
@@ -88,6 +106,10 @@ impl AllocFn {
             AllocFn::Mmap => "mmap",
             AllocFn::Munmap => "munmap",
             AllocFn::Mremap => "mremap",
+            AllocFn::PyObjectMalloc => "PyObject_Malloc",
+            AllocFn::PyObjectCalloc => "PyObject_Calloc",
+            AllocFn::PyObjectRealloc => "PyObject_Realloc",
+            AllocFn::PyObjectFree => "PyObject_Free",
         }
     }
 
@@ -96,7 +118,23 @@ impl AllocFn {
     pub fn is_release(self) -> bool {
         matches!(
             self,
-            AllocFn::Free | AllocFn::Dallocx | AllocFn::Sdallocx | AllocFn::Munmap
+            AllocFn::Free
+                | AllocFn::Dallocx
+                | AllocFn::Sdallocx
+                | AllocFn::Munmap
+                | AllocFn::PyObjectFree
+        )
+    }
+
+    /// Whether the function is `CPython`'s object allocator (exact object
+    /// mode), not a C allocator.
+    pub fn is_python_object(self) -> bool {
+        matches!(
+            self,
+            AllocFn::PyObjectMalloc
+                | AllocFn::PyObjectCalloc
+                | AllocFn::PyObjectRealloc
+                | AllocFn::PyObjectFree
         )
     }
 }

@@ -15,8 +15,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use leaktrace_common::{
-    AllocEvent, AllocFn, EntryStash, FLAG_SAMPLED, LossCounter, MAX_PYTHON_FRAMES, MAX_STACK_DEPTH,
-    PYTHON_NONE, RECORD_WORDS,
+    AllocEvent, AllocFn, COOKIE_SKIPS_CONTEXT, EntryStash, FLAG_SAMPLED, LossCounter,
+    MAX_PYTHON_FRAMES, MAX_STACK_DEPTH, PYTHON_NONE, RECORD_WORDS,
 };
 
 use crate::{
@@ -29,6 +29,27 @@ use crate::{
 /// going live, not a loss.
 #[map]
 static ARMED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The call's first four arguments, after the context pointer when the
+/// cookie says the function takes one first.
+#[inline(always)]
+pub(crate) fn arguments(ctx: &ProbeContext, cookie: u64) -> [u64; 4] {
+    // Every register is read at a constant offset, then chosen: the
+    // verifier refuses a context read at an offset computed at run time,
+    // and without the black box the compiler computes it.
+    let registers = core::hint::black_box([
+        ctx.arg::<u64>(0).unwrap_or(0),
+        ctx.arg::<u64>(1).unwrap_or(0),
+        ctx.arg::<u64>(2).unwrap_or(0),
+        ctx.arg::<u64>(3).unwrap_or(0),
+        ctx.arg::<u64>(4).unwrap_or(0),
+    ]);
+    if cookie & COOKIE_SKIPS_CONTEXT != 0 {
+        [registers[1], registers[2], registers[3], registers[4]]
+    } else {
+        [registers[0], registers[1], registers[2], registers[3]]
+    }
+}
 
 #[uprobe]
 pub(crate) fn alloc_entry(ctx: ProbeContext) -> u32 {
@@ -54,13 +75,9 @@ pub(crate) fn alloc_entry(ctx: ProbeContext) -> u32 {
                 count_loss(LossCounter::EntrySlotCollision);
             }
         }
-        let func = bpf_get_attach_cookie(ctx.as_ptr()) as u32;
-        let args = [
-            ctx.arg::<u64>(0).unwrap_or(0),
-            ctx.arg::<u64>(1).unwrap_or(0),
-            ctx.arg::<u64>(2).unwrap_or(0),
-            ctx.arg::<u64>(3).unwrap_or(0),
-        ];
+        let cookie = bpf_get_attach_cookie(ctx.as_ptr());
+        let func = cookie as u32;
+        let args = arguments(&ctx, cookie);
         *slot = EntryStash {
             func,
             nested: 0,
@@ -92,11 +109,15 @@ fn sampled_flags(stash: &EntryStash, pid: u32, ret: u64, out: u64) -> Option<u64
     }
     let reallocates = stash.func == AllocFn::Realloc as u32
         || stash.func == AllocFn::Reallocarray as u32
-        || stash.func == AllocFn::Rallocx as u32;
+        || stash.func == AllocFn::Rallocx as u32
+        || stash.func == AllocFn::PyObjectRealloc as u32;
     let old = stash.args[0];
     let releases_old = reallocates
         && old != 0
-        && (ret != 0 || (stash.func == AllocFn::Realloc as u32 && stash.args[1] == 0));
+        && (ret != 0
+            || ((stash.func == AllocFn::Realloc as u32
+                || stash.func == AllocFn::PyObjectRealloc as u32)
+                && stash.args[1] == 0));
     let released_sampled = releases_old && sampling::forget(pid, old);
     let new = if stash.func == AllocFn::PosixMemalign as u32 {
         out

@@ -1,4 +1,4 @@
-//! The releasing calls (free, dallocx, sdallocx, munmap): `release_entry`
+//! The releasing calls (free, dallocx, sdallocx, munmap, `PyObject_Free`): `release_entry`
 //! sends a `ReleaseEvent` at the call's entry, where the block (or range)
 //! is in the argument registers. They get no return probe, so a release
 //! costs one trap.
@@ -11,13 +11,16 @@ use aya_ebpf::{
 use leaktrace_common::{AllocFn, LossCounter, ReleaseEvent};
 
 use crate::{
+    alloc::arguments,
     maps::{EVENTS, count_loss, header, inside_allocator, submit_flags, user_sp},
     sampling, settings,
 };
 
 #[uprobe]
 pub(crate) fn release_entry(ctx: ProbeContext) -> u32 {
-    let addr = ctx.arg::<u64>(0).unwrap_or(0);
+    // SAFETY: a uprobe context, as the helper expects.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let [addr, second, ..] = arguments(&ctx, cookie);
     if addr == 0 {
         // free(NULL) is a no-op; it costs no event (checked first: it
         // needs no map lookup).
@@ -27,8 +30,7 @@ pub(crate) fn release_entry(ctx: ProbeContext) -> u32 {
     if settings::is_self(pid_tgid) || inside_allocator(pid_tgid as u32, user_sp(&ctx)) {
         return 0;
     }
-    // SAFETY: a uprobe context, as the helper expects.
-    let func = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let func = cookie as u32;
     // When sampling, only releases of sampled blocks matter.
     if func != AllocFn::Munmap as u32
         && settings::sample_mean() != 0
@@ -38,7 +40,7 @@ pub(crate) fn release_entry(ctx: ProbeContext) -> u32 {
     }
     let release = ReleaseEvent {
         header: header(func, pid_tgid, 0),
-        args: [addr, ctx.arg::<u64>(1).unwrap_or(0)],
+        args: [addr, second],
     };
     if EVENTS
         .output::<ReleaseEvent>(&release, submit_flags())

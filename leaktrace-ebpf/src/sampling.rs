@@ -56,10 +56,13 @@ fn product(a: u64, b: u64) -> u64 {
 #[inline(always)]
 fn requested(func: u32, args: &[u64; 4]) -> u64 {
     match func {
-        f if f == AllocFn::Calloc as u32 => product(args[0], args[1]),
+        f if f == AllocFn::Calloc as u32 || f == AllocFn::PyObjectCalloc as u32 => {
+            product(args[0], args[1])
+        }
         f if f == AllocFn::Reallocarray as u32 => product(args[1], args[2]),
         f if f == AllocFn::PosixMemalign as u32 => args[2],
         f if f == AllocFn::Realloc as u32
+            || f == AllocFn::PyObjectRealloc as u32
             || f == AllocFn::AlignedAlloc as u32
             || f == AllocFn::Memalign as u32
             || f == AllocFn::Rallocx as u32 =>

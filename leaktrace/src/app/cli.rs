@@ -177,6 +177,18 @@ pub struct ReportOptions {
     /// blocks: for reproducible sampled reports in tests and benchmarks.
     #[arg(long, value_name = "N")]
     pub sample_seed: Option<u64>,
+    /// Exact object mode, in Python processes: also probe `CPython`'s
+    /// object allocator (pymalloc), so that every object allocation and
+    /// release is counted at its Python line, and reports add a by-type
+    /// view (outstanding objects and bytes per Python type, with their
+    /// growth between reports). Costs far more than the default on code
+    /// that allocates objects in a loop (see README for measured figures):
+    /// a staging tool. Needs an unstripped, non-LTO interpreter (pyenv's,
+    /// python.org's); Debian's python3 inlines its allocator and is
+    /// refused with a warning (its leaks are still found in the default
+    /// mode). Records every allocation: not with --sample-bytes.
+    #[arg(long, conflicts_with = "sample_bytes")]
+    pub python_objects: bool,
     /// Most outstanding allocations the daemon keeps (about 50 bytes each);
     /// beyond it new ones are dropped and counted as lost. 0: no limit.
     #[arg(long, default_value_t = 10_000_000)]

@@ -18,6 +18,7 @@ mod exit_watch;
 mod http;
 mod output;
 mod python_frames;
+mod python_objects;
 mod start;
 mod system_wide;
 mod tracer;
@@ -44,7 +45,7 @@ pub fn main(cli: Cli) -> Result<i32> {
             targets,
             mut options,
         } => {
-            if targets.all {
+            if targets.all && !options.python_objects {
                 options.sample_bytes.get_or_insert(SERVE_SAMPLE_BYTES);
             }
             runtime.block_on(start::trace_targets(targets, options, None))
@@ -56,7 +57,10 @@ pub fn main(cli: Cli) -> Result<i32> {
             mut options,
         } => {
             http::check_listen_address(listen, allow_remote)?;
-            options.sample_bytes.get_or_insert(SERVE_SAMPLE_BYTES);
+            // Exact object counts need every allocation.
+            if !options.python_objects {
+                options.sample_bytes.get_or_insert(SERVE_SAMPLE_BYTES);
+            }
             runtime.block_on(async move {
                 let listener = TcpListener::bind(listen)
                     .await

@@ -94,6 +94,22 @@ impl PythonFrames {
         Ok(())
     }
 
+    /// Where the interpreter's symbol `name` lies in a process that maps
+    /// it as `mappings` say (the interpreter file is read once for both).
+    pub(super) fn symbol_address(
+        &mut self,
+        name: &str,
+        interpreter: &PythonInterpreter,
+        mappings: &[Mapping],
+    ) -> Result<u64> {
+        self.starts.symbol_address(
+            name,
+            &interpreter.object,
+            &interpreter.display_path,
+            mappings,
+        )
+    }
+
     /// `pid` exited: the kernel stops walking it; what was read of it
     /// stays for its report.
     pub(super) fn stop(&mut self, kernel: &mut KernelProbes, pid: u32) {

@@ -16,10 +16,11 @@ use std::{
 use anyhow::Result;
 
 use super::{
-    cli::ReportOptions,
+    cli::{ProbePlacement, ReportOptions},
     http::{self, Page},
     output::write_atomically,
     python_frames::PythonFrames,
+    python_objects::PythonObjects,
     system_wide::SystemWide,
 };
 use crate::{
@@ -79,6 +80,8 @@ pub(super) struct Tracer {
     python_frames: PythonFrames,
     /// Python processes whose frames could not be walked (one warning).
     python_warnings: u64,
+    /// Exact object mode: the object allocators probed, the by-type view.
+    python_objects: PythonObjects,
     symbolizer: Symbolizer,
     /// Each site's outstanding bytes at every interval.
     growth: GrowthTracker,
@@ -113,6 +116,7 @@ impl Tracer {
             python: PythonCache::default(),
             python_frames: PythonFrames::default(),
             python_warnings: 0,
+            python_objects: PythonObjects::default(),
             symbolizer: Symbolizer::default(),
             growth: GrowthTracker::default(),
             unwind_tables: Arc::new(Mutex::new(unwind_tables)),
@@ -236,6 +240,7 @@ impl Tracer {
             let forgotten = self.pipeline.forget_process(pid);
             self.let_go(forgotten);
             self.python_frames.forget(&mut self.kernel, pid);
+            self.python_objects.forget(pid);
             if self.processes.remove(&pid).is_some() {
                 self.exited_processes += 1;
             }
@@ -315,10 +320,12 @@ impl Tracer {
         }
         process.runtime = runtime_report(&found);
         process.runtime_generation = Some(generation);
-        if let PythonFound::Python(interpreter) = &found
-            && let Err(err) =
-                self.python_frames
-                    .start(&mut self.kernel, pid, interpreter, maps.current())
+        let PythonFound::Python(interpreter) = &found else {
+            return;
+        };
+        if let Err(err) =
+            self.python_frames
+                .start(&mut self.kernel, pid, interpreter, maps.current())
         {
             if self.python_warnings == 0 {
                 eprintln!(
@@ -326,6 +333,45 @@ impl Tracer {
                 );
             }
             self.python_warnings += 1;
+        }
+        if self.options.python_objects {
+            match self.python_objects.attach(
+                &mut self.kernel,
+                &mut self.python_frames,
+                pid,
+                interpreter,
+                maps.current(),
+                self.options.probe_placement == ProbePlacement::Auto,
+            ) {
+                Ok(Some(done)) if !self.options.quiet => eprintln!("leaktrace: {done}"),
+                Ok(_) => {}
+                Err(err) => {
+                    eprintln!("leaktrace: warning: pid {pid}: no exact object counts: {err:#}");
+                }
+            }
+        }
+    }
+
+    /// Exact object mode: reads the Python type of every outstanding object
+    /// block of the processes still there (before a report, and at `run`'s
+    /// exit stop while the command's memory is still readable).
+    pub(super) fn read_python_types(&mut self) {
+        if !self.options.python_objects {
+            return;
+        }
+        let table = &self.pipeline.table;
+        let now_ms = u64::from(table.ms_since_epoch(monotonic_ns()));
+        let min_age_ms = self.options.min_age.as_millis() as u64;
+        for pid in self.python_objects.pids() {
+            if self.processes.get(&pid).is_some_and(|p| !p.exited) {
+                self.python_objects.read_types(
+                    pid,
+                    table,
+                    &self.pipeline.sites,
+                    now_ms,
+                    min_age_ms,
+                );
+            }
         }
     }
 
@@ -364,6 +410,7 @@ impl Tracer {
         for pid in pids {
             self.update_runtime(pid);
         }
+        self.read_python_types();
         let now_ns = monotonic_ns();
         let min_age = self.options.min_age;
         let pipeline = &self.pipeline;
@@ -426,6 +473,7 @@ impl Tracer {
                 totals: &totals,
                 sites: &pipeline.sites,
                 growth: &self.growth,
+                python_types: self.python_objects.rows(),
             },
             &|pid| maps.get(&pid).map(|m| &**m),
             &mut self.symbolizer,

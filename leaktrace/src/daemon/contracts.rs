@@ -74,10 +74,12 @@ pub fn interpret_alloc(func: AllocFn, args: [u64; 4], ret: u64, out: u64) -> Hea
         },
     };
     match func {
-        AllocFn::Malloc | AllocFn::Valloc | AllocFn::Pvalloc | AllocFn::Mallocx => {
-            alloc(ret, args[0])
-        }
-        AllocFn::Calloc => match args[0].checked_mul(args[1]) {
+        AllocFn::Malloc
+        | AllocFn::Valloc
+        | AllocFn::Pvalloc
+        | AllocFn::Mallocx
+        | AllocFn::PyObjectMalloc => alloc(ret, args[0]),
+        AllocFn::Calloc | AllocFn::PyObjectCalloc => match args[0].checked_mul(args[1]) {
             Some(size) => alloc(ret, size),
             None => HeapOp::Failed,
         },
@@ -89,7 +91,9 @@ pub fn interpret_alloc(func: AllocFn, args: [u64; 4], ret: u64, out: u64) -> Hea
                 HeapOp::Failed
             }
         }
-        AllocFn::Realloc => realloc(args[0], Some(args[1])),
+        // pymalloc's realloc follows the C contract (NULL: the old block
+        // stays; a zero size still returns a block).
+        AllocFn::Realloc | AllocFn::PyObjectRealloc => realloc(args[0], Some(args[1])),
         AllocFn::Reallocarray => realloc(args[0], args[1].checked_mul(args[2])),
         AllocFn::Rallocx => {
             if ret == 0 {
@@ -131,9 +135,11 @@ pub fn interpret_alloc(func: AllocFn, args: [u64; 4], ret: u64, out: u64) -> Hea
                 }
             }
         }
-        AllocFn::Free | AllocFn::Dallocx | AllocFn::Sdallocx | AllocFn::Munmap => {
-            interpret_release(func, [args[0], args[1]])
-        }
+        AllocFn::Free
+        | AllocFn::Dallocx
+        | AllocFn::Sdallocx
+        | AllocFn::Munmap
+        | AllocFn::PyObjectFree => interpret_release(func, [args[0], args[1]]),
     }
 }
 

@@ -270,6 +270,14 @@ impl HeapTable {
         })
     }
 
+    /// `pid`'s outstanding heap blocks (not mapped regions), by address.
+    pub fn blocks_of(&self, pid: u32) -> impl Iterator<Item = (u64, &Block)> {
+        self.processes
+            .get(&pid)
+            .into_iter()
+            .flat_map(|heap| heap.blocks.iter().map(|(&addr, block)| (addr, block)))
+    }
+
     /// Blocks and regions held.
     pub fn len(&self) -> usize {
         self.held

@@ -2,6 +2,7 @@
 //! out. The tracer (app) feeds it records from the kernel; the ingest benchmark
 //! feeds it synthetic ones through the very same code.
 use leaktrace_common::{AllocFn, FLAG_SAMPLED};
+use rustc_hash::FxHashMap;
 
 use crate::daemon::{
     contracts::{self, HeapOp},
@@ -49,11 +50,19 @@ pub struct Pipeline {
     pub execs: u64,
     /// `run` attaches before the command's own exec, which is expected.
     pub launch_exec_pending: bool,
+    /// Per process, the block its last `PyObject_Free` released (exact
+    /// object mode). pymalloc hands blocks over 512 bytes to the C
+    /// library, so that release is followed by a `free` of the same
+    /// address, on the same thread and under the GIL (no other Python
+    /// thread frees in between): that second release is the same one, not
+    /// a release of a block never seen.
+    pub python_freed: FxHashMap<u32, u64>,
 }
 
 impl Pipeline {
     /// Drops a process's blocks and call sites (it exec'd or exited).
     pub fn forget_process(&mut self, pid: u32) -> Forgotten {
+        self.python_freed.remove(&pid);
         Forgotten {
             pid,
             blocks: self.table.forget_process(pid),
@@ -79,6 +88,20 @@ impl Pipeline {
             Ok(Record::Exit(header)) => Ingested::Exit(header.pid),
             Ok(Record::Release(event)) => {
                 let func = AllocFn::from_u32(event.header.func).expect("decode checked it");
+                let pid = event.header.pid;
+                match func {
+                    AllocFn::PyObjectFree => {
+                        self.python_freed.insert(pid, event.args[0]);
+                    }
+                    AllocFn::Free
+                        if !self.python_freed.is_empty()
+                            && self.python_freed.get(&pid) == Some(&event.args[0]) =>
+                    {
+                        self.python_freed.remove(&pid);
+                        return Ingested::Applied;
+                    }
+                    _ => {}
+                }
                 let op = contracts::interpret_release(func, event.args);
                 self.table
                     .apply(event.header.pid, op, 0, event.header.timestamp_ns);
@@ -119,7 +142,7 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::records::{as_bytes, free_record, malloc_record};
+    use crate::daemon::records::{as_bytes, free_record, malloc_record, release_record};
 
     #[test]
     fn records_flow_into_the_table_and_new_sites_are_announced() {
@@ -143,5 +166,30 @@ mod tests {
         assert_eq!(pipeline.events, 3);
         pipeline.ingest(&[1, 2, 3]);
         assert_eq!(pipeline.decode_errors, 1);
+    }
+
+    /// pymalloc gives a block over 512 bytes to the C library: its
+    /// `PyObject_Free` is followed by a `free` of the same address, which
+    /// is the same release, not one of a block never seen. A `free` of
+    /// another address still counts.
+    #[test]
+    fn a_free_that_follows_py_object_free_of_its_block_is_one_release() {
+        let mut pipeline = Pipeline::default();
+        let mut object = malloc_record(7, 0x1000, 600, &[0xa], 1);
+        object[0] = (object[0] & !0xffff_ffff) | AllocFn::PyObjectMalloc as u64;
+        pipeline.ingest(as_bytes(&object));
+        assert_eq!(pipeline.table.len(), 1);
+        pipeline.ingest(as_bytes(&release_record(AllocFn::PyObjectFree, 7, 0x1000)));
+        pipeline.ingest(as_bytes(&free_record(7, 0x1000)));
+        assert_eq!(pipeline.table.len(), 0);
+        assert_eq!(pipeline.table.stats.releases, 1);
+        assert_eq!(pipeline.table.stats.unmatched_releases, 0);
+        // The same address freed again, with no PyObject_Free before it.
+        pipeline.ingest(as_bytes(&free_record(7, 0x1000)));
+        assert_eq!(pipeline.table.stats.unmatched_releases, 1);
+        // Another process's free of that address is its own.
+        pipeline.ingest(as_bytes(&release_record(AllocFn::PyObjectFree, 7, 0x2000)));
+        pipeline.ingest(as_bytes(&free_record(8, 0x2000)));
+        assert_eq!(pipeline.table.stats.unmatched_releases, 3);
     }
 }

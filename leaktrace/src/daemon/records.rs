@@ -62,9 +62,14 @@ pub fn malloc_record(pid: u32, addr: u64, size: u64, stack: &[u64], timestamp_ns
 
 /// A `free(addr)` by `pid`, as the kernel sends it (tests, benchmarks).
 pub fn free_record(pid: u32, addr: u64) -> Vec<u64> {
+    release_record(AllocFn::Free, pid, addr)
+}
+
+/// A release of `addr` by `pid` through `func`, as the kernel sends it.
+pub fn release_record(func: AllocFn, pid: u32, addr: u64) -> Vec<u64> {
     encode_release(&ReleaseEvent {
         header: EventHeader {
-            func: AllocFn::Free as u32,
+            func: func as u32,
             pid,
             tid: pid,
             stack_len: 0,

@@ -11,7 +11,7 @@
 //! calls also get a return probe; releasing calls need none.
 use std::path::PathBuf;
 
-use leaktrace_common::AllocFn;
+use leaktrace_common::{AllocFn, COOKIE_SKIPS_CONTEXT};
 
 use crate::target::ProbedObject;
 
@@ -45,6 +45,21 @@ pub(crate) struct Attachment {
     pub object: PathBuf,
     /// File offset in `object` (what the uprobe PMU takes).
     pub file_offset: u64,
+    /// The function's arguments start at the second register.
+    pub skips_context: bool,
+}
+
+impl Attachment {
+    /// The attach cookie the kernel program reads: which function, and
+    /// where its arguments start.
+    pub(crate) fn cookie(&self) -> u64 {
+        let skips = if self.skips_context {
+            COOKIE_SKIPS_CONTEXT
+        } else {
+            0
+        };
+        self.func as u64 | skips
+    }
 }
 
 /// Every attachment needed to trace `objects`, in the order they must be
@@ -87,6 +102,7 @@ fn unordered_plan(objects: &[ProbedObject], placed: bool) -> Vec<Attachment> {
                     object: object.path.clone(),
                     file_offset: function.file_offset
                         + if placed { function.placement.offset } else { 0 },
+                    skips_context: function.skips_context,
                 });
             }
         }
@@ -111,6 +127,7 @@ mod tests {
                 reason: PlacementReason::NotPlaced,
             },
             aliases: vec![],
+            skips_context: false,
         }
     }
 

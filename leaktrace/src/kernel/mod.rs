@@ -305,7 +305,7 @@ impl KernelProbes {
                 .attach(
                     UProbeAttachPoint {
                         location: UProbeAttachLocation::AbsoluteOffset(attachment.file_offset),
-                        cookie: Some(attachment.func as u64),
+                        cookie: Some(attachment.cookie()),
                     },
                     &attachment.object,
                     scope,

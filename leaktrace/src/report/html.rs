@@ -84,7 +84,9 @@ pub fn render(report: &Report, top: usize) -> String {
             stack.join("\n")
         );
     }
-    out.push_str("</table>\n<h2>Flamegraph of outstanding bytes</h2>\n");
+    out.push_str("</table>\n");
+    super::by_type::html(report, top, &mut out);
+    out.push_str("<h2>Flamegraph of outstanding bytes</h2>\n");
     // inferno's SVG, inline (without its XML declaration).
     let flamegraph = svg::render(report);
     let start = flamegraph.find("<svg").unwrap_or(0);

@@ -14,6 +14,7 @@ use crate::{
     symbolize::{Frame, FrameKind, ProcessMaps, Symbolizer},
 };
 
+mod by_type;
 mod escape;
 pub mod folded;
 pub mod html;
@@ -195,6 +196,23 @@ impl ProcessReport {
     }
 }
 
+/// Exact object mode's by-type view: one Python type's outstanding
+/// objects in one process, read from the live process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PythonTypeReport {
+    pub pid: u32,
+    /// `tp_name` as the process has it (a class's name; for 2.7 old-style
+    /// instances, their class's), or "(buffer, no object header)" for the
+    /// allocator's blocks that hold no object.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub objects: u64,
+    pub bytes: u64,
+    /// Change since the view before (0 at the first).
+    pub objects_change: i64,
+    pub bytes_change: i64,
+}
+
 /// A whole report.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
@@ -217,6 +235,9 @@ pub struct Report {
     pub losses: Losses,
     /// Largest first.
     pub sites: Vec<SiteReport>,
+    /// Exact object mode (`--python-objects`): outstanding objects per
+    /// Python type, most bytes first; empty otherwise.
+    pub python_types: Vec<PythonTypeReport>,
 }
 
 /// A traced process as the tracer knows it.
@@ -245,6 +266,7 @@ pub struct ReportInput<'a> {
     pub totals: &'a [SiteTotal],
     pub sites: &'a CallSites,
     pub growth: &'a GrowthTracker,
+    pub python_types: Vec<PythonTypeReport>,
 }
 
 /// Puts a site's Python frames (pid, its native frames, the kernel's word
@@ -336,6 +358,7 @@ pub fn build<'m>(
         },
         losses: input.losses,
         sites,
+        python_types: input.python_types,
     }
 }
 
@@ -536,6 +559,7 @@ pub(crate) mod fixtures {
                     ],
                 },
             ],
+            python_types: Vec::new(),
         }
     }
 }

@@ -98,6 +98,7 @@ mod tests {
                     file_offset,
                     placement: Placement::default(),
                     aliases: vec![],
+                    skips_context: false,
                 })
                 .collect(),
             is_c_library,

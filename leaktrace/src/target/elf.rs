@@ -55,7 +55,12 @@ pub(crate) fn object_symbols(data: &[u8]) -> Result<ObjectSymbols> {
         }
         // `mmap64` is glibc's other name for `mmap`.
         let name = if name == "mmap64" { "mmap" } else { name };
-        let Some(func) = AllocFn::ALL.into_iter().find(|f| f.symbol() == name) else {
+        // CPython's object allocator is found apart, only in exact object
+        // mode (`runtime::python::object_allocator`).
+        let Some(func) = AllocFn::ALL
+            .into_iter()
+            .find(|f| !f.is_python_object() && f.symbol() == name)
+        else {
             continue;
         };
         if found.iter().any(|(f, _, _)| *f == func) {
@@ -81,6 +86,7 @@ pub(crate) fn object_symbols(data: &[u8]) -> Result<ObjectSymbols> {
                 file_offset,
                 placement: Placement::default(),
                 aliases: Vec::new(),
+                skips_context: false,
             });
             addresses.push(address);
         }
@@ -90,6 +96,48 @@ pub(crate) fn object_symbols(data: &[u8]) -> Result<ObjectSymbols> {
         functions,
         is_c_library,
     })
+}
+
+/// The functions named in `wanted` that `data` defines, local symbols
+/// included (3.6+'s `_PyObject_Malloc` is static, found only in the full
+/// symbol table), each placed like the allocator's. A name defined twice
+/// keeps its first definition.
+pub(crate) fn named_functions(
+    data: &[u8],
+    wanted: &[(&str, AllocFn)],
+    skips_context: bool,
+) -> Result<Vec<FunctionSymbol>> {
+    let file = object::File::parse(data).context("not an ELF object")?;
+    let mut functions: Vec<FunctionSymbol> = Vec::new();
+    let mut addresses = Vec::new();
+    for symbol in file.dynamic_symbols().chain(file.symbols()) {
+        if !symbol.is_definition() || symbol.kind() != object::SymbolKind::Text {
+            continue;
+        }
+        let Ok(name) = symbol.name() else { continue };
+        let Some(&(_, func)) = wanted.iter().find(|(wanted, _)| *wanted == name) else {
+            continue;
+        };
+        if functions.iter().any(|f| f.func == func) {
+            continue;
+        }
+        let file_offset = virtual_to_file_offset(&file, symbol.address()).ok_or_else(|| {
+            anyhow!(
+                "{name} at {:#x} is outside every loadable segment",
+                symbol.address()
+            )
+        })?;
+        functions.push(FunctionSymbol {
+            func,
+            file_offset,
+            placement: Placement::default(),
+            aliases: Vec::new(),
+            skips_context,
+        });
+        addresses.push(symbol.address());
+    }
+    place_probes(&file, data, &mut functions, &addresses);
+    Ok(functions)
 }
 
 /// Decodes each function's first instructions to place its probe, then

@@ -44,6 +44,9 @@ pub(crate) struct FunctionSymbol {
     /// Other traced names at the same address (glibc's `aligned_alloc` is
     /// `memalign`): probed once, reported under `func`.
     pub aliases: Vec<AllocFn>,
+    /// Its first argument is a context pointer, not one of `func`'s
+    /// (`_PyObject_Malloc(ctx, size)` in 3.6+).
+    pub skips_context: bool,
 }
 
 /// One ELF object to probe and the functions to probe in it.

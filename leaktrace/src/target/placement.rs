@@ -67,8 +67,16 @@ pub(crate) fn argument_registers(func: AllocFn) -> &'static [Register] {
         | AllocFn::AlignedAlloc
         | AllocFn::Memalign
         | AllocFn::Rallocx
-        | AllocFn::Munmap => 2,
-        AllocFn::Reallocarray | AllocFn::PosixMemalign | AllocFn::Mremap => 3,
+        | AllocFn::Munmap
+        | AllocFn::PyObjectMalloc
+        | AllocFn::PyObjectFree => 2,
+        // CPython's object allocator counts the context pointer 3.6+ passes
+        // first (protecting one register too many is harmless).
+        AllocFn::Reallocarray
+        | AllocFn::PosixMemalign
+        | AllocFn::Mremap
+        | AllocFn::PyObjectCalloc
+        | AllocFn::PyObjectRealloc => 3,
         // mmap's length (rsi) and flags (rcx, 4th argument).
         AllocFn::Mmap => 4,
     };

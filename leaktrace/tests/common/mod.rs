@@ -11,6 +11,8 @@
 //! - [`http`]: starting `leaktrace serve` and GETs against it;
 //! - [`process`]: child processes that are killed even when a test fails,
 //!   line readers with timeouts, running leaktrace;
+//! - [`python`]: Python fixtures under pyenv's interpreters, traced, and
+//!   the Python frames of a report;
 //! - [`report`]: reading a JSON report and checking it against the table;
 //! - [`valgrind`]: reading valgrind memcheck's XML output.
 //!
@@ -25,6 +27,7 @@ pub(crate) mod objdump;
 pub(crate) mod prerequisite;
 pub(crate) mod probed;
 pub(crate) mod process;
+pub(crate) mod python;
 pub(crate) mod report;
 pub(crate) mod table;
 pub(crate) mod valgrind;
@@ -47,6 +50,11 @@ pub(crate) use prerequisite::prerequisite_missing;
 pub(crate) use process::{
     Finished, Guarded, Lines, assert_one_error_line, leaktrace, output_text, run_json,
     run_with_timeout,
+};
+#[allow(unused_imports)]
+pub(crate) use python::{
+    bytes_by_line_in, bytes_by_python_line, native_functions, own_version, pyenv, python_frames,
+    site_lines_of, trace_fixture,
 };
 #[allow(unused_imports)]
 pub(crate) use report::{

@@ -14,8 +14,12 @@ use super::{
     version::PythonVersion,
 };
 
+/// Oracles compiled so far: each gets its own scratch directory (tests run
+/// in parallel, several per version).
+static ORACLES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// Shared by both oracles: the printing macro.
-const PRELUDE: &str = r#"#include <stdio.h>
+pub(super) const PRELUDE: &str = r#"#include <stdio.h>
 #include <stddef.h>
 #include <string.h>
 #define P(name, expr) printf("%s=%lu\n", name, (unsigned long)(expr))
@@ -132,6 +136,17 @@ return 0;}
 /// What the C oracle prints for pyenv's `build` ("3.11.7") with headers in
 /// `include/<dir>`, or for `build` "debian-3.11.x" with `dir` an absolute path.
 fn oracle(build: &str, dir: &str) -> BTreeMap<String, u32> {
+    let body = if build.starts_with("2.") {
+        ORACLE_27
+    } else {
+        ORACLE_3
+    };
+    run_oracle(build, dir, &format!("{PRELUDE}{body}"))
+}
+
+/// Compiles the C program `source` against the headers of `build` (as for
+/// `oracle`), runs it and parses its `name=value` lines.
+pub(super) fn run_oracle(build: &str, dir: &str, source: &str) -> BTreeMap<String, u32> {
     let include = if Path::new(dir).is_absolute() {
         PathBuf::from(dir)
     } else {
@@ -146,21 +161,19 @@ fn oracle(build: &str, dir: &str) -> BTreeMap<String, u32> {
         "Python {build} headers are missing: no {}/Python.h (pyenv: `pyenv install {build}`; Debian: `apt-get install python3.11-dev`)",
         include.display()
     );
-    let work =
-        std::env::temp_dir().join(format!("leaktrace-layout-{build}-{}", std::process::id()));
+    let work = std::env::temp_dir().join(format!(
+        "leaktrace-layout-{build}-{}-{}",
+        std::process::id(),
+        ORACLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&work).expect("a scratch directory");
-    let source = work.join("oracle.c");
+    let source_path = work.join("oracle.c");
     let binary = work.join("oracle");
-    let body = if build.starts_with("2.") {
-        ORACLE_27
-    } else {
-        ORACLE_3
-    };
-    std::fs::write(&source, format!("{PRELUDE}{body}")).expect("writing the oracle");
+    std::fs::write(&source_path, source).expect("writing the oracle");
     let compiled = Command::new("gcc")
         .arg("-I")
         .arg(&include)
-        .arg(&source)
+        .arg(&source_path)
         .arg("-o")
         .arg(&binary)
         .output()

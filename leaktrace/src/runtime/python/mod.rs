@@ -15,6 +15,11 @@
 //! - [`frames`]: Python frames spliced in place of the eval-loop frames;
 //! - [`walker`]: the kernel walker's instructions for one process.
 //!
+//! Exact object mode (`--python-objects`):
+//!
+//! - [`object_allocator`]: where pymalloc can be probed in a build, or why not;
+//! - [`object_types`]: the Python type of an outstanding block, read live.
+//!
 //! A version that cannot be read is reported as such (its frames stay
 //! native, with one warning): a wrong version would name wrong frames.
 pub(crate) mod code_object;
@@ -23,6 +28,8 @@ pub(crate) mod elf;
 pub(crate) mod frames;
 pub(crate) mod layout;
 pub(crate) mod line_table;
+pub(crate) mod object_allocator;
+pub(crate) mod object_types;
 pub(crate) mod process;
 pub(crate) mod version;
 pub(crate) mod walker;
@@ -35,6 +42,8 @@ mod frames_tests;
 mod layout_tests;
 #[cfg(test)]
 mod line_table_tests;
+#[cfg(test)]
+mod object_types_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

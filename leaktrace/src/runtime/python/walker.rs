@@ -102,7 +102,7 @@ fn read_facts(path: &Path) -> Result<ObjectFacts> {
     let file = object::File::parse(&*data).context("not an ELF object")?;
     let mut symbols = HashMap::new();
     for symbol in file.dynamic_symbols().chain(file.symbols()) {
-        for wanted in ["_PyThreadState_Current", "_PyRuntime"] {
+        for wanted in ["_PyThreadState_Current", "_PyRuntime", "PyType_Type"] {
             if symbol.name() == Ok(wanted) && symbol.is_definition() {
                 symbols.entry(wanted).or_insert(symbol.address());
             }
@@ -129,6 +129,18 @@ impl StartAddresses {
         display_path: &str,
         mappings: &[Mapping],
     ) -> Result<u64> {
+        self.symbol_address(start_symbol(layout), object, display_path, mappings)
+    }
+
+    /// Where the interpreter object's symbol `name` (one `read_facts`
+    /// looks for) is in the process.
+    pub(crate) fn symbol_address(
+        &mut self,
+        name: &str,
+        object: &Path,
+        display_path: &str,
+        mappings: &[Mapping],
+    ) -> Result<u64> {
         let identity = file_identity(object)
             .ok_or_else(|| anyhow!("{} cannot be opened", object.display()))?;
         let facts = self
@@ -137,7 +149,6 @@ impl StartAddresses {
             .or_insert_with(|| read_facts(object).ok())
             .as_ref()
             .ok_or_else(|| anyhow!("{display_path} is not a readable ELF object"))?;
-        let name = start_symbol(layout);
         let symbol = *facts
             .symbols
             .get(name)

@@ -1,0 +1,192 @@
+//! Exact object mode's tracer side (`--python-objects`): probes each Python
+//! process's object allocator once its interpreter is known, and reads the
+//! Python type of every outstanding object block for the by-type view.
+//!
+//! Types are read from the live process when a report is made (and at
+//! `run`'s exit stop, while the command's memory is still there): a
+//! process that exited keeps the view read last.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fs,
+};
+
+use anyhow::{Context as _, Result, anyhow};
+
+use super::python_frames::PythonFrames;
+use crate::{
+    daemon::{heap::HeapTable, sites::CallSites},
+    kernel::{KernelProbes, Scope, attach},
+    report::PythonTypeReport,
+    runtime::python::{
+        code_object::ProcessMemory,
+        object_allocator::object_allocator,
+        object_types::{ObjectLayout, TypeReader},
+        process::PythonInterpreter,
+    },
+    target::{FunctionSymbol, ProbedObject, procfs::Mapping, procfs::file_identity},
+};
+
+/// What blocks that hold no object header are listed as: the allocator's
+/// buffers (a list's items, a dict's keys, a bytearray's bytes in 3.x).
+pub(crate) const NOT_AN_OBJECT: &str = "(buffer, no object header)";
+
+/// A process whose object allocator is probed.
+struct ProbedProcess {
+    layout: ObjectLayout,
+    /// Its address of `PyType_Type`.
+    type_type: u64,
+    /// Objects and bytes per type, read last (kept once it exits).
+    last: BTreeMap<String, (u64, u64)>,
+    /// The view before `last`, for growth.
+    previous: BTreeMap<String, (u64, u64)>,
+}
+
+#[derive(Default)]
+pub(super) struct PythonObjects {
+    /// Each interpreter file's functions to probe, or why there are none.
+    functions: HashMap<(u64, u64), Result<Vec<FunctionSymbol>, String>>,
+    /// Interpreter files probed per process: probes stay attached through
+    /// an exec, so the same file mapped again is not probed twice.
+    attached: HashSet<(u32, (u64, u64))>,
+    probed: HashMap<u32, ProbedProcess>,
+}
+
+impl PythonObjects {
+    /// Probes `pid`'s object allocator (once per interpreter file); returns
+    /// a progress line when it did.
+    pub(super) fn attach(
+        &mut self,
+        kernel: &mut KernelProbes,
+        frames: &mut PythonFrames,
+        pid: u32,
+        interpreter: &PythonInterpreter,
+        mappings: &[Mapping],
+        placed: bool,
+    ) -> Result<Option<String>> {
+        let identity = file_identity(&interpreter.object)
+            .ok_or_else(|| anyhow!("{} cannot be opened", interpreter.object.display()))?;
+        let layout = ObjectLayout::for_version(interpreter.version).ok_or_else(|| {
+            anyhow!(
+                "no object layout for Python {}.{}",
+                interpreter.version.major,
+                interpreter.version.minor
+            )
+        })?;
+        let type_type = frames.symbol_address("PyType_Type", interpreter, mappings)?;
+        let previous = self.probed.remove(&pid);
+        self.probed.insert(
+            pid,
+            ProbedProcess {
+                layout,
+                type_type,
+                last: previous.map(|p| p.last).unwrap_or_default(),
+                previous: BTreeMap::new(),
+            },
+        );
+        if !self.attached.insert((pid, identity)) {
+            return Ok(None);
+        }
+        let functions = self
+            .functions
+            .entry(identity)
+            .or_insert_with(|| {
+                fs::read(&interpreter.object)
+                    .with_context(|| format!("reading {}", interpreter.display_path))
+                    .and_then(|data| {
+                        object_allocator(&data, interpreter.version, &interpreter.display_path)
+                    })
+                    .map_err(|err| format!("{err:#}"))
+            })
+            .clone()
+            .map_err(|why| anyhow!(why))?;
+        let names: Vec<&str> = functions.iter().map(|f| f.func.symbol()).collect();
+        let plan = attach::plan(
+            &[ProbedObject {
+                path: interpreter.object.clone(),
+                display_path: interpreter.display_path.clone(),
+                functions: functions.clone(),
+            }],
+            placed,
+        );
+        kernel.attach(&plan, Scope::Process(pid))?;
+        Ok(Some(format!(
+            "pid {pid}: exact object mode: probing {} in {}",
+            names.join(", "),
+            interpreter.display_path
+        )))
+    }
+
+    /// Reads the type of each of `pid`'s outstanding object blocks at
+    /// least `min_age_ms` old (`now_ms` on the table's clock) while the
+    /// process is there; does nothing for a process not probed or gone.
+    pub(super) fn read_types(
+        &mut self,
+        pid: u32,
+        table: &HeapTable,
+        sites: &CallSites,
+        now_ms: u64,
+        min_age_ms: u64,
+    ) {
+        let Some(process) = self.probed.get_mut(&pid) else {
+            return;
+        };
+        let Ok(memory) = ProcessMemory::open(pid) else {
+            return;
+        };
+        let mut reader = TypeReader::new(&memory, process.layout, process.type_type);
+        let mut by_type: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (addr, block) in table.blocks_of(pid) {
+            if now_ms.saturating_sub(u64::from(block.time_ms)) < min_age_ms
+                || !sites.get(block.site).func.is_python_object()
+            {
+                continue;
+            }
+            let name = reader
+                .type_of(addr, block.size)
+                .unwrap_or_else(|| NOT_AN_OBJECT.to_owned());
+            let entry = by_type.entry(name).or_default();
+            entry.0 += 1;
+            entry.1 += block.size;
+        }
+        process.previous = std::mem::replace(&mut process.last, by_type);
+    }
+
+    /// The by-type view of every probed process, as read last: most bytes
+    /// first, with the change since the read before.
+    pub(super) fn rows(&self) -> Vec<PythonTypeReport> {
+        let mut rows: Vec<PythonTypeReport> = Vec::new();
+        for (&pid, process) in &self.probed {
+            for (name, &(objects, bytes)) in &process.last {
+                let (before_objects, before_bytes) =
+                    process.previous.get(name).copied().unwrap_or_default();
+                rows.push(PythonTypeReport {
+                    pid,
+                    type_name: name.clone(),
+                    objects,
+                    bytes,
+                    objects_change: objects.cast_signed() - before_objects.cast_signed(),
+                    bytes_change: bytes.cast_signed() - before_bytes.cast_signed(),
+                });
+            }
+        }
+        rows.sort_by(|a, b| {
+            b.bytes
+                .cmp(&a.bytes)
+                .then(b.objects.cmp(&a.objects))
+                .then(a.type_name.cmp(&b.type_name))
+                .then(a.pid.cmp(&b.pid))
+        });
+        rows
+    }
+
+    /// Processes probed.
+    pub(super) fn pids(&self) -> Vec<u32> {
+        self.probed.keys().copied().collect()
+    }
+
+    /// `pid` is gone for good (`--all`): its view goes too.
+    pub(super) fn forget(&mut self, pid: u32) {
+        self.probed.remove(&pid);
+        self.attached.retain(|(p, _)| *p != pid);
+    }
+}
