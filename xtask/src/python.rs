@@ -1,9 +1,11 @@
 //! `cargo xtask bench-python`: what tracing costs a Python program. The
 //! loop of `xtask/bench/dict_loop.py` (a dict holding a str and a 3-item
 //! list per iteration) under Debian's python3 and pyenv's 3.11 and 2.7,
-//! untraced and under `leaktrace trace --pid` (the default mode: the C
+//! untraced, under `leaktrace trace --pid` (the default mode: the C
 //! library's allocator probed, Python frames walked on each recorded
-//! call), interleaved over rounds: ns per iteration, medians, ratios.
+//! call) and under `--python-objects` (exact object mode: every object
+//! allocation and release probed too; refused on Debian's LTO build),
+//! interleaved over rounds: ns per iteration, medians, ratios.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     path::PathBuf,
@@ -15,9 +17,20 @@ use anyhow::{Context as _, Result, bail};
 use crate::{redis::kill, workspace_root};
 
 const ITERATIONS: &str = "2000000";
+/// Exact object mode costs microseconds an iteration: fewer of them.
+const EXACT_ITERATIONS: &str = "100000";
 
-/// The interpreters measured: (label, path).
-fn interpreters() -> Vec<(&'static str, PathBuf)> {
+/// How a run is traced.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Untraced,
+    Default,
+    Exact,
+}
+
+/// The interpreters measured: (label, path, whether exact object mode
+/// can run there).
+fn interpreters() -> Vec<(&'static str, PathBuf, bool)> {
     let pyenv = std::env::var_os("PYENV_ROOT").map_or_else(
         || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".pyenv"),
         PathBuf::from,
@@ -26,24 +39,31 @@ fn interpreters() -> Vec<(&'static str, PathBuf)> {
         (
             "Debian python3 (3.11, static)",
             PathBuf::from("/usr/bin/python3"),
+            false,
         ),
         (
             "pyenv 3.11.7 (libpython)",
             pyenv.join("versions/3.11.7/bin/python3.11"),
+            true,
         ),
         (
             "pyenv 2.7.18 (libpython)",
             pyenv.join("versions/2.7.18/bin/python2.7"),
+            true,
         ),
     ]
 }
 
-/// Runs the loop under `python`, traced when `traced`; ns per iteration.
-fn measure(python: &PathBuf, traced: bool) -> Result<f64> {
+/// Runs the loop under `python`, traced as `mode` says; ns per iteration.
+fn measure(python: &PathBuf, mode: Mode) -> Result<f64> {
     let script = workspace_root().join("xtask/bench/dict_loop.py");
     let mut child = Command::new(python)
         .arg(&script)
-        .arg(ITERATIONS)
+        .arg(if mode == Mode::Exact {
+            EXACT_ITERATIONS
+        } else {
+            ITERATIONS
+        })
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -53,10 +73,10 @@ fn measure(python: &PathBuf, traced: bool) -> Result<f64> {
         Some(Ok(line)) if line == "ready" => {}
         other => bail!("{}: expected ready, got {other:?}", python.display()),
     }
-    let tracer = if traced {
-        Some(attach(child.id())?)
-    } else {
-        None
+    let tracer = match mode {
+        Mode::Untraced => None,
+        Mode::Default => Some(attach(child.id(), &[])?),
+        Mode::Exact => Some(attach(child.id(), &["--python-objects"])?),
     };
     writeln!(child.stdin.as_mut().context("piped")?, "go")?;
     let result = lines
@@ -74,8 +94,8 @@ fn measure(python: &PathBuf, traced: bool) -> Result<f64> {
     result
 }
 
-fn attach(pid: u32) -> Result<Child> {
-    crate::trace_pid(pid, &[], std::path::Path::new("/dev/null"))
+fn attach(pid: u32, extra: &[&str]) -> Result<Child> {
+    crate::trace_pid(pid, extra, std::path::Path::new("/dev/null"))
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -85,34 +105,46 @@ fn median(values: &mut [f64]) -> f64 {
 
 pub(crate) fn run(rounds: usize) -> Result<()> {
     let interpreters = interpreters();
-    for (label, python) in &interpreters {
+    for (label, python, _) in &interpreters {
         if !python.exists() {
             bail!("{label}: {} is missing", python.display());
         }
     }
-    // Per interpreter: untraced and traced ns per iteration, per round.
-    let mut samples = vec![(Vec::new(), Vec::new()); interpreters.len()];
+    // Per interpreter: untraced, default and exact ns per iteration, per
+    // round.
+    let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()]; interpreters.len()];
     for round in 0..rounds {
-        for (i, (label, python)) in interpreters.iter().enumerate() {
+        for (i, (label, python, exact)) in interpreters.iter().enumerate() {
             eprintln!("xtask: round {round}, {label}");
-            samples[i].0.push(measure(python, false)?);
-            samples[i].1.push(measure(python, true)?);
+            samples[i][0].push(measure(python, Mode::Untraced)?);
+            samples[i][1].push(measure(python, Mode::Default)?);
+            if *exact {
+                samples[i][2].push(measure(python, Mode::Exact)?);
+            }
         }
     }
     println!(
-        "dict loop ({ITERATIONS} iterations), ns per iteration, median of {rounds} interleaved rounds:"
+        "dict loop, ns per iteration ({ITERATIONS} iterations; {EXACT_ITERATIONS} in exact object mode), median of {rounds} interleaved rounds:"
     );
     println!(
-        "{:<32} {:>10} {:>10} {:>7}",
-        "interpreter", "untraced", "default", "ratio"
+        "{:<32} {:>10} {:>10} {:>7} {:>10} {:>8}",
+        "interpreter", "untraced", "default", "ratio", "objects", "ratio"
     );
-    for ((label, _), (untraced, traced)) in interpreters.iter().zip(&mut samples) {
+    for ((label, _, _), [untraced, traced, exact]) in interpreters.iter().zip(&mut samples) {
         let (untraced, traced) = (median(untraced), median(traced));
+        let exact = if exact.is_empty() {
+            format!("{:>10} {:>8}", "refused", "-")
+        } else {
+            let exact = median(exact);
+            format!("{exact:>10.1} {:>7.1}x", exact / untraced)
+        };
         println!(
-            "{label:<32} {untraced:>10.1} {traced:>10.1} {:>6.2}x",
+            "{label:<32} {untraced:>10.1} {traced:>10.1} {:>6.2}x {exact}",
             traced / untraced
         );
     }
-    println!("(exact object mode, --python-objects, is not built yet)");
+    println!(
+        "(objects: --python-objects; refused where the allocator is inlined, as in Debian's LTO python3)"
+    );
     Ok(())
 }

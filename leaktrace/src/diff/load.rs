@@ -13,11 +13,30 @@ use serde::Deserialize;
 use crate::report::Report;
 use crate::report::pprof::{self, NO_STACK, Profile};
 
+/// A frame as diff matches it: its function; for a Python frame, its
+/// function and file (`handle (app/views.py)`): Python code is full of
+/// functions of one name in many modules (`__init__`, `handle`, `main`),
+/// where a native symbol names one function. Lines are left out in both.
+fn frame_key(function: String, file: Option<&str>, python: bool) -> String {
+    match file {
+        Some(file) if python => format!("{function} ({file})"),
+        _ => function,
+    }
+}
+
+/// Whether a pprof function is a Python one: pprof has no frame kinds, so
+/// it goes by the file, a Python source (`.py`) or one of the
+/// interpreter's pseudo-files (`<frozen importlib._bootstrap>`,
+/// `<string>`); native files are C, C++ or Rust sources.
+fn is_python_file(file: &str) -> bool {
+    file.ends_with(".py") || file.ends_with(".pyw") || file.starts_with('<')
+}
+
 /// What matches a call site across reports.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) struct SiteKey {
-    /// Function names, root first (the function that called the allocator
-    /// last); empty when no stack was captured.
+    /// Frames (see `frame_key`), root first (the function that called the
+    /// allocator last); empty when no stack was captured.
     pub stack: Vec<String>,
     /// The allocator function called (malloc, calloc, mmap...); empty for
     /// a pprof profile that did not come from leaktrace.
@@ -54,7 +73,13 @@ impl Sites {
     pub(super) fn from_report(report: &Report) -> Sites {
         let mut sites = Sites::default();
         for site in &report.sites {
-            let stack = site.frames.iter().rev().map(|f| f.function.clone());
+            let stack = site.frames.iter().rev().map(|f| {
+                frame_key(
+                    f.function.clone(),
+                    f.file.as_deref(),
+                    f.kind == crate::symbolize::FrameKind::Python,
+                )
+            });
             sites.add(
                 SiteKey {
                     stack: stack.collect(),
@@ -102,6 +127,11 @@ struct JsonSite {
 #[derive(Deserialize)]
 struct JsonFrame {
     function: String,
+    #[serde(default)]
+    file: Option<String>,
+    /// "python" or "native"; absent in reports from before Python frames.
+    #[serde(default)]
+    kind: Option<String>,
 }
 
 /// Our JSON; with several documents in sequence (`--interval` on stdout),
@@ -116,7 +146,15 @@ fn from_json(bytes: &[u8]) -> Result<Sites> {
     for site in report.sites {
         sites.add(
             SiteKey {
-                stack: site.frames.into_iter().rev().map(|f| f.function).collect(),
+                stack: site
+                    .frames
+                    .into_iter()
+                    .rev()
+                    .map(|f| {
+                        let python = f.kind.as_deref() == Some("python");
+                        frame_key(f.function, f.file.as_deref(), python)
+                    })
+                    .collect(),
                 allocator: site.allocator,
             },
             site.bytes,
@@ -133,10 +171,14 @@ fn from_pprof(profile: &Profile) -> Result<Sites> {
         bail!("a pprof profile without an inuse_space sample type (not a heap profile)");
     };
     let objects = profile.sample_index("inuse_objects");
-    let functions: HashMap<u64, &str> = profile
+    let functions: HashMap<u64, String> = profile
         .function
         .iter()
-        .map(|f| (f.id, profile.string(f.name)))
+        .map(|f| {
+            let file = profile.string(f.filename);
+            let name = profile.string(f.name).to_string();
+            (f.id, frame_key(name, Some(file), is_python_file(file)))
+        })
         .collect();
     let locations: HashMap<u64, &pprof::Location> =
         profile.location.iter().map(|l| (l.id, l)).collect();
@@ -154,7 +196,7 @@ fn from_pprof(profile: &Profile) -> Result<Sites> {
                         line.function_id
                     )
                 })?;
-                stack.push(name.to_string());
+                stack.push(name.clone());
             }
         }
         if stack == [NO_STACK] {

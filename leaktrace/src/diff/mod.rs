@@ -4,10 +4,10 @@
 //! Each report is either our JSON (`--format json`; with several documents
 //! in sequence, the last) or our gzipped pprof profile (`--format pprof`),
 //! told apart by the gzip magic bytes. Call sites are matched by their
-//! symbolized stack, function names root to leaf, plus the allocator
-//! function: pids, addresses and line numbers are left out, so two runs of
-//! the same program match, and sites of one report that share a key are
-//! added up.
+//! symbolized stack, function names root to leaf (Python frames by
+//! function and file), plus the allocator function: pids, addresses and
+//! line numbers are left out, so two runs of the same program match, and
+//! sites of one report that share a key are added up.
 //!
 //! - [`load`]: reads either kind of report into sites keyed by stack;
 //! - [`compare`]: the per-site change, largest growth first;

@@ -165,3 +165,45 @@ fn neither_json_nor_pprof_is_an_error() {
     );
     assert!(err.starts_with("reading /nonexistent/old.json: "), "{err}");
 }
+
+/// Python frames match by function and file: two `handle` functions in two
+/// modules are two sites, in JSON and pprof alike; a line that moved
+/// between the runs does not split a site.
+#[test]
+fn python_frames_match_by_function_and_file() {
+    let python = |function: &str, file: &str, line: u32| {
+        let mut frame = fixtures::frame(function, Some(file), Some(line));
+        frame.kind = crate::symbolize::FrameKind::Python;
+        frame
+    };
+    let mut old = fixtures::report();
+    old.sites[0].frames = vec![
+        python("handle", "app/views.py", 10),
+        fixtures::frame("main", Some("prog.c"), Some(30)),
+    ];
+    old.sites[1].frames = vec![
+        python("handle", "app/admin.py", 12),
+        fixtures::frame("main", Some("prog.c"), Some(30)),
+    ];
+    let mut new = old.clone();
+    new.sites[0].frames[0].line = Some(11);
+    new.sites[0].bytes += 100;
+    let sites = Sites::from_report(&old);
+    assert_eq!(sites.0.len(), 2, "{sites:?}");
+    assert!(
+        sites
+            .0
+            .contains_key(&key(&["main", "handle (app/views.py)"], "malloc"))
+    );
+    let from_json = |r: &Report| parse(json::render(r).as_bytes()).unwrap();
+    let from_pprof = |r: &Report| parse(&pprof::render(r)).unwrap();
+    assert_eq!(from_json(&old), sites);
+    assert_eq!(from_pprof(&old), sites);
+    assert_eq!(
+        deltas(&diff(&from_pprof(&old), &from_json(&new))),
+        [
+            (key(&["main", "handle (app/views.py)"], "malloc"), 100, 0),
+            (key(&["main", "handle (app/admin.py)"], "calloc"), 0, 0),
+        ]
+    );
+}
