@@ -15,8 +15,8 @@ mod common;
 use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
 use common::{
-    TempDir, bytes_by_line_in, bytes_by_python_line, native_functions, own_version,
-    prerequisite_missing, pyenv, python_frames, require_root, serial, site_lines_of, sites,
+    TempDir, bytes_by_python_line, native_functions, own_version, prerequisite_missing, pyenv,
+    python_frames, require_root, serial, site_lines_of, sites, story_leak_is_at_its_line,
     trace_fixture,
 };
 use serde_json::Value;
@@ -236,48 +236,6 @@ fn a_python_process_that_exits_mid_trace_keeps_its_lines() {
     );
 }
 
-/// A fixture from the stories this tool exists for: of its memory older
-/// than 2 s (`--min-age 2s`), at least `percent`% is at the leaking line
-/// (the innermost frame in the fixture's own file), named with its
-/// function, and nothing is at the line whose memory is dropped at once.
-fn story_leak_is_at_its_line(
-    test: &str,
-    python: &Path,
-    fixture: &str,
-    leak_function: &str,
-    percent: u64,
-) {
-    if !require_root(test) {
-        return;
-    }
-    if !python.exists() {
-        return prerequisite_missing(test, &python.display().to_string());
-    }
-    let _serial = serial();
-    let dir = TempDir::new("python-story");
-    let report = trace_fixture(&dir, python, fixture, &[], &["--min-age", "2s"], "5s", None);
-    let lines = site_lines_of(fixture);
-    let by_line = bytes_by_line_in(&report, fixture.rsplit('/').next().unwrap());
-    let total: u64 = by_line.values().sum();
-    let summary = format!("{fixture} under {}: {by_line:?}", python.display());
-    eprintln!("{summary}");
-    assert!(total > 1 << 20, "over a MiB older than 2 s: {summary}");
-    let leak = by_line
-        .get(&(leak_function.to_string(), lines["leak"]))
-        .copied()
-        .unwrap_or(0);
-    assert!(
-        leak * 100 >= total * percent,
-        "under {percent}% of the bytes at {leak_function}:{}: {summary}",
-        lines["leak"]
-    );
-    assert!(
-        !by_line.keys().any(|(_, line)| *line == lines["temporary"]),
-        "the temporaries' line {} holds memory: {summary}",
-        lines["temporary"]
-    );
-}
-
 /// The 2.7 DICOM receiver whose objects with `__del__` sit in `gc.garbage`.
 #[test]
 fn dicom_objects_in_gc_garbage_under_2_7() {
@@ -287,6 +245,7 @@ fn dicom_objects_in_gc_garbage_under_2_7() {
         "python/dicom_receiver.py",
         "__init__",
         80,
+        false,
     );
 }
 
@@ -299,6 +258,7 @@ fn request_handler_keeps_file_texts_under_3_6() {
         "python/request_handler.py",
         "handle_request",
         80,
+        false,
     );
 }
 
@@ -326,5 +286,6 @@ fn unclosed_matplotlib_figures_under_debian_python3() {
         "python/figures.py",
         "draw_chart",
         50,
+        false,
     );
 }

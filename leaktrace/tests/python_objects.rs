@@ -17,8 +17,9 @@ use std::{
 };
 
 use common::{
-    Guarded, TempDir, fixture_source, leaktrace_bin, prerequisite_missing, pyenv, python_frames,
-    read_json, require_root, serial, site_lines_of, sites,
+    Guarded, TempDir, bytes_by_line_in, fixture_source, leaktrace_bin, prerequisite_missing, pyenv,
+    python_frames, read_json, require_root, serial, site_lines_of, sites,
+    story_leak_is_at_its_line, trace_fixture,
 };
 use serde_json::Value;
 
@@ -193,4 +194,89 @@ fn debian_python3_is_refused_exact_object_mode_with_the_reason() {
         sites(&report).iter().any(|s| !python_frames(s).is_empty()),
         "Python frames still named: {stderr}"
     );
+}
+
+/// The 2.7 DICOM receiver, in exact object mode: its payloads are still
+/// found at their line.
+#[test]
+fn dicom_objects_in_gc_garbage_in_exact_object_mode() {
+    story_leak_is_at_its_line(
+        "dicom_objects_in_gc_garbage_in_exact_object_mode",
+        &pyenv("2.7.18"),
+        "python/dicom_receiver.py",
+        "__init__",
+        80,
+        true,
+    );
+}
+
+/// The 3.6 request handler, in exact object mode.
+#[test]
+fn request_handler_in_exact_object_mode() {
+    story_leak_is_at_its_line(
+        "request_handler_in_exact_object_mode",
+        &pyenv("3.6.15"),
+        "python/request_handler.py",
+        "handle_request",
+        80,
+        true,
+    );
+}
+
+/// The 2.7 agent in exact object mode: its leak line holds most of what is
+/// older than 1 s, every object, small ones included, counted at its own
+/// line; the snapshots of `traceback.extract_stack()` it keeps show in the
+/// by-type view as `Snapshot` objects and at their line.
+#[test]
+fn agent_in_exact_object_mode_under_2_7() {
+    const TEST: &str = "agent_in_exact_object_mode_under_2_7";
+    if !require_root(TEST) {
+        return;
+    }
+    let python = pyenv("2.7.18");
+    if !python.exists() {
+        return prerequisite_missing(TEST, &format!("{} (pyenv's interpreter)", python.display()));
+    }
+    let _serial = serial();
+    let dir = TempDir::new("python-objects-agent");
+    let report = trace_fixture(
+        &dir,
+        &python,
+        "python/agent.py",
+        &[],
+        &["--python-objects", "--min-age", "1s"],
+        "5s",
+        None,
+    );
+    let lines = site_lines_of("python/agent.py");
+    let by_line = bytes_by_line_in(&report, "agent.py");
+    let total: u64 = by_line.values().sum();
+    let leak = by_line
+        .get(&("roll_up_instance_metadata".to_string(), lines["leak"]))
+        .copied()
+        .unwrap_or(0);
+    let summary = format!("{by_line:?}");
+    eprintln!("agent under 2.7, exact object mode: {summary}");
+    assert!(
+        leak * 100 >= total * 80,
+        "under 80% at the leak line: {summary}"
+    );
+    assert!(
+        !by_line.keys().any(|(_, line)| *line == lines["temporary"]),
+        "{summary}"
+    );
+    let snapshots_at_line = sites(&report).iter().any(|site| {
+        python_frames(site)
+            .iter()
+            .any(|(function, _, line)| function == "snapshot" && *line == lines["stack_leak"])
+    });
+    assert!(snapshots_at_line, "no site at the snapshot line: {summary}");
+    let types = report["python_types"].as_array().expect("python_types");
+    let snapshots = types
+        .iter()
+        .find(|t| t["type"] == "Snapshot")
+        .unwrap_or_else(|| panic!("no Snapshot objects: {types:?}"));
+    assert!(snapshots["objects"].as_u64().unwrap() >= 1, "{snapshots}");
+    let dicts = types.iter().find(|t| t["type"] == "dict").expect("dicts");
+    assert!(dicts["objects"].as_u64().unwrap() > 1000, "{dicts}");
 }

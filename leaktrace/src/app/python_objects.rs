@@ -8,6 +8,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fs,
+    path::Path,
 };
 
 use anyhow::{Context as _, Result, anyhow};
@@ -18,12 +19,17 @@ use crate::{
     kernel::{KernelProbes, Scope, attach},
     report::PythonTypeReport,
     runtime::python::{
+        PythonCache, PythonFound,
         code_object::ProcessMemory,
         object_allocator::object_allocator,
         object_types::{ObjectLayout, TypeReader},
         process::PythonInterpreter,
     },
-    target::{FunctionSymbol, ProbedObject, procfs::Mapping, procfs::file_identity},
+    target::{
+        FunctionSymbol, ProbedObject,
+        allocator::Candidate,
+        procfs::{Mapping, file_identity},
+    },
 };
 
 /// What blocks that hold no object header are listed as: the allocator's
@@ -48,12 +54,16 @@ pub(super) struct PythonObjects {
     /// Interpreter files probed per process: probes stay attached through
     /// an exec, so the same file mapped again is not probed twice.
     attached: HashSet<(u32, (u64, u64))>,
+    /// Interpreter files that could not be probed in a process (warned
+    /// about once).
+    refused: HashSet<(u32, (u64, u64))>,
     probed: HashMap<u32, ProbedProcess>,
 }
 
 impl PythonObjects {
-    /// Probes `pid`'s object allocator (once per interpreter file); returns
-    /// a progress line when it did.
+    /// Probes `pid`'s object allocator (once per interpreter file) and
+    /// keeps what reading its objects' types needs; returns a progress
+    /// line when it probed.
     pub(super) fn attach(
         &mut self,
         kernel: &mut KernelProbes,
@@ -65,6 +75,17 @@ impl PythonObjects {
     ) -> Result<Option<String>> {
         let identity = file_identity(&interpreter.object)
             .ok_or_else(|| anyhow!("{} cannot be opened", interpreter.object.display()))?;
+        if self.refused.contains(&(pid, identity)) {
+            // Said once already.
+            return Ok(None);
+        }
+        let probed = match self.probe(kernel, pid, interpreter, placed) {
+            Ok(probed) => probed,
+            Err(err) => {
+                self.refused.insert((pid, identity));
+                return Err(err);
+            }
+        };
         let layout = ObjectLayout::for_version(interpreter.version).ok_or_else(|| {
             anyhow!(
                 "no object layout for Python {}.{}",
@@ -83,7 +104,24 @@ impl PythonObjects {
                 previous: BTreeMap::new(),
             },
         );
-        if !self.attached.insert((pid, identity)) {
+        Ok(probed)
+    }
+
+    /// Attaches the probes on `pid`'s object allocator in `interpreter`,
+    /// unless they are there already; returns a progress line when it did.
+    /// `run` calls it before the command starts, so that no arena is
+    /// mapped, and counted as a mapping of its own, before its objects are
+    /// traced.
+    pub(super) fn probe(
+        &mut self,
+        kernel: &mut KernelProbes,
+        pid: u32,
+        interpreter: &PythonInterpreter,
+        placed: bool,
+    ) -> Result<Option<String>> {
+        let identity = file_identity(&interpreter.object)
+            .ok_or_else(|| anyhow!("{} cannot be opened", interpreter.object.display()))?;
+        if self.attached.contains(&(pid, identity)) {
             return Ok(None);
         }
         let functions = self
@@ -109,11 +147,38 @@ impl PythonObjects {
             placed,
         );
         kernel.attach(&plan, Scope::Process(pid))?;
+        self.attached.insert((pid, identity));
         Ok(Some(format!(
             "pid {pid}: exact object mode: probing {} in {}",
             names.join(", "),
             interpreter.display_path
         )))
+    }
+
+    /// `run`: probes the object allocator of the command about to start
+    /// (held at its entry point), whose objects are `candidates`, if one of
+    /// them is a Python interpreter.
+    pub(super) fn probe_command(
+        &mut self,
+        kernel: &mut KernelProbes,
+        pid: u32,
+        candidates: &[Candidate],
+        placed: bool,
+    ) -> Result<Option<String>> {
+        let files: Vec<Mapping> = candidates
+            .iter()
+            .map(|c| Mapping {
+                start: 0,
+                end: 0,
+                file_offset: 0,
+                executable: true,
+                path: c.path.to_string_lossy().into(),
+            })
+            .collect();
+        match PythonCache::default().detect(Path::new("/"), &files) {
+            PythonFound::Python(interpreter) => self.probe(kernel, pid, &interpreter, placed),
+            _ => Ok(None),
+        }
     }
 
     /// Reads the type of each of `pid`'s outstanding object blocks at

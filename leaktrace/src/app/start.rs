@@ -15,6 +15,7 @@ use super::{
     cli::{ProbePlacement, ReportOptions, StackMode, Targets},
     event_loop::{Stop, trace_loop},
     exit_watch::{ExitWatch, pidfd_open},
+    python_objects::PythonObjects,
     system_wide::SystemWide,
     tracer::{self, Tracer},
 };
@@ -98,6 +99,7 @@ pub(super) async fn trace_targets(
         let (mut kernel, ring, unwind_tables) =
             KernelProbes::load(&kernel_options(&options), false)?;
         let mut objects: Vec<target::ProbedObject> = Vec::new();
+        let mut plans = Vec::new();
         // One cache: the processes' shared libraries are read once.
         let mut symbols = target::SymbolCache::default();
         for &pid in &pids {
@@ -108,8 +110,7 @@ pub(super) async fn trace_targets(
             } else {
                 found?
             };
-            let plan = attach::plan(&found, placed);
-            kernel.attach(&plan, Scope::Process(pid))?;
+            plans.push((pid, attach::plan(&found, placed)));
             kernel.trace_pid(pid)?;
             for object in found {
                 if !objects
@@ -120,7 +121,6 @@ pub(super) async fn trace_targets(
                 }
             }
         }
-        kernel.arm()?;
         let mut tracer = Tracer::new(
             tracer::Targets::Pids,
             kernel,
@@ -128,9 +128,18 @@ pub(super) async fn trace_targets(
             unwind_tables,
             options,
         );
+        // Mappings, unwind tables and the Python walk first (and, in exact
+        // object mode, the object allocator's probes), then the allocator's
+        // probes: the first records already get complete stacks and Python
+        // frames, and no arena pymalloc maps is recorded as a mapping of
+        // its own before its objects are traced.
         for &pid in &pids {
             tracer.track(pid);
         }
+        for (pid, plan) in &plans {
+            tracer.kernel.attach(plan, Scope::Process(*pid))?;
+        }
+        tracer.kernel.arm()?;
         if let Some(summary) = tracer.unwind_summary() {
             tracer.progress(&summary);
         }
@@ -158,8 +167,10 @@ pub(super) async fn trace_targets(
 pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) -> Result<i32> {
     kernel::check_environment()?;
     let program = target::command::resolve_program(Path::new(&command[0]))?;
-    let objects = target::command::objects_for_command(&program)?;
-    let plan = attach::plan(&objects, options.probe_placement == ProbePlacement::Auto);
+    let candidates = target::command::command_candidates(&program)?;
+    let objects = target::allocator::choose_objects(&candidates)?;
+    let placed = options.probe_placement == ProbePlacement::Auto;
+    let plan = attach::plan(&objects, placed);
     let maps = Arc::new(Mutex::new(ProcessMaps::from_mappings(0, Vec::new())));
     let maps_at_exit = maps.clone();
     // Filled once the probes (and the unwinder's maps) exist; the child
@@ -195,6 +206,14 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
     // Probes first, then exec: nothing the command allocates is missed.
     // If attaching fails, dropping `child` kills the held child.
     let (mut kernel, ring, unwind_tables) = KernelProbes::load(&kernel_options(&options), false)?;
+    let mut python_objects = PythonObjects::default();
+    if options.python_objects {
+        match python_objects.probe_command(&mut kernel, pid, &candidates, placed) {
+            Ok(Some(done)) if !options.quiet => eprintln!("leaktrace: {done}"),
+            Ok(_) => {}
+            Err(err) => eprintln!("leaktrace: warning: no exact object counts: {err:#}"),
+        }
+    }
     kernel.attach(&plan, Scope::Process(pid))?;
     kernel.trace_pid(pid)?;
     kernel.arm()?;
@@ -209,6 +228,7 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
         None,
         options,
     );
+    tracer.python_objects = python_objects;
     tracer.adopt(pid, maps, words.join(" "));
     *unwind_slot.lock().expect("unwind lock") = unwind_tables;
     tracer.unwind_tables = unwind_slot;

@@ -81,7 +81,7 @@ pub(super) struct Tracer {
     /// Python processes whose frames could not be walked (one warning).
     python_warnings: u64,
     /// Exact object mode: the object allocators probed, the by-type view.
-    python_objects: PythonObjects,
+    pub python_objects: PythonObjects,
     symbolizer: Symbolizer,
     /// Each site's outstanding bytes at every interval.
     growth: GrowthTracker,

@@ -29,7 +29,9 @@ fn frame_key(function: String, file: Option<&str>, python: bool) -> String {
 /// interpreter's pseudo-files (`<frozen importlib._bootstrap>`,
 /// `<string>`); native files are C, C++ or Rust sources.
 fn is_python_file(file: &str) -> bool {
-    file.ends_with(".py") || file.ends_with(".pyw") || file.starts_with('<')
+    let extension = std::path::Path::new(file).extension();
+    extension.is_some_and(|e| e.eq_ignore_ascii_case("py") || e.eq_ignore_ascii_case("pyw"))
+        || file.starts_with('<')
 }
 
 /// What matches a call site across reports.

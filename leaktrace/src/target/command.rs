@@ -10,8 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use super::{
-    ProbedObject,
-    allocator::{Candidate, choose_objects},
+    allocator::Candidate,
     candidate,
     elf::{object_symbols, program_interpreter},
 };
@@ -31,10 +30,12 @@ pub(crate) fn resolve_program(program: &Path) -> Result<PathBuf> {
         .ok_or_else(|| anyhow!("command not found: {}", program.display()))
 }
 
-/// The objects to probe for a command not started yet: the executable,
+/// Every object a command not started yet will load: the executable,
 /// then what its dynamic linker would load (`ld.so --list`, which honours
-/// `LD_PRELOAD` and `LD_LIBRARY_PATH` exactly as the launch will).
-pub(crate) fn objects_for_command(program: &Path) -> Result<Vec<ProbedObject>> {
+/// `LD_PRELOAD` and `LD_LIBRARY_PATH` exactly as the launch will), for
+/// `allocator::choose_objects` (and, in exact object mode, to find the
+/// Python interpreter before the command starts).
+pub(crate) fn command_candidates(program: &Path) -> Result<Vec<Candidate>> {
     let data = fs::read(program).with_context(|| format!("reading {}", program.display()))?;
     let interpreter = program_interpreter(&data)
         .with_context(|| format!("{} is not an ELF executable", program.display()))?;
@@ -64,7 +65,7 @@ pub(crate) fn objects_for_command(program: &Path) -> Result<Vec<ProbedObject>> {
             }
         }
     }
-    choose_objects(&candidates)
+    Ok(candidates)
 }
 
 /// Paths from `ld.so --list` output, in load order.

@@ -54,7 +54,7 @@ pub(crate) use process::{
 #[allow(unused_imports)]
 pub(crate) use python::{
     bytes_by_line_in, bytes_by_python_line, native_functions, own_version, pyenv, python_frames,
-    site_lines_of, trace_fixture,
+    site_lines_of, story_leak_is_at_its_line, trace_fixture,
 };
 #[allow(unused_imports)]
 pub(crate) use report::{

@@ -10,7 +10,10 @@ use std::{
 
 use serde_json::Value;
 
-use super::{Guarded, TempDir, fixture_source, leaktrace, read_json, sites};
+use super::{
+    Guarded, TempDir, fixture_source, leaktrace, prerequisite_missing, read_json, require_root,
+    serial, sites,
+};
 
 /// The `# SITE name` markers of a Python fixture: name -> line.
 pub(crate) fn site_lines_of(fixture: &str) -> BTreeMap<String, u64> {
@@ -149,4 +152,57 @@ pub(crate) fn trace_fixture(
     });
     traced.succeeded(&format!("leaktrace trace --pid {pid}"));
     read_json(&report)
+}
+
+/// A fixture from the stories this tool exists for: of its memory older
+/// than 2 s (`--min-age 2s`), at least `percent`% is at the leaking line
+/// (the innermost frame in the fixture's own file), named with its
+/// function, and nothing is at the line whose memory is dropped at once.
+/// With `exact`, traced in exact object mode (`--python-objects`).
+pub(crate) fn story_leak_is_at_its_line(
+    test: &str,
+    python: &Path,
+    fixture: &str,
+    leak_function: &str,
+    percent: u64,
+    exact: bool,
+) {
+    if !require_root(test) {
+        return;
+    }
+    if !python.exists() {
+        return prerequisite_missing(test, &python.display().to_string());
+    }
+    let _serial = serial();
+    let dir = TempDir::new("python-story");
+    let mut extra = vec!["--min-age", "2s"];
+    if exact {
+        extra.push("--python-objects");
+    }
+    let report = trace_fixture(&dir, python, fixture, &[], &extra, "5s", None);
+    let lines = site_lines_of(fixture);
+    let by_line = bytes_by_line_in(&report, fixture.rsplit('/').next().unwrap());
+    let total: u64 = by_line.values().sum();
+    let mode = if exact {
+        "exact object mode"
+    } else {
+        "default mode"
+    };
+    let summary = format!("{fixture} under {} ({mode}): {by_line:?}", python.display());
+    eprintln!("{summary}");
+    assert!(total > 1 << 20, "over a MiB older than 2 s: {summary}");
+    let leak = by_line
+        .get(&(leak_function.to_string(), lines["leak"]))
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        leak * 100 >= total * percent,
+        "under {percent}% of the bytes at {leak_function}:{}: {summary}",
+        lines["leak"]
+    );
+    assert!(
+        !by_line.keys().any(|(_, line)| *line == lines["temporary"]),
+        "the temporaries' line {} holds memory: {summary}",
+        lines["temporary"]
+    );
 }
