@@ -261,10 +261,16 @@ fn agent_in_exact_object_mode_under_2_7() {
         leak * 100 >= total * 80,
         "under 80% at the leak line: {summary}"
     );
-    assert!(
-        !by_line.keys().any(|(_, line)| *line == lines["temporary"]),
-        "{summary}"
-    );
+    // The temporaries' objects are freed, but 2.7 keeps freed tuples on
+    // its free lists instead of giving them back to the allocator: a few
+    // of them (seen: 5, 272 bytes, the codec's result tuples) stay
+    // outstanding at that line. Nothing more.
+    let temporaries: u64 = by_line
+        .iter()
+        .filter(|((_, line), _)| *line == lines["temporary"])
+        .map(|(_, bytes)| bytes)
+        .sum();
+    assert!(temporaries < 1024, "{summary}");
     let snapshots_at_line = sites(&report).iter().any(|site| {
         python_frames(site)
             .iter()

@@ -42,9 +42,9 @@ struct ProbedProcess {
     /// Its address of `PyType_Type`.
     type_type: u64,
     /// Objects and bytes per type, read last (kept once it exits).
-    last: BTreeMap<String, (u64, u64)>,
+    last: TypeCounts,
     /// The view before `last`, for growth.
-    previous: BTreeMap<String, (u64, u64)>,
+    previous: TypeCounts,
 }
 
 #[derive(Default)]
@@ -199,7 +199,7 @@ impl PythonObjects {
             return;
         };
         let mut reader = TypeReader::new(&memory, process.layout, process.type_type);
-        let mut by_type: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut by_type = TypeCounts::new();
         for (addr, block) in table.blocks_of(pid) {
             if now_ms.saturating_sub(u64::from(block.time_ms)) < min_age_ms
                 || !sites.get(block.site).func.is_python_object()
@@ -219,21 +219,11 @@ impl PythonObjects {
     /// The by-type view of every probed process, as read last: most bytes
     /// first, with the change since the read before.
     pub(super) fn rows(&self) -> Vec<PythonTypeReport> {
-        let mut rows: Vec<PythonTypeReport> = Vec::new();
-        for (&pid, process) in &self.probed {
-            for (name, &(objects, bytes)) in &process.last {
-                let (before_objects, before_bytes) =
-                    process.previous.get(name).copied().unwrap_or_default();
-                rows.push(PythonTypeReport {
-                    pid,
-                    type_name: name.clone(),
-                    objects,
-                    bytes,
-                    objects_change: objects.cast_signed() - before_objects.cast_signed(),
-                    bytes_change: bytes.cast_signed() - before_bytes.cast_signed(),
-                });
-            }
-        }
+        let mut rows: Vec<PythonTypeReport> = self
+            .probed
+            .iter()
+            .flat_map(|(&pid, process)| type_rows(pid, &process.last, &process.previous))
+            .collect();
         rows.sort_by(|a, b| {
             b.bytes
                 .cmp(&a.bytes)
@@ -253,5 +243,59 @@ impl PythonObjects {
     pub(super) fn forget(&mut self, pid: u32) {
         self.probed.remove(&pid);
         self.attached.retain(|(p, _)| *p != pid);
+    }
+}
+
+/// Objects and bytes per type name.
+type TypeCounts = BTreeMap<String, (u64, u64)>;
+
+/// One process's rows: each type read `last`, with its change since
+/// `previous` (a type gone since then is left out: nothing outstanding).
+fn type_rows(pid: u32, last: &TypeCounts, previous: &TypeCounts) -> Vec<PythonTypeReport> {
+    last.iter()
+        .map(|(name, &(objects, bytes))| {
+            let (before_objects, before_bytes) = previous.get(name).copied().unwrap_or_default();
+            PythonTypeReport {
+                pid,
+                type_name: name.clone(),
+                objects,
+                bytes,
+                objects_change: objects.cast_signed() - before_objects.cast_signed(),
+                bytes_change: bytes.cast_signed() - before_bytes.cast_signed(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_type_carries_its_change_since_the_view_before() {
+        let previous = TypeCounts::from([
+            ("dict".to_owned(), (100, 24_000)),
+            ("Gone".to_owned(), (5, 160)),
+            ("str".to_owned(), (10, 600)),
+        ]);
+        let last = TypeCounts::from([
+            ("dict".to_owned(), (160, 38_400)),
+            ("str".to_owned(), (4, 240)),
+            ("New".to_owned(), (3, 96)),
+        ]);
+        let rows = type_rows(7, &last, &previous);
+        let summary: Vec<(&str, u64, i64, i64)> = rows
+            .iter()
+            .map(|r| (&*r.type_name, r.objects, r.objects_change, r.bytes_change))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("New", 3, 3, 96),
+                ("dict", 160, 60, 14_400),
+                ("str", 4, -6, -360)
+            ]
+        );
+        assert!(rows.iter().all(|r| r.pid == 7));
     }
 }
