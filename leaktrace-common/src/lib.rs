@@ -47,6 +47,17 @@ pub enum AllocFn {
     PyObjectCalloc = 20,
     PyObjectRealloc = 21,
     PyObjectFree = 22,
+    /// Growth mode: the first write to an anonymous private page (a page
+    /// fault that makes it resident): `args[0]` the page, `args[1]` its size;
+    /// `args[2]` is 1 when the kernel could not check that the memory is
+    /// anonymous (userspace checks it against the file mappings).
+    PageFault = 23,
+    /// Growth mode: the program break moved (`brk` returned `args[0]`);
+    /// userspace subtracts what a shrink gave back.
+    Brk = 24,
+    /// Growth mode: `madvise(args[0], args[1], MADV_DONTNEED/FREE/REMOVE)`
+    /// gave the range's pages back.
+    Madvise = 25,
 }
 
 /// Bit of a uprobe's attach cookie above the `AllocFn`: the function takes
@@ -56,7 +67,7 @@ pub enum AllocFn {
 pub const COOKIE_SKIPS_CONTEXT: u64 = 1 << 32;
 
 impl AllocFn {
-    pub const ALL: [AllocFn; 22] = [
+    pub const ALL: [AllocFn; 25] = [
         AllocFn::Malloc,
         AllocFn::Calloc,
         AllocFn::Realloc,
@@ -79,6 +90,9 @@ impl AllocFn {
         AllocFn::PyObjectCalloc,
         AllocFn::PyObjectRealloc,
         AllocFn::PyObjectFree,
+        AllocFn::PageFault,
+        AllocFn::Brk,
+        AllocFn::Madvise,
     ];
 
     pub fn from_u32(value: u32) -> Option<AllocFn> {
@@ -110,6 +124,9 @@ impl AllocFn {
             AllocFn::PyObjectCalloc => "PyObject_Calloc",
             AllocFn::PyObjectRealloc => "PyObject_Realloc",
             AllocFn::PyObjectFree => "PyObject_Free",
+            AllocFn::PageFault => "page_fault",
+            AllocFn::Brk => "brk",
+            AllocFn::Madvise => "madvise",
         }
     }
 
@@ -123,7 +140,15 @@ impl AllocFn {
                 | AllocFn::Sdallocx
                 | AllocFn::Munmap
                 | AllocFn::PyObjectFree
+                | AllocFn::Brk
+                | AllocFn::Madvise
         )
+    }
+
+    /// Whether the record comes from growth mode's tracepoints (a page
+    /// fault, a syscall), not from a probed function.
+    pub fn is_kernel_event(self) -> bool {
+        matches!(self, AllocFn::PageFault | AllocFn::Brk | AllocFn::Madvise)
     }
 
     /// Whether the function is `CPython`'s object allocator (exact object

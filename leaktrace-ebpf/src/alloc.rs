@@ -171,35 +171,75 @@ pub(crate) fn alloc_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
 
+    let regs: *const pt_regs = ctx.as_ptr().cast();
+    // SAFETY: a return probe's context is the thread's saved user registers.
+    let (pc, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
+    send_allocation(
+        pid_tgid,
+        &stash.args,
+        Outcome {
+            func: stash.func,
+            ret,
+            out,
+            flags,
+        },
+        (pc, sp, bp),
+    );
+    0
+}
+
+/// What an allocating call (or a page fault) did, for its record.
+pub(crate) struct Outcome {
+    /// `AllocFn`.
+    pub func: u32,
+    pub ret: u64,
+    pub out: u64,
+    /// `FLAG_*`; without `FLAG_SAMPLED` the record carries no stack.
+    pub flags: u64,
+}
+
+/// Builds the `AllocEvent` in this CPU's scratch record, with the user
+/// stack from the thread's registers `(pc, sp, bp)` and its Python frames
+/// (none when `pc` is 0), and sends the used part of it.
+#[inline(always)]
+pub(crate) fn send_allocation(
+    pid_tgid: u64,
+    args: &[u64; 4],
+    outcome: Outcome,
+    regs: (u64, u64, u64),
+) {
+    let pid = (pid_tgid >> 32) as u32;
     let Some(record) = SCRATCH.get_ptr_mut(0) else {
-        return 0;
+        return;
     };
+    // No registers (a move of pages): no stack to walk.
+    let sampled = outcome.flags & FLAG_SAMPLED != 0 && regs.0 != 0;
+    // A record that only releases a sampled block needs no stack.
+    let (depth, fp_frames) = if sampled {
+        stack::capture_at(pid, regs.0, regs.1, regs.2)
+    } else {
+        (0, 0)
+    };
+    let depth = depth.min(MAX_STACK_DEPTH as u32);
+    let (python_frames, python_status) = if sampled {
+        runtime::python::capture(pid, depth)
+    } else {
+        (0, PYTHON_NONE)
+    };
+    let python_frames = python_frames.min(MAX_PYTHON_FRAMES as u32);
+    // SAFETY: plain helper call.
+    let mut event_header = header(outcome.func, pid_tgid, unsafe { bpf_ktime_get_ns() });
+    event_header.stack_len = depth;
     // SAFETY: this CPU's scratch slot; programs on one CPU do not preempt
     // each other. The length sent is bounded by the slot's size.
     unsafe {
-        let regs: *const pt_regs = ctx.as_ptr().cast();
-        // A record that only releases a sampled block needs no stack.
-        let (depth, fp_frames) = if flags & FLAG_SAMPLED == 0 {
-            (0, 0)
-        } else {
-            stack::capture(pid, regs)
-        };
-        let depth = depth.min(MAX_STACK_DEPTH as u32);
-        let (python_frames, python_status) = if flags & FLAG_SAMPLED == 0 {
-            (0, PYTHON_NONE)
-        } else {
-            runtime::python::capture(pid, depth)
-        };
-        let python_frames = python_frames.min(MAX_PYTHON_FRAMES as u32);
-        let mut event_header = header(stash.func, pid_tgid, bpf_ktime_get_ns());
-        event_header.stack_len = depth;
         (*record).event = AllocEvent {
             header: event_header,
-            args: stash.args,
-            ret,
-            out,
+            args: *args,
+            ret: outcome.ret,
+            out: outcome.out,
             fp_frames,
-            flags,
+            flags: outcome.flags,
             python_frames,
             python_status,
         };
@@ -218,5 +258,4 @@ pub(crate) fn alloc_return(ctx: RetProbeContext) -> u32 {
             count_loss(LossCounter::RingBufferFull);
         }
     }
-    0
 }

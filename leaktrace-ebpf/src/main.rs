@@ -11,6 +11,8 @@
 //! - `runtime`: frames of language runtimes walked from their own data
 //!   structures: `python` (`CPython`'s frame chain, per traced process).
 //! - `process`: exec and exit tracepoints, and the set of traced pids.
+//! - `growth`: growth mode's tracepoints (page faults, munmap, madvise,
+//!   mremap, brk): resident growth per stack, with no uprobe at all.
 //! - `maps`: the ring buffer, loss counters, stash and scratch they share.
 //! - `settings`: what the loader fixed (stack mode, sampling, own pid...).
 //! - `empty`: do-nothing programs for the benchmark's floor.
@@ -27,6 +29,7 @@
 
 mod alloc;
 mod empty;
+mod growth;
 mod maps;
 mod process;
 mod release;

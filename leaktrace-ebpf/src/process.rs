@@ -24,7 +24,7 @@ use crate::{
 static TRACED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
 #[inline(always)]
-fn is_traced(pid_tgid: u64) -> bool {
+pub(crate) fn is_traced(pid_tgid: u64) -> bool {
     let pid = (pid_tgid >> 32) as u32;
     if settings::trace_all() {
         return !settings::is_self(pid_tgid);

@@ -16,6 +16,10 @@ static SETTINGS: Settings = Settings {
     group_dead_offset: 0,
     task_fsbase_offset: 0,
     sample_seed: 0,
+    vma_file_offset: 0,
+    vma_flags_offset: 0,
+    page_sample_shift: 0,
+    _padding: 0,
 };
 
 /// Reads one field of `SETTINGS`. The read is volatile: the compiler sees
@@ -69,4 +73,16 @@ pub(crate) fn is_self(pid_tgid: u64) -> bool {
 #[inline(always)]
 pub(crate) fn task_fsbase_offset() -> u32 {
     setting!(task_fsbase_offset)
+}
+
+/// Offsets of `vm_file` and `vm_flags` in `vm_area_struct`.
+#[inline(always)]
+pub(crate) fn vma_offsets() -> (u32, u32) {
+    (setting!(vma_file_offset), setting!(vma_flags_offset))
+}
+
+/// Growth mode keeps one page in 2^shift.
+#[inline(always)]
+pub(crate) fn page_sample_shift() -> u32 {
+    setting!(page_sample_shift)
 }

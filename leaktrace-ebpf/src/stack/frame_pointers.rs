@@ -5,10 +5,7 @@
 //! those.
 use core::ffi::c_void;
 
-use aya_ebpf::{
-    bindings::pt_regs,
-    helpers::{bpf_probe_read_user, generated::bpf_loop},
-};
+use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_loop};
 use leaktrace_common::MAX_STACK_DEPTH;
 
 use crate::maps::SCRATCH;
@@ -72,17 +69,12 @@ extern "C" fn step(_index: u64, context: *mut c_void) -> i64 {
 /// frames are stepped in a `bpf_loop`, so the verifier checks one step, not
 /// every depth (with the Python walk after it, an unrolled loop exceeded the
 /// verifier's budget).
-///
-/// # Safety
-///
-/// `regs` must point at a uprobe context's saved user registers.
+/// `ip` and `frame` are the thread's user rip and rbp.
 #[inline(always)]
-pub(crate) unsafe fn walk(regs: *const pt_regs) -> u32 {
+pub(crate) fn walk(ip: u64, frame: u64) -> u32 {
     let Some(record) = SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    // SAFETY: uprobe contexts point at the thread's saved user registers.
-    let (ip, frame) = unsafe { ((*regs).rip, (*regs).rbp) };
     // SAFETY: this CPU's scratch record.
     unsafe { (*record).stack[0] = ip };
     let mut walk = FrameWalk { frame, depth: 1 };

@@ -9,25 +9,17 @@
 pub(crate) mod dwarf;
 mod frame_pointers;
 
-use aya_ebpf::bindings::pt_regs;
-
 use crate::settings;
 
-/// Fills the scratch record's stack with return addresses, innermost first, from the
-/// user registers at the allocator's return. Returns (frames, bits of the
-/// frames found by falling back to frame pointers while walking tables).
-///
-/// # Safety
-///
-/// `regs` must be a uprobe context's saved user registers.
+/// Fills the scratch record's stack with return addresses, innermost first,
+/// from the thread's user rip, rsp and rbp (at the allocator's return, or
+/// saved by the kernel at a page fault). Returns (frames, bits of the frames
+/// found by falling back to frame pointers while walking tables).
 #[inline(always)]
-pub(crate) unsafe fn capture(pid: u32, regs: *const pt_regs) -> (u32, u64) {
+pub(crate) fn capture_at(pid: u32, pc: u64, sp: u64, bp: u64) -> (u32, u64) {
     if settings::dwarf_stacks() {
-        // SAFETY: `regs` are the saved user registers (see the contract).
-        let (pc, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
         dwarf::walk(pid, pc, sp, bp)
     } else {
-        // SAFETY: as above.
-        (unsafe { frame_pointers::walk(regs) }, 0)
+        (frame_pointers::walk(pc, bp), 0)
     }
 }

@@ -121,14 +121,41 @@ impl ReportOptions {
     pub fn sample_mean(&self) -> u32 {
         self.sample_bytes.unwrap_or(0)
     }
+
+    /// Growth mode (`--mode growth`, or its default).
+    pub fn growth(&self) -> bool {
+        self.mode == Some(TraceMode::Growth)
+    }
 }
 
 /// `serve`'s sampling rate unless --sample-bytes says otherwise.
 pub const SERVE_SAMPLE_BYTES: u32 = 512 * 1024;
 
+/// `--mode`: what is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TraceMode {
+    /// Every allocator call (malloc and its family, mmap), exact or
+    /// sampled: outstanding allocations per call site. Each traced call
+    /// traps into the kernel.
+    Allocations,
+    /// Resident memory growth per call site, from page faults and the
+    /// memory syscalls: no allocator is probed, so allocations cost
+    /// nothing; what is counted is memory that became resident and was not
+    /// given back to the kernel (memory a program frees to its allocator
+    /// but the allocator keeps still counts).
+    Growth,
+}
+
 /// Options shared by `trace`, `run` and `serve`.
 #[derive(Debug, Args, Clone)]
 pub struct ReportOptions {
+    /// What to measure: `allocations` (every allocator call, exact or
+    /// sampled; for a targeted investigation) or `growth` (resident memory
+    /// growth per call site from page faults: near-zero cost, for leaving
+    /// on). Default: allocations for `trace --pid` and `run`, growth for
+    /// `serve` and `trace --all`.
+    #[arg(long, value_enum)]
+    pub mode: Option<TraceMode>,
     /// Stop after this long (e.g. 30s, 5m, 1h); default: until the traced
     /// processes exit or leaktrace is interrupted (Ctrl-C, SIGTERM).
     #[arg(long, short, value_parser = parse_duration)]

@@ -26,7 +26,7 @@ mod tracer;
 use anyhow::{Context as _, Result, bail};
 use tokio::net::TcpListener;
 
-use self::cli::{Cli, Command, SERVE_SAMPLE_BYTES};
+use self::cli::{Cli, Command, ReportOptions, SERVE_SAMPLE_BYTES, TraceMode};
 
 /// Runs the parsed command line; returns the process exit code.
 pub fn main(cli: Cli) -> Result<i32> {
@@ -45,9 +45,7 @@ pub fn main(cli: Cli) -> Result<i32> {
             targets,
             mut options,
         } => {
-            if targets.all && !options.python_objects {
-                options.sample_bytes.get_or_insert(SERVE_SAMPLE_BYTES);
-            }
+            choose_mode(&mut options, targets.all)?;
             runtime.block_on(start::trace_targets(targets, options, None))
         }
         Command::Serve {
@@ -57,10 +55,7 @@ pub fn main(cli: Cli) -> Result<i32> {
             mut options,
         } => {
             http::check_listen_address(listen, allow_remote)?;
-            // Exact object counts need every allocation.
-            if !options.python_objects {
-                options.sample_bytes.get_or_insert(SERVE_SAMPLE_BYTES);
-            }
+            choose_mode(&mut options, true)?;
             runtime.block_on(async move {
                 let listener = TcpListener::bind(listen)
                     .await
@@ -74,7 +69,45 @@ pub fn main(cli: Cli) -> Result<i32> {
                 start::trace_targets(targets, options, Some(listener)).await
             })
         }
-        Command::Run { options, command } => runtime.block_on(start::run_command(command, options)),
+        Command::Run {
+            mut options,
+            command,
+        } => {
+            choose_mode(&mut options, false)?;
+            runtime.block_on(start::run_command(command, options))
+        }
         Command::Diff { old, new, format } => crate::diff::run(&old, &new, format),
     }
+}
+
+/// Settles `--mode` and what goes with it. Where leaktrace is left running
+/// (`serve`, `trace --all`) growth mode is the default, unless an option
+/// that counts allocations asks for them (`--sample-bytes`,
+/// `--python-objects`); elsewhere, allocations. In allocations mode the
+/// long-running commands sample by default.
+fn choose_mode(options: &mut ReportOptions, long_running: bool) -> Result<()> {
+    let counts_allocations = options.python_objects || options.sample_bytes.is_some();
+    let default = if long_running && !counts_allocations {
+        TraceMode::Growth
+    } else {
+        TraceMode::Allocations
+    };
+    match *options.mode.get_or_insert(default) {
+        TraceMode::Growth => {
+            if options.python_objects {
+                bail!("--python-objects counts object allocations: it needs --mode allocations");
+            }
+            if options.sample_bytes.is_some() {
+                bail!(
+                    "--sample-bytes samples allocator calls: it needs --mode allocations (growth mode probes no allocator)"
+                );
+            }
+        }
+        TraceMode::Allocations => {
+            if long_running && !options.python_objects {
+                options.sample_bytes.get_or_insert(SERVE_SAMPLE_BYTES);
+            }
+        }
+    }
+    Ok(())
 }

@@ -20,7 +20,10 @@ use super::{
     tracer::{self, Tracer},
 };
 use crate::{
-    kernel::{self, KernelOptions, KernelProbes, Scope, attach, unwind_tables::UnwindTables},
+    kernel::{
+        self, GrowthOptions, KernelOptions, KernelProbes, Scope, attach,
+        unwind_tables::UnwindTables,
+    },
     symbolize::ProcessMaps,
     target::{self, launch, procfs},
 };
@@ -38,7 +41,23 @@ fn kernel_options(options: &ReportOptions) -> KernelOptions {
             eprintln!("leaktrace: warning: Python frames will not be walked: {err:#}");
             0
         }),
+        growth: None,
     }
+}
+
+/// The kernel options, with growth mode's when it is on.
+fn kernel_options_for(options: &ReportOptions) -> Result<KernelOptions> {
+    let mut kernel = kernel_options(options);
+    if options.growth() {
+        let (vma_file_offset, vma_flags_offset) = kernel::btf::vma_offsets()
+            .context("growth mode needs the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
+        kernel.growth = Some(GrowthOptions {
+            vma_file_offset,
+            vma_flags_offset,
+            page_sample_shift: 0,
+        });
+    }
+    Ok(kernel)
 }
 
 /// `trace` and `serve`: the processes named by --pid, or every one (--all).
@@ -51,8 +70,8 @@ pub(super) async fn trace_targets(
     let placed = options.probe_placement == ProbePlacement::Auto;
     let (tracer, watch) = if targets.all {
         let (mut kernel, ring, unwind_tables) =
-            KernelProbes::load(&kernel_options(&options), true)?;
-        let mut system = SystemWide::new(placed);
+            KernelProbes::load(&kernel_options_for(&options)?, true)?;
+        let mut system = SystemWide::new(placed, !options.growth());
         let found = system.attach_running(&mut kernel)?;
         kernel.arm()?;
         let mut tracer = Tracer::new(
@@ -97,7 +116,7 @@ pub(super) async fn trace_targets(
             pidfds.push((pid, pidfd_open(pid)?));
         }
         let (mut kernel, ring, unwind_tables) =
-            KernelProbes::load(&kernel_options(&options), false)?;
+            KernelProbes::load(&kernel_options_for(&options)?, false)?;
         let mut objects: Vec<target::ProbedObject> = Vec::new();
         let mut plans = Vec::new();
         // One cache: the processes' shared libraries are read once.
@@ -136,8 +155,11 @@ pub(super) async fn trace_targets(
         for &pid in &pids {
             tracer.track(pid);
         }
-        for (pid, plan) in &plans {
-            tracer.kernel.attach(plan, Scope::Process(*pid))?;
+        // Growth mode probes no allocator: the tracepoints are on already.
+        if !tracer.options.growth() {
+            for (pid, plan) in &plans {
+                tracer.kernel.attach(plan, Scope::Process(*pid))?;
+            }
         }
         tracer.kernel.arm()?;
         if let Some(summary) = tracer.unwind_summary() {
@@ -205,7 +227,8 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
     *maps.lock().expect("maps lock") = ProcessMaps::new(pid);
     // Probes first, then exec: nothing the command allocates is missed.
     // If attaching fails, dropping `child` kills the held child.
-    let (mut kernel, ring, unwind_tables) = KernelProbes::load(&kernel_options(&options), false)?;
+    let (mut kernel, ring, unwind_tables) =
+        KernelProbes::load(&kernel_options_for(&options)?, false)?;
     let mut python_objects = PythonObjects::default();
     if options.python_objects {
         match python_objects.probe_command(&mut kernel, pid, &candidates, placed) {
@@ -214,7 +237,9 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
             Err(err) => eprintln!("leaktrace: warning: no exact object counts: {err:#}"),
         }
     }
-    kernel.attach(&plan, Scope::Process(pid))?;
+    if !options.growth() {
+        kernel.attach(&plan, Scope::Process(pid))?;
+    }
     kernel.trace_pid(pid)?;
     kernel.arm()?;
     let words: Vec<String> = command

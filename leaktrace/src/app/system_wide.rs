@@ -48,16 +48,21 @@ pub(super) struct SystemWide {
     cache: SymbolCache,
     /// `--probe-placement auto`.
     placed: bool,
+    /// Allocations mode: probe allocators. In growth mode nothing is
+    /// probed (the kernel's tracepoints see every process) and processes
+    /// are only tracked.
+    probes: bool,
 }
 
 impl SystemWide {
-    pub(super) fn new(placed: bool) -> SystemWide {
+    pub(super) fn new(placed: bool, probes: bool) -> SystemWide {
         SystemWide {
             probed: HashSet::new(),
             objects: Vec::new(),
             pending: Vec::new(),
             cache: SymbolCache::default(),
             placed,
+            probes,
         }
     }
 
@@ -65,6 +70,13 @@ impl SystemWide {
     /// whose allocator was found (kernel threads, and programs with no
     /// malloc such as Go's, have none).
     pub(super) fn attach_running(&mut self, kernel: &mut KernelProbes) -> Result<Vec<u32>> {
+        if !self.probes {
+            // Every user-space process (kernel threads have no executable).
+            return Ok(running_pids()
+                .into_iter()
+                .filter(|pid| fs::read_link(format!("/proc/{pid}/exe")).is_ok())
+                .collect());
+        }
         let mut found = Vec::new();
         for pid in running_pids() {
             if let Ok(objects) = target::objects_for_pid_cached(pid, &mut self.cache) {
@@ -124,6 +136,10 @@ impl SystemWide {
                 continue;
             }
             if !procfs::process_exists(pending.pid) {
+                continue;
+            }
+            if !self.probes {
+                inspected.push(pending.pid);
                 continue;
             }
             match target::objects_for_pid_cached(pending.pid, &mut self.cache) {

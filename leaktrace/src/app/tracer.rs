@@ -14,6 +14,7 @@ use std::{
 };
 
 use anyhow::Result;
+use leaktrace_common::AllocFn;
 
 use super::{
     cli::{ProbePlacement, ReportOptions},
@@ -26,6 +27,7 @@ use super::{
 use crate::{
     daemon::{
         aggregate,
+        decode::{self, Record},
         growth::GrowthTracker,
         heap::HeapTable,
         pipeline::{Forgotten, Ingested, Pipeline},
@@ -180,6 +182,9 @@ impl Tracer {
     }
 
     fn ingest(&mut self, bytes: &[u8]) {
+        if self.in_file_mapping(bytes) {
+            return;
+        }
         match self.pipeline.ingest(bytes) {
             Ingested::Applied => {}
             // Make sure the new stack's code is in the mappings we know,
@@ -219,6 +224,24 @@ impl Tracer {
             }
             Ingested::Exit(pid) => self.exited(pid),
         }
+    }
+
+    /// Growth mode: a page fault the kernel could not check (see
+    /// `AllocFn::PageFault`) at an address in one of the process's file
+    /// mappings, which is not anonymous growth.
+    fn in_file_mapping(&mut self, bytes: &[u8]) -> bool {
+        let Ok(Record::Alloc(event, ..)) = decode::decode(bytes) else {
+            return false;
+        };
+        if event.header.func != AllocFn::PageFault as u32 || event.args[2] == 0 {
+            return false;
+        }
+        let (pid, addr) = (event.header.pid, event.args[0]);
+        let maps = self.process(pid).maps.clone();
+        let maps = maps.lock().expect("maps lock");
+        maps.current()
+            .iter()
+            .any(|m| (m.start..m.end).contains(&addr))
     }
 
     /// Drops what was kept for blocks and sites the pipeline forgot.

@@ -39,7 +39,7 @@ pub fn outstanding_by_site(
     let min_age_ms = min_age_ns / 1_000_000;
     // (bytes, count, oldest age) per site, estimated.
     let mut by_site: HashMap<SiteId, (f64, f64, u64)> = HashMap::new();
-    for (_pid, block, counts, mapped) in table.outstanding() {
+    for (_pid, block, count, mapped) in table.outstanding() {
         let age_ms = now_ms.saturating_sub(u64::from(block.time_ms));
         if age_ms < min_age_ms {
             continue;
@@ -51,7 +51,7 @@ pub fn outstanding_by_site(
         };
         let total = by_site.entry(block.site).or_insert((0.0, 0.0, 0));
         total.0 += block.size as f64 * weight;
-        total.1 += f64::from(u8::from(counts)) * weight;
+        total.1 += count as f64 * weight;
         total.2 = total.2.max(age_ms);
     }
     let mut totals: Vec<SiteTotal> = by_site

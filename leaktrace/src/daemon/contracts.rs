@@ -18,6 +18,10 @@ const MAP_ANONYMOUS: u64 = 0x20;
 pub enum HeapOp {
     /// A new heap block (or mapped region when `mapped`).
     Alloc { addr: u64, size: u64, mapped: bool },
+    /// Pages [addr, addr+size) became resident (growth mode): kept as a
+    /// mapped piece, merged with the piece before or after it when they
+    /// touch and come from the same site.
+    Resident { addr: u64, size: u64 },
     /// A heap block was released.
     Free { addr: u64 },
     /// A block moved or was resized: `old` is released, `new` allocated.
@@ -135,21 +139,33 @@ pub fn interpret_alloc(func: AllocFn, args: [u64; 4], ret: u64, out: u64) -> Hea
                 }
             }
         }
+        // A page made resident (growth mode): a mapped piece of one page.
+        AllocFn::PageFault => HeapOp::Resident {
+            addr: args[0],
+            size: args[1],
+        },
         AllocFn::Free
         | AllocFn::Dallocx
         | AllocFn::Sdallocx
         | AllocFn::Munmap
-        | AllocFn::PyObjectFree => interpret_release(func, [args[0], args[1]]),
+        | AllocFn::PyObjectFree
+        | AllocFn::Brk
+        | AllocFn::Madvise => interpret_release(func, [args[0], args[1]]),
     }
 }
 
 /// The effect of a releasing call.
 pub fn interpret_release(func: AllocFn, args: [u64; 2]) -> HeapOp {
     match func {
-        AllocFn::Munmap => HeapOp::Unmap {
+        // madvise(DONTNEED/FREE/REMOVE) gives the pages back as munmap
+        // does; the kernel sends only those advices.
+        AllocFn::Munmap | AllocFn::Madvise => HeapOp::Unmap {
             addr: args[0],
             len: page_round(args[1]),
         },
+        // What a brk gives back depends on where it was: the pipeline
+        // keeps that (`Pipeline::brk_ends`).
+        AllocFn::Brk => HeapOp::Ignored,
         _ if args[0] == 0 => HeapOp::Ignored,
         _ => HeapOp::Free { addr: args[0] },
     }

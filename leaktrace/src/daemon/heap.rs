@@ -45,26 +45,29 @@ pub struct TableStats {
     pub dropped_at_cap: u64,
 }
 
-/// A piece of a mapped region: what munmap left of one mmap call.
+/// A piece of a mapped region: what munmap left of one mmap call, or
+/// (growth mode) a run of resident pages grown at one site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Region {
-    block: Block,
+pub(super) struct Region {
+    pub(super) block: Block,
     /// Start address the mmap call returned: pieces of one call count as
     /// one allocation.
-    origin: u64,
+    pub(super) origin: u64,
+    /// Resident pages (growth mode): each page counts as one.
+    pub(super) resident: bool,
 }
 
 /// What one process holds.
 #[derive(Default)]
-struct ProcessHeap {
+pub(super) struct ProcessHeap {
     blocks: HashMap<u64, Block>,
-    regions: BTreeMap<u64, Region>,
+    pub(super) regions: BTreeMap<u64, Region>,
 }
 
 impl ProcessHeap {
     /// Removes [addr, addr+len) from the mapped regions, splitting regions
     /// that straddle its ends. Returns the bytes removed.
-    fn unmap(&mut self, addr: u64, len: u64) -> u64 {
+    pub(super) fn unmap(&mut self, addr: u64, len: u64) -> u64 {
         let end = addr.saturating_add(len);
         let overlapping: Vec<(u64, Region)> = self
             .regions
@@ -186,10 +189,31 @@ impl HeapTable {
                         Region {
                             block,
                             origin: addr,
+                            resident: false,
                         },
                     );
                 } else {
                     insert_block(heap, addr, size, false);
+                }
+            }
+            HeapOp::Resident { addr, size } => {
+                stats.allocations += 1;
+                // A page counted already (its release was missed) is
+                // counted again where it grew now.
+                if heap.unmap(addr, size) > 0 {
+                    stats.replaced_blocks += 1;
+                }
+                if full {
+                    stats.dropped_at_cap += 1;
+                } else {
+                    heap.add_resident(
+                        addr,
+                        Block {
+                            size,
+                            site,
+                            time_ms,
+                        },
+                    );
                 }
             }
             HeapOp::Free { addr } => {
@@ -224,17 +248,28 @@ impl HeapTable {
                 new,
                 new_len,
             } => {
-                // The memory keeps the site that first mapped it; an
-                // untracked range (mapped before attach) stays untracked.
-                let origin = heap.regions.get(&old).copied();
-                heap.unmap(old, old_len);
-                if let Some(origin) = origin {
-                    heap.unmap(new, new_len);
-                    let block = Block {
-                        size: new_len,
-                        ..origin.block
-                    };
-                    heap.regions.insert(new, Region { block, origin: new });
+                if heap.has_resident(old, old_len) {
+                    heap.move_resident(old, old_len, new, new_len);
+                } else {
+                    // The memory keeps the site that first mapped it; an
+                    // untracked range (mapped before attach) stays untracked.
+                    let origin = heap.regions.get(&old).copied();
+                    heap.unmap(old, old_len);
+                    if let Some(origin) = origin {
+                        heap.unmap(new, new_len);
+                        let block = Block {
+                            size: new_len,
+                            ..origin.block
+                        };
+                        heap.regions.insert(
+                            new,
+                            Region {
+                                block,
+                                origin: new,
+                                resident: false,
+                            },
+                        );
+                    }
                 }
             }
             HeapOp::Failed => stats.failed_calls += 1,
@@ -254,18 +289,24 @@ impl HeapTable {
         heap.blocks.into_keys().collect()
     }
 
-    /// Every outstanding heap block and mapped piece, with its pid, whether
-    /// it counts as an allocation of its own (every piece but the first one
-    /// met of a region that munmap split), and whether it is a mapped region
+    /// Every outstanding heap block and mapped piece, with its pid, how many
+    /// allocations it counts for (a block 1; a piece of a region that
+    /// munmap split 1 for the first piece met, 0 for the others; a run of
+    /// resident pages its pages), and whether it is a mapped region
     /// (recorded exactly even when sampling).
-    pub fn outstanding(&self) -> impl Iterator<Item = (u32, &Block, bool, bool)> {
+    pub fn outstanding(&self) -> impl Iterator<Item = (u32, &Block, u64, bool)> {
         self.processes.iter().flat_map(|(&pid, heap)| {
             let mut origins_seen = std::collections::HashSet::new();
             heap.blocks
                 .values()
-                .map(move |block| (pid, block, true, false))
+                .map(move |block| (pid, block, 1, false))
                 .chain(heap.regions.values().map(move |region| {
-                    (pid, &region.block, origins_seen.insert(region.origin), true)
+                    let count = if region.resident {
+                        region.block.size.div_ceil(super::resident::PAGE_SIZE)
+                    } else {
+                        u64::from(origins_seen.insert(region.origin))
+                    };
+                    (pid, &region.block, count, true)
                 }))
         })
     }
@@ -385,7 +426,7 @@ mod tests {
         assert_eq!(sizes(&t), [(1, 4 * 4096), (1, 8 * 4096)]);
         // Two pieces, one allocation.
         assert_eq!(
-            t.outstanding().filter(|(_, _, counts, _)| *counts).count(),
+            t.outstanding().map(|(_, _, count, _)| count).sum::<u64>() as usize,
             1
         );
         // Unmap across both remaining pieces' inner edges.

@@ -7,6 +7,7 @@
 //!   to the heap;
 //! - [`sites`]: stacks interned as call sites;
 //! - [`heap`]: the outstanding blocks by (pid, address);
+//! - [`resident`]: growth mode's resident pages, in runs per site;
 //! - [`pipeline`]: the three above applied to one record at a time;
 //! - [`aggregate`]: outstanding bytes and counts per call site;
 //! - [`growth`]: each site's totals over time, and which only grow.
@@ -18,4 +19,5 @@ pub mod heap;
 pub mod pipeline;
 #[cfg(any(test, feature = "bench"))]
 pub mod records;
+pub mod resident;
 pub mod sites;

@@ -60,7 +60,31 @@ pub(crate) struct KernelOptions {
     /// `task_struct.thread.fsbase` (from BTF), for the Python frame walk;
     /// 0 when unknown, and then no Python frames are walked.
     pub task_fsbase_offset: u32,
+    /// Growth mode: the page-fault and memory-syscall tracepoints record
+    /// resident growth (no allocator is probed).
+    pub growth: Option<GrowthOptions>,
 }
+
+/// What growth mode's tracepoints need.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GrowthOptions {
+    /// `vm_area_struct.vm_file` and `.vm_flags` (from BTF).
+    pub vma_file_offset: u32,
+    pub vma_flags_offset: u32,
+    /// One page in 2^shift is kept, chosen by address.
+    pub page_sample_shift: u32,
+}
+
+/// Growth mode's tracepoints: (program, category, event).
+const GROWTH_TRACEPOINTS: [(&str, &str, &str); 7] = [
+    ("on_page_fault_user", "exceptions", "page_fault_user"),
+    ("on_page_fault_kernel", "exceptions", "page_fault_kernel"),
+    ("on_munmap", "syscalls", "sys_enter_munmap"),
+    ("on_madvise", "syscalls", "sys_enter_madvise"),
+    ("on_mremap_enter", "syscalls", "sys_enter_mremap"),
+    ("on_mremap_exit", "syscalls", "sys_exit_mremap"),
+    ("on_brk", "syscalls", "sys_exit_brk"),
+];
 
 /// The loaded programs and their maps. Dropping it detaches everything.
 pub(crate) struct KernelProbes {
@@ -175,6 +199,10 @@ impl KernelProbes {
             group_dead_offset: group_dead_offset().unwrap_or(0),
             task_fsbase_offset: options.task_fsbase_offset,
             sample_seed,
+            vma_file_offset: options.growth.map_or(0, |g| g.vma_file_offset),
+            vma_flags_offset: options.growth.map_or(0, |g| g.vma_flags_offset),
+            page_sample_shift: options.growth.map_or(0, |g| g.page_sample_shift),
+            _padding: 0,
         };
         let mut ebpf = EbpfLoader::new()
             // Before verification: the verifier treats the settings as
@@ -227,10 +255,18 @@ impl KernelProbes {
                 gaps.set(index as u32, gap, 0)?;
             }
         }
-        for (name, event) in [
-            ("on_exec", "sched_process_exec"),
-            ("on_exit", "sched_process_exit"),
-        ] {
+        let growth: &[(&str, &str, &str)] = if options.growth.is_some() {
+            &GROWTH_TRACEPOINTS
+        } else {
+            &[]
+        };
+        for &(name, category, event) in [
+            ("on_exec", "sched", "sched_process_exec"),
+            ("on_exit", "sched", "sched_process_exit"),
+        ]
+        .iter()
+        .chain(growth)
+        {
             let tracepoint: &mut TracePoint = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the eBPF object"))?
@@ -238,8 +274,8 @@ impl KernelProbes {
             tracepoint
                 .load()
                 .with_context(|| format!("loading program {name}"))?;
-            tracepoint.attach("sched", event).with_context(|| {
-                format!("attaching to tracepoint sched:{event} (is tracefs mounted?)")
+            tracepoint.attach(category, event).with_context(|| {
+                format!("attaching to tracepoint {category}:{event} (is tracefs mounted?)")
             })?;
         }
         let unwind_tables = if options.dwarf {

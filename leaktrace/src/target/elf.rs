@@ -56,10 +56,11 @@ pub(crate) fn object_symbols(data: &[u8]) -> Result<ObjectSymbols> {
         // `mmap64` is glibc's other name for `mmap`.
         let name = if name == "mmap64" { "mmap" } else { name };
         // CPython's object allocator is found apart, only in exact object
-        // mode (`runtime::python::object_allocator`).
+        // mode (`runtime::python::object_allocator`); brk and madvise are
+        // growth mode's tracepoints, never probed.
         let Some(func) = AllocFn::ALL
             .into_iter()
-            .find(|f| !f.is_python_object() && f.symbol() == name)
+            .find(|f| !f.is_python_object() && !f.is_kernel_event() && f.symbol() == name)
         else {
             continue;
         };

@@ -69,7 +69,11 @@ pub(crate) fn argument_registers(func: AllocFn) -> &'static [Register] {
         | AllocFn::Rallocx
         | AllocFn::Munmap
         | AllocFn::PyObjectMalloc
-        | AllocFn::PyObjectFree => 2,
+        | AllocFn::PyObjectFree
+        // Tracepoint records, never probed.
+        | AllocFn::PageFault
+        | AllocFn::Brk
+        | AllocFn::Madvise => 2,
         // CPython's object allocator counts the context pointer 3.6+ passes
         // first (protecting one register too many is harmless).
         AllocFn::Reallocarray
