@@ -38,7 +38,7 @@ use crate::{
     symbolize::{ProcessMaps, Symbolizer},
     target::{
         ProbedObject,
-        procfs::{command_line, process_exists},
+        procfs::{command_line, process_exists, rss_anon_bytes},
     },
 };
 
@@ -65,6 +65,29 @@ struct TracedProcess {
     /// The mappings' generation `runtime` was found in (None: not looked
     /// for yet).
     runtime_generation: Option<u64>,
+    /// Its `RssAnon` when tracing began, and how far it has grown since
+    /// (as read at the last report while it lived).
+    rss_anon_at_attach: Option<u64>,
+    rss_growth: Option<i64>,
+}
+
+impl TracedProcess {
+    fn new(pid: u32, maps: Arc<Mutex<ProcessMaps>>, command: String) -> TracedProcess {
+        TracedProcess {
+            maps,
+            command,
+            exited: false,
+            runtime: None,
+            runtime_generation: None,
+            rss_anon_at_attach: rss_anon_bytes(pid),
+            rss_growth: None,
+        }
+    }
+
+    /// Growth mode: its resident growth since attach as /proc shows it.
+    fn rss_growth(&self, growth_mode: bool) -> Option<i64> {
+        if growth_mode { self.rss_growth } else { None }
+    }
 }
 
 /// Everything the daemon keeps about the traced processes.
@@ -131,16 +154,8 @@ impl Tracer {
 
     /// Starts keeping `pid` with mappings shared with someone else (`run`).
     pub(super) fn adopt(&mut self, pid: u32, maps: Arc<Mutex<ProcessMaps>>, command: String) {
-        self.processes.insert(
-            pid,
-            TracedProcess {
-                maps,
-                command,
-                exited: false,
-                runtime: None,
-                runtime_generation: None,
-            },
-        );
+        self.processes
+            .insert(pid, TracedProcess::new(pid, maps, command));
     }
 
     /// Starts keeping `pid` (if new) and reads its mappings, loading the
@@ -153,12 +168,12 @@ impl Tracer {
 
     /// The process `pid`, kept from its first record on.
     fn process(&mut self, pid: u32) -> &TracedProcess {
-        self.processes.entry(pid).or_insert_with(|| TracedProcess {
-            maps: Arc::new(Mutex::new(ProcessMaps::new(pid))),
-            command: command_line(pid),
-            exited: false,
-            runtime: None,
-            runtime_generation: None,
+        self.processes.entry(pid).or_insert_with(|| {
+            TracedProcess::new(
+                pid,
+                Arc::new(Mutex::new(ProcessMaps::new(pid))),
+                command_line(pid),
+            )
         })
     }
 
@@ -434,6 +449,17 @@ impl Tracer {
             self.update_runtime(pid);
         }
         self.read_python_types();
+        let growth_mode = self.options.growth();
+        if growth_mode {
+            for (&pid, process) in &mut self.processes {
+                if !process.exited
+                    && let (Some(start), Some(now)) =
+                        (process.rss_anon_at_attach, rss_anon_bytes(pid))
+                {
+                    process.rss_growth = Some(now.cast_signed() - start.cast_signed());
+                }
+            }
+        }
         let now_ns = monotonic_ns();
         let min_age = self.options.min_age;
         let pipeline = &self.pipeline;
@@ -473,10 +499,12 @@ impl Tracer {
                 command: process.command.clone(),
                 exited: process.exited,
                 runtime: process.runtime.clone(),
+                rss_growth_bytes: process.rss_growth(growth_mode),
             })
             .collect();
         Ok(report::build(
             ReportInput {
+                growth_mode: self.options.growth(),
                 processes,
                 all_processes: matches!(self.targets, Targets::All(_)),
                 exited_processes: self.exited_processes,

@@ -161,6 +161,10 @@ pub struct ProcessReport {
     /// The runtime found in it (a Python interpreter), or null. Its frames
     /// are still native: this says what runs, not how it is unwound.
     pub runtime: Option<RuntimeReport>,
+    /// Growth mode: how much its anonymous resident memory (`RssAnon` in
+    /// `/proc/PID/status`) grew since attach, to compare with `bytes`, the
+    /// growth the sites explain; null in allocations mode or when unread.
+    pub rss_growth_bytes: Option<i64>,
 }
 
 /// The runtime a process runs on top of its native code.
@@ -216,6 +220,9 @@ pub struct PythonTypeReport {
 /// A whole report.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
+    /// What was measured: "allocations" (outstanding allocations per call
+    /// site) or "growth" (resident memory growth since attach per site).
+    pub mode: String,
     pub pids: Vec<u32>,
     pub command: Option<Vec<String>>,
     /// Every process on the host was traced (`--all`).
@@ -246,10 +253,13 @@ pub struct ProcessInput {
     pub command: String,
     pub exited: bool,
     pub runtime: Option<RuntimeReport>,
+    pub rss_growth_bytes: Option<i64>,
 }
 
 /// What the tracer knows when it asks for a report.
 pub struct ReportInput<'a> {
+    /// Growth mode (`--mode growth`).
+    pub growth_mode: bool,
     pub processes: Vec<ProcessInput>,
     pub all_processes: bool,
     pub exited_processes: u64,
@@ -329,11 +339,18 @@ pub fn build<'m>(
                 count: own.clone().map(|s| s.count).sum(),
                 call_sites: own.count() as u64,
                 runtime: process.runtime.clone(),
+                rss_growth_bytes: process.rss_growth_bytes,
             }
         })
         .collect();
     processes.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.pid.cmp(&b.pid)));
     Report {
+        mode: if input.growth_mode {
+            "growth"
+        } else {
+            "allocations"
+        }
+        .to_owned(),
         pids: input.processes.iter().map(|p| p.pid).collect(),
         command: input.command,
         all_processes: input.all_processes,
@@ -502,6 +519,7 @@ pub(crate) mod fixtures {
     /// Two sites: 4096 bytes in 4 mallocs from `leak_a`, 100 bytes from one calloc in `leak_b`.
     pub(crate) fn report() -> Report {
         Report {
+            mode: "allocations".into(),
             pids: vec![42],
             command: Some(vec!["./prog".into()]),
             all_processes: false,
@@ -513,6 +531,7 @@ pub(crate) mod fixtures {
                 count: 5,
                 call_sites: 2,
                 runtime: None,
+                rss_growth_bytes: None,
             }],
             allocator_objects: vec!["/lib/libc.so.6".into()],
             elapsed_ms: 1500,

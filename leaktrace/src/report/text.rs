@@ -57,6 +57,22 @@ fn whose(report: &Report, pid: u32) -> String {
     }
 }
 
+/// "+1.5 MiB" / "-4.0 KiB".
+fn signed_bytes(bytes: i64) -> String {
+    let sign = if bytes < 0 { "-" } else { "+" };
+    format!("{sign}{}", human_bytes(bytes.unsigned_abs()))
+}
+
+/// ", 97%" of `rss` that `explained` accounts for (nothing when /proc saw
+/// no growth).
+fn share(explained: u64, rss: i64) -> String {
+    if rss > 0 {
+        format!(", {:.0}%", explained as f64 * 100.0 / rss as f64)
+    } else {
+        String::new()
+    }
+}
+
 pub fn render(report: &Report, top: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -74,9 +90,15 @@ pub fn render(report: &Report, top: usize) -> String {
         }
     }
     let t = &report.totals;
+    let growth = report.mode == "growth";
+    let (what, units) = if growth {
+        ("resident growth since attach", "pages")
+    } else {
+        ("outstanding", "allocations")
+    };
     let _ = writeln!(
         out,
-        "outstanding: {} bytes ({}) in {} allocations at {} call sites{}",
+        "{what}: {} bytes ({}) in {} {units} at {} call sites{}",
         t.outstanding_bytes,
         human_bytes(t.outstanding_bytes),
         t.outstanding_allocations,
@@ -92,6 +114,20 @@ pub fn render(report: &Report, top: usize) -> String {
         "seen: {} events, {} allocations, {} releases, {} failed calls, {} releases of blocks from before tracing",
         t.events, t.allocations, t.releases, t.failed_calls, t.unmatched_releases
     );
+    if growth {
+        for process in &report.processes {
+            if let Some(rss) = process.rss_growth_bytes {
+                let _ = writeln!(
+                    out,
+                    "explained: {} of pid {}'s resident growth, {} by /proc (RssAnon){}",
+                    human_bytes(process.bytes),
+                    process.pid,
+                    signed_bytes(rss),
+                    share(process.bytes, rss)
+                );
+            }
+        }
+    }
     let _ = writeln!(out, "lost: {}", report.losses.summary());
     if report.sample_bytes > 0 {
         let _ = writeln!(
@@ -179,12 +215,16 @@ pub fn render(report: &Report, top: usize) -> String {
     for (rank, site) in report.sites.iter().take(top).enumerate() {
         let _ = writeln!(
             out,
-            "\n#{} {} bytes ({}) in {} allocations from {}, oldest {}{}",
+            "\n#{} {} bytes ({}) in {} {units} from {}, oldest {}{}",
             rank + 1,
             site.bytes,
             human_bytes(site.bytes),
             site.count,
-            site.allocator,
+            if growth {
+                "page faults"
+            } else {
+                site.allocator.as_str()
+            },
             human_age(site.oldest_age_ms),
             whose(report, site.pid)
         );
@@ -256,6 +296,7 @@ mod tests {
             count: 0,
             call_sites: 0,
             runtime: None,
+            rss_growth_bytes: None,
         });
         let text = render(&report, 10);
         let lines: Vec<&str> = text.lines().collect();
@@ -311,5 +352,31 @@ mod tests {
         let text = render(&fixtures::report(), 1);
         assert!(!text.contains("#2"));
         assert!(text.ends_with("(1 more call sites not shown; --top changes how many)\n"));
+    }
+
+    /// Growth mode says what it measures, counts pages, and how much of the
+    /// process's own resident growth its sites explain.
+    #[test]
+    fn growth_mode_says_resident_growth_and_the_share_explained() {
+        let mut report = fixtures::report();
+        report.mode = "growth".into();
+        report.processes[0].rss_growth_bytes = Some(5000);
+        let text = render(&report, 10);
+        assert!(
+            text.contains(
+                "resident growth since attach: 4196 bytes (4.1 KiB) in 5 pages at 2 call sites"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "explained: 4.1 KiB of pid 42's resident growth, +4.9 KiB by /proc (RssAnon), 84%"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("#1 4096 bytes (4.0 KiB) in 4 pages from page faults, oldest"),
+            "{text}"
+        );
     }
 }

@@ -39,6 +39,26 @@ pub struct Mapping {
     pub path: Arc<str>,
 }
 
+/// The process's anonymous resident memory (`RssAnon` in
+/// `/proc/PID/status`), in bytes; None when it cannot be read.
+pub(crate) fn rss_anon_bytes(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_rss_anon(&status)
+}
+
+/// `RssAnon:     62524 kB` in a status file, in bytes.
+pub(crate) fn parse_rss_anon(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    let kib: u64 = line
+        .trim_start_matches("RssAnon:")
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Parses /proc/PID/maps, keeping file-backed mappings.
 pub(crate) fn parse_maps(text: &str) -> Vec<Mapping> {
     text.lines()

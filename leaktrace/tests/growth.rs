@@ -1,0 +1,229 @@
+//! Growth mode (`--mode growth`), end to end: resident growth per call
+//! site from page faults, with no allocator probed.
+//!
+//! - a C program keeps 60 MiB it writes at one site while another site
+//!   writes and frees as much: at least 90% of the reported growth at the
+//!   keeping site, none at the churning one, and the total within 10% of
+//!   the process's `RssAnon` growth;
+//! - the same for a Python program (Debian's python3): the keeping line,
+//!   named by the Python frames;
+//! - the mode each command uses by default, and what the reports say.
+mod common;
+
+use std::{
+    io::Write as _,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{
+    Guarded, TempDir, compile, fixture_source, frame_functions, leaktrace, leaktrace_bin,
+    prerequisite_missing, python_frames, read_json, require_root, serial, site_lines_of, sites,
+};
+use serde_json::Value;
+
+/// Starts `command` (a fixture that prints "ready", waits for a line on
+/// stdin, grows, prints "done"), traces it in growth mode for `duration`
+/// (telling it to go once tracing started) and returns the JSON report.
+fn trace_growth(dir: &TempDir, command: &mut Command, duration: &str) -> Value {
+    let mut fixture = Guarded::spawn(
+        "the growth fixture",
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let lines = fixture.stdout_lines();
+    lines
+        .wait_for(Duration::from_secs(30), |line| line == "ready")
+        .expect("the fixture gets ready");
+    let report = dir.join("growth.json");
+    let mut tracer = Guarded::spawn(
+        "leaktrace",
+        Command::new(leaktrace_bin())
+            .args(["trace", "--mode", "growth", "--duration", duration])
+            .args(["--format", "json", "--output"])
+            .arg(&report)
+            .arg("--pid")
+            .arg(fixture.pid().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let tracer_lines = tracer.stderr_lines();
+    tracer_lines
+        .wait_for(Duration::from_mins(1), |line| {
+            line.contains("leaktrace: tracing pid")
+        })
+        .expect("leaktrace starts tracing");
+    let mut stdin = fixture.take_stdin();
+    stdin.write_all(b"go\n").expect("telling the fixture to go");
+    stdin.flush().expect("flushing");
+    lines
+        .wait_for(Duration::from_mins(1), |line| line.starts_with("done"))
+        .expect("the fixture finishes");
+    let status = tracer
+        .wait_timeout(Duration::from_mins(1))
+        .expect("leaktrace ends after its duration");
+    assert!(
+        status.success(),
+        "leaktrace failed: {}",
+        tracer_lines.finish(Duration::from_secs(5)).join("\n")
+    );
+    read_json(&report)
+}
+
+/// (bytes at sites whose stack satisfies `at`, total bytes, /proc's growth).
+fn shares(report: &Value, at: impl Fn(&Value) -> bool) -> (u64, u64, i64) {
+    let total = report["totals"]["outstanding_bytes"].as_u64().unwrap();
+    let matching = sites(report)
+        .iter()
+        .filter(|site| at(site))
+        .map(|site| site["bytes"].as_u64().unwrap())
+        .sum();
+    let rss = report["processes"][0]["rss_growth_bytes"]
+        .as_i64()
+        .expect("growth mode reports /proc's resident growth");
+    (matching, total, rss)
+}
+
+#[test]
+fn growth_of_a_c_program_is_at_the_site_that_keeps_memory() {
+    const TEST: &str = "growth_of_a_c_program_is_at_the_site_that_keeps_memory";
+    if !require_root(TEST) {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("growth-c");
+    let program = compile(
+        &dir,
+        "growth.c",
+        "growth",
+        &["-O1", "-g", "-fno-omit-frame-pointer"],
+    );
+    let report = trace_growth(&dir, Command::new(&program).arg("3"), "6s");
+    assert_eq!(report["mode"], "growth");
+    let (kept, total, rss) = shares(&report, |s| frame_functions(s).contains(&"grow_keep"));
+    let churn: u64 = sites(&report)
+        .iter()
+        .filter(|s| frame_functions(s).contains(&"churn"))
+        .map(|s| s["bytes"].as_u64().unwrap())
+        .sum();
+    let summary = format!("kept {kept}, churn {churn}, total {total}, /proc {rss}");
+    eprintln!("{summary}");
+    // 240 blocks of 256 KiB, every page written.
+    assert!(kept >= 60 << 20, "{summary}");
+    assert!(kept * 10 >= total * 9, "under 90% at grow_keep: {summary}");
+    assert_eq!(churn, 0, "{summary}");
+    assert!(
+        total.abs_diff(rss.unsigned_abs()) * 10 <= rss.unsigned_abs(),
+        "not within 10% of /proc's growth: {summary}"
+    );
+}
+
+#[test]
+fn growth_of_a_python_program_is_at_the_line_that_keeps_memory() {
+    const TEST: &str = "growth_of_a_python_program_is_at_the_line_that_keeps_memory";
+    if !require_root(TEST) {
+        return;
+    }
+    let python = Path::new("/usr/bin/python3");
+    if !python.exists() {
+        return prerequisite_missing(TEST, "/usr/bin/python3 (Debian's python3)");
+    }
+    let _serial = serial();
+    let dir = TempDir::new("growth-python");
+    let fixture = "python/growth_leak.py";
+    let report = trace_growth(
+        &dir,
+        Command::new(python).arg(fixture_source(fixture)).arg("3"),
+        "6s",
+    );
+    let lines = site_lines_of(fixture);
+    let at_line = |site: &Value, marker: &str| {
+        python_frames(site)
+            .iter()
+            .any(|(_, file, line)| file.ends_with("growth_leak.py") && *line == lines[marker])
+    };
+    let (kept, total, rss) = shares(&report, |s| at_line(s, "leak"));
+    let churn: u64 = sites(&report)
+        .iter()
+        .filter(|s| at_line(s, "temporary"))
+        .map(|s| s["bytes"].as_u64().unwrap())
+        .sum();
+    let summary = format!("kept {kept}, churn {churn}, total {total}, /proc {rss}");
+    eprintln!("{summary}");
+    assert!(kept >= 60 << 20, "{summary}");
+    assert!(
+        kept * 10 >= total * 9,
+        "under 90% at the leak line: {summary}"
+    );
+    assert_eq!(churn, 0, "{summary}");
+    assert!(
+        total.abs_diff(rss.unsigned_abs()) * 10 <= rss.unsigned_abs(),
+        "not within 10% of /proc's growth: {summary}"
+    );
+}
+
+/// `trace --pid` and `run` count allocations unless told otherwise; `trace
+/// --all` (and `serve`) measure growth; options that count allocations
+/// cannot go with growth mode.
+#[test]
+fn each_command_has_its_default_mode() {
+    const TEST: &str = "each_command_has_its_default_mode";
+    if !require_root(TEST) {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("growth-defaults");
+    let all = dir.join("all.json");
+    leaktrace(
+        &[
+            "trace",
+            "--all",
+            "--duration",
+            "1s",
+            "--format",
+            "json",
+            "--output",
+            all.to_str().unwrap(),
+        ],
+        Duration::from_mins(1),
+    )
+    .succeeded("trace --all");
+    let all = read_json(&all);
+    assert_eq!(all["mode"], "growth");
+    assert_eq!(all["sample_bytes"], 0);
+    let run = dir.join("run.json");
+    leaktrace(
+        &[
+            "run",
+            "--format",
+            "json",
+            "--output",
+            run.to_str().unwrap(),
+            "--",
+            "/bin/true",
+        ],
+        Duration::from_mins(1),
+    )
+    .succeeded("run");
+    assert_eq!(read_json(&run)["mode"], "allocations");
+    let refused = leaktrace(
+        &[
+            "trace",
+            "--all",
+            "--mode",
+            "growth",
+            "--sample-bytes",
+            "512k",
+        ],
+        Duration::from_mins(1),
+    );
+    assert!(!refused.status.success());
+    assert!(
+        refused.stderr.contains("needs --mode allocations"),
+        "{}",
+        refused.stderr
+    );
+}
