@@ -48,9 +48,9 @@ pub enum AllocFn {
     PyObjectRealloc = 21,
     PyObjectFree = 22,
     /// Growth mode: the first write to an anonymous private page (a page
-    /// fault that makes it resident): `args[0]` the page, `args[1]` its size;
-    /// `args[2]` is 1 when the kernel could not check that the memory is
-    /// anonymous (userspace checks it against the file mappings).
+    /// fault that makes it resident): `args[0]` the page, `args[1]` its size.
+    /// Any write fault of a traced process comes: userspace leaves out those
+    /// in file mappings.
     PageFault = 23,
     /// Growth mode: the program break moved (`brk` returned `args[0]`);
     /// userspace subtracts what a shrink gave back.

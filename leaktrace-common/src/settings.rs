@@ -44,10 +44,6 @@ pub struct Settings {
     /// the pool (`EXPONENTIAL_POOL`); each CPU mixes in its id. The same
     /// seed and the same pool give the same gaps, so a test can fix both.
     pub sample_seed: u64,
-    /// Offsets in the kernel's `vm_area_struct` of `vm_file` and `vm_flags`
-    /// (from BTF): a fault counts only in anonymous private memory.
-    pub vma_file_offset: u32,
-    pub vma_flags_offset: u32,
     /// Growth mode keeps one page in 2^shift, chosen by address (0: every
     /// page); reports scale what they count by 2^shift.
     pub page_sample_shift: u32,
@@ -55,7 +51,7 @@ pub struct Settings {
 }
 
 // Both sides must agree on the layout byte for byte.
-const _: () = assert!(size_of::<Settings>() == 48);
+const _: () = assert!(size_of::<Settings>() == 40);
 
 /// The splitmix64 output function: a bijection on u64 that spreads every
 /// input bit over the whole word. Both sides use it to turn a seed (and the

@@ -16,8 +16,6 @@ static SETTINGS: Settings = Settings {
     group_dead_offset: 0,
     task_fsbase_offset: 0,
     sample_seed: 0,
-    vma_file_offset: 0,
-    vma_flags_offset: 0,
     page_sample_shift: 0,
     _padding: 0,
 };
@@ -73,12 +71,6 @@ pub(crate) fn is_self(pid_tgid: u64) -> bool {
 #[inline(always)]
 pub(crate) fn task_fsbase_offset() -> u32 {
     setting!(task_fsbase_offset)
-}
-
-/// Offsets of `vm_file` and `vm_flags` in `vm_area_struct`.
-#[inline(always)]
-pub(crate) fn vma_offsets() -> (u32, u32) {
-    (setting!(vma_file_offset), setting!(vma_flags_offset))
 }
 
 /// Growth mode keeps one page in 2^shift.

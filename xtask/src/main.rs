@@ -8,9 +8,11 @@
 //! - `test`: setup, then the whole test suite (unit and, as root,
 //!   integration tests that trace real processes).
 //! - `bench`: the malloc+free loop untraced and traced, and the daemon's
-//!   drain rate.
+//!   drain rate; `bench-redis`, `bench-python`, `bench-all`,
+//!   `bench-growth`: the workloads their modules describe.
 mod bench;
 mod churn;
+mod growth;
 mod python;
 mod redis;
 mod setup;
@@ -54,6 +56,14 @@ enum Task {
     /// A Python loop (a dict with a str and a list per iteration) under
     /// Debian's python3 and pyenv's 3.11 and 2.7: ns per iteration
     /// untraced and traced, interleaved.
+    /// `serve --all` in growth mode: redis-benchmark, the Python dict loop,
+    /// a malloc+free loop and a process that only grows, each untraced and
+    /// traced, interleaved; the daemon's CPU and memory.
+    BenchGrowth {
+        /// Rounds of each workload (medians are printed).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     BenchPython {
         /// Rounds of each interpreter and mode (medians are printed).
         #[arg(long, default_value_t = 5)]
@@ -95,6 +105,11 @@ fn main() -> Result<()> {
             setup::all()?;
             build_release()?;
             churn::run(rounds, processes)
+        }
+        Task::BenchGrowth { rounds } => {
+            setup::all()?;
+            build_release()?;
+            growth::run(rounds)
         }
         Task::BenchPython { rounds } => {
             setup::all()?;

@@ -49,7 +49,7 @@ pub(crate) fn rss_mib(pid: u32) -> f64 {
 }
 
 /// (SET, GET) requests per second.
-fn benchmark() -> Result<(f64, f64)> {
+pub(crate) fn benchmark() -> Result<(f64, f64)> {
     let output = Command::new("redis-benchmark")
         .args([
             "-h",
@@ -74,6 +74,40 @@ fn benchmark() -> Result<(f64, f64)> {
         (Some(set), Some(get)) => Ok((set, get)),
         _ => bail!("unexpected redis-benchmark output: {text}"),
     }
+}
+
+/// Debian's redis-server on loopback, once it answers (installed first if
+/// missing).
+pub(crate) fn start_server() -> Result<Child> {
+    ensure_redis()?;
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            PORT,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting redis-server")?;
+    let started = Instant::now();
+    while Command::new("redis-cli")
+        .args(["-p", PORT, "ping"])
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _: Result<_, _> = redis.kill();
+            bail!("redis-server did not start");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(redis)
 }
 
 struct Traced {
@@ -115,36 +149,9 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 pub(crate) fn run(rounds: usize) -> Result<()> {
-    ensure_redis()?;
     let dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    let mut redis = Command::new("redis-server")
-        .args([
-            "--port",
-            PORT,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting redis-server")?;
-    let started = Instant::now();
-    while Command::new("redis-cli")
-        .args(["-p", PORT, "ping"])
-        .output()
-        .map_or(true, |o| !o.status.success())
-    {
-        if started.elapsed() > Duration::from_secs(10) {
-            let _: Result<_, _> = redis.kill();
-            bail!("redis-server did not start");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut redis = start_server()?;
     let pid = redis.id();
     let modes = [
         ("untraced", None),

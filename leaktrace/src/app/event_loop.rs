@@ -115,7 +115,7 @@ pub(super) async fn trace_loop(
             }
             Some(done) = next_exit_stop(exit_stops.as_mut()) => {
                 tracer.drain(ring.get_mut(), FINAL_DRAIN);
-                tracer.read_python_types();
+                tracer.read_live_state();
                 // The launcher may have given up waiting: nothing to do then.
                 let _: Result<_, _> = done.send(());
             }

@@ -49,11 +49,7 @@ fn kernel_options(options: &ReportOptions) -> KernelOptions {
 fn kernel_options_for(options: &ReportOptions) -> Result<KernelOptions> {
     let mut kernel = kernel_options(options);
     if options.growth() {
-        let (vma_file_offset, vma_flags_offset) = kernel::btf::vma_offsets()
-            .context("growth mode needs the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
         kernel.growth = Some(GrowthOptions {
-            vma_file_offset,
-            vma_flags_offset,
             page_sample_shift: 0,
         });
     }

@@ -241,14 +241,14 @@ impl Tracer {
         }
     }
 
-    /// Growth mode: a page fault the kernel could not check (see
-    /// `AllocFn::PageFault`) at an address in one of the process's file
-    /// mappings, which is not anonymous growth.
+    /// Growth mode: a page fault at an address in one of the process's
+    /// file mappings, which is not anonymous growth (the kernel sends every
+    /// write fault of a traced process; see leaktrace-ebpf's `growth`).
     fn in_file_mapping(&mut self, bytes: &[u8]) -> bool {
         let Ok(Record::Alloc(event, ..)) = decode::decode(bytes) else {
             return false;
         };
-        if event.header.func != AllocFn::PageFault as u32 || event.args[2] == 0 {
+        if event.header.func != AllocFn::PageFault as u32 {
             return false;
         }
         let (pid, addr) = (event.header.pid, event.args[0]);
@@ -390,10 +390,27 @@ impl Tracer {
         }
     }
 
+    /// Reads what only a live process can tell, before a report and at
+    /// `run`'s exit stop (while the command's memory is still there): the
+    /// types of its Python objects (exact object mode) and its resident
+    /// growth (growth mode).
+    pub(super) fn read_live_state(&mut self) {
+        self.read_python_types();
+        if self.options.growth() {
+            for (&pid, process) in &mut self.processes {
+                if !process.exited
+                    && let (Some(start), Some(now)) =
+                        (process.rss_anon_at_attach, rss_anon_bytes(pid))
+                {
+                    process.rss_growth = Some(now.cast_signed() - start.cast_signed());
+                }
+            }
+        }
+    }
+
     /// Exact object mode: reads the Python type of every outstanding object
-    /// block of the processes still there (before a report, and at `run`'s
-    /// exit stop while the command's memory is still readable).
-    pub(super) fn read_python_types(&mut self) {
+    /// block of the processes still there.
+    fn read_python_types(&mut self) {
         if !self.options.python_objects {
             return;
         }
@@ -448,18 +465,8 @@ impl Tracer {
         for pid in pids {
             self.update_runtime(pid);
         }
-        self.read_python_types();
+        self.read_live_state();
         let growth_mode = self.options.growth();
-        if growth_mode {
-            for (&pid, process) in &mut self.processes {
-                if !process.exited
-                    && let (Some(start), Some(now)) =
-                        (process.rss_anon_at_attach, rss_anon_bytes(pid))
-                {
-                    process.rss_growth = Some(now.cast_signed() - start.cast_signed());
-                }
-            }
-        }
         let now_ns = monotonic_ns();
         let min_age = self.options.min_age;
         let pipeline = &self.pipeline;

@@ -231,20 +231,6 @@ pub(crate) fn task_fsbase_offset() -> Result<u32> {
     u32::try_from(offset).context("task_struct.thread.fsbase is past 4 GiB")
 }
 
-/// Offsets of `vm_file` and `vm_flags` in the kernel's `vm_area_struct`,
-/// for growth mode's test of anonymous private memory.
-pub(crate) fn vma_offsets() -> Result<(u32, u32)> {
-    let path = "/sys/kernel/btf/vmlinux";
-    let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
-    let btf = Btf::parse(&bytes).with_context(|| format!("parsing {path}"))?;
-    let file = btf.offset_of("vm_area_struct", &["vm_file"])?;
-    let flags = btf.offset_of("vm_area_struct", &["vm_flags"])?;
-    Ok((
-        u32::try_from(file).context("vm_area_struct.vm_file is past 4 GiB")?,
-        u32::try_from(flags).context("vm_area_struct.vm_flags is past 4 GiB")?,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,25 +342,6 @@ mod tests {
         };
         let fsbase = pahole_offset("thread_struct", "fsbase").expect("thread_struct.fsbase");
         assert_eq!(u64::from(offset), expected + fsbase);
-    }
-
-    /// `vm_area_struct.vm_file` and `.vm_flags` (inside an anonymous union
-    /// on this kernel), against pahole.
-    #[test]
-    fn vma_offsets_match_pahole() {
-        let (file, flags) = vma_offsets().unwrap();
-        let Some(expected_file) = pahole_offset("vm_area_struct", "vm_file") else {
-            crate::test_support::prerequisite_missing(
-                "vma_offsets_match_pahole",
-                "pahole (apt-get install dwarves; cargo xtask test installs it)",
-            );
-            return;
-        };
-        assert_eq!(u64::from(file), expected_file);
-        assert_eq!(
-            Some(u64::from(flags)),
-            pahole_offset("vm_area_struct", "vm_flags")
-        );
     }
 
     /// The byte offset pahole prints for `member` of `structure`.

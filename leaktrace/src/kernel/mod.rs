@@ -68,9 +68,6 @@ pub(crate) struct KernelOptions {
 /// What growth mode's tracepoints need.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct GrowthOptions {
-    /// `vm_area_struct.vm_file` and `.vm_flags` (from BTF).
-    pub vma_file_offset: u32,
-    pub vma_flags_offset: u32,
     /// One page in 2^shift is kept, chosen by address.
     pub page_sample_shift: u32,
 }
@@ -199,8 +196,6 @@ impl KernelProbes {
             group_dead_offset: group_dead_offset().unwrap_or(0),
             task_fsbase_offset: options.task_fsbase_offset,
             sample_seed,
-            vma_file_offset: options.growth.map_or(0, |g| g.vma_file_offset),
-            vma_flags_offset: options.growth.map_or(0, |g| g.vma_flags_offset),
             page_sample_shift: options.growth.map_or(0, |g| g.page_sample_shift),
             _padding: 0,
         };
