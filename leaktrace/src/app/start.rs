@@ -41,20 +41,12 @@ fn kernel_options(options: &ReportOptions) -> KernelOptions {
             eprintln!("leaktrace: warning: Python frames will not be walked: {err:#}");
             0
         }),
-        growth: None,
+        growth: options.growth().then_some(GrowthOptions {
+            page_sample_shift: 0,
+        }),
     }
 }
 
-/// The kernel options, with growth mode's when it is on.
-fn kernel_options_for(options: &ReportOptions) -> Result<KernelOptions> {
-    let mut kernel = kernel_options(options);
-    if options.growth() {
-        kernel.growth = Some(GrowthOptions {
-            page_sample_shift: 0,
-        });
-    }
-    Ok(kernel)
-}
 
 /// `trace` and `serve`: the processes named by --pid, or every one (--all).
 pub(super) async fn trace_targets(
@@ -66,7 +58,7 @@ pub(super) async fn trace_targets(
     let placed = options.probe_placement == ProbePlacement::Auto;
     let (tracer, watch) = if targets.all {
         let (mut kernel, ring, unwind_tables) =
-            KernelProbes::load(&kernel_options_for(&options)?, true)?;
+            KernelProbes::load(&kernel_options(&options), true)?;
         let mut system = SystemWide::new(placed, !options.growth());
         let found = system.attach_running(&mut kernel)?;
         kernel.arm()?;
@@ -112,7 +104,7 @@ pub(super) async fn trace_targets(
             pidfds.push((pid, pidfd_open(pid)?));
         }
         let (mut kernel, ring, unwind_tables) =
-            KernelProbes::load(&kernel_options_for(&options)?, false)?;
+            KernelProbes::load(&kernel_options(&options), false)?;
         let mut objects: Vec<target::ProbedObject> = Vec::new();
         let mut plans = Vec::new();
         // One cache: the processes' shared libraries are read once.
@@ -224,7 +216,7 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
     // Probes first, then exec: nothing the command allocates is missed.
     // If attaching fails, dropping `child` kills the held child.
     let (mut kernel, ring, unwind_tables) =
-        KernelProbes::load(&kernel_options_for(&options)?, false)?;
+        KernelProbes::load(&kernel_options(&options), false)?;
     let mut python_objects = PythonObjects::default();
     if options.python_objects {
         match python_objects.probe_command(&mut kernel, pid, &candidates, placed) {
