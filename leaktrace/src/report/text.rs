@@ -256,6 +256,8 @@ mod tests {
             count: 0,
             call_sites: 0,
             runtime: None,
+            cgroup: None,
+            container: None,
         });
         let text = render(&report, 10);
         let lines: Vec<&str> = text.lines().collect();

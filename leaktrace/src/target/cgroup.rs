@@ -110,7 +110,7 @@ impl Runtime {
     }
 }
 
-/// A Kubernetes pod's QoS class, which picks its cgroup's parent.
+/// A Kubernetes pod's quality-of-service class, which picks its cgroup's parent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Qos {
     Guaranteed,
@@ -208,7 +208,7 @@ fn container_component<'a>(
 }
 
 /// Whether the last of `parts` is a Kubernetes pod's cgroup, of either
-/// driver: its uid (with dashes) and QoS class.
+/// driver: its uid (with dashes) and quality-of-service class.
 fn pod_component(parts: &[&str]) -> Option<(String, Qos)> {
     let (&name, above) = parts.split_last()?;
     if let Some(pod) = systemd_pod(name) {
