@@ -17,8 +17,8 @@ use std::{
 
 use common::{
     EXPECTED_LEAKS, Guarded, Lines, Server, TempDir, build_leaky, bytes_by_fixture_function,
-    describe_sites, frame_functions, get, leaktrace_bin, read_json, require_root, serial, sites,
-    start_serve,
+    describe_sites, frame_functions, get, leaktrace_bin, process_sample, read_json, require_root,
+    serial, sites, start_serve,
 };
 use serde_json::Value;
 
@@ -191,16 +191,12 @@ fn serve_traces_several_pids_and_stops_when_all_exited() {
     let metrics = String::from_utf8(get_ok(&address, "/metrics")).unwrap();
     let table_bytes: u64 = EXPECTED_LEAKS.iter().map(|r| r.bytes).sum();
     for pid in [a, b] {
-        let bytes: u64 = metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(&format!(
-                    "leaktrace_outstanding_bytes{{pid=\"{pid}\",comm=\"leaky\"}} "
-                ))
-            })
-            .unwrap_or_else(|| panic!("no series for pid {pid}:\n{metrics}"))
-            .parse()
-            .unwrap();
+        let (labels, bytes) = process_sample(&metrics, "leaktrace_outstanding_bytes", pid)
+            .unwrap_or_else(|| panic!("no series for pid {pid}:\n{metrics}"));
+        assert!(
+            labels.starts_with(&format!("{{pid=\"{pid}\",comm=\"leaky\",")),
+            "{labels}"
+        );
         // leaky's own start-up blocks may come on top of the table.
         assert!(bytes >= table_bytes, "pid {pid}: {bytes}\n{metrics}");
     }

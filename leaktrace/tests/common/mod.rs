@@ -8,7 +8,7 @@
 //! - [`probed`]: where a process's memory holds the int3 of a uprobe;
 //! - [`fixtures`]: temporary directories, building fixtures with gcc into
 //!   them, the site markers of a fixture source;
-//! - [`http`]: starting `leaktrace serve` and GETs against it;
+//! - [`http`]: starting `leaktrace serve`, GETs against it, its metrics;
 //! - [`process`]: child processes that are killed even when a test fails,
 //!   line readers with timeouts, running leaktrace;
 //! - [`python`]: Python fixtures under pyenv's interpreters, traced, and
@@ -43,7 +43,7 @@ pub(crate) use fixtures::{
     start_spin,
 };
 #[allow(unused_imports)]
-pub(crate) use http::{Server, get, start_serve};
+pub(crate) use http::{Server, get, process_sample, start_serve};
 #[allow(unused_imports)]
 pub(crate) use prerequisite::prerequisite_missing;
 #[allow(unused_imports)]
