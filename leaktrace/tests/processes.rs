@@ -9,14 +9,13 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    io::Write as _,
     path::Path,
-    process::{ChildStdin, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use common::{
-    EXPECTED_LEAKS, Guarded, Lines, Server, TempDir, build_leaky, bytes_by_fixture_function,
+    EXPECTED_LEAKS, Guarded, Holder, Server, TempDir, build_leaky, bytes_by_fixture_function,
     describe_sites, frame_functions, get, leaktrace_bin, process_sample, read_json, require_root,
     serial, sites, start_serve,
 };
@@ -28,61 +27,6 @@ fn expected() -> BTreeMap<String, (u64, u64)> {
         .iter()
         .map(|row| (row.function.to_string(), (row.bytes, row.count)))
         .collect()
-}
-
-/// A `leaky hold` process, its stdin and its stdout lines.
-struct Holder {
-    process: Guarded,
-    stdin: Option<ChildStdin>,
-    stdout: Lines,
-}
-
-impl Holder {
-    /// Starts it and waits until it is ready for the first line.
-    fn start(leaky: &Path) -> Holder {
-        let mut process = Guarded::spawn(
-            "leaky hold",
-            Command::new(leaky)
-                .arg("hold")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null()),
-        );
-        let stdin = Some(process.take_stdin());
-        let stdout = process.stdout_lines();
-        stdout
-            .wait_for(Duration::from_secs(10), |l| l == "ready")
-            .unwrap_or_else(|e| panic!("leaky hold never said ready: {e}"));
-        Holder {
-            process,
-            stdin,
-            stdout,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.process.pid()
-    }
-
-    /// Leaks the table's blocks and waits until it says done.
-    fn leak(&mut self) {
-        let stdin = self.stdin.as_mut().expect("stdin");
-        stdin.write_all(b"go\n").unwrap();
-        stdin.flush().unwrap();
-        self.stdout
-            .wait_for(Duration::from_secs(30), |l| l == "done")
-            .unwrap_or_else(|e| panic!("leaky hold never said done: {e}"));
-    }
-
-    /// Lets it exit (its leaks with it) and waits for that.
-    fn finish(&mut self) {
-        drop(self.stdin.take());
-        let status = self
-            .process
-            .wait_timeout(Duration::from_secs(30))
-            .expect("leaky hold exits once its stdin closes");
-        assert!(status.success(), "leaky hold: {status:?}");
-    }
 }
 
 /// Checks that `pid`'s sites in `report` are exactly the table, each with a

@@ -9,6 +9,7 @@
 //! - [`fixtures`]: temporary directories, building fixtures with gcc into
 //!   them, the site markers of a fixture source;
 //! - [`http`]: starting `leaktrace serve`, GETs against it, its metrics;
+//! - [`holder`]: a `leaky hold` process that leaks when told and holds on;
 //! - [`process`]: child processes that are killed even when a test fails,
 //!   line readers with timeouts, running leaktrace;
 //! - [`python`]: Python fixtures under pyenv's interpreters, traced, and
@@ -22,6 +23,7 @@
 
 pub(crate) mod environment;
 pub(crate) mod fixtures;
+pub(crate) mod holder;
 pub(crate) mod http;
 pub(crate) mod objdump;
 pub(crate) mod prerequisite;
@@ -42,6 +44,8 @@ pub(crate) use fixtures::{
     TempDir, build_leaky, build_nomalloc, build_spin, compile, fixture_source, site_lines,
     start_spin,
 };
+#[allow(unused_imports)]
+pub(crate) use holder::Holder;
 #[allow(unused_imports)]
 pub(crate) use http::{Server, get, process_sample, start_serve};
 #[allow(unused_imports)]
