@@ -1,6 +1,7 @@
 //! Shared helpers for leaktrace's integration tests, in submodules:
 //!
 //! - [`table`]: the expected-leak table of the `leaky` fixture;
+//! - [`cgroups`]: cgroup trees made by a test, and children started in them;
 //! - [`environment`]: the binary under test, root checks, tools, serialization;
 //! - [`prerequisite`]: a missing prerequisite fails the test, or (when
 //!   `LEAKTRACE_ALLOW_SKIPS=1`, never under `CI`) is a counted skip;
@@ -21,6 +22,7 @@
 //! through the re-exports below (`common::NAME`).
 #![allow(dead_code)]
 
+pub(crate) mod cgroups;
 pub(crate) mod environment;
 pub(crate) mod fixtures;
 pub(crate) mod holder;
