@@ -9,16 +9,15 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    io::Write as _,
     path::Path,
-    process::{ChildStdin, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use common::{
-    EXPECTED_LEAKS, Guarded, Lines, Server, TempDir, build_leaky, bytes_by_fixture_function,
-    describe_sites, frame_functions, get, leaktrace_bin, read_json, require_root, serial, sites,
-    start_serve,
+    EXPECTED_LEAKS, Guarded, Holder, Server, TempDir, build_leaky, bytes_by_fixture_function,
+    describe_sites, frame_functions, get, leaktrace_bin, process_sample, read_json, require_root,
+    serial, sites, start_serve,
 };
 use serde_json::Value;
 
@@ -28,61 +27,6 @@ fn expected() -> BTreeMap<String, (u64, u64)> {
         .iter()
         .map(|row| (row.function.to_string(), (row.bytes, row.count)))
         .collect()
-}
-
-/// A `leaky hold` process, its stdin and its stdout lines.
-struct Holder {
-    process: Guarded,
-    stdin: Option<ChildStdin>,
-    stdout: Lines,
-}
-
-impl Holder {
-    /// Starts it and waits until it is ready for the first line.
-    fn start(leaky: &Path) -> Holder {
-        let mut process = Guarded::spawn(
-            "leaky hold",
-            Command::new(leaky)
-                .arg("hold")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null()),
-        );
-        let stdin = Some(process.take_stdin());
-        let stdout = process.stdout_lines();
-        stdout
-            .wait_for(Duration::from_secs(10), |l| l == "ready")
-            .unwrap_or_else(|e| panic!("leaky hold never said ready: {e}"));
-        Holder {
-            process,
-            stdin,
-            stdout,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.process.pid()
-    }
-
-    /// Leaks the table's blocks and waits until it says done.
-    fn leak(&mut self) {
-        let stdin = self.stdin.as_mut().expect("stdin");
-        stdin.write_all(b"go\n").unwrap();
-        stdin.flush().unwrap();
-        self.stdout
-            .wait_for(Duration::from_secs(30), |l| l == "done")
-            .unwrap_or_else(|e| panic!("leaky hold never said done: {e}"));
-    }
-
-    /// Lets it exit (its leaks with it) and waits for that.
-    fn finish(&mut self) {
-        drop(self.stdin.take());
-        let status = self
-            .process
-            .wait_timeout(Duration::from_secs(30))
-            .expect("leaky hold exits once its stdin closes");
-        assert!(status.success(), "leaky hold: {status:?}");
-    }
 }
 
 /// Checks that `pid`'s sites in `report` are exactly the table, each with a
@@ -191,16 +135,12 @@ fn serve_traces_several_pids_and_stops_when_all_exited() {
     let metrics = String::from_utf8(get_ok(&address, "/metrics")).unwrap();
     let table_bytes: u64 = EXPECTED_LEAKS.iter().map(|r| r.bytes).sum();
     for pid in [a, b] {
-        let bytes: u64 = metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(&format!(
-                    "leaktrace_outstanding_bytes{{pid=\"{pid}\",comm=\"leaky\"}} "
-                ))
-            })
-            .unwrap_or_else(|| panic!("no series for pid {pid}:\n{metrics}"))
-            .parse()
-            .unwrap();
+        let (labels, bytes) = process_sample(&metrics, "leaktrace_outstanding_bytes", pid)
+            .unwrap_or_else(|| panic!("no series for pid {pid}:\n{metrics}"));
+        assert!(
+            labels.starts_with(&format!("{{pid=\"{pid}\",comm=\"leaky\",")),
+            "{labels}"
+        );
         // leaky's own start-up blocks may come on top of the table.
         assert!(bytes >= table_bytes, "pid {pid}: {bytes}\n{metrics}");
     }

@@ -13,8 +13,8 @@ use std::{
 };
 
 use common::{
-    Guarded, Server, TempDir, assert_one_error_line, compile, get, leaktrace, require_root, serial,
-    start_serve,
+    Guarded, Server, TempDir, assert_one_error_line, compile, get, leaktrace, process_sample,
+    require_root, serial, start_serve,
 };
 use leaktrace::report::pprof;
 
@@ -54,16 +54,12 @@ fn serve_exposes_metrics_pprof_and_a_page() {
     let (status, metrics) = get(&address, "/metrics");
     assert_eq!(status, 200);
     let metrics = String::from_utf8(metrics).unwrap();
-    let bytes: u64 = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(&format!(
-                "leaktrace_outstanding_bytes{{pid=\"{pid}\",comm=\"slow_leak\"}} "
-            ))
-        })
-        .unwrap_or_else(|| panic!("no outstanding bytes for {pid}:\n{metrics}"))
-        .parse()
-        .unwrap();
+    let (labels, bytes) = process_sample(&metrics, "leaktrace_outstanding_bytes", fixture.pid())
+        .unwrap_or_else(|| panic!("no outstanding bytes for {pid}:\n{metrics}"));
+    assert!(
+        labels.starts_with(&format!("{{pid=\"{pid}\",comm=\"slow_leak\",cgroup=\"/")),
+        "{labels}"
+    );
     assert!(
         bytes >= 5 * 5000 && bytes.is_multiple_of(5000),
         "{bytes}\n{metrics}"

@@ -1,5 +1,5 @@
 //! Report files: a regular file is replaced whole, anything else is
-//! written in place.
+//! written in place; and what the daemon itself cost, for its last message.
 use std::{fs, path::Path};
 
 use anyhow::{Context as _, Result};
@@ -19,6 +19,24 @@ pub(super) fn write_atomically(path: &Path, contents: impl AsRef<[u8]>) -> Resul
     tmp.push(".tmp");
     fs::write(&tmp, contents).with_context(|| format!("writing {}", Path::new(&tmp).display()))?;
     fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// What leaktrace itself cost: CPU time and peak resident memory.
+pub(super) struct OwnUsage {
+    pub cpu_ms: u64,
+    pub max_rss_mib: u64,
+}
+
+pub(super) fn own_usage() -> OwnUsage {
+    // SAFETY: rusage is plain data, for which all zeroes is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given, which outlives the call.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut usage) };
+    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+    OwnUsage {
+        cpu_ms: ms(usage.ru_utime) + ms(usage.ru_stime),
+        max_rss_mib: usage.ru_maxrss as u64 / 1024,
+    }
 }
 
 #[cfg(test)]

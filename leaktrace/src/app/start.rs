@@ -47,7 +47,6 @@ fn kernel_options(options: &ReportOptions) -> KernelOptions {
     }
 }
 
-
 /// `trace` and `serve`: the processes named by --pid, or every one (--all).
 pub(super) async fn trace_targets(
     targets: Targets,
@@ -215,8 +214,7 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
     *maps.lock().expect("maps lock") = ProcessMaps::new(pid);
     // Probes first, then exec: nothing the command allocates is missed.
     // If attaching fails, dropping `child` kills the held child.
-    let (mut kernel, ring, unwind_tables) =
-        KernelProbes::load(&kernel_options(&options), false)?;
+    let (mut kernel, ring, unwind_tables) = KernelProbes::load(&kernel_options(&options), false)?;
     let mut python_objects = PythonObjects::default();
     if options.python_objects {
         match python_objects.probe_command(&mut kernel, pid, &candidates, placed) {

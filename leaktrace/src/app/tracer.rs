@@ -19,7 +19,7 @@ use leaktrace_common::AllocFn;
 use super::{
     cli::{ProbePlacement, ReportOptions},
     http::{self, Page},
-    output::write_atomically,
+    output::{own_usage, write_atomically},
     python_frames::PythonFrames,
     python_objects::PythonObjects,
     system_wide::SystemWide,
@@ -38,7 +38,7 @@ use crate::{
     symbolize::{ProcessMaps, Symbolizer},
     target::{
         ProbedObject,
-        procfs::{command_line, process_exists, rss_anon_bytes},
+        procfs::{cgroup_path, command_line, process_exists, rss_anon_bytes},
     },
 };
 
@@ -69,6 +69,10 @@ struct TracedProcess {
     /// (as read at the last report while it lived).
     rss_anon_at_attach: Option<u64>,
     rss_growth: Option<i64>,
+    /// Its cgroup v2 path, for reports: read when it is first kept and at
+    /// exec (a runtime's init process joins the container's cgroup before
+    /// it execs the container's command), kept after it exits.
+    cgroup: Option<String>,
 }
 
 impl TracedProcess {
@@ -81,6 +85,7 @@ impl TracedProcess {
             runtime_generation: None,
             rss_anon_at_attach: rss_anon_bytes(pid),
             rss_growth: None,
+            cgroup: cgroup_path(pid),
         }
     }
 
@@ -227,6 +232,7 @@ impl Tracer {
                 let command = command_line(pid);
                 if let Some(process) = self.processes.get_mut(&pid) {
                     process.command = command;
+                    process.cgroup = cgroup_path(pid).or(process.cgroup.take());
                     *process.maps.lock().expect("maps lock") = ProcessMaps::new(pid);
                     process.runtime = None;
                     process.runtime_generation = None;
@@ -507,6 +513,7 @@ impl Tracer {
                 exited: process.exited,
                 runtime: process.runtime.clone(),
                 rss_growth_bytes: process.rss_growth(growth_mode),
+                cgroup: process.cgroup.clone(),
             })
             .collect();
         Ok(report::build(
@@ -656,22 +663,4 @@ fn monotonic_ns() -> u64 {
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// What leaktrace itself cost: CPU time and peak resident memory.
-struct OwnUsage {
-    cpu_ms: u64,
-    max_rss_mib: u64,
-}
-
-fn own_usage() -> OwnUsage {
-    // SAFETY: rusage is plain data, for which all zeroes is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage fills the struct it is given, which outlives the call.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut usage) };
-    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
-    OwnUsage {
-        cpu_ms: ms(usage.ru_utime) + ms(usage.ru_stime),
-        max_rss_mib: usage.ru_maxrss as u64 / 1024,
-    }
 }

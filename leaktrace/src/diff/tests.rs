@@ -113,6 +113,11 @@ fn json_and_pprof_inputs_read_the_same() {
     assert_eq!(diff(&from_json(&old), &from_pprof(&new)), expected);
     assert_eq!(diff(&from_pprof(&old), &from_json(&new)), expected);
     assert_eq!(diff(&from_pprof(&old), &from_pprof(&new)), expected);
+    // Where processes run (JSON's cgroup and container, pprof's labels)
+    // is no part of a site: both still read.
+    let contained = fixtures::report_in_containers();
+    assert_eq!(from_json(&contained), Sites::from_report(&old));
+    assert_eq!(from_pprof(&contained), Sites::from_report(&old));
 }
 
 #[test]

@@ -2,7 +2,27 @@
 //! call sites with their stacks, and the flamegraph of outstanding bytes.
 use std::fmt::Write as _;
 
-use super::{Report, escape::escape, svg, text::human_bytes};
+use super::{ProcessReport, Report, escape::escape, svg, text::human_bytes};
+
+/// A process's container cell: its runtime and short id, its pod and the
+/// pod's class below, and its cgroup path in the tooltip ("-" outside any
+/// container). The path comes from the traced host: escaped like the rest.
+fn container_cell(process: &ProcessReport) -> String {
+    let title = process
+        .cgroup
+        .as_deref()
+        .map(|cgroup| format!(" title=\"{}\"", escape(cgroup)))
+        .unwrap_or_default();
+    let Some(container) = &process.container else {
+        return format!("<td{title}>-</td>");
+    };
+    let pod = match (&container.pod, &container.qos) {
+        (Some(pod), Some(qos)) => format!("<br>pod {} ({})", escape(pod), escape(qos)),
+        (Some(pod), None) => format!("<br>pod {}", escape(pod)),
+        _ => String::new(),
+    };
+    format!("<td{title}>{}{pod}</td>", escape(&container.label()))
+}
 
 pub fn render(report: &Report, top: usize) -> String {
     let mut out = String::from(
@@ -15,6 +35,15 @@ pub fn render(report: &Report, top: usize) -> String {
         "<h1>leaktrace: {}</h1>",
         escape(&report.target_label())
     );
+    if !report.spans_processes() {
+        for process in report.processes.iter().filter(|p| p.container.is_some()) {
+            let _ = writeln!(
+                out,
+                "<table><tr><th>container</th>{}</tr></table>",
+                container_cell(process)
+            );
+        }
+    }
     let t = &report.totals;
     let _ = writeln!(
         out,
@@ -35,15 +64,16 @@ pub fn render(report: &Report, top: usize) -> String {
         }
     );
     if report.spans_processes() {
-        out.push_str("<h2>Processes</h2>\n<table><tr><th>pid</th><th>bytes</th><th>allocations</th><th>call sites</th><th>command</th></tr>\n");
+        out.push_str("<h2>Processes</h2>\n<table><tr><th>pid</th><th>bytes</th><th>allocations</th><th>call sites</th><th>container</th><th>command</th></tr>\n");
         for process in report.processes.iter().take(top) {
             let _ = writeln!(
                 out,
-                "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}{}{}</td></tr>",
+                "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>{}<td>{}{}{}</td></tr>",
                 process.pid,
                 process.bytes,
                 process.count,
                 process.call_sites,
+                container_cell(process),
                 escape(&process.command),
                 if process.exited { " (exited)" } else { "" },
                 process
@@ -150,6 +180,55 @@ mod tests {
         assert!(
             svg.contains("leak&lt;script&gt;alert(1)&lt;/script&gt;&amp;"),
             "{svg}"
+        );
+    }
+
+    /// The processes table has a container column: runtime, short id, pod
+    /// and its class, the cgroup path as its tooltip, escaped (the path
+    /// holds a quote, a backslash, a newline and markup).
+    #[test]
+    fn the_container_column_is_escaped() {
+        let html = super::render(&fixtures::report_in_containers(), 10);
+        assert!(
+            html.contains("<th>container</th><th>command</th>"),
+            "{html}"
+        );
+        assert!(
+            html.contains(&format!(
+                "<td title=\"{}\">containerd 605439acbd4f<br>pod {} (Burstable)</td><td>./prog",
+                fixtures::POD_CGROUP,
+                fixtures::POD_UID
+            )),
+            "{html}"
+        );
+        assert!(
+            html.contains(&format!(
+                "<td title=\"/a&quot;b\\c\nd&lt;e&gt;/docker-{}.scope\">docker 605439acbd4f</td><td>evil",
+                fixtures::CONTAINER_ID
+            )),
+            "{html}"
+        );
+        assert!(!html.contains("<e>"), "{html}");
+        // Outside any container: a dash, the cgroup in the tooltip.
+        let mut report = fixtures::report_in_containers();
+        report.processes[1].container = None;
+        let html = super::render(&report, 10);
+        assert!(
+            html.contains(&format!(
+                "docker-{}.scope\">-</td><td>evil",
+                fixtures::CONTAINER_ID
+            )),
+            "{html}"
+        );
+        // One process: the container above the totals.
+        let mut one = fixtures::report();
+        one.processes[0].container = fixtures::report_in_containers().processes[0]
+            .container
+            .clone();
+        let html = super::render(&one, 10);
+        assert!(
+            html.contains("<table><tr><th>container</th><td title=\"/user.slice/user-1000.slice/session-2.scope\">containerd 605439acbd4f<br>pod "),
+            "{html}"
         );
     }
 }

@@ -52,4 +52,44 @@ mod tests {
             serde_json::json!({"kind": "python", "version": null, "object": "/usr/bin/python3.11"})
         );
     }
+
+    /// `cgroup` is the path, escaped as JSON escapes any string (a quote, a
+    /// backslash, a newline); `container` has its runtime, id, pod and `qos`
+    /// class, or is null, as `cgroup` is where there is none.
+    #[test]
+    fn processes_carry_their_cgroup_and_container() {
+        let report = fixtures::report_in_containers();
+        let text = super::render(&report);
+        assert!(
+            text.contains(r#""cgroup": "/a\"b\\c\nd<e>/docker-"#),
+            "{text}"
+        );
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let processes = value["processes"].as_array().unwrap();
+        assert_eq!(processes[0]["cgroup"], fixtures::POD_CGROUP);
+        assert_eq!(
+            processes[0]["container"],
+            serde_json::json!({
+                "runtime": "containerd",
+                "id": fixtures::CONTAINER_ID,
+                "pod": fixtures::POD_UID,
+                "qos": "Burstable",
+            })
+        );
+        assert_eq!(
+            processes[1]["container"],
+            serde_json::json!({
+                "runtime": "docker", "id": fixtures::CONTAINER_ID, "pod": null, "qos": null,
+            })
+        );
+        assert_eq!(
+            processes[1]["cgroup"].as_str(),
+            report.processes[1].cgroup.as_deref()
+        );
+        let mut bare = fixtures::report();
+        bare.processes[0].cgroup = None;
+        let value: serde_json::Value = serde_json::from_str(&super::render(&bare)).unwrap();
+        assert!(value["processes"][0]["cgroup"].is_null());
+        assert!(value["processes"][0]["container"].is_null());
+    }
 }

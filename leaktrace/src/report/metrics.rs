@@ -3,7 +3,7 @@
 //! itself takes.
 use std::fmt::Write as _;
 
-use super::Report;
+use super::{ProcessReport, Report};
 
 /// One metric family: help, type, then `name{labels} value` lines.
 fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
@@ -14,11 +14,29 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
     }
 }
 
-/// Escapes a label value (backslash, quote, newline).
+/// Escapes a label value as the text format wants it: backslash, quote
+/// and newline, the only three it escapes (any other UTF-8 is allowed).
+/// Command lines and cgroup paths come from the traced host and may hold
+/// all three.
 fn label_value(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// A process's labels: `pid`, `comm`, and where it runs: `cgroup` (its v2
+/// path), `container_id` and `pod_uid`, empty when absent (Prometheus reads
+/// an empty label as no label, and every series keeps one label set).
+fn process_labels(process: &ProcessReport) -> String {
+    let container = process.container.as_ref();
+    format!(
+        "{{pid=\"{}\",comm=\"{}\",cgroup=\"{}\",container_id=\"{}\",pod_uid=\"{}\"}}",
+        process.pid,
+        label_value(process.comm()),
+        label_value(process.cgroup.as_deref().unwrap_or_default()),
+        label_value(container.map_or("", |c| c.id.as_str())),
+        label_value(container.and_then(|c| c.pod.as_deref()).unwrap_or_default()),
+    )
 }
 
 /// Renders the metrics of `report`; `daemon_rss_bytes` is leaktrace's own
@@ -29,12 +47,7 @@ pub fn render(report: &Report, daemon_rss_bytes: u64) -> String {
         report
             .processes
             .iter()
-            .map(|p| {
-                (
-                    format!("{{pid=\"{}\",comm=\"{}\"}}", p.pid, label_value(p.comm())),
-                    value(p),
-                )
-            })
+            .map(|p| (process_labels(p), value(p)))
             .collect()
     };
     family(
@@ -136,14 +149,16 @@ pub fn own_rss_bytes() -> u64 {
 mod tests {
     use super::super::fixtures;
 
+    const LABELS: &str = "{pid=\"42\",comm=\"prog\",cgroup=\"/user.slice/user-1000.slice/session-2.scope\",container_id=\"\",pod_uid=\"\"}";
+
     #[test]
     fn exposes_outstanding_per_pid_losses_and_daemon_memory() {
         let text = super::render(&fixtures::report(), 12345);
         for line in [
             "# TYPE leaktrace_outstanding_bytes gauge",
-            "leaktrace_outstanding_bytes{pid=\"42\",comm=\"prog\"} 4196",
-            "leaktrace_outstanding_allocations{pid=\"42\",comm=\"prog\"} 5",
-            "leaktrace_call_sites{pid=\"42\",comm=\"prog\"} 2",
+            &format!("leaktrace_outstanding_bytes{LABELS} 4196"),
+            &format!("leaktrace_outstanding_allocations{LABELS} 5"),
+            &format!("leaktrace_call_sites{LABELS} 2"),
             "leaktrace_events_total 20",
             "leaktrace_lost_events_total{reason=\"ring_buffer_full\"} 0",
             "leaktrace_sample_bytes 0",
@@ -152,6 +167,44 @@ mod tests {
             assert!(
                 text.lines().any(|l| l == line),
                 "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    /// A container's id and pod uid are labels; a hostile cgroup path (a
+    /// quote, a backslash, a newline, markup) stays inside its quotes, one
+    /// sample a line.
+    #[test]
+    fn labels_say_where_a_process_runs_escaped() {
+        let report = fixtures::report_in_containers();
+        let text = super::render(&report, 0);
+        assert!(
+            text.lines().any(|l| l
+                == format!(
+                    "leaktrace_outstanding_bytes{{pid=\"42\",comm=\"prog\",cgroup=\"{}\",container_id=\"{}\",pod_uid=\"{}\"}} 4196",
+                    fixtures::POD_CGROUP,
+                    fixtures::CONTAINER_ID,
+                    fixtures::POD_UID
+                )),
+            "{text}"
+        );
+        let hostile = text
+            .lines()
+            .find(|l| l.starts_with("leaktrace_outstanding_bytes{pid=\"43\""))
+            .unwrap_or_else(|| panic!("no series for pid 43:\n{text}"));
+        assert_eq!(
+            hostile,
+            format!(
+                "leaktrace_outstanding_bytes{{pid=\"43\",comm=\"evil\",cgroup=\"/a\\\"b\\\\c\\nd<e>/docker-{}.scope\",container_id=\"{}\",pod_uid=\"\"}} 0",
+                fixtures::CONTAINER_ID,
+                fixtures::CONTAINER_ID
+            )
+        );
+        // Every line is a comment or one whole sample.
+        for line in text.lines() {
+            assert!(
+                line.starts_with('#') || line.starts_with("leaktrace_"),
+                "{line:?} in\n{text}"
             );
         }
     }

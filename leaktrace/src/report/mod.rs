@@ -165,6 +165,13 @@ pub struct ProcessReport {
     /// `/proc/PID/status`) grew since attach, to compare with `bytes`, the
     /// growth the sites explain; null in allocations mode or when unread.
     pub rss_growth_bytes: Option<i64>,
+    /// Its cgroup v2 path as `/proc/PID/cgroup` gives it (relative to
+    /// leaktrace's cgroup namespace), or null: a host without cgroup v2, or
+    /// the process was gone before it was read. Any text but NUL: every
+    /// format escapes it.
+    pub cgroup: Option<String>,
+    /// The container that path names, or null.
+    pub container: Option<ContainerReport>,
 }
 
 /// The runtime a process runs on top of its native code.
@@ -189,6 +196,47 @@ impl RuntimeReport {
             Some(version) => format!("{} {version} ({file})", self.kind),
             None => format!("{}, version unreadable ({file})", self.kind),
         }
+    }
+}
+
+/// The container a process runs in, from its cgroup path (never from a
+/// runtime's API: see `target::cgroup`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ContainerReport {
+    /// "docker", "containerd", "cri-o", "podman" or "ecs"; null when the
+    /// path does not say (Kubernetes with the cgroupfs driver).
+    pub runtime: Option<String>,
+    /// The full id: 64 hex digits (ECS on Fargate: 32, `-`, digits).
+    pub id: String,
+    /// The Kubernetes pod's uid, or null outside Kubernetes.
+    pub pod: Option<String>,
+    /// The pod's quality-of-service class, as Kubernetes spells it:
+    /// `Guaranteed`, `Burstable` or `BestEffort`.
+    pub qos: Option<String>,
+}
+
+impl ContainerReport {
+    /// The container `cgroup` names, if any.
+    pub(crate) fn from_cgroup(cgroup: &str) -> Option<ContainerReport> {
+        let found = crate::target::cgroup::container(cgroup)?;
+        Some(ContainerReport {
+            runtime: found.runtime.map(|r| r.name().to_string()),
+            id: found.id,
+            pod: found.pod,
+            qos: found.qos.map(|q| q.name().to_string()),
+        })
+    }
+
+    /// The id's first 12 characters, as `docker ps` shows it.
+    pub fn short_id(&self) -> &str {
+        self.id.get(..12).unwrap_or(&self.id)
+    }
+
+    /// "docker 9ec39b91f3d7", or "container 9ec39b91f3d7" when the runtime
+    /// is unknown: ids and runtimes are checked text, safe anywhere.
+    pub fn label(&self) -> String {
+        let runtime = self.runtime.as_deref().unwrap_or("container");
+        format!("{runtime} {}", self.short_id())
     }
 }
 
@@ -254,6 +302,8 @@ pub struct ProcessInput {
     pub exited: bool,
     pub runtime: Option<RuntimeReport>,
     pub rss_growth_bytes: Option<i64>,
+    /// Its cgroup v2 path, read when it was first tracked (and at exec).
+    pub cgroup: Option<String>,
 }
 
 /// What the tracer knows when it asks for a report.
@@ -340,6 +390,11 @@ pub fn build<'m>(
                 call_sites: own.count() as u64,
                 runtime: process.runtime.clone(),
                 rss_growth_bytes: process.rss_growth_bytes,
+                cgroup: process.cgroup.clone(),
+                container: process
+                    .cgroup
+                    .as_deref()
+                    .and_then(ContainerReport::from_cgroup),
             }
         })
         .collect();
@@ -488,100 +543,7 @@ pub fn render_bytes(report: &Report, format: Format, top: usize) -> Vec<u8> {
 }
 
 #[cfg(test)]
-pub(crate) mod fixtures {
-    use super::*;
-
-    pub(crate) fn frame(function: &str, file: Option<&str>, line: Option<u32>) -> Frame {
-        Frame {
-            function: function.into(),
-            file: file.map(Into::into),
-            line,
-            module: "/usr/bin/prog".into(),
-            address: 0x401000,
-            inlined: false,
-            fallback: false,
-            kind: crate::symbolize::FrameKind::Native,
-            python_unmatched: false,
-        }
-    }
-
-    /// A function name that is markup, to check it is escaped wherever it
-    /// is written into HTML or SVG.
-    pub(crate) const MARKUP: &str = "leak<script>alert(1)</script>&\"'";
-
-    /// [`report`] with `leak_a`'s frame named [`MARKUP`].
-    pub(crate) fn report_with_markup() -> Report {
-        let mut report = report();
-        report.sites[0].frames[0].function = MARKUP.into();
-        report
-    }
-
-    /// Two sites: 4096 bytes in 4 mallocs from `leak_a`, 100 bytes from one calloc in `leak_b`.
-    pub(crate) fn report() -> Report {
-        Report {
-            mode: "allocations".into(),
-            pids: vec![42],
-            command: Some(vec!["./prog".into()]),
-            all_processes: false,
-            processes: vec![ProcessReport {
-                pid: 42,
-                command: "./prog".into(),
-                exited: true,
-                bytes: 4196,
-                count: 5,
-                call_sites: 2,
-                runtime: None,
-                rss_growth_bytes: None,
-            }],
-            allocator_objects: vec!["/lib/libc.so.6".into()],
-            elapsed_ms: 1500,
-            is_final: true,
-            min_age_ms: 0,
-            sample_bytes: 0,
-            totals: Totals {
-                outstanding_bytes: 4196,
-                outstanding_allocations: 5,
-                call_sites: 2,
-                events: 20,
-                allocations: 12,
-                releases: 7,
-                ..Totals::default()
-            },
-            losses: Losses::default(),
-            sites: vec![
-                SiteReport {
-                    pid: 42,
-                    allocator: "malloc".into(),
-                    bytes: 4096,
-                    count: 4,
-                    oldest_age_ms: 1200,
-                    growth: Some(Growth {
-                        bytes_per_second: 1024.0,
-                        steady: true,
-                        samples: 5,
-                    }),
-                    frames: vec![
-                        frame("leak_a", Some("prog.c"), Some(10)),
-                        frame("main", Some("prog.c"), Some(30)),
-                    ],
-                },
-                SiteReport {
-                    pid: 42,
-                    allocator: "calloc".into(),
-                    bytes: 100,
-                    count: 1,
-                    oldest_age_ms: 3,
-                    growth: None,
-                    frames: vec![
-                        frame("leak;b", None, None),
-                        frame("main", Some("prog.c"), Some(31)),
-                    ],
-                },
-            ],
-            python_types: Vec::new(),
-        }
-    }
-}
+pub(crate) mod fixtures;
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,7 @@
 //! outstanding bytes, each with its stack one frame per line.
 use std::fmt::Write as _;
 
-use super::Report;
+use super::{ContainerReport, Report};
 use crate::symbolize::Frame;
 
 /// 1536 -> "1.5 KiB"; exact byte counts stay next to it in the header.
@@ -73,6 +73,19 @@ fn share(explained: u64, rss: i64) -> String {
     }
 }
 
+/// "containerd 605439acbd4f, pod ac04f3f2-... (Burstable)": the header line
+/// of a report of one process.
+fn container_line(container: &ContainerReport) -> String {
+    let mut line = container.label();
+    if let Some(pod) = &container.pod {
+        let _ = write!(line, ", pod {pod}");
+        if let Some(qos) = &container.qos {
+            let _ = write!(line, " ({qos})");
+        }
+    }
+    line
+}
+
 pub fn render(report: &Report, top: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -86,6 +99,9 @@ pub fn render(report: &Report, top: usize) -> String {
         for process in &report.processes {
             if let Some(runtime) = &process.runtime {
                 let _ = writeln!(out, "runtime: {}", runtime.label());
+            }
+            if let Some(container) = &process.container {
+                let _ = writeln!(out, "container: {}", container_line(container));
             }
         }
     }
@@ -162,13 +178,18 @@ pub fn render(report: &Report, top: usize) -> String {
         for process in holding.iter().take(top) {
             let _ = writeln!(
                 out,
-                "  pid {}: {} in {} allocations at {} call sites  {}{}{}",
+                "  pid {}: {} in {} allocations at {} call sites  {}{}{}{}",
                 process.pid,
                 human_bytes(process.bytes),
                 process.count,
                 process.call_sites,
                 process.command,
                 if process.exited { " (exited)" } else { "" },
+                process
+                    .container
+                    .as_ref()
+                    .map(|c| format!("  [{}]", c.label()))
+                    .unwrap_or_default(),
                 process
                     .runtime
                     .as_ref()
@@ -297,6 +318,8 @@ mod tests {
             call_sites: 0,
             runtime: None,
             rss_growth_bytes: None,
+            cgroup: None,
+            container: None,
         });
         let text = render(&report, 10);
         let lines: Vec<&str> = text.lines().collect();
@@ -318,6 +341,33 @@ mod tests {
         assert!(render(&report, 10).starts_with(
             "leaktrace final report: all processes (2 traced, 3 exited), traced 1.5 s\n"
         ));
+    }
+
+    /// The container, 12 hex digits of its id, after the command in the
+    /// "by process" lines; in the header, with its pod, for one process.
+    #[test]
+    fn the_container_is_in_the_process_line_or_the_header() {
+        let report = fixtures::report_in_containers();
+        let text = render(&report, 10);
+        assert!(
+            text.contains(
+                "  pid 42: 4.1 KiB in 5 allocations at 2 call sites  ./prog (exited)  [containerd 605439acbd4f]\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("container: "), "{text}");
+        let mut one = fixtures::report();
+        one.processes[0].container = report.processes[0].container.clone();
+        let text = render(&one, 10);
+        assert_eq!(
+            text.lines().nth(1),
+            Some(
+                "container: containerd 605439acbd4f, pod ac04f3f2-1f2c-11e9-b015-1ebee232acfa (Burstable)"
+            ),
+            "{text}"
+        );
+        one.processes[0].container.as_mut().unwrap().runtime = None;
+        assert!(render(&one, 10).contains("\ncontainer: container 605439acbd4f, pod "));
     }
 
     #[test]

@@ -10,10 +10,12 @@
 //!
 //! - [`elf`]: what an object defines; [`placement`]: where each probe goes;
 //! - [`allocator`]: which objects to probe;
-//! - [`procfs`]: `/proc` (mappings, roots, command lines);
+//! - [`procfs`]: `/proc` (mappings, roots, command lines, cgroups);
+//! - [`cgroup`]: the cgroup v2 path and the container and pod it names;
 //! - [`command`]: a command not started yet; [`launch`]: starting it held
 //!   at its entry point.
 pub(crate) mod allocator;
+pub(crate) mod cgroup;
 pub(crate) mod command;
 pub(crate) mod elf;
 pub(crate) mod launch;

@@ -1,5 +1,5 @@
-//! `/proc`: whether a process exists, the file behind a path, and (from
-//! `symbolize`) a process's mappings and root.
+//! `/proc`: whether a process exists, the file behind a path, its command
+//! line and cgroup, and (from `symbolize`) a process's mappings and root.
 use std::{
     fs,
     os::unix::fs::MetadataExt as _,
@@ -111,6 +111,12 @@ pub(crate) fn command_line(pid: u32) -> String {
                 .replace(char::is_control, " ")
         })
         .unwrap_or_default()
+}
+
+/// A process's cgroup v2 path (see [`super::cgroup::v2_path`]), or None:
+/// no v2 hierarchy, or the process is gone.
+pub(crate) fn cgroup_path(pid: u32) -> Option<String> {
+    super::cgroup::v2_path(&fs::read(format!("/proc/{pid}/cgroup")).ok()?)
 }
 
 #[cfg(test)]

@@ -50,6 +50,17 @@ pub(crate) fn start_serve(args: &[&str]) -> Server {
     }
 }
 
+/// The sample of the per-process metric `name` for `pid` in a `/metrics`
+/// text: its labels (`{pid="42",comm="prog",cgroup=...}`) and value.
+pub(crate) fn process_sample<'a>(metrics: &'a str, name: &str, pid: u32) -> Option<(&'a str, u64)> {
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{pid=\"{pid}\",")))?;
+    // The value is the last word; label values (a cgroup path) may hold spaces.
+    let (series, value) = line.rsplit_once(' ')?;
+    Some((&series[name.len()..], value.parse().ok()?))
+}
+
 /// GET `path` from `address`: (status code, body).
 pub(crate) fn get(address: &str, path: &str) -> (u16, Vec<u8>) {
     let mut stream = TcpStream::connect(address).expect("connecting to leaktrace serve");

@@ -1,6 +1,7 @@
 //! Shared helpers for leaktrace's integration tests, in submodules:
 //!
 //! - [`table`]: the expected-leak table of the `leaky` fixture;
+//! - [`cgroups`]: cgroup trees made by a test, and children started in them;
 //! - [`environment`]: the binary under test, root checks, tools, serialization;
 //! - [`prerequisite`]: a missing prerequisite fails the test, or (when
 //!   `LEAKTRACE_ALLOW_SKIPS=1`, never under `CI`) is a counted skip;
@@ -8,7 +9,8 @@
 //! - [`probed`]: where a process's memory holds the int3 of a uprobe;
 //! - [`fixtures`]: temporary directories, building fixtures with gcc into
 //!   them, the site markers of a fixture source;
-//! - [`http`]: starting `leaktrace serve` and GETs against it;
+//! - [`http`]: starting `leaktrace serve`, GETs against it, its metrics;
+//! - [`holder`]: a `leaky hold` process that leaks when told and holds on;
 //! - [`process`]: child processes that are killed even when a test fails,
 //!   line readers with timeouts, running leaktrace;
 //! - [`python`]: Python fixtures under pyenv's interpreters, traced, and
@@ -20,8 +22,10 @@
 //! through the re-exports below (`common::NAME`).
 #![allow(dead_code)]
 
+pub(crate) mod cgroups;
 pub(crate) mod environment;
 pub(crate) mod fixtures;
+pub(crate) mod holder;
 pub(crate) mod http;
 pub(crate) mod objdump;
 pub(crate) mod prerequisite;
@@ -43,7 +47,9 @@ pub(crate) use fixtures::{
     start_spin,
 };
 #[allow(unused_imports)]
-pub(crate) use http::{Server, get, start_serve};
+pub(crate) use holder::Holder;
+#[allow(unused_imports)]
+pub(crate) use http::{Server, get, process_sample, start_serve};
 #[allow(unused_imports)]
 pub(crate) use prerequisite::prerequisite_missing;
 #[allow(unused_imports)]

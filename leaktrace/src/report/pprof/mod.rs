@@ -8,8 +8,11 @@
 //! the frame they were inlined into, as pprof expects. Each module (the
 //! executable or library holding the code) is a mapping. The allocator
 //! function, the pid and the age of the site's oldest block are sample
-//! labels (`allocator`, `pid`, `oldest_age`), and the report's header lines
-//! are profile comments (`go tool pprof -comments`).
+//! labels (`allocator`, `pid`, `oldest_age`), as are, when the process runs
+//! in one, its container's id and its Kubernetes pod's uid (`container_id`,
+//! `pod_uid`: `-tagfocus=container_id=...` keeps one container's memory);
+//! the report's header lines are profile comments (`go tool pprof
+//! -comments`).
 //!
 //! The message types are written out below with prost's derive macros (the
 //! field numbers of github.com/google/pprof's `proto/profile.proto`), so no
@@ -29,7 +32,7 @@ mod proto;
 
 pub use proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 
-use super::{Report, text::human_bytes};
+use super::{ContainerReport, Report, text::human_bytes};
 use crate::symbolize::Frame;
 
 /// The function name given to a site whose stack could not be captured
@@ -89,12 +92,17 @@ pub fn profile(report: &Report) -> Profile {
         builder.mapping(module);
     }
     let comment = comments(report).iter().map(|c| builder.string(c)).collect();
+    let containers: HashMap<u32, &ContainerReport> = report
+        .processes
+        .iter()
+        .filter_map(|p| Some((p.pid, p.container.as_ref()?)))
+        .collect();
     let samples = report
         .sites
         .iter()
         .map(|site| {
             let location_id = builder.stack(&site.frames);
-            let label = vec![
+            let mut label = vec![
                 Label {
                     key: builder.string("allocator"),
                     str: builder.string(&site.allocator),
@@ -112,6 +120,18 @@ pub fn profile(report: &Report) -> Profile {
                     ..Label::default()
                 },
             ];
+            if let Some(container) = containers.get(&site.pid) {
+                let pod = container.pod.as_deref();
+                for (key, value) in [("container_id", Some(&*container.id)), ("pod_uid", pod)] {
+                    if let Some(value) = value {
+                        label.push(Label {
+                            key: builder.string(key),
+                            str: builder.string(value),
+                            ..Label::default()
+                        });
+                    }
+                }
+            }
             Sample {
                 location_id,
                 value: vec![clamp(site.bytes), clamp(site.count)],
@@ -488,6 +508,30 @@ mod tests {
         let profile = decode(&render(&report)).unwrap();
         let frames = frames_of(&profile, &profile.sample[1]);
         assert_eq!(frames, [(NO_STACK.to_string(), String::new(), 0)]);
+    }
+
+    /// A process in a container labels its samples with the container's
+    /// id and pod's uid; one outside any container has neither label.
+    #[test]
+    fn samples_of_a_container_carry_its_id_and_pod() {
+        let profile = decode(&render(&fixtures::report_in_containers())).unwrap();
+        for sample in &profile.sample {
+            assert_eq!(
+                profile.string(label(&profile, sample, "container_id").str),
+                fixtures::CONTAINER_ID
+            );
+            assert_eq!(
+                profile.string(label(&profile, sample, "pod_uid").str),
+                fixtures::POD_UID
+            );
+        }
+        let plain = decode(&render(&fixtures::report())).unwrap();
+        let keys: Vec<&str> = plain.sample[0]
+            .label
+            .iter()
+            .map(|l| plain.string(l.key))
+            .collect();
+        assert_eq!(keys, ["allocator", "pid", "oldest_age"]);
     }
 
     #[test]
