@@ -14,10 +14,11 @@ use std::{
 };
 
 use anyhow::Result;
-use leaktrace_common::AllocFn;
+
+mod runtime;
 
 use super::{
-    cli::{ProbePlacement, ReportOptions},
+    cli::ReportOptions,
     http::{self, Page},
     output::{own_usage, write_atomically},
     python_frames::PythonFrames,
@@ -27,14 +28,13 @@ use super::{
 use crate::{
     daemon::{
         aggregate,
-        decode::{self, Record},
         growth::GrowthTracker,
         heap::HeapTable,
         pipeline::{Forgotten, Ingested, Pipeline},
     },
     kernel::{KernelProbes, unwind_tables::UnwindTables},
     report::{self, Format, Losses, ProcessInput, ReportInput, RuntimeReport},
-    runtime::python::{PythonCache, PythonFound},
+    runtime::python::PythonCache,
     symbolize::{ProcessMaps, Symbolizer},
     target::{
         ProbedObject,
@@ -247,24 +247,6 @@ impl Tracer {
         }
     }
 
-    /// Growth mode: a page fault at an address in one of the process's
-    /// file mappings, which is not anonymous growth (the kernel sends every
-    /// write fault of a traced process; see leaktrace-ebpf's `growth`).
-    fn in_file_mapping(&mut self, bytes: &[u8]) -> bool {
-        let Ok(Record::Alloc(event, ..)) = decode::decode(bytes) else {
-            return false;
-        };
-        if event.header.func != AllocFn::PageFault as u32 {
-            return false;
-        }
-        let (pid, addr) = (event.header.pid, event.args[0]);
-        let maps = self.process(pid).maps.clone();
-        let maps = maps.lock().expect("maps lock");
-        maps.current()
-            .iter()
-            .any(|m| (m.start..m.end).contains(&addr))
-    }
-
     /// Drops what was kept for blocks and sites the pipeline forgot.
     fn let_go(&mut self, forgotten: Forgotten) {
         self.growth.forget(&forgotten.sites);
@@ -341,98 +323,6 @@ impl Tracer {
                 );
             }
             self.unwind_warnings += 1;
-        }
-    }
-
-    /// Looks for the runtime `pid` runs when its mappings changed since the
-    /// last look (each file is read once, so a look is a stat per object),
-    /// and warns once per object whose interpreter version is unreadable.
-    /// What is traced does not change: this only names the runtime.
-    fn update_runtime(&mut self, pid: u32) {
-        let Some(process) = self.processes.get_mut(&pid) else {
-            return;
-        };
-        let shared = process.maps.clone();
-        let maps = shared.lock().expect("maps lock");
-        let generation = maps.generation();
-        if generation == 0 || process.runtime_generation == Some(generation) {
-            return;
-        }
-        let found = self.python.detect(maps.root(), maps.current());
-        if let Some(warning) = self.python.first_warning(&found) {
-            eprintln!("leaktrace: warning: {warning}");
-        }
-        process.runtime = runtime_report(&found);
-        process.runtime_generation = Some(generation);
-        let PythonFound::Python(interpreter) = &found else {
-            return;
-        };
-        if let Err(err) =
-            self.python_frames
-                .start(&mut self.kernel, pid, interpreter, maps.current())
-        {
-            if self.python_warnings == 0 {
-                eprintln!(
-                    "leaktrace: warning: pid {pid}'s Python frames will not be named: {err:#} (its stacks stay native; further warnings are counted)"
-                );
-            }
-            self.python_warnings += 1;
-        }
-        if self.options.python_objects {
-            match self.python_objects.attach(
-                &mut self.kernel,
-                &mut self.python_frames,
-                pid,
-                interpreter,
-                maps.current(),
-                self.options.probe_placement == ProbePlacement::Auto,
-            ) {
-                Ok(Some(done)) if !self.options.quiet => eprintln!("leaktrace: {done}"),
-                Ok(_) => {}
-                Err(err) => {
-                    eprintln!("leaktrace: warning: pid {pid}: no exact object counts: {err:#}");
-                }
-            }
-        }
-    }
-
-    /// Reads what only a live process can tell, before a report and at
-    /// `run`'s exit stop (while the command's memory is still there): the
-    /// types of its Python objects (exact object mode) and its resident
-    /// growth (growth mode).
-    pub(super) fn read_live_state(&mut self) {
-        self.read_python_types();
-        if self.options.growth() {
-            for (&pid, process) in &mut self.processes {
-                if !process.exited
-                    && let (Some(start), Some(now)) =
-                        (process.rss_anon_at_attach, rss_anon_bytes(pid))
-                {
-                    process.rss_growth = Some(now.cast_signed() - start.cast_signed());
-                }
-            }
-        }
-    }
-
-    /// Exact object mode: reads the Python type of every outstanding object
-    /// block of the processes still there.
-    fn read_python_types(&mut self) {
-        if !self.options.python_objects {
-            return;
-        }
-        let table = &self.pipeline.table;
-        let now_ms = u64::from(table.ms_since_epoch(monotonic_ns()));
-        let min_age_ms = self.options.min_age.as_millis() as u64;
-        for pid in self.python_objects.pids() {
-            if self.processes.get(&pid).is_some_and(|p| !p.exited) {
-                self.python_objects.read_types(
-                    pid,
-                    table,
-                    &self.pipeline.sites,
-                    now_ms,
-                    min_age_ms,
-                );
-            }
         }
     }
 
@@ -637,25 +527,8 @@ impl Tracer {
     }
 }
 
-/// What a report says of the runtime found (None: no runtime).
-fn runtime_report(found: &PythonFound) -> Option<RuntimeReport> {
-    let (version, display_path) = match found {
-        PythonFound::NotPython => return None,
-        PythonFound::Python(interpreter) => (
-            Some(interpreter.version.to_string()),
-            &interpreter.display_path,
-        ),
-        PythonFound::VersionUnreadable { display_path, .. } => (None, display_path),
-    };
-    Some(RuntimeReport {
-        kind: "python".into(),
-        version,
-        object: display_path.clone(),
-    })
-}
-
 /// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
+pub(super) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
