@@ -7,6 +7,8 @@
 //!   the process's `RssAnon` growth;
 //! - the same for a Python program (Debian's python3): the keeping line,
 //!   named by the Python frames;
+//! - the same for a Go program (no malloc at all: frame-pointer stacks
+//!   through the Go runtime to the allocating function);
 //! - the mode each command uses by default, and what the reports say.
 mod common;
 
@@ -159,6 +161,58 @@ fn growth_of_a_python_program_is_at_the_line_that_keeps_memory() {
         "under 90% at the leak line: {summary}"
     );
     assert_eq!(churn, 0, "{summary}");
+    assert!(
+        total.abs_diff(rss.unsigned_abs()) * 10 <= rss.unsigned_abs(),
+        "not within 10% of /proc's growth: {summary}"
+    );
+}
+
+#[test]
+fn growth_of_a_go_program_is_at_the_function_that_keeps_memory() {
+    const TEST: &str = "growth_of_a_go_program_is_at_the_function_that_keeps_memory";
+    if !require_root(TEST) {
+        return;
+    }
+    if Command::new("go").arg("version").output().is_err() {
+        return prerequisite_missing(
+            TEST,
+            "go (apt-get install golang-go; cargo xtask test installs it)",
+        );
+    }
+    let _serial = serial();
+    let dir = TempDir::new("growth-go");
+    let program = dir.join("growth-go");
+    let built = Command::new("go")
+        .arg("build")
+        .arg("-o")
+        .arg(&program)
+        .arg(fixture_source("go/growth.go"))
+        .env("GOCACHE", dir.join("gocache"))
+        .env("HOME", dir.join("home"))
+        .output()
+        .expect("go build runs");
+    assert!(
+        built.status.success(),
+        "go build: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let report = trace_growth(&dir, Command::new(&program).arg("3"), "6s");
+    let (kept, total, rss) = shares(&report, |s| frame_functions(s).contains(&"main.growKeep"));
+    let churn: u64 = sites(&report)
+        .iter()
+        .filter(|s| frame_functions(s).contains(&"main.churn"))
+        .map(|s| s["bytes"].as_u64().unwrap())
+        .sum();
+    let summary = format!("kept {kept}, churn {churn}, total {total}, /proc {rss}");
+    eprintln!("{summary}");
+    assert!(kept >= 60 << 20, "{summary}");
+    assert!(
+        kept * 10 >= total * 9,
+        "under 90% in main.growKeep: {summary}"
+    );
+    // The runtime reuses what the collector reclaims: only the first
+    // churned slice's pages (64 KiB) ever grow at churn.
+    assert!(churn * 100 <= total, "over 1% in main.churn: {summary}");
     assert!(
         total.abs_diff(rss.unsigned_abs()) * 10 <= rss.unsigned_abs(),
         "not within 10% of /proc's growth: {summary}"

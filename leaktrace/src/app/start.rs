@@ -109,6 +109,12 @@ pub(super) async fn trace_targets(
         // One cache: the processes' shared libraries are read once.
         let mut symbols = target::SymbolCache::default();
         for &pid in &pids {
+            kernel.trace_pid(pid)?;
+            if options.growth() {
+                // No allocator is probed: a program without malloc (Go's)
+                // is traced all the same.
+                continue;
+            }
             let context = || format!("pid {pid}");
             let found = target::objects_for_pid_cached(pid, &mut symbols);
             let found = if several {
@@ -117,7 +123,6 @@ pub(super) async fn trace_targets(
                 found?
             };
             plans.push((pid, attach::plan(&found, placed)));
-            kernel.trace_pid(pid)?;
             for object in found {
                 if !objects
                     .iter()
@@ -177,7 +182,13 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
     kernel::check_environment()?;
     let program = target::command::resolve_program(Path::new(&command[0]))?;
     let candidates = target::command::command_candidates(&program)?;
-    let objects = target::allocator::choose_objects(&candidates)?;
+    // Growth mode probes no allocator: a program without malloc (Go's) runs
+    // traced all the same.
+    let objects = if options.growth() {
+        Vec::new()
+    } else {
+        target::allocator::choose_objects(&candidates)?
+    };
     let placed = options.probe_placement == ProbePlacement::Auto;
     let plan = attach::plan(&objects, placed);
     let maps = Arc::new(Mutex::new(ProcessMaps::from_mappings(0, Vec::new())));
