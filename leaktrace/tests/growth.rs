@@ -28,7 +28,7 @@ use serde_json::Value;
 /// Starts `command` (a fixture that prints "ready", waits for a line on
 /// stdin, grows, prints "done"), traces it in growth mode for `duration`
 /// (telling it to go once tracing started) and returns the JSON report.
-fn trace_growth(dir: &TempDir, command: &mut Command, duration: &str) -> Value {
+fn trace_growth(dir: &TempDir, command: &mut Command, duration: &str, extra: &[&str]) -> Value {
     let mut fixture = Guarded::spawn(
         "the growth fixture",
         command
@@ -45,6 +45,7 @@ fn trace_growth(dir: &TempDir, command: &mut Command, duration: &str) -> Value {
         "leaktrace",
         Command::new(leaktrace_bin())
             .args(["trace", "--mode", "growth", "--duration", duration])
+            .args(extra)
             .args(["--format", "json", "--output"])
             .arg(&report)
             .arg("--pid")
@@ -103,7 +104,7 @@ fn growth_of_a_c_program_is_at_the_site_that_keeps_memory() {
         "growth",
         &["-O1", "-g", "-fno-omit-frame-pointer"],
     );
-    let report = trace_growth(&dir, Command::new(&program).arg("3"), "6s");
+    let report = trace_growth(&dir, Command::new(&program).arg("3"), "6s", &[]);
     assert_eq!(report["mode"], "growth");
     let (kept, total, rss) = shares(&report, |s| frame_functions(s).contains(&"grow_keep"));
     let churn: u64 = sites(&report)
@@ -140,6 +141,7 @@ fn growth_of_a_python_program_is_at_the_line_that_keeps_memory() {
         &dir,
         Command::new(python).arg(fixture_source(fixture)).arg("3"),
         "6s",
+        &[],
     );
     let lines = site_lines_of(fixture);
     let at_line = |site: &Value, marker: &str| {
@@ -196,7 +198,7 @@ fn growth_of_a_go_program_is_at_the_function_that_keeps_memory() {
         "go build: {}",
         String::from_utf8_lossy(&built.stderr)
     );
-    let report = trace_growth(&dir, Command::new(&program).arg("3"), "6s");
+    let report = trace_growth(&dir, Command::new(&program).arg("3"), "6s", &[]);
     let (kept, total, rss) = shares(&report, |s| frame_functions(s).contains(&"main.growKeep"));
     let churn: u64 = sites(&report)
         .iter()
@@ -213,6 +215,43 @@ fn growth_of_a_go_program_is_at_the_function_that_keeps_memory() {
     // The runtime reuses what the collector reclaims: only the first
     // churned slice's pages (64 KiB) ever grow at churn.
     assert!(churn * 100 <= total, "over 1% in main.churn: {summary}");
+    assert!(
+        total.abs_diff(rss.unsigned_abs()) * 10 <= rss.unsigned_abs(),
+        "not within 10% of /proc's growth: {summary}"
+    );
+}
+
+/// `--sample-pages 8` keeps one page in 8, by address: the C program's
+/// growth is still estimated within 10% of /proc's, and its keeping site
+/// still holds 90%.
+#[test]
+fn sampled_pages_estimate_the_growth() {
+    const TEST: &str = "sampled_pages_estimate_the_growth";
+    if !require_root(TEST) {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("growth-sampled");
+    let program = compile(
+        &dir,
+        "growth.c",
+        "growth",
+        &["-O1", "-g", "-fno-omit-frame-pointer"],
+    );
+    let report = trace_growth(
+        &dir,
+        Command::new(&program).arg("3"),
+        "6s",
+        &["--sample-pages", "8"],
+    );
+    assert_eq!(report["page_sample"], 8);
+    let (kept, total, rss) = shares(&report, |s| frame_functions(s).contains(&"grow_keep"));
+    let events = report["totals"]["events"].as_u64().unwrap();
+    let summary = format!("kept {kept}, total {total}, /proc {rss}, {events} records");
+    eprintln!("{summary}");
+    // 60 MiB is 15,360 pages: about 1,920 kept.
+    assert!(events < 15_360 / 4, "pages were not sampled: {summary}");
+    assert!(kept * 10 >= total * 9, "{summary}");
     assert!(
         total.abs_diff(rss.unsigned_abs()) * 10 <= rss.unsigned_abs(),
         "not within 10% of /proc's growth: {summary}"

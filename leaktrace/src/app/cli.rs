@@ -126,6 +126,15 @@ impl ReportOptions {
     pub fn growth(&self) -> bool {
         self.mode == Some(TraceMode::Growth)
     }
+
+    /// Growth mode keeps one page in this many (1: every page).
+    pub fn page_sample(&self) -> u64 {
+        if self.growth() {
+            u64::from(self.sample_pages.unwrap_or(1))
+        } else {
+            1
+        }
+    }
 }
 
 /// `serve`'s sampling rate unless --sample-bytes says otherwise.
@@ -199,6 +208,12 @@ pub struct ReportOptions {
     /// Default: 0 for trace --pid and run, 512k for serve and --all.
     #[arg(long, value_parser = parse_bytes, value_name = "N")]
     pub sample_bytes: Option<u32>,
+    /// Growth mode: keep one page in N (a power of two), chosen by address,
+    /// so that the daemon's memory stays small on hosts that grow by many
+    /// GiB; bytes and pages are then unbiased estimates. Default: every
+    /// page.
+    #[arg(long, value_parser = parse_page_sample, value_name = "N")]
+    pub sample_pages: Option<u32>,
     /// Seed of the random gaps between samples (default: from the clock).
     /// The same seed, on a process pinned to one CPU, samples the same
     /// blocks: for reproducible sampled reports in tests and benchmarks.
@@ -260,6 +275,19 @@ pub enum StackMode {
 pub enum ProbePlacement {
     Auto,
     Entry,
+}
+
+/// `--sample-pages`: a power of two from 1 to 2^20.
+fn parse_page_sample(text: &str) -> Result<u32, String> {
+    let value: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of pages"))?;
+    if value.is_power_of_two() && value <= 1 << 20 {
+        Ok(value)
+    } else {
+        Err(format!("'{text}' is not a power of two from 1 to 1048576"))
+    }
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h`, or plain seconds.

@@ -104,6 +104,9 @@ fn choose_mode(options: &mut ReportOptions, long_running: bool) -> Result<()> {
             }
         }
         TraceMode::Allocations => {
+            if options.sample_pages.is_some() {
+                bail!("--sample-pages samples growth mode's pages: it needs --mode growth");
+            }
             if long_running && !options.python_objects {
                 options.sample_bytes.get_or_insert(SERVE_SAMPLE_BYTES);
             }

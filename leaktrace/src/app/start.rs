@@ -42,7 +42,7 @@ fn kernel_options(options: &ReportOptions) -> KernelOptions {
             0
         }),
         growth: options.growth().then_some(GrowthOptions {
-            page_sample_shift: 0,
+            page_sample_shift: options.page_sample().trailing_zeros(),
         }),
     }
 }

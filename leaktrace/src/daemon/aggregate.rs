@@ -28,12 +28,15 @@ pub fn sample_weight(size: u64, sample_mean: u64) -> f64 {
 /// (`CLOCK_MONOTONIC`), per site, largest first (ties broken by count, then
 /// site id, so the order is stable from one report to the next). With
 /// `sample_mean` > 0, heap blocks are sampled and their bytes and counts
-/// are estimates (mapped regions are always recorded exactly).
+/// are estimates (mapped regions are always recorded exactly). Growth mode
+/// keeps one page in `page_sample` (by address): its runs of resident pages
+/// (the only mapped pieces it has) count that many times.
 pub fn outstanding_by_site(
     table: &HeapTable,
     now_ns: u64,
     min_age_ns: u64,
     sample_mean: u64,
+    page_sample: u64,
 ) -> Vec<SiteTotal> {
     let now_ms = u64::from(table.ms_since_epoch(now_ns));
     let min_age_ms = min_age_ns / 1_000_000;
@@ -45,7 +48,7 @@ pub fn outstanding_by_site(
             continue;
         }
         let weight = if mapped {
-            1.0
+            page_sample.max(1) as f64
         } else {
             sample_weight(block.size, sample_mean)
         };
@@ -99,7 +102,7 @@ mod tests {
         };
         t.apply(1, map, 4, 6 * MS);
         // At 15 ms, blocks at least 1 ms old.
-        let totals = outstanding_by_site(&t, 15 * MS, MS, 0);
+        let totals = outstanding_by_site(&t, 15 * MS, MS, 0, 1);
         let site = |site, bytes, count, oldest_age_ms| SiteTotal {
             site,
             bytes,
@@ -110,7 +113,7 @@ mod tests {
             totals,
             [site(4, 4096, 1, 9), site(2, 500, 1, 7), site(1, 200, 2, 9)]
         );
-        assert_eq!(outstanding_by_site(&t, 15 * MS, 0, 0).len(), 4);
+        assert_eq!(outstanding_by_site(&t, 15 * MS, 0, 0, 1).len(), 4);
     }
 
     #[test]
@@ -122,7 +125,10 @@ mod tests {
             mapped: false,
         };
         t.apply(1, alloc, 1, 3 * MS);
-        assert_eq!(outstanding_by_site(&t, 12 * MS, 0, 0)[0].oldest_age_ms, 2);
+        assert_eq!(
+            outstanding_by_site(&t, 12 * MS, 0, 0, 1)[0].oldest_age_ms,
+            2
+        );
     }
 
     #[test]
@@ -140,7 +146,7 @@ mod tests {
         t.apply(1, alloc(0x20, 65536, false), 1, 0);
         // A mapped region is exact whatever the sampling.
         t.apply(1, alloc(0x10000, 4096, true), 2, 0);
-        let totals = outstanding_by_site(&t, 0, 0, 512 * 1024);
+        let totals = outstanding_by_site(&t, 0, 0, 512 * 1024, 1);
         let p = 1.0 - (-0.125f64).exp();
         assert_eq!(totals[0].bytes, (2.0 * 65536.0 / p).round() as u64);
         assert_eq!(totals[0].count, (2.0 / p).round() as u64);

@@ -51,6 +51,7 @@ pub(crate) fn report() -> Report {
         is_final: true,
         min_age_ms: 0,
         sample_bytes: 0,
+        page_sample: 1,
         totals: Totals {
             outstanding_bytes: 4196,
             outstanding_allocations: 5,

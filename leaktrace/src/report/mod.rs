@@ -286,6 +286,9 @@ pub struct Report {
     /// Mean bytes between samples; 0 when every allocation was recorded.
     /// When sampling, site bytes and counts are unbiased estimates.
     pub sample_bytes: u64,
+    /// Growth mode kept one page in this many, by address (1: every page);
+    /// above 1, bytes and pages are unbiased estimates.
+    pub page_sample: u64,
     pub totals: Totals,
     pub losses: Losses,
     /// Largest first.
@@ -319,6 +322,7 @@ pub struct ReportInput<'a> {
     pub is_final: bool,
     pub min_age: Duration,
     pub sample_bytes: u64,
+    pub page_sample: u64,
     pub stats: TableStats,
     pub events: u64,
     pub execs: u64,
@@ -415,6 +419,7 @@ pub fn build<'m>(
         is_final: input.is_final,
         min_age_ms: input.min_age.as_millis() as u64,
         sample_bytes: input.sample_bytes,
+        page_sample: input.page_sample,
         totals: Totals {
             outstanding_bytes: sites.iter().map(|s| s.bytes).sum(),
             outstanding_allocations: sites.iter().map(|s| s.count).sum(),

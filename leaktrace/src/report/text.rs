@@ -145,6 +145,13 @@ pub fn render(report: &Report, top: usize) -> String {
         }
     }
     let _ = writeln!(out, "lost: {}", report.losses.summary());
+    if report.page_sample > 1 {
+        let _ = writeln!(
+            out,
+            "sampled: one page in {}, chosen by address; bytes and pages are estimates",
+            report.page_sample
+        );
+    }
     if report.sample_bytes > 0 {
         let _ = writeln!(
             out,

@@ -371,6 +371,7 @@ impl Tracer {
             now_ns,
             min_age.as_nanos() as u64,
             u64::from(self.options.sample_mean()),
+            self.options.page_sample(),
         );
         let kernel = self.kernel.losses()?;
         let losses = Losses {
@@ -421,6 +422,7 @@ impl Tracer {
                 is_final,
                 min_age,
                 sample_bytes: u64::from(self.options.sample_mean()),
+                page_sample: self.options.page_sample(),
                 stats: pipeline.table.stats,
                 events: pipeline.events,
                 execs: pipeline.execs,
@@ -481,6 +483,7 @@ impl Tracer {
             monotonic_ns(),
             0,
             u64::from(self.options.sample_mean()),
+            self.options.page_sample(),
         );
         self.growth
             .record(self.started.elapsed().as_secs_f64(), &totals);
