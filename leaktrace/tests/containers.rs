@@ -132,11 +132,20 @@ fn serve_all_labels_processes_with_their_container() {
     let (pod, docker) = container_cgroups(&tree);
     let dir = TempDir::new("containers-all");
     let leaky = build_leaky(&dir);
-    // Sampled, as serve --all is by default: every allocation on a busy
-    // host, recorded and symbolized at each GET, would take long in a debug
-    // build. The fixtures' mappings are always recorded. Every process on
-    // the page: others on the host may hold more.
-    let mut server = start_serve(&["--all", "--format", "json", "--top", "100000"]);
+    // Allocations mode, sampled (serve --all's sampling there): every
+    // allocation (or, in growth mode, every page a busy host's compilers
+    // touch), recorded and symbolized at each GET, would take long in a
+    // debug build. The fixtures' mappings are always recorded. Every
+    // process on the page: others on the host may hold more.
+    let mut server = start_serve(&[
+        "--all",
+        "--mode",
+        "allocations",
+        "--format",
+        "json",
+        "--top",
+        "100000",
+    ]);
     server
         .stderr
         .wait_for(Duration::from_mins(2), |l| {

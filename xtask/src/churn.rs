@@ -1,7 +1,8 @@
 //! `cargo xtask bench-all`: `leaktrace trace --all` on a host where
 //! processes come and go. Rounds of short-lived `leaky` processes (the test
 //! fixture: about 20,000 calls each, 146 KiB leaked at exit) run one after
-//! the other, untraced and then under `--all` at its default sampling.
+//! the other, untraced and then under `--all` in the mode asked for
+//! (`growth`, its default, or `allocations` at its default sampling).
 //! After each traced round it prints the daemon's resident memory, the
 //! processes it dropped at exit and the call sites its report holds: with
 //! every exited process let go, they stay flat however many processes ran.
@@ -47,7 +48,7 @@ fn report_counts(path: &Path) -> Result<(usize, u64, usize)> {
     ))
 }
 
-pub(crate) fn run(rounds: usize, processes: usize) -> Result<()> {
+pub(crate) fn run(rounds: usize, processes: usize, mode: &str) -> Result<()> {
     let dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let leaky = dir.join("leaky");
@@ -58,7 +59,8 @@ pub(crate) fn run(rounds: usize, processes: usize) -> Result<()> {
     let untraced = run_processes(&leaky, processes)?;
     let report = dir.join("churn.json");
     let mut tracer = Command::new(leaktrace_binary())
-        .args(["trace", "--all", "--interval", "500ms", "--format", "json"])
+        .args(["trace", "--all", "--mode", mode, "--interval", "500ms"])
+        .args(["--format", "json"])
         .arg("--output")
         .arg(&report)
         .stdin(Stdio::null())
@@ -69,7 +71,7 @@ pub(crate) fn run(rounds: usize, processes: usize) -> Result<()> {
     crate::wait_for_stderr(&mut tracer, "leaktrace: tracing all processes")?;
     let pid = tracer.id();
     println!(
-        "{processes} leaky processes per round, one after the other: {:.2} ms each untraced",
+        "trace --all --mode {mode}: {processes} leaky processes per round, one after the other: {:.2} ms each untraced",
         untraced * 1000.0 / processes as f64
     );
     println!(
@@ -81,9 +83,19 @@ pub(crate) fn run(rounds: usize, processes: usize) -> Result<()> {
         let cpu_before = cpu_ticks(pid);
         let seconds = run_processes(&leaky, processes)?;
         let cpu = (cpu_ticks(pid) - cpu_before) as f64 / ticks_per_second;
-        // Two report intervals: the last exits are drained and reported.
+        // Two report intervals: the last exits are drained and reported
+        // (a daemon still catching up writes its first report later).
         std::thread::sleep(Duration::from_millis(1200));
-        let (_, exited, sites) = report_counts(&report)?;
+        let waited = Instant::now();
+        let (_, exited, sites) = loop {
+            match report_counts(&report) {
+                Ok(counts) => break counts,
+                Err(_) if waited.elapsed() < Duration::from_secs(60) => {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(err) => return Err(err),
+            }
+        };
         println!(
             "{round:>5} {:>10} {:>12.2} {exited:>9} {sites:>8} {:>7.1} MiB {:>9.0} ms",
             round * processes,

@@ -79,6 +79,9 @@ enum Task {
         /// Processes per round.
         #[arg(long, default_value_t = 200)]
         processes: usize,
+        /// `growth` (the default of `--all`) or `allocations`.
+        #[arg(long, default_value = "growth")]
+        mode: String,
     },
     /// Measure the cost per malloc+free pair untraced and traced, and the
     /// daemon's drain rate.
@@ -101,10 +104,14 @@ fn main() -> Result<()> {
         }
         Task::Demo => demo(),
         Task::Test { args } => test(&args),
-        Task::BenchAll { rounds, processes } => {
+        Task::BenchAll {
+            rounds,
+            processes,
+            mode,
+        } => {
             setup::all()?;
             build_release()?;
-            churn::run(rounds, processes)
+            churn::run(rounds, processes, &mode)
         }
         Task::BenchGrowth { rounds } => {
             setup::all()?;
