@@ -52,9 +52,16 @@ pub fn render(report: &Report, daemon_rss_bytes: u64) -> String {
     };
     family(
         &mut out,
+        "leaktrace_mode",
+        "gauge",
+        "1 for what is measured: allocations (outstanding allocations) or growth (resident growth since attach, from page faults; the outstanding_* series then count bytes and pages grown and not given back).",
+        &[(format!("{{mode=\"{}\"}}", label_value(&report.mode)), 1)],
+    );
+    family(
+        &mut out,
         "leaktrace_outstanding_bytes",
         "gauge",
-        "Bytes allocated since attach and not freed (estimated when sampling).",
+        "Bytes allocated since attach and not freed (estimated when sampling); in growth mode, bytes grown resident since attach and not given back.",
         &per_process(|p| p.bytes),
     );
     family(
@@ -163,6 +170,7 @@ mod tests {
             "leaktrace_lost_events_total{reason=\"ring_buffer_full\"} 0",
             "leaktrace_sample_bytes 0",
             "leaktrace_daemon_resident_bytes 12345",
+            "leaktrace_mode{mode=\"allocations\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

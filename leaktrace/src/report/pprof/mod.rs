@@ -188,8 +188,13 @@ fn comments(report: &Report) -> Vec<String> {
     );
     let _: std::fmt::Result = write!(header, ", traced {} ms", report.elapsed_ms);
     let t = &report.totals;
+    let (what, units) = if report.mode == "growth" {
+        ("resident growth since attach", "pages")
+    } else {
+        ("outstanding", "allocations")
+    };
     let mut outstanding = format!(
-        "outstanding: {} bytes ({}) in {} allocations at {} call sites",
+        "{what}: {} bytes ({}) in {} {units} at {} call sites",
         t.outstanding_bytes,
         human_bytes(t.outstanding_bytes),
         t.outstanding_allocations,
