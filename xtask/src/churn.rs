@@ -90,7 +90,7 @@ pub(crate) fn run(rounds: usize, processes: usize, mode: &str) -> Result<()> {
         let (_, exited, sites) = loop {
             match report_counts(&report) {
                 Ok(counts) => break counts,
-                Err(_) if waited.elapsed() < Duration::from_secs(60) => {
+                Err(_) if waited.elapsed() < Duration::from_mins(1) => {
                     std::thread::sleep(Duration::from_millis(500));
                 }
                 Err(err) => return Err(err),
