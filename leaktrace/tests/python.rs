@@ -14,14 +14,14 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use common::{
-    Guarded, TempDir, fixture_source, leaktrace, prerequisite_missing, read_json, require_root,
-    serial, sites,
+    Guarded, TempDir, fixture_source, leaktrace, prerequisite_missing, pyenv, python_frames,
+    python_site_lines, read_json, require_root, serial, sites,
 };
 use serde_json::Value;
 
@@ -29,32 +29,7 @@ const AGENT: &str = "python/agent.py";
 
 /// The `# SITE name` markers of the agent: name -> line.
 fn site_lines() -> BTreeMap<String, u64> {
-    site_lines_of(AGENT)
-}
-
-/// The `# SITE name` markers of a Python fixture: name -> line.
-fn site_lines_of(fixture: &str) -> BTreeMap<String, u64> {
-    let text = std::fs::read_to_string(fixture_source(fixture)).expect("reading the fixture");
-    text.lines()
-        .enumerate()
-        .filter_map(|(index, line)| {
-            let name = line.split("# SITE ").nth(1)?.trim();
-            Some((name.to_string(), index as u64 + 1))
-        })
-        .collect()
-}
-
-/// pyenv's interpreter of `version` (e.g. "3.11.7"), by its binary name.
-fn pyenv(version: &str) -> PathBuf {
-    let root = std::env::var_os("PYENV_ROOT").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".pyenv"),
-        PathBuf::from,
-    );
-    let minor: Vec<&str> = version.split('.').take(2).collect();
-    root.join("versions")
-        .join(version)
-        .join("bin")
-        .join(format!("python{}", minor.join(".")))
+    python_site_lines(AGENT)
 }
 
 /// What the interpreter says its version is (the oracle).
@@ -65,23 +40,6 @@ fn own_version(python: &Path) -> String {
         .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
     assert!(output.status.success(), "{}: {output:?}", python.display());
     String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-/// The Python frames of a site, innermost first: (function, file, line).
-fn python_frames(site: &Value) -> Vec<(String, String, u64)> {
-    site["frames"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["kind"] == "python")
-        .map(|f| {
-            (
-                f["function"].as_str().unwrap_or_default().to_string(),
-                f["file"].as_str().unwrap_or_default().to_string(),
-                f["line"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
 }
 
 fn native_functions(site: &Value) -> Vec<String> {
@@ -399,7 +357,7 @@ fn story_leak_is_at_its_line(
     let _serial = serial();
     let dir = TempDir::new("python-story");
     let report = trace_fixture(&dir, python, fixture, &[], &["--min-age", "2s"], "5s", None);
-    let lines = site_lines_of(fixture);
+    let lines = python_site_lines(fixture);
     let by_line = bytes_by_line_in(&report, fixture.rsplit('/').next().unwrap());
     let total: u64 = by_line.values().sum();
     let summary = format!("{fixture} under {}: {by_line:?}", python.display());

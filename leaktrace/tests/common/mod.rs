@@ -8,6 +8,8 @@
 //! - [`probed`]: where a process's memory holds the int3 of a uprobe;
 //! - [`fixtures`]: temporary directories, building fixtures with gcc into
 //!   them, the site markers of a fixture source;
+//! - [`python`]: pyenv's interpreters, Python fixtures' site markers, the
+//!   Python frames of a reported site;
 //! - [`http`]: starting `leaktrace serve` and GETs against it;
 //! - [`process`]: child processes that are killed even when a test fails,
 //!   line readers with timeouts, running leaktrace;
@@ -25,6 +27,7 @@ pub(crate) mod objdump;
 pub(crate) mod prerequisite;
 pub(crate) mod probed;
 pub(crate) mod process;
+pub(crate) mod python;
 pub(crate) mod report;
 pub(crate) mod table;
 pub(crate) mod valgrind;
@@ -48,6 +51,8 @@ pub(crate) use process::{
     Finished, Guarded, Lines, assert_one_error_line, leaktrace, output_text, run_json,
     run_with_timeout,
 };
+#[allow(unused_imports)]
+pub(crate) use python::{pyenv, python_frames, python_site_lines};
 #[allow(unused_imports)]
 pub(crate) use report::{
     bytes_by_fixture_function, check_report_against_table, describe_sites, frame_functions,
