@@ -17,7 +17,6 @@ use anyhow::Result;
 
 use super::{
     cli::ReportOptions,
-    http::{self, Page},
     output::write_atomically,
     python_frames::PythonFrames,
     system_wide::SystemWide,
@@ -481,40 +480,6 @@ impl Tracer {
         );
         self.growth
             .record(self.started.elapsed().as_secs_f64(), &totals);
-    }
-
-    /// The response to a request for `page` (serve): status, content type
-    /// and body, from the current report.
-    pub(super) fn page(&mut self, page: Page) -> Result<http::Response> {
-        Ok(match page {
-            Page::NotFound => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
-            Page::BadMethod => (
-                "405 Method Not Allowed",
-                "text/plain",
-                b"GET only\n".to_vec(),
-            ),
-            Page::Index | Page::Heap | Page::Metrics => {
-                let report = self.report(false)?;
-                match page {
-                    Page::Index => (
-                        "200 OK",
-                        "text/html; charset=utf-8",
-                        report::html::render(&report, self.options.top).into_bytes(),
-                    ),
-                    Page::Heap => (
-                        "200 OK",
-                        "application/octet-stream",
-                        report::pprof::render(&report),
-                    ),
-                    _ => (
-                        "200 OK",
-                        "text/plain; version=0.0.4",
-                        report::metrics::render(&report, report::metrics::own_rss_bytes())
-                            .into_bytes(),
-                    ),
-                }
-            }
-        })
     }
 
     pub(super) fn progress(&self, message: &str) {
