@@ -14,7 +14,7 @@ use leaktrace_common::{EXEC_EVENT, EXIT_EVENT, EventHeader, LossCounter};
 
 use crate::{
     maps::{EVENTS, count_loss, header, stash_slot},
-    settings, stack,
+    runtime, settings, stack,
 };
 
 /// Processes being traced (filled by userspace): the exec and exit
@@ -54,8 +54,10 @@ pub(crate) fn on_exec(_ctx: TracePointContext) -> u32 {
     if is_traced(pid_tgid) {
         // The old image's mappings no longer hold: until the daemon has
         // read the new ones, stacks fall back to frame pointers (flagged)
-        // rather than being walked with rows of the wrong objects.
+        // rather than being walked with rows of the wrong objects, and no
+        // Python frames are walked with the old image's addresses.
         stack::dwarf::forget_process((pid_tgid >> 32) as u32);
+        runtime::python::forget_process((pid_tgid >> 32) as u32);
         send_process_event(EXEC_EVENT, pid_tgid);
     }
     0

@@ -206,7 +206,7 @@ impl Tracer {
                     process.runtime = None;
                     process.runtime_generation = None;
                 }
-                self.python_frames.exec(&mut self.kernel, pid);
+                self.python_frames.exec(pid);
                 self.track(pid);
                 if let Targets::All(system) = &mut self.targets {
                     system.exec_seen(pid);
