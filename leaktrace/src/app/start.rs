@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result};
 use tokio::net::TcpListener;
 
 use super::{
+    children::Children,
     cli::{ProbePlacement, ReportOptions, StackMode, Targets},
     event_loop::{Stop, trace_loop},
     exit_watch::{ExitWatch, pidfd_open},
@@ -19,12 +20,25 @@ use super::{
     tracer::{self, Tracer},
 };
 use crate::{
-    kernel::{self, KernelOptions, KernelProbes, Scope, attach, unwind_tables::UnwindTables},
+    kernel::{self, KernelOptions, KernelProbes, unwind_tables::UnwindTables},
     symbolize::ProcessMaps,
     target::{self, launch, procfs},
 };
 
-fn kernel_options(options: &ReportOptions) -> KernelOptions {
+/// How to load the kernel side; `all`: every process is traced (no
+/// children to follow then).
+fn kernel_options(options: &ReportOptions, all: bool) -> KernelOptions {
+    let follow_children = if all || options.no_children {
+        None
+    } else {
+        kernel::btf::task_id_offsets()
+            .inspect_err(|err| {
+                eprintln!(
+                    "leaktrace: warning: child processes will not be followed (the fork tracepoint cannot tell them from threads): {err:#}"
+                );
+            })
+            .ok()
+    };
     KernelOptions {
         ring_buffer_bytes: options.ring_buffer_mib << 20,
         dwarf: options.stack_mode == StackMode::Dwarf,
@@ -37,6 +51,7 @@ fn kernel_options(options: &ReportOptions) -> KernelOptions {
             eprintln!("leaktrace: warning: Python frames will not be walked: {err:#}");
             0
         }),
+        follow_children,
     }
 }
 
@@ -50,7 +65,7 @@ pub(super) async fn trace_targets(
     let placed = options.probe_placement == ProbePlacement::Auto;
     let (tracer, watch) = if targets.all {
         let (mut kernel, ring, unwind_tables) =
-            KernelProbes::load(&kernel_options(&options), true)?;
+            KernelProbes::load(&kernel_options(&options, true), true)?;
         let mut system = SystemWide::new(placed);
         let found = system.attach_running(&mut kernel)?;
         kernel.arm()?;
@@ -58,6 +73,7 @@ pub(super) async fn trace_targets(
             tracer::Targets::All(system),
             kernel,
             Vec::new(),
+            Children::new(false, placed),
             unwind_tables,
             options,
         );
@@ -95,21 +111,21 @@ pub(super) async fn trace_targets(
             procfs::check_pid(pid)?;
             pidfds.push((pid, pidfd_open(pid)?));
         }
-        let (mut kernel, ring, unwind_tables) =
-            KernelProbes::load(&kernel_options(&options), false)?;
+        let kernel_options = kernel_options(&options, false);
+        let (mut kernel, ring, unwind_tables) = KernelProbes::load(&kernel_options, false)?;
         let mut objects: Vec<target::ProbedObject> = Vec::new();
-        // One cache: the processes' shared libraries are read once.
-        let mut symbols = target::SymbolCache::default();
+        // One symbol cache (the processes' shared libraries are read once),
+        // kept for the children followed.
+        let mut children = Children::new(kernel_options.follow_children.is_some(), placed);
         for &pid in &pids {
             let context = || format!("pid {pid}");
-            let found = target::objects_for_pid_cached(pid, &mut symbols);
+            let found = target::objects_for_pid_cached(pid, &mut children.cache);
             let found = if several {
                 found.with_context(context)?
             } else {
                 found?
             };
-            let plan = attach::plan(&found, placed);
-            kernel.attach(&plan, Scope::Process(pid))?;
+            children.attach(&mut kernel, pid, found.clone())?;
             kernel.trace_pid(pid)?;
             for object in found {
                 if !objects
@@ -125,6 +141,7 @@ pub(super) async fn trace_targets(
             tracer::Targets::Pids,
             kernel,
             objects,
+            children,
             unwind_tables,
             options,
         );
@@ -159,7 +176,7 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
     kernel::check_environment()?;
     let program = target::command::resolve_program(Path::new(&command[0]))?;
     let objects = target::command::objects_for_command(&program)?;
-    let plan = attach::plan(&objects, options.probe_placement == ProbePlacement::Auto);
+    let placed = options.probe_placement == ProbePlacement::Auto;
     let maps = Arc::new(Mutex::new(ProcessMaps::from_mappings(0, Vec::new())));
     let maps_at_exit = maps.clone();
     // Filled once the probes (and the unwinder's maps) exist; the child
@@ -194,8 +211,10 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
     *maps.lock().expect("maps lock") = ProcessMaps::new(pid);
     // Probes first, then exec: nothing the command allocates is missed.
     // If attaching fails, dropping `child` kills the held child.
-    let (mut kernel, ring, unwind_tables) = KernelProbes::load(&kernel_options(&options), false)?;
-    kernel.attach(&plan, Scope::Process(pid))?;
+    let kernel_options = kernel_options(&options, false);
+    let (mut kernel, ring, unwind_tables) = KernelProbes::load(&kernel_options, false)?;
+    let mut children = Children::new(kernel_options.follow_children.is_some(), placed);
+    children.attach(&mut kernel, pid, objects.clone())?;
     kernel.trace_pid(pid)?;
     kernel.arm()?;
     let words: Vec<String> = command
@@ -206,6 +225,7 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
         tracer::Targets::Command(words.clone()),
         kernel,
         objects,
+        children,
         None,
         options,
     );

@@ -2,8 +2,9 @@
 //! it: the pipeline's heap table and call sites, each traced process's
 //! mappings, the growth history, and the kernel side.
 //!
-//! Processes come and go: one named by `--pid` keeps its table after it
-//! exits, for the final report; under `--all` an exited process's table,
+//! Processes come and go: one named by `--pid` (or a child of one,
+//! followed: see `children`) keeps its table after it exits, for the final
+//! report; under `--all` an exited process's table,
 //! sites, growth history, unwind slot and sampled blocks are let go at once,
 //! so a daemon left running for days stays bounded.
 use std::{
@@ -16,9 +17,7 @@ use std::{
 use anyhow::Result;
 
 use super::{
-    cli::ReportOptions,
-    output::write_atomically,
-    python_frames::PythonFrames,
+    children::Children, cli::ReportOptions, output::write_atomically, python_frames::PythonFrames,
     system_wide::SystemWide,
 };
 use crate::{
@@ -69,6 +68,9 @@ pub(super) struct Tracer {
     pub kernel: KernelProbes,
     /// What was probed for `run` and `--pid` (`--all` keeps its own list).
     objects: Vec<ProbedObject>,
+    /// The processes traced by pid: their probes, and the children
+    /// followed.
+    pub(super) children: Children,
     pub pipeline: Pipeline,
     processes: BTreeMap<u32, TracedProcess>,
     /// Which objects hold a Python interpreter, each file read once.
@@ -97,6 +99,7 @@ impl Tracer {
         targets: Targets,
         kernel: KernelProbes,
         objects: Vec<ProbedObject>,
+        children: Children,
         unwind_tables: Option<UnwindTables>,
         options: ReportOptions,
     ) -> Tracer {
@@ -104,6 +107,7 @@ impl Tracer {
             targets,
             kernel,
             objects,
+            children,
             pipeline: Pipeline {
                 table: HeapTable::with_epoch(monotonic_ns()).with_cap(options.max_allocations),
                 ..Pipeline::default()
@@ -210,9 +214,41 @@ impl Tracer {
                 self.track(pid);
                 if let Targets::All(system) = &mut self.targets {
                     system.exec_seen(pid);
+                } else {
+                    self.exec_seen_by_pid(pid);
                 }
             }
             Ingested::Exit(pid) => self.exited(pid),
+            Ingested::Fork {
+                parent,
+                child,
+                traced,
+                timestamp_ns,
+            } => self.fork(parent, child, traced, timestamp_ns),
+        }
+    }
+
+    /// Lets go of an earlier process whose pid `pid` now names another (a
+    /// child followed, its pid reused): their tables must not mix.
+    pub(super) fn forget_exited(&mut self, pid: u32) {
+        if self.processes.get(&pid).is_some_and(|p| p.exited) {
+            let forgotten = self.pipeline.forget_process(pid);
+            self.let_go(forgotten);
+            self.python_frames.forget(&mut self.kernel, pid);
+            self.processes.remove(&pid);
+        }
+    }
+
+    /// Adds objects probed since the start to the report's list.
+    pub(super) fn add_objects(&mut self, objects: Vec<ProbedObject>) {
+        for object in objects {
+            if !self
+                .objects
+                .iter()
+                .any(|o| o.display_path == object.display_path)
+            {
+                self.objects.push(object);
+            }
         }
     }
 
@@ -240,17 +276,19 @@ impl Tracer {
             }
         } else {
             self.python_frames.stop(&mut self.kernel, pid);
+            self.children.exited(&mut self.kernel, pid);
             if let Some(process) = self.processes.get_mut(&pid) {
                 process.exited = true;
             }
         }
     }
 
-    /// Periodic work beyond draining: under `--all`, probes the allocators
-    /// of processes that exec'd, and lets go of processes whose exit record
-    /// was lost.
+    /// Periodic work beyond draining: probes the allocators of processes
+    /// that exec'd, and under `--all` lets go of processes whose exit
+    /// record was lost.
     pub(super) fn housekeeping(&mut self, full: bool) {
         let Targets::All(system) = &mut self.targets else {
+            self.inspect_execs();
             return;
         };
         let (inspected, added) = system.inspect_due(&mut self.kernel);
@@ -402,6 +440,7 @@ impl Tracer {
                 command: process.command.clone(),
                 exited: process.exited,
                 runtime: process.runtime.clone(),
+                parent: self.children.parent(pid),
             })
             .collect();
         Ok(report::build(
@@ -409,6 +448,7 @@ impl Tracer {
                 processes,
                 all_processes: matches!(self.targets, Targets::All(_)),
                 exited_processes: self.exited_processes,
+                children_not_followed: self.children.not_followed,
                 command: match &self.targets {
                     Targets::Command(words) => Some(words.clone()),
                     _ => None,
@@ -507,7 +547,7 @@ fn runtime_report(found: &PythonFound) -> Option<RuntimeReport> {
 }
 
 /// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
+pub(super) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

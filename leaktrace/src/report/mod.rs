@@ -57,7 +57,8 @@ pub struct Totals {
     pub allocations: u64,
     pub releases: u64,
     pub failed_calls: u64,
-    /// Releases of blocks allocated before tracing began.
+    /// Releases of blocks allocated before tracing began (or, in a child
+    /// followed, inherited from its parent at fork: not its allocations).
     pub unmatched_releases: u64,
     /// Blocks found at an address already outstanding (a release was missed).
     pub replaced_blocks: u64,
@@ -66,6 +67,9 @@ pub struct Totals {
     /// Processes that exited under `--all`: their tables were dropped, and
     /// what they held is not in this report.
     pub exited_processes: u64,
+    /// Child processes of traced ones left unfollowed: the kernel's set of
+    /// traced processes (4096) was full when they were forked.
+    pub children_not_followed: u64,
 }
 
 /// Everything that was lost on the way: never silently zero.
@@ -160,6 +164,9 @@ pub struct ProcessReport {
     /// The runtime found in it (a Python interpreter), or null. Its frames
     /// are still native: this says what runs, not how it is unwound.
     pub runtime: Option<RuntimeReport>,
+    /// The traced process it was forked from, when leaktrace followed it
+    /// as a child; null for the processes named (`--pid`, `run`, `--all`).
+    pub parent: Option<u32>,
 }
 
 /// The runtime a process runs on top of its native code.
@@ -225,6 +232,8 @@ pub struct ProcessInput {
     pub command: String,
     pub exited: bool,
     pub runtime: Option<RuntimeReport>,
+    /// The traced process that forked it (a child followed).
+    pub parent: Option<u32>,
 }
 
 /// What the tracer knows when it asks for a report.
@@ -232,6 +241,7 @@ pub struct ReportInput<'a> {
     pub processes: Vec<ProcessInput>,
     pub all_processes: bool,
     pub exited_processes: u64,
+    pub children_not_followed: u64,
     pub command: Option<Vec<String>>,
     pub allocator_objects: Vec<String>,
     pub elapsed: Duration,
@@ -307,6 +317,7 @@ pub fn build<'m>(
                 count: own.clone().map(|s| s.count).sum(),
                 call_sites: own.count() as u64,
                 runtime: process.runtime.clone(),
+                parent: process.parent,
             }
         })
         .collect();
@@ -333,6 +344,7 @@ pub fn build<'m>(
             replaced_blocks,
             execs: input.execs,
             exited_processes: input.exited_processes,
+            children_not_followed: input.children_not_followed,
         },
         losses: input.losses,
         sites,
@@ -490,6 +502,7 @@ pub(crate) mod fixtures {
                 count: 5,
                 call_sites: 2,
                 runtime: None,
+                parent: None,
             }],
             allocator_objects: vec!["/lib/libc.so.6".into()],
             elapsed_ms: 1500,

@@ -93,6 +93,13 @@ pub fn render(report: &Report, top: usize) -> String {
         t.events, t.allocations, t.releases, t.failed_calls, t.unmatched_releases
     );
     let _ = writeln!(out, "lost: {}", report.losses.summary());
+    if t.children_not_followed > 0 {
+        let _ = writeln!(
+            out,
+            "not followed: {} child processes (the kernel's set of 4096 traced processes was full when they were forked)",
+            t.children_not_followed
+        );
+    }
     if report.sample_bytes > 0 {
         let _ = writeln!(
             out,
@@ -126,12 +133,16 @@ pub fn render(report: &Report, top: usize) -> String {
         for process in holding.iter().take(top) {
             let _ = writeln!(
                 out,
-                "  pid {}: {} in {} allocations at {} call sites  {}{}{}",
+                "  pid {}: {} in {} allocations at {} call sites  {}{}{}{}",
                 process.pid,
                 human_bytes(process.bytes),
                 process.count,
                 process.call_sites,
                 process.command,
+                process
+                    .parent
+                    .map(|parent| format!(" (child of {parent})"))
+                    .unwrap_or_default(),
                 if process.exited { " (exited)" } else { "" },
                 process
                     .runtime
@@ -255,6 +266,7 @@ mod tests {
             count: 0,
             call_sites: 0,
             runtime: None,
+            parent: None,
         });
         let text = render(&report, 10);
         let lines: Vec<&str> = text.lines().collect();
@@ -271,6 +283,21 @@ mod tests {
             text.contains("\n#1 4096 bytes (4.0 KiB) in 4 allocations from malloc, oldest 1.2 s, in pid 42 (prog)\n"),
             "{text}"
         );
+        // A child followed says whose.
+        report.processes[0].parent = Some(7);
+        assert!(
+            render(&report, 10)
+                .contains(" call sites  /usr/bin/prog --serve (child of 7) (exited)\n"),
+            "{text}"
+        );
+        report.processes[0].parent = None;
+        // Children left out are said, never silently missing.
+        report.totals.children_not_followed = 2;
+        assert!(
+            render(&report, 10).contains("\nnot followed: 2 child processes (the kernel's set of 4096 traced processes was full when they were forked)\n"),
+            "{text}"
+        );
+        report.totals.children_not_followed = 0;
         report.all_processes = true;
         report.totals.exited_processes = 3;
         assert!(render(&report, 10).starts_with(
