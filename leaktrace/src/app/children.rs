@@ -15,6 +15,12 @@
 //! inherited from its parent are not its allocations, and freeing them
 //! counts as a release of a block from before tracing, never as a loss.
 //!
+//! A child that shares its parent's address space (vfork, until it execs)
+//! is seen by its parent's probes as well as by its own once attached: a
+//! call it makes then is recorded twice, at one address, which the heap
+//! table counts as a replaced block, not as more memory. A vfork child
+//! normally execs within microseconds, long before its own probes exist.
+//!
 //! The same bookkeeping serves every process traced by pid (named by
 //! `--pid`, `run`'s command, children): what was attached for each, so that
 //! an exec whose new image needs probes on other objects (a program linked
