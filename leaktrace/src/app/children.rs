@@ -10,7 +10,7 @@
 //! instruction, and wakes the daemon with a fork record; here the daemon
 //! reads the child's objects, attaches the plan for it, and tracks it
 //! (mappings, unwind tables, Python walking instructions). What the child
-//! allocates between its fork and that attach is not seen (the gap, a few
+//! allocates between its fork and that attach is not seen (the gap, tens of
 //! milliseconds, is printed with each child followed); the blocks it
 //! inherited from its parent are not its allocations, and freeing them
 //! counts as a release of a block from before tracing, never as a loss.

@@ -205,7 +205,7 @@ pub struct ReportOptions {
     /// traced process forks after attach (pre-forked workers of gunicorn,
     /// uwsgi, celery, multiprocessing; a child that then execs another
     /// program) are traced too, and theirs in turn, each with its own table
-    /// and listed by pid in reports, from a few milliseconds after their
+    /// and listed by pid in reports, from tens of milliseconds after their
     /// fork (what a child allocates before that is not seen). With --pid,
     /// tracing then goes on until the processes named and every child
     /// followed have exited (or --duration, Ctrl-C); `run` still stops when
