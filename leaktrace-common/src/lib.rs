@@ -300,6 +300,27 @@ pub const EXEC_EVENT: u32 = 100;
 /// (its last thread): its table can go.
 pub const EXIT_EVENT: u32 = 101;
 
+/// `EventHeader::func` of a `ForkEvent`: a traced process created a new
+/// process (not a thread).
+pub const FORK_EVENT: u32 = 102;
+
+/// A traced process forked: the header is the parent's (its tgid in
+/// `pid`, the forking thread in `tid`, the fork's time), then the child.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForkEvent {
+    pub header: EventHeader,
+    /// The new process's pid (its tgid: it is a process, not a thread).
+    pub child_pid: u32,
+    /// `FORK_*` bits.
+    pub flags: u32,
+}
+
+/// `ForkEvent::flags`: the kernel added the child to its set of traced
+/// processes, so its exec and exit are reported from the fork on. Without
+/// it the set was full (4096 processes) and the child is not followed.
+pub const FORK_TRACED: u32 = 1;
+
 /// Indexes into the per-CPU loss counters the kernel keeps.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -364,7 +385,8 @@ mod user {
     unsafe impl aya::Pod for super::ProcessMappings {}
     // SAFETY: u32, u32, u64: no holes.
     unsafe impl aya::Pod for super::SampledKey {}
-    // SAFETY: six u32, then a u64: 32 bytes, no holes.
+    // SAFETY: ten u32 (the last explicit padding), then a u64: 48 bytes,
+    // no holes.
     unsafe impl aya::Pod for super::Settings {}
     // SAFETY: a u64 then fourteen u32 (the last explicit padding): 64
     // bytes, no holes.

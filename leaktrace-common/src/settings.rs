@@ -40,18 +40,29 @@ pub struct Settings {
     /// no Python frames are walked (the allocating thread could not be
     /// told from the GIL holder).
     pub task_fsbase_offset: u32,
+    /// 1 when processes forked by a traced process are traced too
+    /// (`trace --pid` and `run` without `--no-children`): the fork
+    /// tracepoint adds each new child process to `TRACED_PIDS` at once and
+    /// tells the daemon, which attaches the child's uprobes. 0 under `--all`
+    /// (every process is traced already) and with `--no-children`.
+    pub follow_children: u32,
+    /// Offsets of `pid` and `tgid` in the kernel's `task_struct` (from
+    /// BTF): the fork tracepoint reads them from the new task to tell a new
+    /// process (`pid == tgid`) from a new thread, which the kernel reports
+    /// through the same tracepoint. Only meaningful with `follow_children`.
+    pub task_pid_offset: u32,
+    pub task_tgid_offset: u32,
+    /// Growth mode keeps one page in 2^shift, chosen by address (0: every
+    /// page); reports scale what they count by 2^shift.
+    pub page_sample_shift: u32,
     /// Seed of the kernel's per-CPU generators that pick sampling gaps from
     /// the pool (`EXPONENTIAL_POOL`); each CPU mixes in its id. The same
     /// seed and the same pool give the same gaps, so a test can fix both.
     pub sample_seed: u64,
-    /// Growth mode keeps one page in 2^shift, chosen by address (0: every
-    /// page); reports scale what they count by 2^shift.
-    pub page_sample_shift: u32,
-    pub _padding: u32,
 }
 
 // Both sides must agree on the layout byte for byte.
-const _: () = assert!(size_of::<Settings>() == 40);
+const _: () = assert!(size_of::<Settings>() == 48);
 
 /// The splitmix64 output function: a bijection on u64 that spreads every
 /// input bit over the whole word. Both sides use it to turn a seed (and the

@@ -15,9 +15,11 @@ static SETTINGS: Settings = Settings {
     trace_all: 0,
     group_dead_offset: 0,
     task_fsbase_offset: 0,
-    sample_seed: 0,
+    follow_children: 0,
+    task_pid_offset: 0,
+    task_tgid_offset: 0,
     page_sample_shift: 0,
-    _padding: 0,
+    sample_seed: 0,
 };
 
 /// Reads one field of `SETTINGS`. The read is volatile: the compiler sees
@@ -77,4 +79,17 @@ pub(crate) fn task_fsbase_offset() -> u32 {
 #[inline(always)]
 pub(crate) fn page_sample_shift() -> u32 {
     setting!(page_sample_shift)
+}
+
+/// Whether processes forked by a traced process are traced too.
+#[inline(always)]
+pub(crate) fn follow_children() -> bool {
+    setting!(follow_children) != 0
+}
+
+/// Offsets of `pid` and `tgid` in `task_struct` (0 when not following
+/// children).
+#[inline(always)]
+pub(crate) fn task_id_offsets() -> (u32, u32) {
+    (setting!(task_pid_offset), setting!(task_tgid_offset))
 }

@@ -35,6 +35,16 @@ static WALK: PerCpuArray<PythonWalk> = PerCpuArray::with_max_entries(1, 0);
 pub(crate) static PYTHON_PROCESSES: HashMap<u32, PythonProcess> =
     HashMap::with_max_entries(4096, 0);
 
+/// Stops walking a process's frames (it exec'd: its interpreter, if any,
+/// is elsewhere now) until userspace says how to walk its new image. Done
+/// here, at the exec itself, rather than when the daemon reads the exec
+/// record, which may come after the daemon has already registered the new
+/// image (a child that exec'd before it was followed).
+#[inline(always)]
+pub(crate) fn forget_process(pid: u32) {
+    let _: Result<_, _> = PYTHON_PROCESSES.remove(pid);
+}
+
 /// A word of user memory at `address + offset`; None when unreadable.
 #[inline(always)]
 fn user_u64(address: u64, offset: u32) -> Option<u64> {

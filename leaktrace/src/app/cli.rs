@@ -104,8 +104,9 @@ pub enum Command {
 #[group(required = true, multiple = false)]
 pub struct Targets {
     /// The processes to trace: --pid 12, or several as --pid 12 34,
-    /// --pid 12,34 or --pid 12 --pid 34. Stops when all of them have
-    /// exited.
+    /// --pid 12,34 or --pid 12 --pid 34, and the children they fork from
+    /// now on (unless --no-children). Stops when all of them, and the
+    /// children followed, have exited.
     #[arg(long, short, num_args = 1.., value_delimiter = ',', value_name = "PID")]
     pub pid: Vec<u32>,
     /// Trace every process on the host whose allocator can be found,
@@ -254,6 +255,18 @@ pub struct ReportOptions {
     /// its libraries take about N rows).
     #[arg(long, default_value_t = 1 << 20)]
     pub unwind_rows: u32,
+    /// Do not follow child processes. By default the processes that a
+    /// traced process forks after attach (pre-forked workers of gunicorn,
+    /// uwsgi, celery, multiprocessing; a child that then execs another
+    /// program) are traced too, and theirs in turn, each with its own table
+    /// and listed by pid in reports, from tens of milliseconds after their
+    /// fork (what a child allocates before that is not seen). With --pid,
+    /// tracing then goes on until the processes named and every child
+    /// followed have exited (or --duration, Ctrl-C); `run` still stops when
+    /// its command exits, children still running or not. --all traces every
+    /// process anyway.
+    #[arg(long)]
+    pub no_children: bool,
     /// Benchmark floor: attach the same probes to programs that do nothing
     /// (the report stays empty). For `cargo xtask bench`.
     #[arg(long, hide = true)]
@@ -403,6 +416,22 @@ mod tests {
             Ok((vec![5, 6], false))
         );
         assert_eq!(pids(&["leaktrace", "trace", "--all"]), Ok((vec![], true)));
+        // Children are followed unless --no-children.
+        let follows = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Trace { options, .. } | Command::Run { options, .. }) => {
+                !options.no_children
+            }
+            other => panic!("{other:?}"),
+        };
+        assert!(follows(&["leaktrace", "trace", "--pid", "1"]));
+        assert!(!follows(&[
+            "leaktrace",
+            "trace",
+            "--pid",
+            "1",
+            "--no-children"
+        ]));
+        assert!(!follows(&["leaktrace", "run", "--no-children", "--", "ls"]));
         assert!(pids(&["leaktrace", "trace", "--all", "--pid", "1"]).is_err());
         assert!(pids(&["leaktrace", "serve"]).is_err());
         assert!(

@@ -120,7 +120,17 @@ pub(super) async fn trace_loop(
                 let _: Result<_, _> = done.send(());
             }
             exit = watch.wait() => match exit {
-                Exit::One(pid) => tracer.progress(&format!("pid {pid} exited; still tracing the others")),
+                Exit::One(pid) => {
+                    // It may have forked just before it exited: the
+                    // children are followed (and watched) before the
+                    // watch is asked whether anything is left.
+                    tracer.drain(ring.get_mut(), FINAL_DRAIN);
+                    watch_children(&mut tracer, &mut watch)?;
+                    if watch.is_done() {
+                        break Stop::Exited(None);
+                    }
+                    tracer.progress(&format!("pid {pid} exited; still tracing the others"));
+                }
                 Exit::All(status) => break Stop::Exited(status),
             },
             () = sleep_until(deadline) => break Stop::DurationElapsed,
@@ -148,6 +158,7 @@ pub(super) async fn trace_loop(
                 _ => break Stop::Signal("SIGTERM"),
             },
         }
+        watch_children(&mut tracer, &mut watch)?;
     };
     tracer.drain(ring.get_mut(), FINAL_DRAIN);
     match &stop {
@@ -158,6 +169,15 @@ pub(super) async fn trace_loop(
     }
     tracer.emit(true)?;
     Ok(stop)
+}
+
+/// Hands the pidfds of the children followed since the last call to the
+/// exit watch.
+fn watch_children(tracer: &mut Tracer, watch: &mut ExitWatch) -> Result<()> {
+    for (pid, pidfd) in tracer.children.take_pidfds() {
+        watch.add(pid, pidfd)?;
+    }
+    Ok(())
 }
 
 /// The next exit stop of `run`'s command, or never without one.

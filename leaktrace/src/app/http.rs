@@ -13,6 +13,9 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+use super::tracer::Tracer;
+use crate::report;
+
 /// What a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Page {
@@ -112,6 +115,42 @@ pub(super) async fn respond(
     stream.write_all(body).await?;
     stream.shutdown().await?;
     Ok(())
+}
+
+impl Tracer {
+    /// The response to a request for `page` (serve): status, content type
+    /// and body, from the current report.
+    pub(super) fn page(&mut self, page: Page) -> Result<Response> {
+        Ok(match page {
+            Page::NotFound => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
+            Page::BadMethod => (
+                "405 Method Not Allowed",
+                "text/plain",
+                b"GET only\n".to_vec(),
+            ),
+            Page::Index | Page::Heap | Page::Metrics => {
+                let report = self.report(false)?;
+                match page {
+                    Page::Index => (
+                        "200 OK",
+                        "text/html; charset=utf-8",
+                        report::html::render(&report, self.options.top).into_bytes(),
+                    ),
+                    Page::Heap => (
+                        "200 OK",
+                        "application/octet-stream",
+                        report::pprof::render(&report),
+                    ),
+                    _ => (
+                        "200 OK",
+                        "text/plain; version=0.0.4",
+                        report::metrics::render(&report, report::metrics::own_rss_bytes())
+                            .into_bytes(),
+                    ),
+                }
+            }
+        })
+    }
 }
 
 #[cfg(test)]

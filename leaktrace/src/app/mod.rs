@@ -8,10 +8,13 @@
 //!   reports made from it;
 //! - [`event_loop`]: drains the ring buffer as records arrive, reports at
 //!   each interval and at the end, answers HTTP requests;
+//! - [`children`]: following the processes a traced process forks, and
+//!   what is probed for each process traced by pid;
 //! - [`exit_watch`]: when the traced processes are gone (pidfds);
 //! - [`system_wide`]: `--all`, every process on the host;
 //! - [`http`]: `serve`'s routes and connections;
 //! - [`output`]: report files replaced whole, devices written in place.
+mod children;
 pub mod cli;
 mod event_loop;
 mod exit_watch;

@@ -121,8 +121,12 @@ impl PythonFrames {
 
     /// `pid` exec'd: its old image's code objects and sites are gone, and
     /// its new image may not be Python at all (`start` again if it is).
-    pub(super) fn exec(&mut self, kernel: &mut KernelProbes, pid: u32) {
-        self.forget(kernel, pid);
+    /// The kernel stopped walking it at the exec itself; what it walks
+    /// now, if anything, was registered for the new image since (a child
+    /// followed after its exec), and stays.
+    pub(super) fn exec(&mut self, pid: u32) {
+        self.targets.remove(&pid);
+        self.codes.forget(pid);
     }
 
     /// `pid` is gone for good (`--all`): everything about it goes.

@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result};
 use tokio::net::TcpListener;
 
 use super::{
+    children::Children,
     cli::{ProbePlacement, ReportOptions, StackMode, Targets},
     event_loop::{Stop, trace_loop},
     exit_watch::{ExitWatch, pidfd_open},
@@ -20,15 +21,25 @@ use super::{
     tracer::{self, Tracer},
 };
 use crate::{
-    kernel::{
-        self, GrowthOptions, KernelOptions, KernelProbes, Scope, attach,
-        unwind_tables::UnwindTables,
-    },
+    kernel::{self, GrowthOptions, KernelOptions, KernelProbes, unwind_tables::UnwindTables},
     symbolize::ProcessMaps,
     target::{self, launch, procfs},
 };
 
-fn kernel_options(options: &ReportOptions) -> KernelOptions {
+/// How to load the kernel side; `all`: every process is traced (no
+/// children to follow then).
+fn kernel_options(options: &ReportOptions, all: bool) -> KernelOptions {
+    let follow_children = if all || options.no_children {
+        None
+    } else {
+        kernel::btf::task_id_offsets()
+            .inspect_err(|err| {
+                eprintln!(
+                    "leaktrace: warning: child processes will not be followed (the fork tracepoint cannot tell them from threads): {err:#}"
+                );
+            })
+            .ok()
+    };
     KernelOptions {
         ring_buffer_bytes: options.ring_buffer_mib << 20,
         dwarf: options.stack_mode == StackMode::Dwarf,
@@ -41,6 +52,7 @@ fn kernel_options(options: &ReportOptions) -> KernelOptions {
             eprintln!("leaktrace: warning: Python frames will not be walked: {err:#}");
             0
         }),
+        follow_children,
         growth: options.growth().then_some(GrowthOptions {
             page_sample_shift: options.page_sample().trailing_zeros(),
         }),
@@ -57,7 +69,7 @@ pub(super) async fn trace_targets(
     let placed = options.probe_placement == ProbePlacement::Auto;
     let (tracer, watch) = if targets.all {
         let (mut kernel, ring, unwind_tables) =
-            KernelProbes::load(&kernel_options(&options), true)?;
+            KernelProbes::load(&kernel_options(&options, true), true)?;
         let mut system = SystemWide::new(placed, !options.growth());
         let found = system.attach_running(&mut kernel)?;
         kernel.arm()?;
@@ -65,6 +77,7 @@ pub(super) async fn trace_targets(
             tracer::Targets::All(system),
             kernel,
             Vec::new(),
+            Children::new(false, placed, !options.growth()),
             unwind_tables,
             options,
         );
@@ -102,12 +115,17 @@ pub(super) async fn trace_targets(
             procfs::check_pid(pid)?;
             pidfds.push((pid, pidfd_open(pid)?));
         }
-        let (mut kernel, ring, unwind_tables) =
-            KernelProbes::load(&kernel_options(&options), false)?;
+        let kernel_options = kernel_options(&options, false);
+        let (mut kernel, ring, unwind_tables) = KernelProbes::load(&kernel_options, false)?;
         let mut objects: Vec<target::ProbedObject> = Vec::new();
+        // One symbol cache (the processes' shared libraries are read once),
+        // kept for the children followed.
+        let mut children = Children::new(
+            kernel_options.follow_children.is_some(),
+            placed,
+            !options.growth(),
+        );
         let mut plans = Vec::new();
-        // One cache: the processes' shared libraries are read once.
-        let mut symbols = target::SymbolCache::default();
         for &pid in &pids {
             kernel.trace_pid(pid)?;
             if options.growth() {
@@ -116,26 +134,27 @@ pub(super) async fn trace_targets(
                 continue;
             }
             let context = || format!("pid {pid}");
-            let found = target::objects_for_pid_cached(pid, &mut symbols);
+            let found = target::objects_for_pid_cached(pid, &mut children.cache);
             let found = if several {
                 found.with_context(context)?
             } else {
                 found?
             };
-            plans.push((pid, attach::plan(&found, placed)));
-            for object in found {
+            for object in &found {
                 if !objects
                     .iter()
                     .any(|o| o.display_path == object.display_path)
                 {
-                    objects.push(object);
+                    objects.push(object.clone());
                 }
             }
+            plans.push((pid, found));
         }
         let mut tracer = Tracer::new(
             tracer::Targets::Pids,
             kernel,
             objects,
+            children,
             unwind_tables,
             options,
         );
@@ -147,11 +166,8 @@ pub(super) async fn trace_targets(
         for &pid in &pids {
             tracer.track(pid);
         }
-        // Growth mode probes no allocator: the tracepoints are on already.
-        if !tracer.options.growth() {
-            for (pid, plan) in &plans {
-                tracer.kernel.attach(plan, Scope::Process(*pid))?;
-            }
+        for (pid, found) in plans {
+            tracer.children.attach(&mut tracer.kernel, pid, found)?;
         }
         tracer.kernel.arm()?;
         if let Some(summary) = tracer.unwind_summary() {
@@ -190,7 +206,6 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
         target::allocator::choose_objects(&candidates)?
     };
     let placed = options.probe_placement == ProbePlacement::Auto;
-    let plan = attach::plan(&objects, placed);
     let maps = Arc::new(Mutex::new(ProcessMaps::from_mappings(0, Vec::new())));
     let maps_at_exit = maps.clone();
     // Filled once the probes (and the unwinder's maps) exist; the child
@@ -225,7 +240,8 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
     *maps.lock().expect("maps lock") = ProcessMaps::new(pid);
     // Probes first, then exec: nothing the command allocates is missed.
     // If attaching fails, dropping `child` kills the held child.
-    let (mut kernel, ring, unwind_tables) = KernelProbes::load(&kernel_options(&options), false)?;
+    let kernel_options = kernel_options(&options, false);
+    let (mut kernel, ring, unwind_tables) = KernelProbes::load(&kernel_options, false)?;
     let mut python_objects = PythonObjects::default();
     if options.python_objects {
         match python_objects.probe_command(&mut kernel, pid, &candidates, placed) {
@@ -234,9 +250,12 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
             Err(err) => eprintln!("leaktrace: warning: no exact object counts: {err:#}"),
         }
     }
-    if !options.growth() {
-        kernel.attach(&plan, Scope::Process(pid))?;
-    }
+    let mut children = Children::new(
+        kernel_options.follow_children.is_some(),
+        placed,
+        !options.growth(),
+    );
+    children.attach(&mut kernel, pid, objects.clone())?;
     kernel.trace_pid(pid)?;
     kernel.arm()?;
     let words: Vec<String> = command
@@ -247,6 +266,7 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
         tracer::Targets::Command(words.clone()),
         kernel,
         objects,
+        children,
         None,
         options,
     );

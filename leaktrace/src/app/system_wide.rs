@@ -25,10 +25,10 @@ use crate::{
 
 /// How long after its exec a process is first inspected: its dynamic
 /// linker maps its libraries in about a millisecond.
-const FIRST_INSPECTION: Duration = Duration::from_millis(30);
+pub(super) const FIRST_INSPECTION: Duration = Duration::from_millis(30);
 /// Later attempts, for a process whose allocator was not mapped yet.
-const RETRY_INSPECTION: Duration = Duration::from_millis(200);
-const INSPECTIONS: u32 = 5;
+pub(super) const RETRY_INSPECTION: Duration = Duration::from_millis(200);
+pub(super) const INSPECTIONS: u32 = 5;
 
 /// A process that exec'd, waiting to be inspected.
 struct Pending {
@@ -103,7 +103,9 @@ impl SystemWide {
             }
             let plan = attach::plan(std::slice::from_ref(&object), self.placed);
             match kernel.attach(&plan, Scope::AllProcesses) {
-                Ok(()) => self.objects.push(object),
+                // The probes stay until leaktrace exits: no need for their
+                // links.
+                Ok(_links) => self.objects.push(object),
                 Err(err) => eprintln!(
                     "leaktrace: warning: {} not traced: {err:#}",
                     object.display_path

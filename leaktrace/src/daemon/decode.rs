@@ -5,8 +5,8 @@
 //! for what its header promises, or names an unknown function, is an error
 //! (counted as a loss), never a panic.
 use leaktrace_common::{
-    AllocEvent, AllocFn, EXEC_EVENT, EXIT_EVENT, EventHeader, MAX_PYTHON_FRAMES, MAX_STACK_DEPTH,
-    ReleaseEvent,
+    AllocEvent, AllocFn, EXEC_EVENT, EXIT_EVENT, EventHeader, FORK_EVENT, ForkEvent,
+    MAX_PYTHON_FRAMES, MAX_STACK_DEPTH, ReleaseEvent,
 };
 
 /// A record as it came from the kernel.
@@ -20,6 +20,8 @@ pub enum Record<'a> {
     Exec(&'a EventHeader),
     /// The process exited.
     Exit(&'a EventHeader),
+    /// The process forked a child process (followed: see the eBPF side).
+    Fork(&'a ForkEvent),
 }
 
 /// Why a record could not be decoded (counted as a loss).
@@ -47,6 +49,15 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     }
     if header.func == EXIT_EVENT {
         return Ok(Record::Exit(header));
+    }
+    if header.func == FORK_EVENT {
+        if bytes.len() < size_of::<ForkEvent>() {
+            return Err(DecodeError::TooShort);
+        }
+        // SAFETY: as above, for the longer type.
+        return Ok(Record::Fork(unsafe {
+            &*bytes.as_ptr().cast::<ForkEvent>()
+        }));
     }
     let func = AllocFn::from_u32(header.func).ok_or(DecodeError::UnknownFunction(header.func))?;
     if func.is_release() {
@@ -81,7 +92,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
 }
 
 const _: () = assert!(
-    size_of::<AllocEvent>().is_multiple_of(8) && size_of::<ReleaseEvent>().is_multiple_of(8)
+    size_of::<AllocEvent>().is_multiple_of(8)
+        && size_of::<ReleaseEvent>().is_multiple_of(8)
+        && size_of::<ForkEvent>().is_multiple_of(8)
 );
 
 #[cfg(test)]
@@ -130,6 +143,26 @@ mod tests {
             decode(&as_bytes(&words)[..as_bytes(&words).len() - 8]).unwrap_err(),
             DecodeError::TooShort
         );
+    }
+
+    #[test]
+    fn a_fork_record_carries_its_child() {
+        #[repr(C, align(8))]
+        struct Aligned([u8; 32]);
+        let mut buf = Aligned([0; 32]);
+        buf.0[..4].copy_from_slice(&FORK_EVENT.to_ne_bytes());
+        buf.0[4..8].copy_from_slice(&1200u32.to_ne_bytes());
+        buf.0[24..28].copy_from_slice(&1234u32.to_ne_bytes());
+        buf.0[28..32].copy_from_slice(&leaktrace_common::FORK_TRACED.to_ne_bytes());
+        match decode(&buf.0).unwrap() {
+            Record::Fork(fork) => {
+                assert_eq!(fork.header.pid, 1200);
+                assert_eq!(fork.child_pid, 1234);
+                assert_eq!(fork.flags, leaktrace_common::FORK_TRACED);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(decode(&buf.0[..24]).unwrap_err(), DecodeError::TooShort);
     }
 
     #[test]

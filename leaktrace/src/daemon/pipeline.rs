@@ -1,7 +1,7 @@
 //! Pipeline: the pure part of the daemon, ring-buffer bytes in, heap table
 //! out. The tracer (app) feeds it records from the kernel; the ingest benchmark
 //! feeds it synthetic ones through the very same code.
-use leaktrace_common::{AllocFn, FLAG_SAMPLED};
+use leaktrace_common::{AllocFn, FLAG_SAMPLED, FORK_TRACED};
 use rustc_hash::FxHashMap;
 
 use crate::daemon::{
@@ -27,6 +27,15 @@ pub enum Ingested<'a> {
     Exec(Forgotten),
     /// The process exited (its last thread).
     Exit(u32),
+    /// Process `parent` forked process `child` at `timestamp_ns`
+    /// (`CLOCK_MONOTONIC`); `traced`: the kernel added the child to its
+    /// set of traced processes (false when the set was full).
+    Fork {
+        parent: u32,
+        child: u32,
+        traced: bool,
+        timestamp_ns: u64,
+    },
 }
 
 /// What forgetting a process let go of.
@@ -91,6 +100,12 @@ impl Pipeline {
                 Ingested::Exec(self.forget_process(header.pid))
             }
             Ok(Record::Exit(header)) => Ingested::Exit(header.pid),
+            Ok(Record::Fork(fork)) => Ingested::Fork {
+                parent: fork.header.pid,
+                child: fork.child_pid,
+                traced: fork.flags & FORK_TRACED != 0,
+                timestamp_ns: fork.header.timestamp_ns,
+            },
             Ok(Record::Release(event)) => {
                 let func = AllocFn::from_u32(event.header.func).expect("decode checked it");
                 let pid = event.header.pid;

@@ -16,7 +16,7 @@ use leaktrace_common::{AllocFn, COOKIE_SKIPS_CONTEXT};
 use crate::target::ProbedObject;
 
 /// The three kernel programs (see leaktrace-ebpf).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Program {
     /// Entry of an allocating call: stashes its arguments.
     AllocEntry,
@@ -78,12 +78,17 @@ impl Attachment {
 /// rsp: [rsp] still holds the return address the kernel hijacks.
 pub(crate) fn plan(objects: &[ProbedObject], placed: bool) -> Vec<Attachment> {
     let mut attachments = unordered_plan(objects, placed);
-    attachments.sort_by_key(|a| match a.program {
+    attachments.sort_by_key(|a| order(a.program));
+    attachments
+}
+
+/// Where a program's probes come in a plan (see [`plan`]).
+pub(crate) fn order(program: Program) -> u8 {
+    match program {
         Program::ReleaseEntry => 0,
         Program::AllocReturn => 1,
         Program::AllocEntry => 2,
-    });
-    attachments
+    }
 }
 
 fn unordered_plan(objects: &[ProbedObject], placed: bool) -> Vec<Attachment> {

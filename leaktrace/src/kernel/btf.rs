@@ -223,12 +223,27 @@ impl<'a> Btf<'a> {
 /// the running kernel's BTF: where the kernel keeps each thread's
 /// `pthread_self()` on x86-64.
 pub(crate) fn task_fsbase_offset() -> Result<u32> {
-    let path = "/sys/kernel/btf/vmlinux";
-    let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+    task_struct_offset(&["thread", "fsbase"])
+}
+
+/// Offsets of `pid` and `tgid` in `task_struct`, from the running kernel's
+/// BTF: the fork tracepoint reads them from the new task to tell a new
+/// process (`pid == tgid`) from a new thread.
+pub(crate) fn task_id_offsets() -> Result<(u32, u32)> {
+    Ok((
+        task_struct_offset(&["pid"])?,
+        task_struct_offset(&["tgid"])?,
+    ))
+}
+
+/// Offset of the member at `path` in the running kernel's `task_struct`.
+fn task_struct_offset(path: &[&str]) -> Result<u32> {
+    let file = "/sys/kernel/btf/vmlinux";
+    let bytes = std::fs::read(file).with_context(|| format!("reading {file}"))?;
     let offset = Btf::parse(&bytes)
-        .with_context(|| format!("parsing {path}"))?
-        .offset_of("task_struct", &["thread", "fsbase"])?;
-    u32::try_from(offset).context("task_struct.thread.fsbase is past 4 GiB")
+        .with_context(|| format!("parsing {file}"))?
+        .offset_of("task_struct", path)?;
+    u32::try_from(offset).with_context(|| format!("task_struct.{} is past 4 GiB", path.join(".")))
 }
 
 #[cfg(test)]
@@ -342,6 +357,21 @@ mod tests {
         };
         let fsbase = pahole_offset("thread_struct", "fsbase").expect("thread_struct.fsbase");
         assert_eq!(u64::from(offset), expected + fsbase);
+    }
+
+    /// The running kernel's `task_struct.pid` and `tgid`, against pahole.
+    #[test]
+    fn task_id_offsets_match_pahole() {
+        let (pid, tgid) = task_id_offsets().unwrap();
+        let Some(expected) = pahole_offset("task_struct", "pid") else {
+            crate::test_support::prerequisite_missing(
+                "task_id_offsets_match_pahole",
+                "pahole (apt-get install dwarves; cargo xtask test installs it)",
+            );
+            return;
+        };
+        assert_eq!(u64::from(pid), expected);
+        assert_eq!(Some(u64::from(tgid)), pahole_offset("task_struct", "tgid"));
     }
 
     /// The byte offset pahole prints for `member` of `structure`.

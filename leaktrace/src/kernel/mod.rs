@@ -9,15 +9,22 @@ pub(crate) mod attach;
 pub(crate) mod btf;
 pub(crate) mod unwind_tables;
 
-use std::{num::NonZeroU32, path::Path};
+use std::{
+    num::NonZeroU32,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        TracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        RawTracePoint, TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
     },
 };
 use leaktrace_common::{
@@ -63,6 +70,18 @@ pub(crate) struct KernelOptions {
     /// Growth mode: the page-fault and memory-syscall tracepoints record
     /// resident growth (no allocator is probed).
     pub growth: Option<GrowthOptions>,
+    /// Follow the children of traced processes: the offsets of `pid` and
+    /// `tgid` in `task_struct` (from BTF), with which the fork tracepoint
+    /// tells a new process from a new thread. None: children are not
+    /// followed (`--no-children`, `--all`, or a kernel without BTF).
+    pub follow_children: Option<(u32, u32)>,
+}
+
+/// One uprobe attached, to detach it when its process is gone.
+pub(crate) struct ProbeLink {
+    /// The program it runs.
+    program: &'static str,
+    id: UProbeLinkId,
 }
 
 /// What growth mode's tracepoints need.
@@ -94,8 +113,9 @@ pub(crate) struct KernelProbes {
     python: HashMap<MapData, u32, PythonProcess>,
     empty_programs: bool,
     armed: bool,
-    /// Uprobes attached so far.
+    /// Uprobes attached and not detached.
     pub attached: usize,
+    detacher: Detacher,
 }
 
 /// The program a probe runs (`--empty-programs`: the do-nothing ones).
@@ -183,6 +203,7 @@ impl KernelProbes {
     ) -> Result<(KernelProbes, RingBuf<MapData>, Option<UnwindTables>)> {
         check_environment()?;
         raise_memlock_limit();
+        raise_open_files_limit();
         let sample_seed = options.sample_seed.unwrap_or_else(clock_seed);
         let settings = Settings {
             stack_mode: if options.dwarf {
@@ -195,9 +216,11 @@ impl KernelProbes {
             trace_all: u32::from(trace_all),
             group_dead_offset: group_dead_offset().unwrap_or(0),
             task_fsbase_offset: options.task_fsbase_offset,
-            sample_seed,
+            follow_children: u32::from(options.follow_children.is_some()),
+            task_pid_offset: options.follow_children.map_or(0, |(pid, _)| pid),
+            task_tgid_offset: options.follow_children.map_or(0, |(_, tgid)| tgid),
             page_sample_shift: options.growth.map_or(0, |g| g.page_sample_shift),
-            _padding: 0,
+            sample_seed,
         };
         let mut ebpf = EbpfLoader::new()
             // Before verification: the verifier treats the settings as
@@ -273,6 +296,15 @@ impl KernelProbes {
                 format!("attaching to tracepoint {category}:{event} (is tracefs mounted?)")
             })?;
         }
+        if options.follow_children.is_some() {
+            let fork: &mut RawTracePoint = ebpf
+                .program_mut("on_fork")
+                .context("program on_fork missing from the eBPF object")?
+                .try_into()?;
+            fork.load().context("loading program on_fork")?;
+            fork.attach("sched_process_fork")
+                .context("attaching to raw tracepoint sched_process_fork")?;
+        }
         let unwind_tables = if options.dwarf {
             Some(UnwindTables::new(
                 Array::try_from(
@@ -307,6 +339,7 @@ impl KernelProbes {
                 empty_programs: options.empty_programs,
                 armed: false,
                 attached: 0,
+                detacher: Detacher::start(),
             },
             events,
             unwind_tables,
@@ -314,12 +347,32 @@ impl KernelProbes {
     }
 
     /// Attaches `plan` (see `probes::plan`) for `scope`. Probes attached
-    /// while others are live (a new allocator found under `--all`) may see
-    /// returns of calls that began before them: those are not counted as
-    /// losses.
-    pub(crate) fn attach(&mut self, plan: &[Attachment], scope: Scope) -> Result<()> {
+    /// while others are live (a new allocator found under `--all`, a child
+    /// followed) may see returns of calls that began before them: those are
+    /// not counted as losses. All or nothing: when one probe fails, those
+    /// this call attached are detached (half a plan, say malloc without
+    /// free, would report wrong leaks). Returns the links, to detach them
+    /// when their process is gone.
+    pub(crate) fn attach(&mut self, plan: &[Attachment], scope: Scope) -> Result<Vec<ProbeLink>> {
         let was_armed = self.armed;
         self.set_armed(false)?;
+        let mut links = Vec::with_capacity(plan.len());
+        self.detacher.attaching.fetch_add(1, Ordering::AcqRel);
+        let attached = self.attach_each(plan, scope, &mut links);
+        self.detacher.attaching.fetch_sub(1, Ordering::AcqRel);
+        if attached.is_err() {
+            self.detach(std::mem::take(&mut links));
+        }
+        self.set_armed(was_armed)?;
+        attached.map(|()| links)
+    }
+
+    fn attach_each(
+        &mut self,
+        plan: &[Attachment],
+        scope: Scope,
+        links: &mut Vec<ProbeLink>,
+    ) -> Result<()> {
         let scope = match scope {
             Scope::Process(pid) => {
                 UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0 cannot be traced")?)
@@ -327,12 +380,13 @@ impl KernelProbes {
             Scope::AllProcesses => UProbeScope::AllProcesses,
         };
         for attachment in plan {
+            let program = program_name(self.empty_programs, attachment.program);
             let uprobe: &mut UProbe = self
                 .ebpf
-                .program_mut(program_name(self.empty_programs, attachment.program))
+                .program_mut(program)
                 .expect("loaded by KernelProbes::load")
                 .try_into()?;
-            uprobe
+            let id = uprobe
                 .attach(
                     UProbeAttachPoint {
                         location: UProbeAttachLocation::AbsoluteOffset(attachment.file_offset),
@@ -350,13 +404,32 @@ impl KernelProbes {
                         attachment.file_offset
                     )
                 })?;
+            links.push(ProbeLink { program, id });
             self.attached += 1;
         }
-        self.set_armed(was_armed)
+        Ok(())
+    }
+
+    /// Detaches probes (their process exited, or a plan failed half-way),
+    /// in the background (see `Detacher`).
+    pub(crate) fn detach(&mut self, links: Vec<ProbeLink>) {
+        for ProbeLink { program, id } in links {
+            let uprobe: Result<&mut UProbe, _> = self
+                .ebpf
+                .program_mut(program)
+                .expect("loaded by KernelProbes::load")
+                .try_into();
+            // A link already let go of needs nothing more.
+            if let Ok(link) = uprobe.and_then(|uprobe| uprobe.take_link(id)) {
+                self.detacher.close(link);
+                self.attached -= 1;
+            }
+        }
     }
 
     /// Makes the exec and exit tracepoints report `pid` (the uprobes are
-    /// scoped by `attach`).
+    /// scoped by `attach`), and the fork tracepoint follow its children.
+    /// The exit tracepoint takes it out of the set when it ends.
     pub(crate) fn trace_pid(&mut self, pid: u32) -> Result<()> {
         let mut traced: HashMap<_, u32, u8> = HashMap::try_from(
             self.ebpf
@@ -428,6 +501,48 @@ impl KernelProbes {
     }
 }
 
+/// Closes uprobe links on a thread of its own. Closing a uprobe's perf
+/// event waits for RCU grace periods under the kernel's global trace event
+/// mutex: about 80 ms a probe here, measured, one after the other whatever
+/// the number of threads (22 probes, a process's plan, take ~2 s). Closing
+/// them in the event loop would stall tracing; and while one closes, no
+/// probe can be attached, so the closing thread stands aside whenever
+/// probes are being attached (a child just forked waits for one close at
+/// most, not for a queue of them).
+struct Detacher {
+    queue: std::sync::mpsc::Sender<UProbeLink>,
+    /// Attach calls under way.
+    attaching: Arc<AtomicUsize>,
+}
+
+impl Detacher {
+    fn start() -> Detacher {
+        let (queue, links) = std::sync::mpsc::channel::<UProbeLink>();
+        let attaching = Arc::new(AtomicUsize::new(0));
+        let busy = attaching.clone();
+        // Without the thread, the receiver is dropped with the closure and
+        // `close` drops each link where it is.
+        let _: std::io::Result<_> = std::thread::Builder::new()
+            .name("leaktrace-detach".into())
+            .spawn(move || {
+                for link in links {
+                    while busy.load(Ordering::Acquire) != 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    drop(link);
+                }
+            });
+        Detacher { queue, attaching }
+    }
+
+    /// Closes `link` soon.
+    fn close(&self, link: UProbeLink) {
+        if let Err(std::sync::mpsc::SendError(link)) = self.queue.send(link) {
+            drop(link);
+        }
+    }
+}
+
 /// A seed for the sampling gaps when none is given: the clock.
 fn clock_seed() -> u64 {
     std::time::SystemTime::now()
@@ -458,6 +573,23 @@ pub(crate) fn exponential_gaps(mean: u32, seed: u64) -> Vec<u32> {
             gap.clamp(1.0, f64::from(u32::MAX)) as u32
         })
         .collect()
+}
+
+/// Each uprobe holds file descriptors (its perf event and its link), and
+/// every process traced by pid gets its own: a few dozen children followed
+/// reach the usual soft limit of 1024. The hard limit is ours to take.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with valid pointers; failure leaves the limit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
+        }
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to `RLIMIT_MEMLOCK`.

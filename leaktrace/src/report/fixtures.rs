@@ -45,6 +45,7 @@ pub(crate) fn report() -> Report {
             rss_growth_bytes: None,
             cgroup: Some("/user.slice/user-1000.slice/session-2.scope".into()),
             container: None,
+            parent: None,
         }],
         allocator_objects: vec!["/lib/libc.so.6".into()],
         elapsed_ms: 1500,
@@ -122,6 +123,7 @@ pub(crate) fn report_in_containers() -> Report {
         rss_growth_bytes: None,
         cgroup: Some(format!("/a\"b\\c\nd<e>/docker-{CONTAINER_ID}.scope")),
         container: None,
+        parent: None,
     });
     for process in &mut report.processes {
         process.container = process

@@ -68,13 +68,17 @@ pub fn render(report: &Report, top: usize) -> String {
         for process in report.processes.iter().take(top) {
             let _ = writeln!(
                 out,
-                "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>{}<td>{}{}{}</td></tr>",
+                "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>{}<td>{}{}{}{}</td></tr>",
                 process.pid,
                 process.bytes,
                 process.count,
                 process.call_sites,
                 container_cell(process),
                 escape(&process.command),
+                process
+                    .parent
+                    .map(|parent| format!(" (child of {parent})"))
+                    .unwrap_or_default(),
                 if process.exited { " (exited)" } else { "" },
                 process
                     .runtime

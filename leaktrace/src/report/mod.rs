@@ -58,7 +58,8 @@ pub struct Totals {
     pub allocations: u64,
     pub releases: u64,
     pub failed_calls: u64,
-    /// Releases of blocks allocated before tracing began.
+    /// Releases of blocks allocated before tracing began (or, in a child
+    /// followed, inherited from its parent at fork: not its allocations).
     pub unmatched_releases: u64,
     /// Blocks found at an address already outstanding (a release was missed).
     pub replaced_blocks: u64,
@@ -67,6 +68,9 @@ pub struct Totals {
     /// Processes that exited under `--all`: their tables were dropped, and
     /// what they held is not in this report.
     pub exited_processes: u64,
+    /// Child processes of traced ones left unfollowed: the kernel's set of
+    /// traced processes (4096) was full when they were forked.
+    pub children_not_followed: u64,
 }
 
 /// Everything that was lost on the way: never silently zero.
@@ -172,6 +176,9 @@ pub struct ProcessReport {
     pub cgroup: Option<String>,
     /// The container that path names, or null.
     pub container: Option<ContainerReport>,
+    /// The traced process it was forked from, when leaktrace followed it
+    /// as a child; null for the processes named (`--pid`, `run`, `--all`).
+    pub parent: Option<u32>,
 }
 
 /// The runtime a process runs on top of its native code.
@@ -307,6 +314,8 @@ pub struct ProcessInput {
     pub rss_growth_bytes: Option<i64>,
     /// Its cgroup v2 path, read when it was first tracked (and at exec).
     pub cgroup: Option<String>,
+    /// The traced process that forked it (a child followed).
+    pub parent: Option<u32>,
 }
 
 /// What the tracer knows when it asks for a report.
@@ -316,6 +325,7 @@ pub struct ReportInput<'a> {
     pub processes: Vec<ProcessInput>,
     pub all_processes: bool,
     pub exited_processes: u64,
+    pub children_not_followed: u64,
     pub command: Option<Vec<String>>,
     pub allocator_objects: Vec<String>,
     pub elapsed: Duration,
@@ -399,6 +409,7 @@ pub fn build<'m>(
                     .cgroup
                     .as_deref()
                     .and_then(ContainerReport::from_cgroup),
+                parent: process.parent,
             }
         })
         .collect();
@@ -432,6 +443,7 @@ pub fn build<'m>(
             replaced_blocks,
             execs: input.execs,
             exited_processes: input.exited_processes,
+            children_not_followed: input.children_not_followed,
         },
         losses: input.losses,
         sites,

@@ -152,6 +152,13 @@ pub fn render(report: &Report, top: usize) -> String {
             report.page_sample
         );
     }
+    if t.children_not_followed > 0 {
+        let _ = writeln!(
+            out,
+            "not followed: {} child processes (the kernel's set of 4096 traced processes was full when they were forked)",
+            t.children_not_followed
+        );
+    }
     if report.sample_bytes > 0 {
         let _ = writeln!(
             out,
@@ -185,12 +192,16 @@ pub fn render(report: &Report, top: usize) -> String {
         for process in holding.iter().take(top) {
             let _ = writeln!(
                 out,
-                "  pid {}: {} in {} allocations at {} call sites  {}{}{}{}",
+                "  pid {}: {} in {} allocations at {} call sites  {}{}{}{}{}",
                 process.pid,
                 human_bytes(process.bytes),
                 process.count,
                 process.call_sites,
                 process.command,
+                process
+                    .parent
+                    .map(|parent| format!(" (child of {parent})"))
+                    .unwrap_or_default(),
                 if process.exited { " (exited)" } else { "" },
                 process
                     .container
@@ -327,6 +338,7 @@ mod tests {
             rss_growth_bytes: None,
             cgroup: None,
             container: None,
+            parent: None,
         });
         let text = render(&report, 10);
         let lines: Vec<&str> = text.lines().collect();
@@ -343,6 +355,21 @@ mod tests {
             text.contains("\n#1 4096 bytes (4.0 KiB) in 4 allocations from malloc, oldest 1.2 s, in pid 42 (prog)\n"),
             "{text}"
         );
+        // A child followed says whose.
+        report.processes[0].parent = Some(7);
+        assert!(
+            render(&report, 10)
+                .contains(" call sites  /usr/bin/prog --serve (child of 7) (exited)\n"),
+            "{text}"
+        );
+        report.processes[0].parent = None;
+        // Children left out are said, never silently missing.
+        report.totals.children_not_followed = 2;
+        assert!(
+            render(&report, 10).contains("\nnot followed: 2 child processes (the kernel's set of 4096 traced processes was full when they were forked)\n"),
+            "{text}"
+        );
+        report.totals.children_not_followed = 0;
         report.all_processes = true;
         report.totals.exited_processes = 3;
         assert!(render(&report, 10).starts_with(

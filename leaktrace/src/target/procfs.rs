@@ -14,6 +14,21 @@ pub(crate) fn process_exists(pid: u32) -> bool {
     pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Whether `pid` is a process that has not exited: there, and neither a
+/// zombie (exited, not reaped yet) nor dead.
+pub(crate) fn is_running(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat_state(&stat))
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+/// The state letter of a `/proc/PID/stat` line: the first field after the
+/// command, which is in parentheses and may itself hold ") ".
+fn stat_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
 /// Error text for a PID that is not there.
 pub(crate) fn check_pid(pid: u32) -> Result<()> {
     if !process_exists(pid) {
@@ -142,5 +157,15 @@ pub(crate) mod tests {
         assert!(maps[1].executable);
         assert!(!maps[0].executable);
         assert_eq!(&*maps[4].path, "/tmp/gone.so");
+    }
+
+    #[test]
+    fn the_state_follows_the_command_whatever_it_holds() {
+        assert_eq!(stat_state("42 (python3) S 1 42 42 0"), Some('S'));
+        assert_eq!(stat_state("43 (a) Z (b)) Z 1 43"), Some('Z'));
+        assert_eq!(stat_state("44 (worker) R 1"), Some('R'));
+        assert_eq!(stat_state("garbage"), None);
+        assert!(is_running(std::process::id()));
+        assert!(!is_running(0));
     }
 }

@@ -2,8 +2,9 @@
 //! it: the pipeline's heap table and call sites, each traced process's
 //! mappings, the growth history, and the kernel side.
 //!
-//! Processes come and go: one named by `--pid` keeps its table after it
-//! exits, for the final report; under `--all` an exited process's table,
+//! Processes come and go: one named by `--pid` (or a child of one,
+//! followed: see `children`) keeps its table after it exits, for the final
+//! report; under `--all` an exited process's table,
 //! sites, growth history, unwind slot and sampled blocks are let go at once,
 //! so a daemon left running for days stays bounded.
 use std::{
@@ -18,8 +19,8 @@ use anyhow::Result;
 mod runtime;
 
 use super::{
+    children::Children,
     cli::ReportOptions,
-    http::{self, Page},
     output::{own_usage, write_atomically},
     python_frames::PythonFrames,
     python_objects::PythonObjects,
@@ -101,6 +102,9 @@ pub(super) struct Tracer {
     pub kernel: KernelProbes,
     /// What was probed for `run` and `--pid` (`--all` keeps its own list).
     objects: Vec<ProbedObject>,
+    /// The processes traced by pid: their probes, and the children
+    /// followed.
+    pub(super) children: Children,
     pub pipeline: Pipeline,
     processes: BTreeMap<u32, TracedProcess>,
     /// Which objects hold a Python interpreter, each file read once.
@@ -131,6 +135,7 @@ impl Tracer {
         targets: Targets,
         kernel: KernelProbes,
         objects: Vec<ProbedObject>,
+        children: Children,
         unwind_tables: Option<UnwindTables>,
         options: ReportOptions,
     ) -> Tracer {
@@ -138,6 +143,7 @@ impl Tracer {
             targets,
             kernel,
             objects,
+            children,
             pipeline: Pipeline {
                 table: HeapTable::with_epoch(monotonic_ns()).with_cap(options.max_allocations),
                 ..Pipeline::default()
@@ -237,13 +243,45 @@ impl Tracer {
                     process.runtime = None;
                     process.runtime_generation = None;
                 }
-                self.python_frames.exec(&mut self.kernel, pid);
+                self.python_frames.exec(pid);
                 self.track(pid);
                 if let Targets::All(system) = &mut self.targets {
                     system.exec_seen(pid);
+                } else {
+                    self.exec_seen_by_pid(pid);
                 }
             }
             Ingested::Exit(pid) => self.exited(pid),
+            Ingested::Fork {
+                parent,
+                child,
+                traced,
+                timestamp_ns,
+            } => self.fork(parent, child, traced, timestamp_ns),
+        }
+    }
+
+    /// Lets go of an earlier process whose pid `pid` now names another (a
+    /// child followed, its pid reused): their tables must not mix.
+    pub(super) fn forget_exited(&mut self, pid: u32) {
+        if self.processes.get(&pid).is_some_and(|p| p.exited) {
+            let forgotten = self.pipeline.forget_process(pid);
+            self.let_go(forgotten);
+            self.python_frames.forget(&mut self.kernel, pid);
+            self.processes.remove(&pid);
+        }
+    }
+
+    /// Adds objects probed since the start to the report's list.
+    pub(super) fn add_objects(&mut self, objects: Vec<ProbedObject>) {
+        for object in objects {
+            if !self
+                .objects
+                .iter()
+                .any(|o| o.display_path == object.display_path)
+            {
+                self.objects.push(object);
+            }
         }
     }
 
@@ -272,17 +310,19 @@ impl Tracer {
             }
         } else {
             self.python_frames.stop(&mut self.kernel, pid);
+            self.children.exited(&mut self.kernel, pid);
             if let Some(process) = self.processes.get_mut(&pid) {
                 process.exited = true;
             }
         }
     }
 
-    /// Periodic work beyond draining: under `--all`, probes the allocators
-    /// of processes that exec'd, and lets go of processes whose exit record
-    /// was lost.
+    /// Periodic work beyond draining: probes the allocators of processes
+    /// that exec'd, and under `--all` lets go of processes whose exit
+    /// record was lost.
     pub(super) fn housekeeping(&mut self, full: bool) {
         let Targets::All(system) = &mut self.targets else {
+            self.inspect_execs();
             return;
         };
         let (inspected, added) = system.inspect_due(&mut self.kernel);
@@ -405,6 +445,7 @@ impl Tracer {
                 runtime: process.runtime.clone(),
                 rss_growth_bytes: process.rss_growth(growth_mode),
                 cgroup: process.cgroup.clone(),
+                parent: self.children.parent(pid),
             })
             .collect();
         Ok(report::build(
@@ -413,6 +454,7 @@ impl Tracer {
                 processes,
                 all_processes: matches!(self.targets, Targets::All(_)),
                 exited_processes: self.exited_processes,
+                children_not_followed: self.children.not_followed,
                 command: match &self.targets {
                     Targets::Command(words) => Some(words.clone()),
                     _ => None,
@@ -487,40 +529,6 @@ impl Tracer {
         );
         self.growth
             .record(self.started.elapsed().as_secs_f64(), &totals);
-    }
-
-    /// The response to a request for `page` (serve): status, content type
-    /// and body, from the current report.
-    pub(super) fn page(&mut self, page: Page) -> Result<http::Response> {
-        Ok(match page {
-            Page::NotFound => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
-            Page::BadMethod => (
-                "405 Method Not Allowed",
-                "text/plain",
-                b"GET only\n".to_vec(),
-            ),
-            Page::Index | Page::Heap | Page::Metrics => {
-                let report = self.report(false)?;
-                match page {
-                    Page::Index => (
-                        "200 OK",
-                        "text/html; charset=utf-8",
-                        report::html::render(&report, self.options.top).into_bytes(),
-                    ),
-                    Page::Heap => (
-                        "200 OK",
-                        "application/octet-stream",
-                        report::pprof::render(&report),
-                    ),
-                    _ => (
-                        "200 OK",
-                        "text/plain; version=0.0.4",
-                        report::metrics::render(&report, report::metrics::own_rss_bytes())
-                            .into_bytes(),
-                    ),
-                }
-            }
-        })
     }
 
     pub(super) fn progress(&self, message: &str) {
