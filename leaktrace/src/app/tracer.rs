@@ -28,6 +28,7 @@ use crate::{
         growth::GrowthTracker,
         heap::HeapTable,
         pipeline::{Forgotten, Ingested, Pipeline},
+        python_walks::PythonWalks,
     },
     kernel::{KernelProbes, unwind_tables::UnwindTables},
     report::{self, Format, Losses, ProcessInput, ReportInput, RuntimeReport},
@@ -402,7 +403,10 @@ impl Tracer {
                 pid,
                 command: process.command.clone(),
                 exited: process.exited,
-                runtime: process.runtime.clone(),
+                runtime: process.runtime.clone().map(|runtime| RuntimeReport {
+                    walks: pipeline.python_walks.get(pid).unwrap_or_default(),
+                    ..runtime
+                }),
             })
             .collect();
         Ok(report::build(
@@ -538,6 +542,7 @@ fn runtime_report(found: &PythonFound) -> Option<RuntimeReport> {
         kind: "python".into(),
         version,
         object: display_path.clone(),
+        walks: PythonWalks::default(),
     })
 }
 
