@@ -95,9 +95,9 @@ pub(super) async fn trace_targets(
             procfs::check_pid(pid)?;
             pidfds.push((pid, pidfd_open(pid)?));
         }
-        let (mut kernel, ring, unwind_tables) =
-            KernelProbes::load(&kernel_options(&options), false)?;
+        let (kernel, ring, unwind_tables) = KernelProbes::load(&kernel_options(&options), false)?;
         let mut objects: Vec<target::ProbedObject> = Vec::new();
+        let mut plans = Vec::new();
         // One cache: the processes' shared libraries are read once.
         let mut symbols = target::SymbolCache::default();
         for &pid in &pids {
@@ -108,9 +108,7 @@ pub(super) async fn trace_targets(
             } else {
                 found?
             };
-            let plan = attach::plan(&found, placed);
-            kernel.attach(&plan, Scope::Process(pid))?;
-            kernel.trace_pid(pid)?;
+            plans.push((pid, attach::plan(&found, placed)));
             for object in found {
                 if !objects
                     .iter()
@@ -120,7 +118,6 @@ pub(super) async fn trace_targets(
                 }
             }
         }
-        kernel.arm()?;
         let mut tracer = Tracer::new(
             tracer::Targets::Pids,
             kernel,
@@ -128,9 +125,18 @@ pub(super) async fn trace_targets(
             unwind_tables,
             options,
         );
+        // Unwind tables and Python walks before the first probe: an
+        // allocation recorded without them would keep a stack cut at the
+        // first frame without frame pointers, and no Python frames (a few
+        // hundred ms of a busy process's leaks, measured).
         for &pid in &pids {
             tracer.track(pid);
         }
+        for (pid, plan) in plans {
+            tracer.kernel.attach(&plan, Scope::Process(pid))?;
+            tracer.kernel.trace_pid(pid)?;
+        }
+        tracer.arm()?;
         if let Some(summary) = tracer.unwind_summary() {
             tracer.progress(&summary);
         }

@@ -124,6 +124,14 @@ impl Tracer {
         }
     }
 
+    /// Arms the probes attached after the tracer was made (`--pid`, whose
+    /// tables are loaded first): the trace, and its elapsed time, start now.
+    pub(super) fn arm(&mut self) -> Result<()> {
+        self.kernel.arm()?;
+        self.started = Instant::now();
+        Ok(())
+    }
+
     /// Starts keeping `pid` with mappings shared with someone else (`run`).
     pub(super) fn adopt(&mut self, pid: u32, maps: Arc<Mutex<ProcessMaps>>, command: String) {
         self.processes.insert(
