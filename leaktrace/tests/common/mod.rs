@@ -11,6 +11,8 @@
 //! - [`http`]: starting `leaktrace serve` and GETs against it;
 //! - [`process`]: child processes that are killed even when a test fails,
 //!   line readers with timeouts, running leaktrace;
+//! - [`python`]: pyenv's interpreters, Python fixtures traced, reports read
+//!   by Python frame;
 //! - [`report`]: reading a JSON report and checking it against the table;
 //! - [`valgrind`]: reading valgrind memcheck's XML output.
 //!
@@ -25,6 +27,7 @@ pub(crate) mod objdump;
 pub(crate) mod prerequisite;
 pub(crate) mod probed;
 pub(crate) mod process;
+pub(crate) mod python;
 pub(crate) mod report;
 pub(crate) mod table;
 pub(crate) mod valgrind;
