@@ -37,8 +37,8 @@ pub struct Settings {
     pub group_dead_offset: u32,
     /// Offset of the FS base (`pthread_self()`) in the kernel's
     /// `task_struct` (`thread.fsbase`, from BTF); 0 when unknown, and then
-    /// no Python frames are walked (the allocating thread could not be
-    /// told from the GIL holder).
+    /// no Python frames are walked (the allocating thread's own thread
+    /// state could not be told from another thread's).
     pub task_fsbase_offset: u32,
     /// 1 when processes forked by a traced process are traced too
     /// (`trace --pid` and `run` without `--no-children`): the fork

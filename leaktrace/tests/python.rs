@@ -263,10 +263,12 @@ fn request_handler_keeps_file_texts_under_3_6() {
 }
 
 /// The web service that draws matplotlib figures and never closes them,
-/// under Debian's python3 and its python3-matplotlib. Measured: 60% at the
-/// leaking line; most of the rest is numpy's array data, allocated while
-/// numpy has released the GIL, which carries native frames only (the walk
-/// takes the GIL holder's thread state): the 80% is not met here.
+/// under Debian's python3 and its python3-matplotlib: the 80% at
+/// the leaking line. Measured: 100% in each of 3 runs. It was 51–60% while
+/// `trace --pid` attached its probes before loading the unwind tables
+/// (917,691 rows for this process, over a second): what numpy allocated in
+/// that second kept a one-frame stack, with no eval frame to put Python
+/// frames in.
 #[test]
 fn unclosed_matplotlib_figures_under_debian_python3() {
     const TEST: &str = "unclosed_matplotlib_figures_under_debian_python3";
@@ -285,7 +287,7 @@ fn unclosed_matplotlib_figures_under_debian_python3() {
         Path::new("/usr/bin/python3"),
         "python/figures.py",
         "draw_chart",
-        50,
+        80,
         false,
     );
 }

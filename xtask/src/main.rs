@@ -167,9 +167,14 @@ fn build_release() -> Result<()> {
     run(cargo().args(["build", "--release", "--package", "leaktrace"]))
 }
 
-/// Path of the release binary.
+/// Path of the release binary, in the target directory cargo built it in
+/// (`CARGO_TARGET_DIR`, relative to the workspace when relative, else
+/// `target`).
 pub fn leaktrace_binary() -> PathBuf {
-    workspace_root().join("target/release/leaktrace")
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|dir| !dir.is_empty())
+        .unwrap_or_else(|| "target".into());
+    workspace_root().join(target).join("release/leaktrace")
 }
 
 /// Starts `leaktrace trace --pid PID` with `extra` options, its JSON report

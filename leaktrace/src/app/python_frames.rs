@@ -76,13 +76,13 @@ impl PythonFrames {
                 interpreter.version.minor
             )
         })?;
-        let address = self.starts.address(
+        let starts = self.starts.starts(
             &layout,
             &interpreter.object,
             &interpreter.display_path,
             mappings,
         )?;
-        kernel.walk_python(pid, &kernel_plan(&layout, address))?;
+        kernel.walk_python(pid, &kernel_plan(&layout, starts))?;
         self.targets.insert(
             pid,
             PythonTarget {

@@ -9,6 +9,7 @@
 //! - [`heap`]: the outstanding blocks by (pid, address);
 //! - [`resident`]: growth mode's resident pages, in runs per site;
 //! - [`pipeline`]: the three above applied to one record at a time;
+//! - [`python_walks`]: per process, what the kernel's Python walk found;
 //! - [`aggregate`]: outstanding bytes and counts per call site;
 //! - [`growth`]: each site's totals over time, and which only grow.
 pub mod aggregate;
@@ -17,6 +18,7 @@ pub mod decode;
 pub mod growth;
 pub mod heap;
 pub mod pipeline;
+pub mod python_walks;
 #[cfg(any(test, feature = "bench"))]
 pub mod records;
 pub mod resident;

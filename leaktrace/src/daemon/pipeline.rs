@@ -8,6 +8,7 @@ use crate::daemon::{
     contracts::{self, HeapOp},
     decode::{self, Record},
     heap::HeapTable,
+    python_walks::WalksByProcess,
     sites::{CallSites, SiteId},
 };
 
@@ -57,6 +58,8 @@ pub struct Pipeline {
     pub events: u64,
     pub decode_errors: u64,
     pub execs: u64,
+    /// What the kernel's Python walk found at each recorded allocation.
+    pub python_walks: WalksByProcess,
     /// `run` attaches before the command's own exec, which is expected.
     pub launch_exec_pending: bool,
     /// Per process, the block its last `PyObject_Free` released (exact
@@ -77,6 +80,7 @@ impl Pipeline {
     pub fn forget_process(&mut self, pid: u32) -> Forgotten {
         self.python_freed.remove(&pid);
         self.brk_ends.remove(&pid);
+        self.python_walks.forget(pid);
         Forgotten {
             pid,
             blocks: self.table.forget_process(pid),
@@ -157,6 +161,9 @@ impl Pipeline {
                     };
                 }
                 let pid = event.header.pid;
+                if event.flags & FLAG_SAMPLED != 0 {
+                    self.python_walks.count(pid, event.python_status);
+                }
                 // Only a call that creates a block needs its site: a failed
                 // or release-only record keeps no stack.
                 let (site, new) = match op {
@@ -228,5 +235,49 @@ mod tests {
         pipeline.ingest(as_bytes(&release_record(AllocFn::PyObjectFree, 7, 0x2000)));
         pipeline.ingest(as_bytes(&free_record(8, 0x2000)));
         assert_eq!(pipeline.table.stats.unmatched_releases, 3);
+    }
+
+    #[test]
+    fn python_walks_are_counted_for_recorded_allocations_until_forgotten() {
+        use leaktrace_common::{
+            AllocEvent, EventHeader, PYTHON_NO_THREAD_STATE, PYTHON_NONE, PYTHON_WALKED,
+        };
+
+        use crate::daemon::records::encode_alloc;
+
+        let record = |addr, status, flags| {
+            let event = AllocEvent {
+                header: EventHeader {
+                    func: AllocFn::Malloc as u32,
+                    pid: 7,
+                    tid: 8,
+                    stack_len: 0,
+                    timestamp_ns: 1,
+                },
+                args: [16, 0, 0, 0],
+                ret: addr,
+                out: 0,
+                fp_frames: 0,
+                flags,
+                python_frames: 0,
+                python_status: status,
+            };
+            encode_alloc(&event, &[0xa], &[])
+        };
+        let mut pipeline = Pipeline::default();
+        for (addr, status, flags) in [
+            (0x1000, PYTHON_WALKED, FLAG_SAMPLED),
+            (0x2000, PYTHON_NO_THREAD_STATE, FLAG_SAMPLED),
+            (0x3000, PYTHON_NO_THREAD_STATE, FLAG_SAMPLED),
+            // Not sampled: the kernel walked nothing.
+            (0x4000, PYTHON_NONE, 0),
+        ] {
+            pipeline.ingest(as_bytes(&record(addr, status, flags)));
+        }
+        let walks = pipeline.python_walks.get(7).unwrap();
+        assert_eq!((walks.walked, walks.no_thread_state), (1, 2));
+        assert_eq!(walks.total(), 3);
+        pipeline.forget_process(7);
+        assert_eq!(pipeline.python_walks.get(7), None);
     }
 }

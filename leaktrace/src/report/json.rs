@@ -39,17 +39,24 @@ mod tests {
     }
 
     #[test]
-    fn a_runtime_has_kind_version_and_object() {
+    fn a_runtime_has_kind_version_object_and_walks() {
         let mut report = fixtures::report();
         report.processes[0].runtime = Some(super::super::RuntimeReport {
             kind: "python".into(),
             version: None,
             object: "/usr/bin/python3.11".into(),
+            walks: crate::daemon::python_walks::PythonWalks {
+                walked: 9,
+                no_thread_state: 2,
+                unresolved: 0,
+                read_failed: 1,
+            },
         });
         let value: serde_json::Value = serde_json::from_str(&super::render(&report)).unwrap();
         assert_eq!(
             value["processes"][0]["runtime"],
-            serde_json::json!({"kind": "python", "version": null, "object": "/usr/bin/python3.11"})
+            serde_json::json!({"kind": "python", "version": null, "object": "/usr/bin/python3.11",
+                "walks": {"walked": 9, "no_thread_state": 2, "unresolved": 0, "read_failed": 1}})
         );
     }
 

@@ -9,6 +9,7 @@ use crate::{
         aggregate::SiteTotal,
         growth::{Growth, GrowthTracker},
         heap::TableStats,
+        python_walks::PythonWalks,
         sites::CallSites,
     },
     symbolize::{Frame, FrameKind, ProcessMaps, Symbolizer},
@@ -192,6 +193,10 @@ pub struct RuntimeReport {
     /// The object that holds the runtime, as the process sees it: the
     /// executable or a libpython, wherever it lives.
     pub object: String,
+    /// Its recorded allocations by what the kernel's walk of their Python
+    /// frames found (all zero until the walk runs: a version read, a layout
+    /// known).
+    pub walks: PythonWalks,
 }
 
 impl RuntimeReport {
@@ -203,6 +208,23 @@ impl RuntimeReport {
             Some(version) => format!("{} {version} ({file})", self.kind),
             None => format!("{}, version unreadable ({file})", self.kind),
         }
+    }
+
+    /// "Python frames at 9500 of 10000 recorded allocations; 480 on
+    /// threads without a Python thread state, 20 unresolved, 0 failed
+    /// reads", or None before any walk.
+    pub fn walks_summary(&self) -> Option<String> {
+        let w = &self.walks;
+        (w.total() > 0).then(|| {
+            format!(
+                "Python frames walked at {} of {} recorded allocations; {} on threads without a Python thread state, {} unresolved, {} failed reads",
+                w.walked,
+                w.total(),
+                w.no_thread_state,
+                w.unresolved,
+                w.read_failed
+            )
+        })
     }
 }
 

@@ -99,6 +99,9 @@ pub fn render(report: &Report, top: usize) -> String {
         for process in &report.processes {
             if let Some(runtime) = &process.runtime {
                 let _ = writeln!(out, "runtime: {}", runtime.label());
+                if let Some(walks) = runtime.walks_summary() {
+                    let _ = writeln!(out, "  {walks}");
+                }
             }
             if let Some(container) = &process.container {
                 let _ = writeln!(out, "container: {}", container_line(container));
@@ -406,11 +409,14 @@ mod tests {
 
     #[test]
     fn the_runtime_found_is_in_the_header_or_the_process_line() {
+        use crate::daemon::python_walks::PythonWalks;
+
         let python = |version: Option<&str>| {
             Some(super::super::RuntimeReport {
                 kind: "python".into(),
                 version: version.map(Into::into),
                 object: "/opt/pyenv/versions/3.11.7/lib/libpython3.11.so.1.0".into(),
+                walks: PythonWalks::default(),
             })
         };
         let mut report = fixtures::report();
@@ -419,6 +425,19 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[1], "runtime: python 3.11.7 (libpython3.11.so.1.0)");
         assert!(lines[2].starts_with("outstanding: "), "{text}");
+        // Once walks ran, what they found, under it.
+        report.processes[0].runtime.as_mut().unwrap().walks = PythonWalks {
+            walked: 95,
+            no_thread_state: 4,
+            unresolved: 1,
+            read_failed: 0,
+        };
+        let text = render(&report, 10);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[2],
+            "  Python frames walked at 95 of 100 recorded allocations; 4 on threads without a Python thread state, 1 unresolved, 0 failed reads"
+        );
         report.processes[0].runtime = python(None);
         report.pids = vec![42, 7];
         let text = render(&report, 10);

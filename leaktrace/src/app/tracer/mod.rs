@@ -163,6 +163,14 @@ impl Tracer {
         }
     }
 
+    /// Arms the probes attached after the tracer was made (`--pid`, whose
+    /// tables are loaded first): the trace, and its elapsed time, start now.
+    pub(super) fn arm(&mut self) -> Result<()> {
+        self.kernel.arm()?;
+        self.started = Instant::now();
+        Ok(())
+    }
+
     /// Starts keeping `pid` with mappings shared with someone else (`run`).
     pub(super) fn adopt(&mut self, pid: u32, maps: Arc<Mutex<ProcessMaps>>, command: String) {
         self.processes
@@ -442,7 +450,10 @@ impl Tracer {
                 pid,
                 command: process.command.clone(),
                 exited: process.exited,
-                runtime: process.runtime.clone(),
+                runtime: process.runtime.clone().map(|runtime| RuntimeReport {
+                    walks: pipeline.python_walks.get(pid).unwrap_or_default(),
+                    ..runtime
+                }),
                 rss_growth_bytes: process.rss_growth(growth_mode),
                 cgroup: process.cgroup.clone(),
                 parent: self.children.parent(pid),

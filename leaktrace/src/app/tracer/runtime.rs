@@ -9,7 +9,10 @@ use leaktrace_common::AllocFn;
 use super::{Tracer, monotonic_ns};
 use crate::{
     app::cli::ProbePlacement,
-    daemon::decode::{self, Record},
+    daemon::{
+        decode::{self, Record},
+        python_walks::PythonWalks,
+    },
     report::RuntimeReport,
     runtime::python::PythonFound,
     target::procfs::rss_anon_bytes,
@@ -141,5 +144,6 @@ fn runtime_report(found: &PythonFound) -> Option<RuntimeReport> {
         kind: "python".into(),
         version,
         object: display_path.clone(),
+        walks: PythonWalks::default(),
     })
 }

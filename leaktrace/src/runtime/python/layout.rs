@@ -20,7 +20,13 @@ pub(crate) const ABSENT: u16 = u16::MAX;
 /// A `u32` offset this version does not have.
 pub(crate) const ABSENT32: u32 = u32::MAX;
 
-/// How the walker finds the thread state of the thread that allocates.
+/// Where the walker finds the GIL holder's thread state: its first guess
+/// at the allocating thread's own, right whenever that thread runs Python
+/// (it then holds the GIL). Otherwise (a thread in C code that released
+/// the GIL, or one that never ran Python) the walker looks for the
+/// thread's own in the interpreters' thread lists: `interp_head` (2.7,
+/// 3.6, a LOCAL symbol) or `_PyRuntime` + `runtime_interpreters_head`
+/// (3.7+), then `interp_tstate_head`, `tstate_next` and `interp_next`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ThreadStateSource {
     /// 2.7, 3.6: the global `_PyThreadState_Current` (a dynamic symbol)
@@ -29,16 +35,14 @@ pub(crate) enum ThreadStateSource {
     /// 3.7–3.11: `_PyRuntime` + `runtime_tstate_current`
     /// (`gilstate.tstate_current`), the GIL holder's thread state.
     RuntimeTstateCurrent,
-    /// 3.12, 3.13: nothing global names the current thread any more. The
-    /// current thread's own is the thread-local `_Py_tss_tstate`, a LOCAL
-    /// TLS symbol found only in `.symtab` (gone from stripped builds such as
-    /// Debian's) and reached through the module's TLS block. The path used
-    /// here is the GIL's last holder: `_PyRuntime` +
-    /// `runtime_interpreters_main` is the main interpreter, and interpreter +
-    /// `interp_gil_last_holder` is the thread state that took the GIL last
-    /// (the interpreter's own `_gil`, which `ceval.gil` points to). An
-    /// allocating thread that runs Python holds the GIL; the walker must
-    /// still check `tstate_native_thread_id` against the current thread.
+    /// 3.12, 3.13: nothing global names the current thread any more (the
+    /// thread-local `_Py_tss_tstate` is a LOCAL TLS symbol, gone from
+    /// stripped builds such as Debian's). The GIL's last holder stands in:
+    /// `_PyRuntime` + `runtime_interpreters_main` is the main interpreter,
+    /// and interpreter + `interp_gil_last_holder` is the thread state that
+    /// took the GIL last (the interpreter's own `_gil`, which `ceval.gil`
+    /// points to). It may be another thread's by now: the walker checks
+    /// its `thread_id` against the current thread, as for every source.
     GilLastHolder,
 }
 
@@ -109,6 +113,14 @@ pub(crate) struct PythonLayout {
     pub runtime_interpreters_main: u32,
     /// 3.12+: `PyInterpreterState._gil.last_holder`.
     pub interp_gil_last_holder: u32,
+    /// 3.7+: `_PyRuntimeState.interpreters.head`, the newest interpreter
+    /// (2.7, 3.6: the static `interp_head` of pystate.c).
+    pub runtime_interpreters_head: u32,
+    /// `PyInterpreterState.next`.
+    pub interp_next: u32,
+    /// `PyInterpreterState.tstate_head` (≤3.10), `.threads.head` (3.11+):
+    /// the newest thread state; the list goes on by `tstate_next`.
+    pub interp_tstate_head: u32,
     pub frame_chain: FrameChain,
     /// `PyThreadState.frame` (≤3.10), `.cframe` (3.11, 3.12),
     /// `.current_frame` (3.13).
@@ -119,6 +131,8 @@ pub(crate) struct PythonLayout {
     pub tstate_native_thread_id: u16,
     /// `PyThreadState.interp`.
     pub tstate_interp: u16,
+    /// `PyThreadState.next`: the next older thread state of the interpreter.
+    pub tstate_next: u16,
     /// `_PyCFrame.current_frame` (3.11, 3.12).
     pub cframe_current_frame: u16,
     /// `PyFrameObject.f_back` (≤3.10), `_PyInterpreterFrame.previous` (3.11+).
@@ -173,11 +187,15 @@ const fn py3(major: u8, minor: u8) -> PythonLayout {
         runtime_tstate_current: ABSENT32,
         runtime_interpreters_main: ABSENT32,
         interp_gil_last_holder: ABSENT32,
+        runtime_interpreters_head: ABSENT32,
+        interp_next: 0,
+        interp_tstate_head: 8,
         frame_chain: FrameChain::FrameObject,
         tstate_frame: 24,
         tstate_thread_id: 176,
         tstate_native_thread_id: ABSENT,
         tstate_interp: 16,
+        tstate_next: 8,
         cframe_current_frame: ABSENT,
         frame_back: 24,
         frame_code: 32,
@@ -207,6 +225,7 @@ const PY27: PythonLayout = PythonLayout {
     tstate_frame: 16,
     tstate_thread_id: 144,
     tstate_interp: 8,
+    tstate_next: 0,
     frame_lasti: 120,
     code_name: 88,
     code_filename: 80,
@@ -240,6 +259,7 @@ const PY36: PythonLayout = PythonLayout {
 
 const PY37: PythonLayout = PythonLayout {
     runtime_tstate_current: 1480,
+    runtime_interpreters_head: 24,
     code_name: 104,
     code_filename: 96,
     code_firstlineno: 36,
@@ -250,16 +270,19 @@ const PY37: PythonLayout = PythonLayout {
 
 const PY38: PythonLayout = PythonLayout {
     runtime_tstate_current: 1368,
+    runtime_interpreters_head: 32,
     ..py3(3, 8)
 };
 
 const PY39: PythonLayout = PythonLayout {
     runtime_tstate_current: 568,
+    runtime_interpreters_head: 32,
     ..py3(3, 9)
 };
 
 const PY310: PythonLayout = PythonLayout {
     runtime_tstate_current: 568,
+    runtime_interpreters_head: 32,
     frame_lasti: 96,
     instr_unit: InstrUnit::LastiCodeUnits,
     line_table_format: LineTableFormat::Linetable310,
@@ -270,6 +293,8 @@ const PY310: PythonLayout = PythonLayout {
 /// strings of `minor`.
 const fn py311_frames(minor: u8) -> PythonLayout {
     PythonLayout {
+        runtime_interpreters_head: 40,
+        interp_tstate_head: 16,
         frame_chain: FrameChain::CFrame,
         tstate_frame: 56,
         tstate_thread_id: 152,
@@ -300,6 +325,7 @@ const PY312: PythonLayout = PythonLayout {
     tstate_source: ThreadStateSource::GilLastHolder,
     runtime_interpreters_main: 48,
     interp_gil_last_holder: 1048,
+    interp_tstate_head: 72,
     tstate_thread_id: 136,
     tstate_native_thread_id: 144,
     cframe_current_frame: 0,
@@ -314,7 +340,10 @@ const PY312: PythonLayout = PythonLayout {
 
 const PY313: PythonLayout = PythonLayout {
     runtime_interpreters_main: 640,
+    runtime_interpreters_head: 632,
     interp_gil_last_holder: 7760,
+    interp_next: 7264,
+    interp_tstate_head: 7344,
     frame_chain: FrameChain::CurrentFrame,
     tstate_frame: 72,
     tstate_thread_id: 152,
@@ -356,12 +385,16 @@ impl PythonLayout {
             ("runtime_tstate_current", self.runtime_tstate_current),
             ("runtime_interpreters_main", self.runtime_interpreters_main),
             ("interp_gil_last_holder", self.interp_gil_last_holder),
+            ("runtime_interpreters_head", self.runtime_interpreters_head),
+            ("interp_next", self.interp_next),
+            ("interp_tstate_head", self.interp_tstate_head),
         ];
         let narrow = [
             ("tstate_frame", self.tstate_frame),
             ("tstate_thread_id", self.tstate_thread_id),
             ("tstate_native_thread_id", self.tstate_native_thread_id),
             ("tstate_interp", self.tstate_interp),
+            ("tstate_next", self.tstate_next),
             ("cframe_current_frame", self.cframe_current_frame),
             ("frame_back", self.frame_back),
             ("frame_code", self.frame_code),

@@ -33,6 +33,9 @@ int main(void){
 P("tstate_frame", offsetof(PyThreadState, frame));
 P("tstate_thread_id", offsetof(PyThreadState, thread_id));
 P("tstate_interp", offsetof(PyThreadState, interp));
+P("tstate_next", offsetof(PyThreadState, next));
+P("interp_next", offsetof(PyInterpreterState, next));
+P("interp_tstate_head", offsetof(PyInterpreterState, tstate_head));
 P("frame_back", offsetof(PyFrameObject, f_back));
 P("frame_code", offsetof(PyFrameObject, f_code));
 P("frame_lasti", offsetof(PyFrameObject, f_lasti));
@@ -70,6 +73,15 @@ int main(void){
 #if PY_VERSION_HEX >= 0x03070000 && PY_VERSION_HEX < 0x030c0000
 P("runtime_tstate_current", offsetof(_PyRuntimeState, gilstate.tstate_current));
 #endif
+#if PY_VERSION_HEX >= 0x03070000
+P("runtime_interpreters_head", offsetof(_PyRuntimeState, interpreters.head));
+#endif
+P("interp_next", offsetof(PyInterpreterState, next));
+#if PY_VERSION_HEX < 0x030b0000
+P("interp_tstate_head", offsetof(PyInterpreterState, tstate_head));
+#else
+P("interp_tstate_head", offsetof(PyInterpreterState, threads.head));
+#endif
 #if PY_VERSION_HEX >= 0x030c0000
 P("runtime_interpreters_main", offsetof(_PyRuntimeState, interpreters.main));
 P("interp_gil_last_holder", offsetof(PyInterpreterState, _gil.last_holder));
@@ -87,6 +99,7 @@ P("tstate_thread_id", offsetof(PyThreadState, thread_id));
 P("tstate_native_thread_id", offsetof(PyThreadState, native_thread_id));
 #endif
 P("tstate_interp", offsetof(PyThreadState, interp));
+P("tstate_next", offsetof(PyThreadState, next));
 #if PY_VERSION_HEX < 0x030b0000
 P("frame_back", offsetof(PyFrameObject, f_back));
 P("frame_code", offsetof(PyFrameObject, f_code));

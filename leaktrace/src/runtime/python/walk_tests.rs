@@ -1,8 +1,10 @@
 //! The kernel walker's path, followed from userspace on live interpreters
 //! with the layout tables: from the thread-state location to the frame
 //! chain, entry markers and code objects of a process spinning in
-//! `spin()` ← `outer()` ← the module. What the kernel half will do, checked
-//! here before it is written. A missing interpreter fails its test.
+//! `spin()` ← `outer()` ← the module; and through the interpreters' thread
+//! lists to the thread state of a thread sleeping with the GIL released,
+//! found by its `thread_id`. What the kernel half does, checked on the
+//! real structures. A missing interpreter fails its test.
 use std::{
     io::{BufRead as _, BufReader},
     path::Path,
@@ -74,11 +76,10 @@ fn symbol_address(pid: u32, python: &Path, name: &str) -> u64 {
     mapping.start - first_segment + symbol.address()
 }
 
-/// Walks the frame chain of the thread holding the GIL as the kernel
-/// will: `function:line` and the entry marker of each Python frame,
-/// innermost first.
-fn walk(mem: &dyn Memory, layout: &PythonLayout, pid: u32, python: &Path) -> Vec<(String, bool)> {
-    let tstate = match layout.tstate_source {
+/// The GIL holder's thread state, found as the kernel finds it; 0 when
+/// nobody holds the GIL.
+fn gil_holder(mem: &dyn Memory, layout: &PythonLayout, pid: u32, python: &Path) -> u64 {
+    match layout.tstate_source {
         ThreadStateSource::CurrentSymbol => {
             read_u64(mem, symbol_address(pid, python, "_PyThreadState_Current"))
         }
@@ -91,15 +92,45 @@ fn walk(mem: &dyn Memory, layout: &PythonLayout, pid: u32, python: &Path) -> Vec
             let interp = read_u64(mem, runtime + u64::from(layout.runtime_interpreters_main));
             read_u64(mem, interp + u64::from(layout.interp_gil_last_holder))
         }
+    }
+}
+
+/// The thread state whose `thread_id` is `ident`, searched in every
+/// interpreter's thread list as the kernel does: from `interp_head`
+/// (2.7/3.6) or `_PyRuntime.interpreters.head`, by `interp_tstate_head`,
+/// `tstate_next` and `interp_next`.
+fn thread_state_of(
+    mem: &dyn Memory,
+    layout: &PythonLayout,
+    pid: u32,
+    python: &Path,
+    ident: u64,
+) -> Option<u64> {
+    let head_word = if layout.runtime_interpreters_head == super::layout::ABSENT32 {
+        symbol_address(pid, python, "interp_head")
+    } else {
+        symbol_address(pid, python, "_PyRuntime") + u64::from(layout.runtime_interpreters_head)
     };
-    if tstate == 0 {
-        // Nobody holds the GIL (the child is writing READY): not yet.
-        return Vec::new();
+    let mut interp = read_u64(mem, head_word);
+    let mut steps = 0;
+    while interp != 0 {
+        let mut tstate = read_u64(mem, interp + u64::from(layout.interp_tstate_head));
+        while tstate != 0 {
+            steps += 1;
+            assert!(steps < 256, "a thread list without end");
+            if read_u64(mem, tstate + u64::from(layout.tstate_thread_id)) == ident {
+                return Some(tstate);
+            }
+            tstate = read_u64(mem, tstate + u64::from(layout.tstate_next));
+        }
+        interp = read_u64(mem, interp + u64::from(layout.interp_next));
     }
-    if layout.tstate_native_thread_id != super::layout::ABSENT {
-        let tid = read_u64(mem, tstate + u64::from(layout.tstate_native_thread_id));
-        assert_eq!(tid, u64::from(pid), "the main thread's tid");
-    }
+    None
+}
+
+/// Walks the frame chain of `tstate` as the kernel will: `function:line`
+/// and the entry marker of each Python frame, innermost first.
+fn walk(mem: &dyn Memory, layout: &PythonLayout, tstate: u64) -> Vec<(String, bool)> {
     let mut frame = match layout.frame_chain {
         FrameChain::FrameObject | FrameChain::CurrentFrame => {
             read_u64(mem, tstate + u64::from(layout.tstate_frame))
@@ -170,12 +201,27 @@ fn live(python: &Path) {
     let [loop_a, loop_b, outer_line, module_line] = numbers[..] else {
         panic!("{expected:?}");
     };
+    let threads = lines.next().expect("THREADS").expect("a line");
+    let numbers: Vec<u64> = threads
+        .split(' ')
+        .skip(1)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let [main_ident, sleeper_ident, sleeper_line] = numbers[..] else {
+        panic!("{threads:?}");
+    };
     assert_eq!(lines.next().expect("READY").expect("a line"), "READY");
     let mem = ProcessMemory::open(pid).expect("our child's memory");
     // The child may be between READY and the loop: walk until it is in it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let frames = loop {
-        let frames = walk(&mem, &layout, pid, python);
+        // Nobody holds the GIL while the child writes READY: not yet.
+        let holder = gil_holder(&mem, &layout, pid, python);
+        let frames = if holder == 0 {
+            Vec::new()
+        } else {
+            walk(&mem, &layout, holder)
+        };
         if frames.first().is_some_and(|(f, _)| f.starts_with("spin:"))
             || std::time::Instant::now() > deadline
         {
@@ -203,6 +249,31 @@ fn live(python: &Path) {
         _ => [false, false, true],
     };
     assert_eq!(entries, want, "Python {version}: entry markers");
+
+    // The thread list holds the spinning thread's state (the GIL holder's)
+    // under the main thread's ident, and the sleeping thread's under its
+    // own, with its own frames.
+    let holder = gil_holder(&mem, &layout, pid, python);
+    let main = thread_state_of(&mem, &layout, pid, python, main_ident);
+    assert_eq!(main, Some(holder), "Python {version}: the main thread");
+    if layout.tstate_native_thread_id != super::layout::ABSENT {
+        let tid = read_u64(&mem, holder + u64::from(layout.tstate_native_thread_id));
+        assert_eq!(tid, u64::from(pid), "the main thread's tid");
+    }
+    let sleeper = thread_state_of(&mem, &layout, pid, python, sleeper_ident)
+        .unwrap_or_else(|| panic!("Python {version}: no thread state for the sleeping thread"));
+    assert_ne!(sleeper, holder);
+    let frames = walk(&mem, &layout, sleeper);
+    assert_eq!(
+        frames.first().map(|(f, _)| f.as_str()),
+        Some(format!("sleeper:{sleeper_line}").as_str()),
+        "Python {version}: {frames:?}"
+    );
+    assert_eq!(
+        thread_state_of(&mem, &layout, pid, python, 1),
+        None,
+        "Python {version}: an ident no thread has"
+    );
 }
 
 #[test]

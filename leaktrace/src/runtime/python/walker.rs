@@ -8,19 +8,23 @@
 use std::{collections::HashMap, fs, path::Path};
 
 use anyhow::{Context as _, Result, anyhow};
+use iced_x86::{Code, Decoder, DecoderOptions, Register};
 use leaktrace_common::{
     CHAIN_CFRAME, CHAIN_CURRENT_FRAME, CHAIN_FRAME_OBJECT, ENTRY_IS_ENTRY, ENTRY_NONE, ENTRY_OWNER,
     PythonProcess, TSTATE_DIRECT, TSTATE_GIL_LAST_HOLDER,
 };
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
-use super::layout::{EntryMarker, FrameChain, InstrUnit, PythonLayout, ThreadStateSource};
+use super::{
+    elf::bytes_at,
+    layout::{ABSENT32, EntryMarker, FrameChain, InstrUnit, PythonLayout, ThreadStateSource},
+};
 use crate::target::{
     elf::load_bias,
     procfs::{Mapping, file_identity},
 };
 
-/// The symbol the walk starts from, for a layout.
+/// The symbol the GIL holder is found from, for a layout.
 fn start_symbol(layout: &PythonLayout) -> &'static str {
     match layout.tstate_source {
         ThreadStateSource::CurrentSymbol => "_PyThreadState_Current",
@@ -28,9 +32,24 @@ fn start_symbol(layout: &PythonLayout) -> &'static str {
     }
 }
 
-/// The walker's instructions, given the address of the start symbol in the
-/// process.
-pub(crate) fn kernel_plan(layout: &PythonLayout, symbol_address: u64) -> PythonProcess {
+/// 2.7/3.6: the static that heads the interpreter list (pystate.c).
+const INTERP_HEAD: &str = "interp_head";
+/// 2.7/3.6: the exported function that returns `interp_head`.
+const INTERP_HEAD_ACCESSOR: &str = "PyInterpreterState_Head";
+
+/// Where, in one process, the walk starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Starts {
+    /// The start symbol's address (`start_symbol`).
+    pub symbol: u64,
+    /// The word that points to the first interpreter; None when it could
+    /// not be found (2.7/3.6 without `interp_head` nor its accessor).
+    pub interpreters: Option<u64>,
+}
+
+/// The walker's instructions, given where the walk starts in the process.
+pub(crate) fn kernel_plan(layout: &PythonLayout, starts: Starts) -> PythonProcess {
+    let symbol_address = starts.symbol;
     let (tstate_source, tstate_address) = match layout.tstate_source {
         ThreadStateSource::CurrentSymbol => (TSTATE_DIRECT, symbol_address),
         ThreadStateSource::RuntimeTstateCurrent => (
@@ -49,12 +68,17 @@ pub(crate) fn kernel_plan(layout: &PythonLayout, symbol_address: u64) -> PythonP
     };
     PythonProcess {
         tstate_address,
+        interp_address: starts.interpreters.unwrap_or(0),
         tstate_source,
         interp_gil_last_holder: if tstate_source == TSTATE_GIL_LAST_HOLDER {
             layout.interp_gil_last_holder
         } else {
             0
         },
+        interp_next: layout.interp_next,
+        interp_tstate_head: layout.interp_tstate_head,
+        tstate_next: u32::from(layout.tstate_next),
+        tstate_interp: u32::from(layout.tstate_interp),
         tstate_thread_id: u32::from(layout.tstate_thread_id),
         tstate_frame: u32::from(layout.tstate_frame),
         frame_chain: match layout.frame_chain {
@@ -82,9 +106,10 @@ pub(crate) fn kernel_plan(layout: &PythonLayout, symbol_address: u64) -> PythonP
     }
 }
 
-/// What an interpreter object says about its start symbols: the symbol's
-/// virtual address and the file's loadable segments (file offset, file
-/// size, virtual address), to place it in a process.
+/// What an interpreter object says about where walks start: its symbols'
+/// virtual addresses (`interp_head` included when it is known) and the
+/// file's loadable segments (file offset, file size, virtual address), to
+/// place them in a process.
 #[derive(Clone, Debug, Default)]
 struct ObjectFacts {
     symbols: HashMap<&'static str, u64>,
@@ -97,16 +122,64 @@ pub(crate) struct StartAddresses {
     by_file: HashMap<(u64, u64), Option<ObjectFacts>>,
 }
 
+/// The address `PyInterpreterState_Head`'s code (at `address`) returns the
+/// word at: the function is `mov <interp_head>(%rip),%rax; ret` in every
+/// 2.7 and 3.6 build, so this finds the LOCAL static where `.symtab` is
+/// stripped. None when the code is anything else.
+pub(crate) fn accessor_target(code: &[u8], address: u64) -> Option<u64> {
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let load = decoder.decode();
+    let ret = decoder.decode();
+    if load.code() != Code::Mov_r64_rm64
+        || load.op0_register() != Register::RAX
+        || ret.code() != Code::Retnq
+    {
+        return None;
+    }
+    if load.is_ip_rel_memory_operand() {
+        Some(load.ip_rel_memory_address())
+    } else if load.memory_base() == Register::None && load.memory_index() == Register::None {
+        Some(load.memory_displacement64())
+    } else {
+        None
+    }
+}
+
 fn read_facts(path: &Path) -> Result<ObjectFacts> {
     let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let file = object::File::parse(&*data).context("not an ELF object")?;
     let mut symbols = HashMap::new();
+    let mut interp_heads = Vec::new();
+    let mut accessor = None;
     for symbol in file.dynamic_symbols().chain(file.symbols()) {
+        if !symbol.is_definition() {
+            continue;
+        }
+        let Ok(name) = symbol.name() else { continue };
         for wanted in ["_PyThreadState_Current", "_PyRuntime", "PyType_Type"] {
-            if symbol.name() == Ok(wanted) && symbol.is_definition() {
+            if name == wanted {
                 symbols.entry(wanted).or_insert(symbol.address());
             }
         }
+        if name == INTERP_HEAD && symbol.kind() == object::SymbolKind::Data {
+            interp_heads.push(symbol.address());
+        }
+        if name == INTERP_HEAD_ACCESSOR {
+            accessor = Some(symbol.address());
+        }
+    }
+    interp_heads.sort_unstable();
+    interp_heads.dedup();
+    // A LOCAL name may be reused by another file of a static build: only
+    // one definition is trusted, else the accessor's code says which.
+    let interp_head = match interp_heads[..] {
+        [address] => Some(address),
+        _ => accessor.and_then(|address| {
+            accessor_target(bytes_at(&file, &data, address, 16).ok()?, address)
+        }),
+    };
+    if let Some(address) = interp_head {
+        symbols.insert(INTERP_HEAD, address);
     }
     let segments = file
         .segments()
@@ -119,21 +192,47 @@ fn read_facts(path: &Path) -> Result<ObjectFacts> {
 }
 
 impl StartAddresses {
-    /// Where `layout`'s start symbol is in the process whose `mappings`
-    /// map the interpreter object at `object` (opened through the process's
-    /// root) as `display_path`.
-    pub(crate) fn address(
+    /// Where `layout`'s walk starts in the process whose `mappings` map the
+    /// interpreter object at `object` (opened through the process's root)
+    /// as `display_path`.
+    pub(crate) fn starts(
         &mut self,
         layout: &PythonLayout,
         object: &Path,
         display_path: &str,
         mappings: &[Mapping],
-    ) -> Result<u64> {
-        self.symbol_address(start_symbol(layout), object, display_path, mappings)
+    ) -> Result<Starts> {
+        let identity = file_identity(object)
+            .ok_or_else(|| anyhow!("{} cannot be opened", object.display()))?;
+        let facts = self
+            .by_file
+            .entry(identity)
+            .or_insert_with(|| read_facts(object).ok())
+            .as_ref()
+            .ok_or_else(|| anyhow!("{display_path} is not a readable ELF object"))?;
+        let place = |name: &str| {
+            let symbol = *facts
+                .symbols
+                .get(name)
+                .ok_or_else(|| anyhow!("{display_path} does not define {name}"))?;
+            symbol_in_process(symbol, &facts.segments, display_path, mappings)
+                .ok_or_else(|| anyhow!("{display_path} is not mapped where {name} lies"))
+        };
+        let symbol = place(start_symbol(layout))?;
+        let interpreters = if layout.runtime_interpreters_head == ABSENT32 {
+            place(INTERP_HEAD).ok()
+        } else {
+            Some(symbol + u64::from(layout.runtime_interpreters_head))
+        };
+        Ok(Starts {
+            symbol,
+            interpreters,
+        })
     }
 
     /// Where the interpreter object's symbol `name` (one `read_facts`
-    /// looks for) is in the process.
+    /// looks for: `PyType_Type` for exact object mode's types) is in the
+    /// process.
     pub(crate) fn symbol_address(
         &mut self,
         name: &str,
@@ -233,7 +332,13 @@ mod tests {
                 minor,
                 micro: 0,
             };
-            kernel_plan(&PythonLayout::for_version(version).unwrap(), 0x1000)
+            kernel_plan(
+                &PythonLayout::for_version(version).unwrap(),
+                Starts {
+                    symbol: 0x1000,
+                    interpreters: Some(0x1000 + 40),
+                },
+            )
         };
         // 3.11: _PyRuntime + gilstate.tstate_current, cframe, is_entry.
         let p311 = plan(11);
@@ -242,6 +347,9 @@ mod tests {
         assert_eq!(p311.frame_chain, CHAIN_CFRAME);
         assert_eq!(p311.entry_marker, ENTRY_IS_ENTRY);
         assert_eq!(p311.lasti_is_int, 0);
+        // Its thread list: threads.head, each thread state's next.
+        assert_eq!(p311.interp_address, 0x1000 + 40);
+        assert_eq!((p311.interp_tstate_head, p311.tstate_next), (16, 8));
         // 3.12: the GIL's last holder of the main interpreter, owner shims.
         let p312 = plan(12);
         assert_eq!(p312.tstate_source, TSTATE_GIL_LAST_HOLDER);
@@ -253,5 +361,87 @@ mod tests {
         assert_eq!(p310.entry_marker, ENTRY_NONE);
         // 3.13: the frame is the thread state's current_frame.
         assert_eq!(plan(13).frame_chain, CHAIN_CURRENT_FRAME);
+    }
+
+    #[test]
+    fn interp_head_is_read_from_its_accessor_code() {
+        // pyenv's 2.7.18: mov 0xe08c9(%rip),%rax; ret.
+        let code = [0x48, 0x8b, 0x05, 0xc9, 0x08, 0x0e, 0x00, 0xc3];
+        assert_eq!(accessor_target(&code, 0x116e00), Some(0x1f76d0));
+        // A non-PIE build's absolute load: mov 0x6d2a40,%rax; ret.
+        let code = [0x48, 0x8b, 0x04, 0x25, 0x40, 0x2a, 0x6d, 0x00, 0xc3];
+        assert_eq!(accessor_target(&code, 0x40_1000), Some(0x6d2a40));
+        // Anything else is not trusted: a load into another register, a
+        // load not followed by ret, a load through a register.
+        let other_register = [0x48, 0x8b, 0x15, 0xc9, 0x08, 0x0e, 0x00, 0xc3];
+        assert_eq!(accessor_target(&other_register, 0x116e00), None);
+        let no_ret = [0x48, 0x8b, 0x05, 0xc9, 0x08, 0x0e, 0x00, 0x90, 0xc3];
+        assert_eq!(accessor_target(&no_ret, 0x116e00), None);
+        let through_register = [0x48, 0x8b, 0x07, 0xc3];
+        assert_eq!(accessor_target(&through_register, 0x1000), None);
+        assert_eq!(accessor_target(&[], 0x1000), None);
+    }
+
+    #[test]
+    fn plans_without_a_known_interpreter_list_fall_back_to_the_gil_holder() {
+        let version = PythonVersion {
+            major: 2,
+            minor: 7,
+            micro: 18,
+        };
+        let layout = PythonLayout::for_version(version).unwrap();
+        let plan = kernel_plan(
+            &layout,
+            Starts {
+                symbol: 0x2000,
+                interpreters: None,
+            },
+        );
+        assert_eq!(plan.tstate_address, 0x2000);
+        assert_eq!(plan.interp_address, 0);
+        assert_eq!(plan.tstate_interp, 8);
+        assert_eq!((plan.interp_tstate_head, plan.tstate_next), (8, 0));
+    }
+
+    /// pyenv's 2.7 and 3.6 libraries: `interp_head` from `.symtab`, and
+    /// the same address from the accessor's code once the copy is stripped
+    /// (as distributions ship them). A missing library fails the test.
+    #[test]
+    fn interp_head_is_found_with_and_without_symtab() {
+        let root = crate::runtime::python::tests::pyenv_root();
+        for (build, library) in [
+            ("2.7.18", "libpython2.7.so.1.0"),
+            ("3.6.15", "libpython3.6m.so.1.0"),
+        ] {
+            let path = root.join("versions").join(build).join("lib").join(library);
+            assert!(path.exists(), "{} is missing", path.display());
+            let data = fs::read(&path).unwrap();
+            let file = object::File::parse(&*data).unwrap();
+            let local = file
+                .symbols()
+                .find(|s| s.name() == Ok(INTERP_HEAD))
+                .expect("pyenv's libpython keeps .symtab")
+                .address();
+            let facts = read_facts(&path).unwrap();
+            assert_eq!(facts.symbols.get(INTERP_HEAD), Some(&local), "{build}");
+            let stripped = std::env::temp_dir().join(format!(
+                "leaktrace-stripped-{build}-{}.so",
+                std::process::id()
+            ));
+            let status = std::process::Command::new("objcopy")
+                .arg("--strip-all")
+                .arg(&path)
+                .arg(&stripped)
+                .status()
+                .expect("objcopy runs");
+            assert!(status.success());
+            let facts = read_facts(&stripped).unwrap();
+            let _: std::io::Result<()> = fs::remove_file(&stripped);
+            assert_eq!(
+                facts.symbols.get(INTERP_HEAD),
+                Some(&local),
+                "{build}, stripped"
+            );
+        }
     }
 }

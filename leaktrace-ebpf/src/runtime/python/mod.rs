@@ -2,29 +2,27 @@
 //! position of each Python frame the allocating thread is running, read
 //! from the process's memory at the allocator's return.
 //!
-//! Userspace writes, per Python process, where its thread state is found
+//! Userspace writes, per Python process, where its thread states are found
 //! and the offsets of the fields on the way (`PythonProcess`, chosen by the
-//! interpreter's version). The walk sends frames only when the thread state
-//! is the allocating thread's own: the GIL holder's `thread_id` is its
-//! `pthread_self()`, which on x86-64 is the FS base the kernel keeps for
-//! each thread. Allocations by a thread that does not hold the GIL carry
-//! native frames only: never another thread's Python stack.
+//! interpreter's version). The walk starts from the allocating thread's own
+//! thread state (`thread_state`): whether it holds the GIL or released it
+//! around C code, its allocations carry its own Python frames, never
+//! another thread's; a thread without one carries native frames only.
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_loop,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_loop},
     macros::map,
     maps::{HashMap, PerCpuArray},
 };
 use leaktrace_common::{
     CHAIN_CFRAME, ENTRY_IS_ENTRY, ENTRY_OWNER, MAX_PYTHON_FRAMES, MAX_STACK_DEPTH,
-    PYTHON_ENTRY_BIT, PYTHON_NONE, PYTHON_OTHER_THREAD, PYTHON_READ_FAILED, PYTHON_WALKED,
-    PythonProcess, RECORD_WORDS, TSTATE_GIL_LAST_HOLDER,
+    PYTHON_ENTRY_BIT, PYTHON_NONE, PYTHON_READ_FAILED, PYTHON_WALKED, PythonProcess, RECORD_WORDS,
 };
 
-use crate::{maps::SCRATCH, settings};
+use crate::maps::SCRATCH;
+
+mod thread_state;
 
 /// This CPU's walk in progress (see `PythonWalk`).
 #[map]
@@ -65,41 +63,6 @@ fn user_i32(address: u64, offset: u32) -> Option<i32> {
 fn user_u8(address: u64, offset: u32) -> Option<u8> {
     // SAFETY: as `user_u64`.
     unsafe { bpf_probe_read_user((address + u64::from(offset)) as *const u8) }.ok()
-}
-
-/// The current thread's `pthread_self()`: its FS base, from its
-/// `task_struct` at the offset userspace read from BTF.
-#[inline(always)]
-fn pthread_self(fsbase_offset: u32) -> Option<u64> {
-    // SAFETY: the helper returns the current task's address.
-    let task = unsafe { bpf_get_current_task() };
-    // SAFETY: bpf_probe_read_kernel checks the address; the offset is the
-    // kernel's own (BTF).
-    unsafe { bpf_probe_read_kernel((task + u64::from(fsbase_offset)) as *const u64) }.ok()
-}
-
-/// The thread state of the thread holding the GIL, when it is this thread.
-#[inline(always)]
-fn own_thread_state(process: &PythonProcess) -> Result<u64, u32> {
-    let fsbase_offset = settings::task_fsbase_offset();
-    if fsbase_offset == 0 {
-        return Err(PYTHON_NONE);
-    }
-    let mut tstate = user_u64(process.tstate_address, 0).ok_or(PYTHON_READ_FAILED)?;
-    if process.tstate_source == TSTATE_GIL_LAST_HOLDER && tstate != 0 {
-        tstate = user_u64(tstate, process.interp_gil_last_holder).ok_or(PYTHON_READ_FAILED)?;
-    }
-    if tstate == 0 {
-        // Nobody holds the GIL (or the interpreter is not up yet).
-        return Err(PYTHON_OTHER_THREAD);
-    }
-    let holder = user_u64(tstate, process.tstate_thread_id).ok_or(PYTHON_READ_FAILED)?;
-    let this = pthread_self(fsbase_offset).ok_or(PYTHON_READ_FAILED)?;
-    if holder == this {
-        Ok(tstate)
-    } else {
-        Err(PYTHON_OTHER_THREAD)
-    }
 }
 
 const _: () = assert!(RECORD_WORDS.is_power_of_two());
@@ -208,7 +171,7 @@ pub(crate) fn capture(pid: u32, native: u32) -> (u32, u32) {
     let Some(process) = (unsafe { PYTHON_PROCESSES.get(pid) }).copied() else {
         return (0, PYTHON_NONE);
     };
-    let tstate = match own_thread_state(&process) {
+    let tstate = match thread_state::own(&process, bpf_get_current_pid_tgid()) {
         Ok(tstate) => tstate,
         Err(status) => return (0, status),
     };
