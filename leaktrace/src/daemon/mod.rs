@@ -10,12 +10,15 @@
 //! - [`resident`]: growth mode's resident pages, in runs per site;
 //! - [`pipeline`]: the three above applied to one record at a time;
 //! - [`aggregate`]: outstanding bytes and counts per call site;
-//! - [`growth`]: each site's totals over time, and which only grow.
+//! - [`growth`]: each site's totals over time, and which only grow;
+//! - [`history`]: bounded series of each process's and top site's bytes
+//!   since attach, for the page.
 pub mod aggregate;
 pub mod contracts;
 pub mod decode;
 pub mod growth;
 pub mod heap;
+pub mod history;
 pub mod pipeline;
 #[cfg(any(test, feature = "bench"))]
 pub mod records;
