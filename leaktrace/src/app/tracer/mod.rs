@@ -15,11 +15,11 @@ use std::{
 
 use anyhow::Result;
 
+mod pages;
 mod runtime;
 
 use super::{
     cli::ReportOptions,
-    http::{self, Page},
     output::{own_usage, write_atomically},
     python_frames::PythonFrames,
     python_objects::PythonObjects,
@@ -30,6 +30,7 @@ use crate::{
         aggregate,
         growth::GrowthTracker,
         heap::HeapTable,
+        history::{History, SiteBytes},
         pipeline::{Forgotten, Ingested, Pipeline},
     },
     kernel::{KernelProbes, unwind_tables::UnwindTables},
@@ -115,6 +116,13 @@ pub(super) struct Tracer {
     symbolizer: Symbolizer,
     /// Each site's outstanding bytes at every interval.
     growth: GrowthTracker,
+    /// Each process's and top site's bytes since attach, bounded, for the
+    /// page.
+    history: History,
+    /// The last report made for the page, and when: its script asks for
+    /// the series, the tables and the flamegraph at once, and one report
+    /// serves all three.
+    page_report: Option<(Instant, std::rc::Rc<report::Report>)>,
     /// The unwinder's tables, in `--stack-mode dwarf` (shared with the
     /// child thread of `run`, which loads them at the command's entry).
     pub unwind_tables: Arc<Mutex<Option<UnwindTables>>>,
@@ -123,6 +131,8 @@ pub(super) struct Tracer {
     /// Processes that exited under `--all`.
     exited_processes: u64,
     started: Instant,
+    /// When tracing began, for the page's clock.
+    started_wall: std::time::SystemTime,
     pub options: ReportOptions,
 }
 
@@ -149,10 +159,13 @@ impl Tracer {
             python_objects: PythonObjects::default(),
             symbolizer: Symbolizer::default(),
             growth: GrowthTracker::default(),
+            history: History::default(),
+            page_report: None,
             unwind_tables: Arc::new(Mutex::new(unwind_tables)),
             unwind_warnings: 0,
             exited_processes: 0,
             started: Instant::now(),
+            started_wall: std::time::SystemTime::now(),
             options,
         }
     }
@@ -250,6 +263,7 @@ impl Tracer {
     /// Drops what was kept for blocks and sites the pipeline forgot.
     fn let_go(&mut self, forgotten: Forgotten) {
         self.growth.forget(&forgotten.sites);
+        self.history.forget_sites(&forgotten.sites);
         if self.options.sample_mean() != 0 {
             self.kernel
                 .forget_sampled(forgotten.pid, forgotten.blocks.into_iter());
@@ -267,6 +281,7 @@ impl Tracer {
             self.let_go(forgotten);
             self.python_frames.forget(&mut self.kernel, pid);
             self.python_objects.forget(pid);
+            self.history.forget_process(pid);
             if self.processes.remove(&pid).is_some() {
                 self.exited_processes += 1;
             }
@@ -474,7 +489,8 @@ impl Tracer {
         Ok(())
     }
 
-    /// Samples every site's outstanding bytes for the growth ranking.
+    /// Samples every site's outstanding bytes for the growth ranking and
+    /// the page's history.
     pub(super) fn record_growth(&mut self) {
         let totals = aggregate::outstanding_by_site(
             &self.pipeline.table,
@@ -482,42 +498,17 @@ impl Tracer {
             0,
             u64::from(self.options.sample_mean()),
         );
-        self.growth
-            .record(self.started.elapsed().as_secs_f64(), &totals);
-    }
-
-    /// The response to a request for `page` (serve): status, content type
-    /// and body, from the current report.
-    pub(super) fn page(&mut self, page: Page) -> Result<http::Response> {
-        Ok(match page {
-            Page::NotFound => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
-            Page::BadMethod => (
-                "405 Method Not Allowed",
-                "text/plain",
-                b"GET only\n".to_vec(),
-            ),
-            Page::Index | Page::Heap | Page::Metrics => {
-                let report = self.report(false)?;
-                match page {
-                    Page::Index => (
-                        "200 OK",
-                        "text/html; charset=utf-8",
-                        report::html::render(&report, self.options.top).into_bytes(),
-                    ),
-                    Page::Heap => (
-                        "200 OK",
-                        "application/octet-stream",
-                        report::pprof::render(&report),
-                    ),
-                    _ => (
-                        "200 OK",
-                        "text/plain; version=0.0.4",
-                        report::metrics::render(&report, report::metrics::own_rss_bytes())
-                            .into_bytes(),
-                    ),
-                }
-            }
-        })
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.growth.record(seconds, &totals);
+        let now: Vec<SiteBytes> = totals
+            .iter()
+            .map(|total| SiteBytes {
+                site: total.site,
+                pid: self.pipeline.sites.get(total.site).pid,
+                bytes: total.bytes,
+            })
+            .collect();
+        self.history.record(seconds, &now);
     }
 
     pub(super) fn progress(&self, message: &str) {
