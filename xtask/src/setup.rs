@@ -38,7 +38,9 @@ pub(crate) fn all() -> Result<()> {
 /// checked against), golang-go (`go tool pprof` reads the pprof output)
 /// dwarves (pahole: the oracle for the kernel struct offsets leaktrace
 /// reads from BTF), python3.11-dev (the headers of Debian's python3, the
-/// oracle for its frame layout) and python3-matplotlib (a traced story).
+/// oracle for its frame layout), python3-matplotlib (a traced story), and
+/// chromium with chromium-driver (the page is tested in a real browser,
+/// over `WebDriver`).
 pub(crate) fn test_dependencies() -> Result<()> {
     apt_packages(
         &[
@@ -48,8 +50,10 @@ pub(crate) fn test_dependencies() -> Result<()> {
             "dwarves",
             "python3.11-dev",
             "python3-matplotlib",
+            "chromium",
+            "chromium-driver",
         ],
-        "the test suite traces jemalloc, checks against valgrind, reads pprof output with go tool pprof, checks BTF offsets with pahole and Python layouts against Debian's python3 headers, and traces a matplotlib program",
+        "the test suite traces jemalloc, checks against valgrind, reads pprof output with go tool pprof, checks BTF offsets with pahole and Python layouts against Debian's python3 headers, traces a matplotlib program, and drives serve's page in headless chromium",
     )
 }
 
