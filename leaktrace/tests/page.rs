@@ -198,7 +198,8 @@ async fn check_page(
          return red;",
     )
     .await?;
-    if drawn.as_i64().unwrap_or(-1) < 20 {
+    // A line across the chart (a point a refresh), not one dot.
+    if drawn.as_i64().unwrap_or(-1) < 150 {
         return Err(format!(
             "no line drawn on the sites chart ({drawn} red pixels)"
         ));

@@ -76,7 +76,11 @@
       width: Math.max(300, element.clientWidth),
       height: 280,
       series,
-      scales: { x: { time: true } },
+      // Bytes from 0: a leak's slope reads true against it.
+      scales: {
+        x: { time: true },
+        y: { range: (u, min, max) => [0, Math.max(1024, max * 1.1)] },
+      },
       axes: [
         {},
         { size: 80, values: (u, splits) => splits.map(human) },
@@ -87,9 +91,27 @@
     plots[id] = { key, plot };
   }
 
+  /** A stack, folded: its innermost frame, the rest on a click. */
+  function stackDetails(stack) {
+    const details = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = (stack[0] || "-") + (stack.length > 1 ? " … (" + stack.length + " frames)" : "");
+    const frames = document.createElement("pre");
+    frames.textContent = stack.join("\n");
+    details.append(summary, frames);
+    return details;
+  }
+
   /** The table under the charts: each top site's colour, name, bytes now,
    * change since its first point, and stack. */
   function latest(data) {
+    const tbody = document.querySelector("#latest tbody");
+    // Stacks a person opened stay open across refreshes.
+    const open = new Set(
+      [...tbody.querySelectorAll("tr")]
+        .filter((row) => row.querySelector("details[open]"))
+        .map((row) => row.dataset.label),
+    );
     const rows = data.site_series.map((line, i) => {
       const row = document.createElement("tr");
       const swatch = document.createElement("span");
@@ -104,7 +126,7 @@
           const change = first == null ? null : line.bytes - first;
           return change == null ? "-" : (change >= 0 ? "+" : "") + human(change);
         })(),
-        line.stack.join("\n"),
+        stackDetails(line.stack),
       ];
       cells.forEach((content, column) => {
         const cell = document.createElement("td");
@@ -115,9 +137,11 @@
         row.append(cell);
       });
       row.dataset.bytes = String(line.bytes);
+      row.dataset.label = line.label;
+      row.querySelector("details").open = open.has(line.label);
       return row;
     });
-    document.querySelector("#latest tbody").replaceChildren(...rows);
+    tbody.replaceChildren(...rows);
   }
 
   /** The picker lists the processes traced now (they come and go under

@@ -46,8 +46,13 @@ pub struct History {
 
 impl History {
     /// Records the sites' bytes at `seconds` since attach (sites absent
-    /// from `now` hold nothing), and each process's sum.
+    /// from `now` hold nothing), and each process's sum; a sample not
+    /// later than the last one is left out (the timeline only goes
+    /// forward).
     pub fn record(&mut self, seconds: f64, now: &[SiteBytes]) {
+        if self.times.last().is_some_and(|&last| seconds <= last) {
+            return;
+        }
         if self.times.len() == POINTS {
             self.thin();
         }
@@ -203,7 +208,9 @@ mod tests {
         history.record(0.0, &[at(1, 10, 100), at(2, 20, 5)]);
         history.record(10.0, &[at(1, 10, 300), at(1, 11, 50), at(2, 20, 5)]);
         history.record(20.0, &[at(1, 11, 70), at(2, 20, 6)]);
-        assert_eq!(history.times(), [0.0, 10.0, 20.0]);
+        history.record(20.0, &[at(1, 11, 1)]);
+        history.record(19.0, &[at(1, 11, 1)]);
+        assert_eq!(history.times(), [0.0, 10.0, 20.0], "only forward");
         assert_eq!(
             history.process(1).unwrap(),
             [Some(100), Some(350), Some(70)]

@@ -5,18 +5,24 @@
 //! traced process (function names, files, commands, cgroups) is a JSON
 //! string, encoded by serde, and the page only ever puts it in the DOM as
 //! text.
+use std::collections::{HashMap, hash_map::Entry};
+
 use serde::Serialize;
 
 use super::{ProcessReport, Report, SiteReport, Totals};
-use crate::{daemon::history::History, symbolize::FrameKind};
+use crate::{
+    daemon::{history::History, sites::SiteId},
+    symbolize::FrameKind,
+};
 
 /// Processes drawn when none is picked (the largest).
 const PROCESS_LINES: usize = 10;
 
 /// Objects whose frames name no place in the program: the C library, the
-/// loader, C++ and unwinding runtimes, allocators and the interpreter's own
-/// library (its Python frames name the place instead).
-const PLUMBING: [&str; 9] = [
+/// loader, C++ and unwinding runtimes, and allocators. (An interpreter's
+/// own library is not among them: where a site has no Python frames, its
+/// C functions are the best name there is.)
+const PLUMBING: [&str; 8] = [
     "libc.so",
     "libc-",
     "ld-linux",
@@ -25,7 +31,6 @@ const PLUMBING: [&str; 9] = [
     "libjemalloc",
     "libtcmalloc",
     "libmimalloc",
-    "libpython",
 ];
 
 /// The series document.
@@ -100,16 +105,23 @@ pub struct SeriesInput<'a> {
 }
 
 /// Builds the series: each recorded instant, and now (the report's own
-/// figures, so the last point is always fresh).
+/// figures, so the last point is always fresh, even for a line the history
+/// keeps no series of). When the history's last instant is this report's
+/// (the page's own requests record one), the report's figures stand there.
 pub fn build(input: &SeriesInput<'_>) -> Series {
     let report = input.report;
     let history = input.history;
     let now = report.elapsed_ms as f64 / 1000.0;
     let mut times = history.times().to_vec();
-    let last = times.last().copied().unwrap_or(f64::NEG_INFINITY);
-    times.push(if now > last { now } else { last + 0.001 });
+    let last_is_now = times.last().is_some_and(|&last| now <= last + 0.01);
+    if !last_is_now {
+        times.push(now);
+    }
     let line = |recorded: Option<Vec<Option<u64>>>, bytes: u64| {
         let mut values = recorded.unwrap_or_else(|| vec![None; history.times().len()]);
+        if last_is_now {
+            values.pop();
+        }
         values.push(Some(bytes));
         values
     };
@@ -132,20 +144,25 @@ pub fn build(input: &SeriesInput<'_>) -> Series {
         })
         .collect();
     let view = for_pid(report, input.pid);
-    let site_series = view
-        .sites
-        .iter()
+    let site_series = named_sites(&view.sites)
+        .into_iter()
         .take(input.top)
-        .map(|site| Line {
-            pid: site.pid,
-            label: if report.spans_processes() && input.pid.is_none() {
-                format!("{}: {}", site.pid, site_label(site))
-            } else {
-                site_label(site)
-            },
-            stack: site.frames.iter().map(frame_text).collect(),
-            bytes: site.bytes,
-            values: line(history.sites(&site.ids), site.bytes),
+        .map(|named| {
+            let mut stack: Vec<String> = named.largest.frames.iter().map(frame_text).collect();
+            if named.others > 0 {
+                stack.push(format!("(and {} other stacks at this frame)", named.others));
+            }
+            Line {
+                pid: named.largest.pid,
+                label: if report.spans_processes() && input.pid.is_none() {
+                    format!("{}: {}", named.largest.pid, named.label)
+                } else {
+                    named.label
+                },
+                stack,
+                bytes: named.bytes,
+                values: line(history.sites(&named.ids), named.bytes),
+            }
         })
         .collect();
     Series {
@@ -171,6 +188,48 @@ pub fn build(input: &SeriesInput<'_>) -> Series {
     }
 }
 
+/// Sites under one name on the page.
+struct Named<'r> {
+    label: String,
+    /// The largest of them: its stack is shown.
+    largest: &'r SiteReport,
+    /// Sites merged into it besides the largest.
+    others: usize,
+    bytes: u64,
+    ids: Vec<SiteId>,
+}
+
+/// Sites grouped by their process and what the page calls them (one
+/// Python line reached through several native paths, one function seen
+/// through several stacks, are one line on a chart), largest first.
+fn named_sites(sites: &[SiteReport]) -> Vec<Named<'_>> {
+    let mut named: Vec<Named<'_>> = Vec::new();
+    let mut index: HashMap<(u32, String), usize> = HashMap::new();
+    for site in sites {
+        let label = site_label(site);
+        match index.entry((site.pid, label.clone())) {
+            Entry::Occupied(at) => {
+                let into = &mut named[*at.get()];
+                into.others += 1;
+                into.bytes += site.bytes;
+                into.ids.extend(&site.ids);
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(named.len());
+                named.push(Named {
+                    label,
+                    largest: site,
+                    others: 0,
+                    bytes: site.bytes,
+                    ids: site.ids.clone(),
+                });
+            }
+        }
+    }
+    named.sort_by_key(|n| std::cmp::Reverse(n.bytes));
+    named
+}
+
 fn process_entry(process: &ProcessReport) -> ProcessEntry {
     ProcessEntry {
         pid: process.pid,
@@ -183,6 +242,23 @@ fn process_entry(process: &ProcessReport) -> ProcessEntry {
             .as_ref()
             .map(super::ContainerReport::label),
     }
+}
+
+/// What a report says of each site, for the history: a site merged from
+/// several (Python lines) counts under its first id, so that the sum over
+/// its ids, which is what the page draws, is its bytes.
+pub fn site_bytes(report: &Report) -> Vec<crate::daemon::history::SiteBytes> {
+    report
+        .sites
+        .iter()
+        .filter_map(|site| {
+            Some(crate::daemon::history::SiteBytes {
+                site: *site.ids.first()?,
+                pid: site.pid,
+                bytes: site.bytes,
+            })
+        })
+        .collect()
 }
 
 /// `report` as seen from one process: its sites only, totals over them,
@@ -234,8 +310,8 @@ fn file_name(path: &str) -> &str {
 /// What a site is called on the page: its innermost Python frame when it
 /// has Python frames (`handle (views.py:42)`), else its innermost frame
 /// outside the C library, the allocators and the like
-/// (`grow_cache (slow_leak.c:12)`), else its innermost frame, else its
-/// allocator.
+/// (`grow_cache (slow_leak.c:12)`, or an interpreter's own C function),
+/// else its innermost frame, else its allocator.
 pub fn site_label(site: &SiteReport) -> String {
     let python = site.frames.iter().find(|f| f.kind == FrameKind::Python);
     let native = || {
@@ -338,6 +414,25 @@ mod tests {
         assert_eq!(site.stack, ["leak_a (prog.c:10)", "main (prog.c:30)"]);
         assert_eq!(series.site_series[1].label, "42: leak;b");
 
+        // The page's own report recorded: it is the last instant.
+        let mut recorded = history_of(&report);
+        let series = build(&SeriesInput {
+            history: &recorded,
+            ..input
+        });
+        assert_eq!(series.times, [1.5]);
+        assert_eq!(series.site_series[0].values, [Some(4096)]);
+        recorded.record(2.0, &[]);
+        assert_eq!(
+            build(&SeriesInput {
+                history: &recorded,
+                ..input
+            })
+            .times,
+            [1.5, 2.0],
+            "a report not newer than the history's last instant is drawn there"
+        );
+
         // One process picked: its line, its sites, its totals.
         let series = build(&SeriesInput {
             pid: Some(43),
@@ -347,6 +442,44 @@ mod tests {
         assert!(series.site_series.is_empty());
         assert_eq!(series.outstanding_bytes, 0);
         assert_eq!(series.processes.len(), 2, "the picker keeps everyone");
+
+        // Two sites named alike are one line: summed, the largest's stack.
+        let mut report = report.clone();
+        let mut twin = report.sites[0].clone();
+        twin.bytes = 10;
+        twin.frames[1].line = Some(99);
+        twin.ids = vec![2];
+        report.sites.push(twin);
+        history.record(1.2, &[at(0, 2048), at(1, 100), at(2, 7)]);
+        let series = build(&SeriesInput {
+            report: &report,
+            history: &history,
+            pid: None,
+            top: 10,
+            started_unix_ms: 0,
+            refresh_ms: 5000,
+        });
+        let site = &series.site_series[0];
+        assert_eq!(series.site_series.len(), 2);
+        assert_eq!(site.bytes, 4106);
+        assert_eq!(
+            site.values,
+            [Some(1024), Some(2048), Some(2055), Some(4106)]
+        );
+        assert_eq!(
+            site.stack,
+            [
+                "leak_a (prog.c:10)",
+                "main (prog.c:30)",
+                "(and 1 other stacks at this frame)"
+            ]
+        );
+    }
+
+    fn history_of(report: &Report) -> History {
+        let mut history = History::default();
+        history.record(report.elapsed_ms as f64 / 1000.0, &site_bytes(report));
+        history
     }
 
     /// A hostile name stays a JSON string: quotes, backslashes, control

@@ -91,7 +91,9 @@ impl Tracer {
     }
 
     /// A report of now for the page, or the one made less than
-    /// [`PAGE_REPORT_AGE`] ago.
+    /// [`PAGE_REPORT_AGE`] ago. Each new one is also a point of the
+    /// history: an open page draws a point at every refresh (at most about
+    /// one a second), at no cost beyond the report it needed anyway.
     fn page_report(&mut self) -> Result<Rc<Report>> {
         if let Some((made, report)) = &self.page_report
             && made.elapsed() < PAGE_REPORT_AGE
@@ -99,6 +101,10 @@ impl Tracer {
             return Ok(report.clone());
         }
         let report = Rc::new(self.report(false)?);
+        self.history.record(
+            report.elapsed_ms as f64 / 1000.0,
+            &series::site_bytes(&report),
+        );
         self.page_report = Some((Instant::now(), report.clone()));
         Ok(report)
     }
