@@ -158,7 +158,17 @@
     if (pid && !data.processes.some((p) => String(p.pid) === pid)) {
       options.push(new Option(pid + " (gone)", pid));
     }
-    select.replaceChildren(...options);
+    // The same processes: texts updated in place (an open list stays
+    // open); others: a new list.
+    const same = select.options.length === options.length &&
+      options.every((o, i) => select.options[i].value === o.value);
+    if (same) {
+      options.forEach((o, i) => {
+        if (select.options[i].text !== o.text) select.options[i].text = o.text;
+      });
+    } else {
+      select.replaceChildren(...options);
+    }
     select.value = pid;
   }
 
