@@ -2,7 +2,9 @@
 //! (`tests/fixtures/slow_leak.c`: 5000 bytes every 10 ms from `grow_cache)`:
 //! /metrics exposes its outstanding bytes (a multiple of 5000), a pprof
 //! profile from /debug/pprof/heap decodes to `grow_cache`'s samples, the page
-//! at / shows the site and a flamegraph, unknown paths are 404, SIGTERM
+//! at / shows the site, /flamegraph.svg draws it, /api/series gives its
+//! bytes over time, the charting library is served from the binary,
+//! unknown paths are 404, SIGTERM
 //! ends it with a final report; and it refuses a non-loopback address
 //! unless --allow-remote is given.
 mod common;
@@ -92,9 +94,35 @@ fn serve_exposes_metrics_pprof_and_a_page() {
     assert_eq!(status, 200);
     let page = String::from_utf8(page).unwrap();
     assert!(
-        page.contains("grow_cache") && page.contains("<svg"),
+        page.contains("grow_cache") && page.contains("<object id=\"flamegraph\""),
         "{page}"
     );
+    let (status, svg) = get(&address, "/flamegraph.svg");
+    assert_eq!(status, 200);
+    let svg = String::from_utf8(svg).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("grow_cache"), "{svg}");
+    // The page's data: grow_cache's series, named by its frame.
+    let (status, series) = get(&address, &format!("/api/series?pid={pid}"));
+    assert_eq!(status, 200);
+    let series: serde_json::Value = serde_json::from_slice(&series).unwrap();
+    assert_eq!(series["mode"], "allocations");
+    let site = &series["site_series"][0];
+    assert!(
+        site["label"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("grow_cache (slow_leak.c:")),
+        "{series}"
+    );
+    let values = site["values"].as_array().unwrap();
+    assert_eq!(values.len(), series["times"].as_array().unwrap().len());
+    assert!(
+        values.last().unwrap().as_u64().unwrap() >= 5 * 5000,
+        "{series}"
+    );
+    // The page's library, from the binary.
+    let (status, uplot) = get(&address, "/assets/uPlot.iife.min.js");
+    assert_eq!(status, 200);
+    assert!(uplot.starts_with(b"/*! https://github.com/leeoniya/uPlot (v"));
     assert_eq!(get(&address, "/nope").0, 404);
 
     // SIGTERM: a final report, exit 0.

@@ -1,7 +1,8 @@
 //! `cargo xtask <command>`: everything a fresh machine needs, idempotently.
 //!
 //! - `setup`: the pinned nightly with rust-src, LLVM 22 dev packages,
-//!   bpf-linker built against them, tracefs. Skips what is already there.
+//!   bpf-linker built against them, tracefs, and the page's charting
+//!   library (`npm ci` in leaktrace/web). Skips what is already there.
 //! - `build`: setup, then build leaktrace (release) with its eBPF object.
 //! - `demo`: build, compile the bundled leaking program, trace it, print
 //!   the report and write folded stacks beside it.

@@ -3,14 +3,17 @@
 //! - Debian's LLVM 22 dev packages, which bpf-linker links against;
 //! - bpf-linker 0.13.0 built with `--features llvm-22`, with LLVM 22's
 //!   llvm-config first on PATH (otherwise it finds LLVM 14 and fails);
-//! - tracefs mounted, for the exec tracepoint.
+//! - tracefs mounted, for the exec tracepoint;
+//! - the page's charting library (uPlot) in `leaktrace/web/node_modules`,
+//!   by `npm ci` from the committed lock file, which pins its version and
+//!   integrity hash; `leaktrace/build.rs` embeds it into the binary.
 //!
 //! Each step checks first and does nothing when its tool is there.
 use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result};
 
-use crate::run;
+use crate::{run, workspace_root};
 
 pub(crate) const NIGHTLY: &str = "nightly-2026-07-01";
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -27,7 +30,7 @@ pub(crate) fn all() -> Result<()> {
     llvm()?;
     bpf_linker()?;
     tracefs();
-    Ok(())
+    web_assets()
 }
 
 /// What the test suite needs beyond the build: jemalloc (traced as Debian's
@@ -35,7 +38,9 @@ pub(crate) fn all() -> Result<()> {
 /// checked against), golang-go (`go tool pprof` reads the pprof output)
 /// dwarves (pahole: the oracle for the kernel struct offsets leaktrace
 /// reads from BTF), python3.11-dev (the headers of Debian's python3, the
-/// oracle for its frame layout) and python3-matplotlib (a traced story).
+/// oracle for its frame layout), python3-matplotlib (a traced story), and
+/// chromium with chromium-driver (the page is tested in a real browser,
+/// over `WebDriver`).
 pub(crate) fn test_dependencies() -> Result<()> {
     apt_packages(
         &[
@@ -45,8 +50,10 @@ pub(crate) fn test_dependencies() -> Result<()> {
             "dwarves",
             "python3.11-dev",
             "python3-matplotlib",
+            "chromium",
+            "chromium-driver",
         ],
-        "the test suite traces jemalloc, checks against valgrind, reads pprof output with go tool pprof, checks BTF offsets with pahole and Python layouts against Debian's python3 headers, and traces a matplotlib program",
+        "the test suite traces jemalloc, checks against valgrind, reads pprof output with go tool pprof, checks BTF offsets with pahole and Python layouts against Debian's python3 headers, traces a matplotlib program, and drives serve's page in headless chromium",
     )
 }
 
@@ -163,6 +170,40 @@ fn bpf_linker() -> Result<()> {
             ])
             .env("PATH", std::env::join_paths(paths)?),
     )
+}
+
+/// The page's charting library: `npm ci` in `leaktrace/web` unless
+/// `node_modules` already holds the version `package-lock.json` pins.
+/// `npm ci` installs exactly the lock file's packages and checks each
+/// against its integrity hash; install scripts are not run (uPlot has
+/// none). npm comes with node on the machines this runs on; Debian's
+/// `npm` package is installed when it is missing.
+fn web_assets() -> Result<()> {
+    let web = workspace_root().join("leaktrace/web");
+    let version = |path: &Path, pointer: &str| -> Option<String> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        value.pointer(pointer)?.as_str().map(str::to_owned)
+    };
+    let pinned = version(
+        &web.join("package-lock.json"),
+        "/packages/node_modules~1uplot/version",
+    )
+    .context("leaktrace/web/package-lock.json pins no uplot")?;
+    let installed = version(&web.join("node_modules/uplot/package.json"), "/version");
+    if installed.as_deref() == Some(pinned.as_str()) {
+        return Ok(());
+    }
+    if output_of(Command::new("npm").arg("--version")).is_none() {
+        apt_install(
+            &["npm"],
+            "the page's charting library is installed from the npm registry",
+        )?;
+    }
+    eprintln!("xtask: installing uplot {pinned} for the page (npm ci in leaktrace/web)");
+    run(Command::new("npm")
+        .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund"])
+        .current_dir(&web))
 }
 
 /// The kernel programs attach to a tracepoint, found through tracefs.

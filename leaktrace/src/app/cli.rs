@@ -58,6 +58,9 @@ pub enum Command {
         /// of the traced process: think before exposing them).
         #[arg(long)]
         allow_remote: bool,
+        /// How often the page at / fetches new data and redraws (e.g. 2s).
+        #[arg(long, value_parser = parse_duration, default_value = "5s")]
+        refresh: Duration,
         #[command(flatten)]
         options: ReportOptions,
     },
@@ -274,6 +277,10 @@ pub struct ReportOptions {
     /// No progress messages on stderr (errors are still printed).
     #[arg(long, short)]
     pub quiet: bool,
+    /// `serve`'s `--refresh`: how often its page asks for new data (not
+    /// an option of its own here: only `serve` has a page).
+    #[arg(skip = std::time::Duration::from_secs(5))]
+    pub page_refresh: Duration,
 }
 
 /// `--stack-mode`.

@@ -3,28 +3,44 @@
 //! Prometheus, `go tool pprof http://...` and a browser. Routing is pure;
 //! each connection is read and written by a task of its own, and only the
 //! page it asks for goes through the event loop, where the tracer builds
-//! the report the page shows.
+//! the report the page shows (the page's static files, built into the
+//! binary, are answered here).
+//!
+//! The page (`/`, `?pid=N` to pick a process) loads its script and styles
+//! from `/assets/`, and asks for `/api/series?pid=N` (JSON),
+//! `/fragment?pid=N` (its tables) and `/flamegraph.svg?pid=N` at every
+//! refresh. HTML goes out with a policy that allows only the server's own
+//! scripts, styles and objects: a name from a traced process that slipped
+//! through as markup still could not run.
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Result, bail};
+
+use crate::report::assets::{self, Asset};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
     sync::{mpsc, oneshot},
 };
 
-use super::tracer::Tracer;
-use crate::report;
-
-/// What a request asks for.
+/// What a request asks for; `pid` is the process picked (`?pid=N`), None
+/// for all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Page {
     /// `/`: the HTML page.
-    Index,
+    Index { pid: Option<u32> },
+    /// `/api/series`: bytes over time, JSON.
+    Series { pid: Option<u32> },
+    /// `/fragment`: the page's tables, HTML.
+    Fragment { pid: Option<u32> },
+    /// `/flamegraph.svg`: the flamegraph of the outstanding bytes.
+    Flamegraph { pid: Option<u32> },
     /// `/debug/pprof/heap`: the outstanding profile, gzipped pprof.
     Heap,
     /// `/metrics`: Prometheus text.
     Metrics,
+    /// `/assets/...`: a file built into the binary.
+    Asset(&'static Asset),
     /// Anything else.
     NotFound,
     /// Not a GET request.
@@ -37,13 +53,20 @@ pub(super) fn route(request_line: &str) -> Page {
     if words.next() != Some("GET") {
         return Page::BadMethod;
     }
-    let path = words.next().unwrap_or("/");
-    let path = path.split('?').next().unwrap_or(path);
+    let target = words.next().unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let pid = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("pid="))
+        .and_then(|pid| pid.parse().ok());
     match path {
-        "/" | "/index.html" => Page::Index,
+        "/" | "/index.html" => Page::Index { pid },
+        "/api/series" => Page::Series { pid },
+        "/fragment" => Page::Fragment { pid },
+        "/flamegraph.svg" => Page::Flamegraph { pid },
         "/debug/pprof/heap" => Page::Heap,
         "/metrics" => Page::Metrics,
-        _ => Page::NotFound,
+        _ => assets::find(path).map_or(Page::NotFound, Page::Asset),
     }
 }
 
@@ -80,9 +103,14 @@ pub(super) async fn read_request_line(stream: &mut TcpStream) -> Result<String> 
 /// Status, content type and body of a response.
 pub(super) type Response = (&'static str, &'static str, Vec<u8>);
 
+/// What the page may load: its own server's scripts, styles, data and
+/// objects, nothing inline, nothing from elsewhere.
+const PAGE_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; object-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
 /// Serves one connection without holding up tracing: reads and routes its
-/// request here (a client may be slow to send it), hands the page to the
-/// trace loop through `pages`, and writes the response the loop sends back.
+/// request here (a client may be slow to send it), answers a built-in
+/// file at once, hands any other page to the trace loop through `pages`,
+/// and writes the response the loop sends back.
 pub(super) async fn handle(
     stream: TcpStream,
     pages: mpsc::UnboundedSender<(Page, oneshot::Sender<Response>)>,
@@ -91,8 +119,13 @@ pub(super) async fn handle(
     let Ok(request) = read_request_line(&mut stream).await else {
         return;
     };
+    let page = route(&request);
+    if let Page::Asset(asset) = page {
+        let _: Result<_, _> = respond(&mut stream, "200 OK", asset.content_type, asset.body).await;
+        return;
+    }
     let (reply, response) = oneshot::channel();
-    if pages.send((route(&request), reply)).is_err() {
+    if pages.send((page, reply)).is_err() {
         return;
     }
     if let Ok((status, content_type, body)) = response.await {
@@ -100,15 +133,22 @@ pub(super) async fn handle(
     }
 }
 
-/// Writes one complete response and closes the connection.
+/// Writes one complete response and closes the connection. Nothing is
+/// cached (every page is of now), nothing is sniffed (a JSON string is
+/// never taken for HTML), and HTML carries [`PAGE_POLICY`].
 pub(super) async fn respond(
     stream: &mut TcpStream,
     status: &str,
     content_type: &str,
     body: &[u8],
 ) -> Result<()> {
+    let policy = if content_type.starts_with("text/html") {
+        format!("Content-Security-Policy: {PAGE_POLICY}\r\n")
+    } else {
+        String::new()
+    };
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n{policy}Connection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
@@ -117,49 +157,38 @@ pub(super) async fn respond(
     Ok(())
 }
 
-impl Tracer {
-    /// The response to a request for `page` (serve): status, content type
-    /// and body, from the current report.
-    pub(super) fn page(&mut self, page: Page) -> Result<Response> {
-        Ok(match page {
-            Page::NotFound => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
-            Page::BadMethod => (
-                "405 Method Not Allowed",
-                "text/plain",
-                b"GET only\n".to_vec(),
-            ),
-            Page::Index | Page::Heap | Page::Metrics => {
-                let report = self.report(false)?;
-                match page {
-                    Page::Index => (
-                        "200 OK",
-                        "text/html; charset=utf-8",
-                        report::html::render(&report, self.options.top).into_bytes(),
-                    ),
-                    Page::Heap => (
-                        "200 OK",
-                        "application/octet-stream",
-                        report::pprof::render(&report),
-                    ),
-                    _ => (
-                        "200 OK",
-                        "text/plain; version=0.0.4",
-                        report::metrics::render(&report, report::metrics::own_rss_bytes())
-                            .into_bytes(),
-                    ),
-                }
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn routes() {
-        assert_eq!(route("GET / HTTP/1.1"), Page::Index);
+        assert_eq!(route("GET / HTTP/1.1"), Page::Index { pid: None });
+        assert_eq!(
+            route("GET /?pid=42 HTTP/1.1"),
+            Page::Index { pid: Some(42) }
+        );
+        assert_eq!(
+            route("GET /api/series?t=1&pid=7 HTTP/1.1"),
+            Page::Series { pid: Some(7) }
+        );
+        assert_eq!(
+            route("GET /api/series?pid= HTTP/1.1"),
+            Page::Series { pid: None }
+        );
+        assert_eq!(
+            route("GET /fragment?pid=x%3C HTTP/1.1"),
+            Page::Fragment { pid: None }
+        );
+        assert_eq!(
+            route("GET /flamegraph.svg?pid=3&t=99 HTTP/1.1"),
+            Page::Flamegraph { pid: Some(3) }
+        );
+        assert_eq!(
+            route("GET /assets/uPlot.iife.min.js HTTP/1.1"),
+            Page::Asset(&assets::UPLOT_JS)
+        );
+        assert_eq!(route("GET /assets/nope.js HTTP/1.1"), Page::NotFound);
         assert_eq!(
             route("GET /debug/pprof/heap?seconds=30 HTTP/1.1"),
             Page::Heap

@@ -55,9 +55,14 @@ pub fn main(cli: Cli) -> Result<i32> {
             targets,
             listen,
             allow_remote,
+            refresh,
             mut options,
         } => {
             http::check_listen_address(listen, allow_remote)?;
+            if refresh.is_zero() {
+                bail!("--refresh must be longer than 0s");
+            }
+            options.page_refresh = refresh;
             choose_mode(&mut options, true)?;
             runtime.block_on(async move {
                 let listener = TcpListener::bind(listen)
@@ -66,7 +71,7 @@ pub fn main(cli: Cli) -> Result<i32> {
                 let address = listener.local_addr()?;
                 if !options.quiet {
                     eprintln!(
-                        "leaktrace: serving on http://{address}/ (/debug/pprof/heap, /metrics)"
+                        "leaktrace: serving on http://{address}/ (/debug/pprof/heap, /metrics, /api/series)"
                     );
                 }
                 start::trace_targets(targets, options, Some(listener)).await

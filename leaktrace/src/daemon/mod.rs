@@ -11,12 +11,15 @@
 //! - [`pipeline`]: the three above applied to one record at a time;
 //! - [`python_walks`]: per process, what the kernel's Python walk found;
 //! - [`aggregate`]: outstanding bytes and counts per call site;
-//! - [`growth`]: each site's totals over time, and which only grow.
+//! - [`growth`]: each site's totals over time, and which only grow;
+//! - [`history`]: bounded series of each process's and top site's bytes
+//!   since attach, for the page.
 pub mod aggregate;
 pub mod contracts;
 pub mod decode;
 pub mod growth;
 pub mod heap;
+pub mod history;
 pub mod pipeline;
 pub mod python_walks;
 #[cfg(any(test, feature = "bench"))]

@@ -79,6 +79,7 @@ pub(crate) fn report() -> Report {
                     frame("leak_a", Some("prog.c"), Some(10)),
                     frame("main", Some("prog.c"), Some(30)),
                 ],
+                ids: vec![0],
             },
             SiteReport {
                 pid: 42,
@@ -91,6 +92,7 @@ pub(crate) fn report() -> Report {
                     frame("leak;b", None, None),
                     frame("main", Some("prog.c"), Some(31)),
                 ],
+                ids: vec![1],
             },
         ],
         python_types: Vec::new(),

@@ -1,8 +1,12 @@
-//! The page `leaktrace serve` shows at `/`: the report's header, the top
-//! call sites with their stacks, and the flamegraph of outstanding bytes.
+//! The page `leaktrace serve` shows at `/`, meant to be kept open: charts
+//! of bytes over time per process and per top call site (drawn by the
+//! page's script with uPlot from `/api/series`), a process picker, the
+//! report's tables, and the flamegraph, all refreshed in place. Every name
+//! in it comes from a traced process and is escaped here; the script only
+//! ever adds text.
 use std::fmt::Write as _;
 
-use super::{ProcessReport, Report, escape::escape, svg, text::human_bytes};
+use super::{ProcessReport, Report, escape::escape, text::human_bytes};
 
 /// A process's container cell: its runtime and short id, its pod and the
 /// pod's class below, and its cgroup path in the tooltip ("-" outside any
@@ -24,17 +28,107 @@ fn container_cell(process: &ProcessReport) -> String {
     format!("<td{title}>{}{pod}</td>", escape(&container.label()))
 }
 
-pub fn render(report: &Report, top: usize) -> String {
-    let mut out = String::from(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>leaktrace</title>\
-         <style>body{font-family:sans-serif;margin:1em}td,th{padding:2px 8px;text-align:left;vertical-align:top}\
-         td.n{text-align:right}pre{margin:0}</style></head><body>\n",
+/// What the page is asked for beyond the report.
+#[derive(Clone, Copy, Debug)]
+pub struct PageOptions {
+    /// Sites in the tables and the chart.
+    pub top: usize,
+    /// The process picked (`?pid=`), or None for all.
+    pub pid: Option<u32>,
+    /// How often the page asks for new data.
+    pub refresh_ms: u64,
+}
+
+/// The page at `/`: the shell the page's script (`/assets/page.js`) draws
+/// into (charts of bytes over time from `/api/series`, refreshed), the
+/// process picker, the report's tables as they are now (refreshed from
+/// `/fragment`), and the flamegraph (`/flamegraph.svg`, in an object of its
+/// own so that inferno's script keeps to its own document), full width.
+/// Nothing here is inline script: the page's policy allows none.
+pub fn page(report: &Report, options: &PageOptions) -> String {
+    let pid = options.pid.map(|p| p.to_string()).unwrap_or_default();
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>leaktrace: {target}</title>\n\
+         <link rel=\"stylesheet\" href=\"{uplot_css}\"><link rel=\"stylesheet\" href=\"{page_css}\">\n\
+         <script src=\"{uplot_js}\" defer></script><script src=\"{page_js}\" defer></script>\n\
+         </head><body data-refresh-ms=\"{refresh}\" data-pid=\"{pid}\">\n\
+         <header><h1>leaktrace: {target}</h1>\n",
+        target = escape(&report.target_label()),
+        uplot_css = super::assets::UPLOT_CSS.path,
+        page_css = super::assets::PAGE_CSS.path,
+        uplot_js = super::assets::UPLOT_JS.path,
+        page_js = super::assets::PAGE_JS.path,
+        refresh = options.refresh_ms,
+    );
+    if report.spans_processes() {
+        out.push_str(&picker(report, options.pid));
+    }
+    let _ = writeln!(
+        out,
+        "<label><input type=\"checkbox\" id=\"live\" checked> refresh every {} s</label> \
+         <span id=\"status\"></span></header>",
+        options.refresh_ms as f64 / 1000.0
+    );
+    let measure = if report.mode == "growth" {
+        "Resident growth since attach"
+    } else {
+        "Outstanding bytes"
+    };
+    let _ = writeln!(
+        out,
+        "<h2>{measure} over time</h2>\n\
+         <div class=\"charts\"><section><h3>Processes</h3><div id=\"processes-chart\" class=\"chart\"></div></section>\n\
+         <section><h3>Top call sites</h3><div id=\"sites-chart\" class=\"chart\"></div></section></div>\n\
+         <table id=\"latest\"><thead><tr><th></th><th>call site</th><th>now</th><th>since the first point</th><th>stack (innermost first)</th></tr></thead><tbody></tbody></table>\n\
+         <noscript><p>The charts need JavaScript; the tables below are as of this page's load.</p></noscript>"
     );
     let _ = writeln!(
         out,
-        "<h1>leaktrace: {}</h1>",
-        escape(&report.target_label())
+        "<div id=\"report\">{}</div>",
+        fragment(report, options.top, options.pid)
     );
+    let _ = writeln!(
+        out,
+        "<h2>Flamegraph of {}</h2>\n\
+         <object id=\"flamegraph\" type=\"image/svg+xml\" data=\"/flamegraph.svg?pid={pid}\"></object>\n\
+         <p><a href=\"/debug/pprof/heap\">/debug/pprof/heap</a> · <a href=\"/metrics\">/metrics</a> · \
+         <a href=\"/api/series?pid={pid}\">/api/series</a></p></body></html>",
+        measure.to_lowercase()
+    );
+    out
+}
+
+/// The process picker: every traced process, the picked one selected.
+/// Commands come from the traced host: escaped.
+fn picker(report: &Report, pid: Option<u32>) -> String {
+    let mut out = String::from("<label>process <select id=\"pid\"><option value=\"\">all</option>");
+    for process in &report.processes {
+        let _ = write!(
+            out,
+            "<option value=\"{0}\"{1}>{0} {2} ({3})</option>",
+            process.pid,
+            if pid == Some(process.pid) {
+                " selected"
+            } else {
+                ""
+            },
+            escape(process.comm()),
+            human_bytes(process.bytes)
+        );
+    }
+    out.push_str("</select></label>\n");
+    out
+}
+
+/// The report's tables as they are now, for one process or all: the
+/// totals, the processes (each a link that picks it), the top call sites
+/// with their stacks, the by-type view. The page shows it at `/` and
+/// replaces it with a fresh one (`/fragment`) at each refresh.
+pub fn fragment(report: &Report, top: usize, pid: Option<u32>) -> String {
+    let view = super::series::for_pid(report, pid);
+    let mut out = String::new();
     if !report.spans_processes() {
         for process in report.processes.iter().filter(|p| p.container.is_some()) {
             let _ = writeln!(
@@ -44,12 +138,18 @@ pub fn render(report: &Report, top: usize) -> String {
             );
         }
     }
-    let t = &report.totals;
+    let t = &view.totals;
     let _ = writeln!(
         out,
-        "<p>{} ({} bytes) outstanding in {} allocations at {} call sites; traced {} s; {}{}</p>",
+        "<p id=\"totals\">{}{} ({} bytes) {} in {} allocations at {} call sites; traced {} s; {}{}</p>",
+        pid.map(|p| format!("pid {p}: ")).unwrap_or_default(),
         human_bytes(t.outstanding_bytes),
         t.outstanding_bytes,
+        if report.mode == "growth" {
+            "resident growth since attach"
+        } else {
+            "outstanding"
+        },
         t.outstanding_allocations,
         t.call_sites,
         report.elapsed_ms / 1000,
@@ -68,8 +168,12 @@ pub fn render(report: &Report, top: usize) -> String {
         for process in report.processes.iter().take(top) {
             let _ = writeln!(
                 out,
-                "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>{}<td>{}{}{}{}</td></tr>",
-                process.pid,
+                "<tr{}><td class=\"n\"><a href=\"/?pid={pid}\">{pid}</a></td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>{}<td>{}{}{}{}</td></tr>",
+                if pid == Some(process.pid) {
+                    " class=\"picked\""
+                } else {
+                    ""
+                },
                 process.bytes,
                 process.count,
                 process.call_sites,
@@ -84,13 +188,14 @@ pub fn render(report: &Report, top: usize) -> String {
                     .runtime
                     .as_ref()
                     .map(|r| format!(" [{}]", escape(&r.label())))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                pid = process.pid,
             );
         }
         out.push_str("</table>\n");
     }
     out.push_str("<h2>Top call sites</h2>\n<table><tr><th>bytes</th><th>allocations</th><th>oldest</th><th>growth</th><th>allocator</th><th>stack (innermost first)</th></tr>\n");
-    for site in report.sites.iter().take(top) {
+    for site in view.sites.iter().take(top) {
         let stack: Vec<String> = site
             .frames
             .iter()
@@ -119,45 +224,68 @@ pub fn render(report: &Report, top: usize) -> String {
         );
     }
     out.push_str("</table>\n");
-    super::by_type::html(report, top, &mut out);
-    out.push_str("<h2>Flamegraph of outstanding bytes</h2>\n");
-    // inferno's SVG, inline (without its XML declaration).
-    let flamegraph = svg::render(report);
-    let start = flamegraph.find("<svg").unwrap_or(0);
-    out.push_str(&flamegraph[start..]);
-    out.push_str("\n<p><a href=\"/debug/pprof/heap\">/debug/pprof/heap</a> · <a href=\"/metrics\">/metrics</a></p></body></html>\n");
+    super::by_type::html(&view, top, &mut out);
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::fixtures;
+    use super::{PageOptions, fragment, page};
 
-    #[test]
-    fn shows_sites_stacks_and_an_inline_flamegraph() {
-        let html = super::render(&fixtures::report(), 10);
-        assert!(html.starts_with("<!DOCTYPE html>"));
-        assert!(
-            html.contains("<td class=\"n\">4096</td><td class=\"n\">4</td>"),
-            "{html}"
-        );
-        assert!(
-            html.contains("leak_a (prog.c:10)\nmain (prog.c:30)"),
-            "{html}"
-        );
-        // Escaped, never raw: the fixture has a frame named "leak;b".
-        assert!(html.contains("<svg"));
-        assert!(!html.contains("<?xml"));
-        assert!(super::escape("a<b>&\"") == "a&lt;b&gt;&amp;&quot;");
+    const OPTIONS: PageOptions = PageOptions {
+        top: 10,
+        pid: None,
+        refresh_ms: 5000,
+    };
+
+    /// Every `<script` in `html` loads a file from the binary's assets:
+    /// the page has no inline script (its policy would refuse one).
+    fn only_asset_scripts(html: &str) {
+        for (at, _) in html.match_indices("<script") {
+            assert!(
+                html[at..].starts_with("<script src=\"/assets/"),
+                "{}",
+                &html[at..]
+            );
+        }
     }
 
-    /// A function name carrying markup is shown as text, in the stack
-    /// column and in the inline flamegraph, and never as markup: no raw
-    /// `<script>` anywhere, and no bare `&` or `"` from it.
+    #[test]
+    fn the_page_is_a_shell_for_the_charts_with_the_tables_and_the_flamegraph() {
+        let html = page(&fixtures::report(), &OPTIONS);
+        assert!(html.starts_with("<!DOCTYPE html>"));
+        for part in [
+            "<script src=\"/assets/uPlot.iife.min.js\" defer></script>",
+            "<script src=\"/assets/page.js\" defer></script>",
+            "<link rel=\"stylesheet\" href=\"/assets/uPlot.min.css\">",
+            "data-refresh-ms=\"5000\" data-pid=\"\"",
+            "<div id=\"processes-chart\" class=\"chart\"></div>",
+            "<div id=\"sites-chart\" class=\"chart\"></div>",
+            "<object id=\"flamegraph\" type=\"image/svg+xml\" data=\"/flamegraph.svg?pid=\"></object>",
+            "<h2>Outstanding bytes over time</h2>",
+            "<td class=\"n\">4096</td><td class=\"n\">4</td>",
+            "leak_a (prog.c:10)\nmain (prog.c:30)",
+        ] {
+            assert!(html.contains(part), "no {part} in:\n{html}");
+        }
+        only_asset_scripts(&html);
+        // One process: no picker.
+        assert!(!html.contains("<select"), "{html}");
+        // Growth mode says what it measures.
+        let mut growth = fixtures::report();
+        growth.mode = "growth".into();
+        let html = page(&growth, &OPTIONS);
+        assert!(html.contains("<h2>Resident growth since attach over time</h2>"));
+        assert!(html.contains("resident growth since attach in 5 allocations"));
+    }
+
+    /// A function name carrying markup is shown as text in the stack
+    /// column, never as markup: no raw `<script>` anywhere, and no bare
+    /// `&` or `"` from it.
     #[test]
     fn markup_in_a_function_name_is_escaped() {
-        let html = super::render(&fixtures::report_with_markup(), 10);
-        // The stack column: `<`, `>`, `&`, `"` and `'` as entities.
+        let html = page(&fixtures::report_with_markup(), &OPTIONS);
         let escaped = "leak&lt;script&gt;alert(1)&lt;/script&gt;&amp;&quot;&#39;";
         assert!(
             html.contains(&format!(
@@ -165,26 +293,50 @@ mod tests {
             )),
             "{html}"
         );
-        // inferno's own script (zoom, search) is the only one.
-        let plain = super::render(&fixtures::report(), 10);
-        for tag in ["<script", "</script"] {
-            assert_eq!(
-                html.matches(tag).count(),
-                plain.matches(tag).count(),
-                "the name added a raw {tag}:\n{html}"
-            );
-        }
+        only_asset_scripts(&html);
         assert!(!html.contains("leak<"), "raw markup in the page:\n{html}");
         assert!(
             !html.contains("&\"'"),
             "unescaped & or \" in the page:\n{html}"
         );
-        // The flamegraph inside the page names the frame too, escaped.
-        let svg = &html[html.find("<svg").expect("inline svg")..];
-        assert!(
-            svg.contains("leak&lt;script&gt;alert(1)&lt;/script&gt;&amp;"),
-            "{svg}"
+    }
+
+    /// Several processes: a picker listing each (its command escaped), the
+    /// picked one selected, its row marked, its sites and totals alone.
+    #[test]
+    fn several_processes_get_a_picker() {
+        let mut report = fixtures::report_in_containers();
+        report.processes[1].command = "<b>evil --x".into();
+        let html = page(
+            &report,
+            &PageOptions {
+                pid: Some(43),
+                ..OPTIONS
+            },
         );
+        assert!(
+            html.contains(
+                "<select id=\"pid\"><option value=\"\">all</option>\
+                 <option value=\"42\">42 prog (4.1 KiB)</option>\
+                 <option value=\"43\" selected>43 &lt;b&gt;evil (0 B)</option></select>"
+            ),
+            "{html}"
+        );
+        assert!(!html.contains("<b>evil"), "{html}");
+        assert!(html.contains("data-pid=\"43\""), "{html}");
+        assert!(html.contains("data=\"/flamegraph.svg?pid=43\""), "{html}");
+        let tables = fragment(&report, 10, Some(43));
+        assert!(
+            tables.contains("<p id=\"totals\">pid 43: 0 B (0 bytes) outstanding in 0 allocations at 0 call sites"),
+            "{tables}"
+        );
+        assert!(
+            tables
+                .contains("<tr class=\"picked\"><td class=\"n\"><a href=\"/?pid=43\">43</a></td>"),
+            "{tables}"
+        );
+        assert!(!tables.contains("leak_a"), "{tables}");
+        assert!(fragment(&report, 10, None).contains("leak_a"));
     }
 
     /// The processes table has a container column: runtime, short id, pod
@@ -192,7 +344,7 @@ mod tests {
     /// holds a quote, a backslash, a newline and markup).
     #[test]
     fn the_container_column_is_escaped() {
-        let html = super::render(&fixtures::report_in_containers(), 10);
+        let html = fragment(&fixtures::report_in_containers(), 10, None);
         assert!(
             html.contains("<th>container</th><th>command</th>"),
             "{html}"
@@ -216,7 +368,7 @@ mod tests {
         // Outside any container: a dash, the cgroup in the tooltip.
         let mut report = fixtures::report_in_containers();
         report.processes[1].container = None;
-        let html = super::render(&report, 10);
+        let html = fragment(&report, 10, None);
         assert!(
             html.contains(&format!(
                 "docker-{}.scope\">-</td><td>evil",
@@ -229,7 +381,7 @@ mod tests {
         one.processes[0].container = fixtures::report_in_containers().processes[0]
             .container
             .clone();
-        let html = super::render(&one, 10);
+        let html = fragment(&one, 10, None);
         assert!(
             html.contains("<table><tr><th>container</th><td title=\"/user.slice/user-1000.slice/session-2.scope\">containerd 605439acbd4f<br>pod "),
             "{html}"

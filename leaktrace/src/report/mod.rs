@@ -10,11 +10,12 @@ use crate::{
         growth::{Growth, GrowthTracker},
         heap::TableStats,
         python_walks::PythonWalks,
-        sites::CallSites,
+        sites::{CallSites, SiteId},
     },
     symbolize::{Frame, FrameKind, ProcessMaps, Symbolizer},
 };
 
+pub mod assets;
 mod by_type;
 mod escape;
 pub mod folded;
@@ -22,6 +23,7 @@ pub mod html;
 pub mod json;
 pub mod metrics;
 pub mod pprof;
+pub mod series;
 pub mod svg;
 pub mod text;
 
@@ -150,6 +152,11 @@ pub struct SiteReport {
     pub growth: Option<Growth>,
     /// Innermost first: `frames[0]` called the allocator.
     pub frames: Vec<Frame>,
+    /// The tracer's ids of the sites this one stands for (several when
+    /// Python sites naming the same frames were merged), to find its
+    /// history; not part of any format.
+    #[serde(skip)]
+    pub ids: Vec<SiteId>,
 }
 
 /// One traced process's share of the report.
@@ -399,6 +406,7 @@ pub fn build<'m>(
                     ),
                     &site.python,
                 ),
+                ids: vec![total.site],
             }
         })
         .collect();
@@ -505,6 +513,7 @@ fn merge_python_sites(sites: Vec<SiteReport>) -> Vec<SiteReport> {
                 into.bytes += site.bytes;
                 into.count += site.count;
                 into.oldest_age_ms = into.oldest_age_ms.max(site.oldest_age_ms);
+                into.ids.extend(site.ids);
                 // The growth of the largest part stands for the whole.
             }
             std::collections::hash_map::Entry::Vacant(slot) => {

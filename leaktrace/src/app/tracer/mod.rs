@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::Result;
 
+mod pages;
 mod runtime;
 
 use super::{
@@ -31,6 +32,7 @@ use crate::{
         aggregate,
         growth::GrowthTracker,
         heap::HeapTable,
+        history::{History, SiteBytes},
         pipeline::{Forgotten, Ingested, Pipeline},
     },
     kernel::{KernelProbes, unwind_tables::UnwindTables},
@@ -119,6 +121,13 @@ pub(super) struct Tracer {
     symbolizer: Symbolizer,
     /// Each site's outstanding bytes at every interval.
     growth: GrowthTracker,
+    /// Each process's and top site's bytes since attach, bounded, for the
+    /// page.
+    history: History,
+    /// The last report made for the page, and when: its script asks for
+    /// the series, the tables and the flamegraph at once, and one report
+    /// serves all three.
+    page_report: Option<(Instant, std::rc::Rc<report::Report>)>,
     /// The unwinder's tables, in `--stack-mode dwarf` (shared with the
     /// child thread of `run`, which loads them at the command's entry).
     pub unwind_tables: Arc<Mutex<Option<UnwindTables>>>,
@@ -127,6 +136,8 @@ pub(super) struct Tracer {
     /// Processes that exited under `--all`.
     exited_processes: u64,
     started: Instant,
+    /// When tracing began, for the page's clock.
+    started_wall: std::time::SystemTime,
     pub options: ReportOptions,
 }
 
@@ -155,10 +166,13 @@ impl Tracer {
             python_objects: PythonObjects::default(),
             symbolizer: Symbolizer::default(),
             growth: GrowthTracker::default(),
+            history: History::default(),
+            page_report: None,
             unwind_tables: Arc::new(Mutex::new(unwind_tables)),
             unwind_warnings: 0,
             exited_processes: 0,
             started: Instant::now(),
+            started_wall: std::time::SystemTime::now(),
             options,
         }
     }
@@ -296,6 +310,7 @@ impl Tracer {
     /// Drops what was kept for blocks and sites the pipeline forgot.
     fn let_go(&mut self, forgotten: Forgotten) {
         self.growth.forget(&forgotten.sites);
+        self.history.forget_sites(&forgotten.sites);
         if self.options.sample_mean() != 0 {
             self.kernel
                 .forget_sampled(forgotten.pid, forgotten.blocks.into_iter());
@@ -313,6 +328,7 @@ impl Tracer {
             self.let_go(forgotten);
             self.python_frames.forget(&mut self.kernel, pid);
             self.python_objects.forget(pid);
+            self.history.forget_process(pid);
             if self.processes.remove(&pid).is_some() {
                 self.exited_processes += 1;
             }
@@ -529,7 +545,8 @@ impl Tracer {
         Ok(())
     }
 
-    /// Samples every site's outstanding bytes for the growth ranking.
+    /// Samples every site's outstanding bytes for the growth ranking and
+    /// the page's history.
     pub(super) fn record_growth(&mut self) {
         let totals = aggregate::outstanding_by_site(
             &self.pipeline.table,
@@ -538,8 +555,17 @@ impl Tracer {
             u64::from(self.options.sample_mean()),
             self.options.page_sample(),
         );
-        self.growth
-            .record(self.started.elapsed().as_secs_f64(), &totals);
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.growth.record(seconds, &totals);
+        let now: Vec<SiteBytes> = totals
+            .iter()
+            .map(|total| SiteBytes {
+                site: total.site,
+                pid: self.pipeline.sites.get(total.site).pid,
+                bytes: total.bytes,
+            })
+            .collect();
+        self.history.record(seconds, &now);
     }
 
     pub(super) fn progress(&self, message: &str) {

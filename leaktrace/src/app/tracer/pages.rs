@@ -1,0 +1,111 @@
+//! What `serve` answers from the tracer: the page, its series, tables and
+//! flamegraph (for one process or all), pprof and metrics, each made from
+//! a report of now.
+use std::{
+    rc::Rc,
+    time::{Duration, Instant, UNIX_EPOCH},
+};
+
+use anyhow::Result;
+
+use super::Tracer;
+use crate::{
+    app::http::{self, Page},
+    report::{
+        self, Report,
+        html::{self, PageOptions},
+        series::{self, SeriesInput},
+        svg,
+    },
+};
+
+/// How long one report serves the page's requests: its script asks for
+/// the series, the tables and the flamegraph together, and a report of a
+/// busy host (every site symbolized) is worth making once for the three.
+const PAGE_REPORT_AGE: Duration = Duration::from_millis(900);
+
+impl Tracer {
+    /// The response to a request for `page` (serve): status, content type
+    /// and body, from the current report.
+    pub(in crate::app) fn page(&mut self, page: Page) -> Result<http::Response> {
+        let top = self.options.top;
+        Ok(match page {
+            Page::NotFound | Page::Asset(_) => {
+                ("404 Not Found", "text/plain", b"not found\n".to_vec())
+            }
+            Page::BadMethod => (
+                "405 Method Not Allowed",
+                "text/plain",
+                b"GET only\n".to_vec(),
+            ),
+            Page::Heap => (
+                "200 OK",
+                "application/octet-stream",
+                report::pprof::render(&self.report(false)?),
+            ),
+            Page::Metrics => (
+                "200 OK",
+                "text/plain; version=0.0.4",
+                report::metrics::render(&self.report(false)?, report::metrics::own_rss_bytes())
+                    .into_bytes(),
+            ),
+            Page::Index { pid } => {
+                let options = PageOptions {
+                    top,
+                    pid,
+                    refresh_ms: self.options.page_refresh.as_millis() as u64,
+                };
+                (
+                    "200 OK",
+                    "text/html; charset=utf-8",
+                    html::page(&*self.page_report()?, &options).into_bytes(),
+                )
+            }
+            Page::Fragment { pid } => (
+                "200 OK",
+                "text/html; charset=utf-8",
+                html::fragment(&*self.page_report()?, top, pid).into_bytes(),
+            ),
+            Page::Flamegraph { pid } => (
+                "200 OK",
+                "image/svg+xml",
+                svg::render(&series::for_pid(&*self.page_report()?, pid)).into_bytes(),
+            ),
+            Page::Series { pid } => {
+                let report = self.page_report()?;
+                let series = series::build(&SeriesInput {
+                    report: &report,
+                    history: &self.history,
+                    pid,
+                    top,
+                    started_unix_ms: self
+                        .started_wall
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis() as u64,
+                    refresh_ms: self.options.page_refresh.as_millis() as u64,
+                });
+                ("200 OK", "application/json", serde_json::to_vec(&series)?)
+            }
+        })
+    }
+
+    /// A report of now for the page, or the one made less than
+    /// [`PAGE_REPORT_AGE`] ago. Each new one is also a point of the
+    /// history: an open page draws a point at every refresh (at most about
+    /// one a second), at no cost beyond the report it needed anyway.
+    fn page_report(&mut self) -> Result<Rc<Report>> {
+        if let Some((made, report)) = &self.page_report
+            && made.elapsed() < PAGE_REPORT_AGE
+        {
+            return Ok(report.clone());
+        }
+        let report = Rc::new(self.report(false)?);
+        self.history.record(
+            report.elapsed_ms as f64 / 1000.0,
+            &series::site_bytes(&report),
+        );
+        self.page_report = Some((Instant::now(), report.clone()));
+        Ok(report)
+    }
+}
