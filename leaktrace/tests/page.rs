@@ -187,21 +187,21 @@ async fn check_page(
     }
 
     // The chart: uPlot's canvas, with pixels of the first line's colour.
-    let drawn = script(
-        driver,
-        "const canvas = document.querySelector('#sites-chart canvas');
-         if (!canvas) return -1;
-         const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-         let red = 0;
-         for (let i = 0; i < data.length; i += 4)
-           if (data[i] > 180 && data[i + 1] < 90 && data[i + 2] < 90 && data[i + 3] > 0) red += 1;
-         return red;",
-    )
-    .await?;
-    // A line across the chart (a point a refresh), not one dot.
-    if drawn.as_i64().unwrap_or(-1) < 150 {
+    // A line across the chart (a point a refresh), not one dot: on a slow
+    // machine the first refreshes may hold two or three points, a short
+    // line, so more refreshes are waited for (each adds a point).
+    let mut updates = picked;
+    let mut drawn = count_red_pixels(driver).await?;
+    for _ in 0..8 {
+        if drawn >= 150 {
+            break;
+        }
+        updates = wait_for_update(driver, updates).await?;
+        drawn = count_red_pixels(driver).await?;
+    }
+    if drawn < 150 {
         return Err(format!(
-            "no line drawn on the sites chart ({drawn} red pixels)"
+            "no line drawn on the sites chart ({drawn} red pixels after {updates} updates)"
         ));
     }
     // Its legend names the site and shows its latest value.
@@ -264,7 +264,7 @@ async fn check_page(
     }
 
     // A refresh later, the leak has grown, and the legend says so.
-    wait_for_update(driver, picked + 1).await?;
+    wait_for_update(driver, updates + 1).await?;
     let after = latest_bytes(driver).await?;
     if after <= before {
         return Err(format!(
@@ -291,6 +291,23 @@ async fn script(driver: &WebDriver, body: &str) -> Result<Value, String> {
         .await
         .map(|ret| ret.json().clone())
         .map_err(|e| format!("script failed: {e}\n{body}"))
+}
+
+/// Pixels of the first line's colour on the sites chart (uPlot's canvas);
+/// -1 without a canvas.
+async fn count_red_pixels(driver: &WebDriver) -> Result<i64, String> {
+    let drawn = script(
+        driver,
+        "const canvas = document.querySelector('#sites-chart canvas');
+         if (!canvas) return -1;
+         const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+         let red = 0;
+         for (let i = 0; i < data.length; i += 4)
+           if (data[i] > 180 && data[i + 1] < 90 && data[i + 2] < 90 && data[i + 3] > 0) red += 1;
+         return red;",
+    )
+    .await?;
+    Ok(drawn.as_i64().unwrap_or(-1))
 }
 
 /// Waits (30 s at most) until the page has refreshed more than `after`

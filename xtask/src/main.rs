@@ -288,7 +288,7 @@ fn test(args: &[String]) -> Result<()> {
     // end the log on "0 passed").
     let mut command = cargo();
     command
-        .args(["test", "--lib", "--bins", "--tests"])
+        .args(["test", "--no-fail-fast", "--lib", "--bins", "--tests"])
         .args(args)
         .env(SKIP_LOG, &skip_log)
         // An empty stdin even when ours is closed (see .ci/run).
