@@ -258,9 +258,11 @@ fn trace_all_follows_processes_started_later_and_drops_them_at_exit() {
     signal(tracer.pid(), 2); // SIGINT
     // Generous: the debug build's final drain and report of every process
     // on the host, then the kernel removing each probe one at a time, took
-    // 5-8 s on a quiet machine and over 30 s in a full test run.
+    // 5-8 s on a quiet machine and over 30 s in a full test run (why it
+    // grew since the last release is an open question of the reliability
+    // issue).
     let status = tracer
-        .wait_timeout(Duration::from_mins(2))
+        .wait_timeout(Duration::from_mins(5))
         .expect("trace --all stops on SIGINT");
     assert!(status.success(), "{status:?}\n{}", stderr.text());
     let last = read_json(&report_path);
