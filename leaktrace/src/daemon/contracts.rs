@@ -43,8 +43,11 @@ pub enum HeapOp {
     Ignored,
 }
 
+/// `len` rounded up to whole pages. Lengths come from the traced process's
+/// syscall arguments (munmap, madvise, mremap): a hostile one near 2^64
+/// saturates instead of overflowing.
 fn page_round(len: u64) -> u64 {
-    len.div_ceil(PAGE_SIZE) * PAGE_SIZE
+    len.div_ceil(PAGE_SIZE).saturating_mul(PAGE_SIZE)
 }
 
 fn map_failed(ret: u64) -> bool {
@@ -176,6 +179,36 @@ mod tests {
     use super::*;
 
     const NO: [u64; 4] = [0; 4];
+
+    /// A traced process may pass any length: one near 2^64 to munmap or
+    /// madvise is a release of everything from its address, never a panic.
+    #[test]
+    fn hostile_lengths_saturate() {
+        assert_eq!(
+            interpret_release(AllocFn::Madvise, [0x1000, u64::MAX]),
+            HeapOp::Unmap {
+                addr: 0x1000,
+                len: u64::MAX,
+            }
+        );
+        let mut table = crate::daemon::heap::HeapTable::default();
+        table.apply(
+            1,
+            HeapOp::Resident {
+                addr: 0x2000,
+                size: PAGE_SIZE,
+            },
+            0,
+            0,
+        );
+        table.apply(
+            1,
+            interpret_release(AllocFn::Munmap, [0x1000, u64::MAX]),
+            0,
+            0,
+        );
+        assert_eq!(table.len(), 0);
+    }
 
     #[test]
     fn malloc_family_success_and_failure() {
