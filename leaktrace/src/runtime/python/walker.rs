@@ -202,22 +202,8 @@ impl StartAddresses {
         display_path: &str,
         mappings: &[Mapping],
     ) -> Result<Starts> {
-        let identity = file_identity(object)
-            .ok_or_else(|| anyhow!("{} cannot be opened", object.display()))?;
-        let facts = self
-            .by_file
-            .entry(identity)
-            .or_insert_with(|| read_facts(object).ok())
-            .as_ref()
-            .ok_or_else(|| anyhow!("{display_path} is not a readable ELF object"))?;
-        let place = |name: &str| {
-            let symbol = *facts
-                .symbols
-                .get(name)
-                .ok_or_else(|| anyhow!("{display_path} does not define {name}"))?;
-            symbol_in_process(symbol, &facts.segments, display_path, mappings)
-                .ok_or_else(|| anyhow!("{display_path} is not mapped where {name} lies"))
-        };
+        let facts = self.facts(object, display_path)?;
+        let place = |name: &str| place(facts, name, display_path, mappings);
         let symbol = place(start_symbol(layout))?;
         let interpreters = if layout.runtime_interpreters_head == ABSENT32 {
             place(INTERP_HEAD).ok()
@@ -240,21 +226,30 @@ impl StartAddresses {
         display_path: &str,
         mappings: &[Mapping],
     ) -> Result<u64> {
+        let facts = self.facts(object, display_path)?;
+        place(facts, name, display_path, mappings)
+    }
+
+    /// The facts of the interpreter file at `object`, read once per file.
+    fn facts(&mut self, object: &Path, display_path: &str) -> Result<&ObjectFacts> {
         let identity = file_identity(object)
             .ok_or_else(|| anyhow!("{} cannot be opened", object.display()))?;
-        let facts = self
-            .by_file
+        self.by_file
             .entry(identity)
             .or_insert_with(|| read_facts(object).ok())
             .as_ref()
-            .ok_or_else(|| anyhow!("{display_path} is not a readable ELF object"))?;
-        let symbol = *facts
-            .symbols
-            .get(name)
-            .ok_or_else(|| anyhow!("{display_path} does not define {name}"))?;
-        symbol_in_process(symbol, &facts.segments, display_path, mappings)
-            .ok_or_else(|| anyhow!("{display_path} is not mapped where {name} lies"))
+            .ok_or_else(|| anyhow!("{display_path} is not a readable ELF object"))
     }
+}
+
+/// Where the object's symbol `name` is in the process.
+fn place(facts: &ObjectFacts, name: &str, display_path: &str, mappings: &[Mapping]) -> Result<u64> {
+    let symbol = *facts
+        .symbols
+        .get(name)
+        .ok_or_else(|| anyhow!("{display_path} does not define {name}"))?;
+    symbol_in_process(symbol, &facts.segments, display_path, mappings)
+        .ok_or_else(|| anyhow!("{display_path} is not mapped where {name} lies"))
 }
 
 /// The process address of the virtual address `symbol` of the object mapped
