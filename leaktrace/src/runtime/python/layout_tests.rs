@@ -210,16 +210,21 @@ pub(super) fn run_oracle(build: &str, dir: &str, source: &str) -> BTreeMap<Strin
         .collect()
 }
 
-fn check(build: &str, dir: &str) {
+/// The version a build name says: "3.11.7", or "debian-3.11.2".
+pub(super) fn build_version(build: &str) -> PythonVersion {
     let mut numbers = build
         .trim_start_matches("debian-")
         .split('.')
         .map(|n| n.parse::<u8>().unwrap());
-    let version = PythonVersion {
+    PythonVersion {
         major: numbers.next().unwrap(),
         minor: numbers.next().unwrap(),
         micro: numbers.next().unwrap(),
-    };
+    }
+}
+
+fn check(build: &str, dir: &str) {
+    let version = build_version(build);
     let layout = PythonLayout::for_version(version).expect("a table for this version");
     let mut want = oracle(build, dir);
     if version.major == 3 {

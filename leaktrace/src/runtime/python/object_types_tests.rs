@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 
 use super::{
     code_object::Memory,
-    layout_tests::{PRELUDE, run_oracle},
+    layout_tests::{PRELUDE, build_version, run_oracle},
     object_types::{ObjectLayout, TypeReader},
     tests::{DEBIAN_PYTHON, oracle as oracle_version},
     version::PythonVersion,
@@ -41,15 +41,7 @@ return 0;}
 "#;
 
 fn check(build: &str, dir: &str) {
-    let mut numbers = build
-        .trim_start_matches("debian-")
-        .split('.')
-        .map(|n| n.parse::<u8>().unwrap());
-    let version = PythonVersion {
-        major: numbers.next().unwrap(),
-        minor: numbers.next().unwrap(),
-        micro: numbers.next().unwrap(),
-    };
+    let version = build_version(build);
     let layout = ObjectLayout::for_version(version).expect("a table for this version");
     let want = run_oracle(build, dir, &format!("{PRELUDE}{ORACLE}"));
     let mut have = BTreeMap::from([
