@@ -20,8 +20,9 @@ use std::{
 };
 
 use common::{
-    Guarded, TempDir, compile, fixture_source, frame_functions, leaktrace, leaktrace_bin,
-    prerequisite_missing, python_frames, read_json, require_root, serial, site_lines_of, sites,
+    Guarded, Symbols, TempDir, build_go, compile, fixture_source, frame_functions, leaktrace,
+    leaktrace_bin, prerequisite_missing, python_frames, read_json, require_root, serial,
+    site_lines_of, sites,
 };
 use serde_json::Value;
 
@@ -175,29 +176,11 @@ fn growth_of_a_go_program_is_at_the_function_that_keeps_memory() {
     if !require_root(TEST) {
         return;
     }
-    if Command::new("go").arg("version").output().is_err() {
-        return prerequisite_missing(
-            TEST,
-            "go (apt-get install golang-go; cargo xtask test installs it)",
-        );
-    }
     let _serial = serial();
     let dir = TempDir::new("growth-go");
-    let program = dir.join("growth-go");
-    let built = Command::new("go")
-        .arg("build")
-        .arg("-o")
-        .arg(&program)
-        .arg(fixture_source("go/growth.go"))
-        .env("GOCACHE", dir.join("gocache"))
-        .env("HOME", dir.join("home"))
-        .output()
-        .expect("go build runs");
-    assert!(
-        built.status.success(),
-        "go build: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let Some(program) = build_go(TEST, &dir, "growth", "1.19", Symbols::Kept) else {
+        return;
+    };
     let report = trace_growth(&dir, Command::new(&program).arg("3"), "6s", &[]);
     let (kept, total, rss) = shares(&report, |s| frame_functions(s).contains(&"main.growKeep"));
     let churn: u64 = sites(&report)

@@ -54,7 +54,77 @@ pub(crate) fn test_dependencies() -> Result<()> {
             "chromium-driver",
         ],
         "the test suite traces jemalloc, checks against valgrind, reads pprof output with go tool pprof, checks BTF offsets with pahole and Python layouts against Debian's python3 headers, traces a matplotlib program, and drives serve's page in headless chromium",
-    )
+    )?;
+    go_toolchains()
+}
+
+/// The Go releases the Go tests build their fixtures with, beside Debian's
+/// 1.19 (`golang-go`): goroutine and symbol layouts changed across them.
+pub(crate) const GO_BACKPORTS: [&str; 3] = ["golang-1.21-go", "golang-1.22-go", "golang-1.23-go"];
+
+/// Where apt finds bookworm-backports (the newer Go releases live there).
+const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/leaktrace-backports.sources";
+
+/// The mirror the machine's own bookworm entry uses (deb822 sources): the
+/// backports come from the same place.
+fn debian_mirror() -> Option<String> {
+    mirror_of(&std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources").ok()?)
+}
+
+/// The first URI of the deb822 entry whose suites include bookworm.
+fn mirror_of(text: &str) -> Option<String> {
+    text.split("\n\n").find_map(|entry| {
+        let field = |name: &str| {
+            entry
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let suites = field("Suites")?;
+        suites
+            .split_whitespace()
+            .any(|suite| suite == "bookworm")
+            .then(|| field("URIs")?.split_whitespace().next().map(str::to_owned))?
+    })
+}
+
+/// Installs the backported Go toolchains (each under /usr/lib/go-1.NN),
+/// adding bookworm-backports to apt's sources first when it is missing.
+/// Backports are never preferred over the release: only these packages are
+/// taken from it (`-t`).
+fn go_toolchains() -> Result<()> {
+    if dpkg_installed(&GO_BACKPORTS) {
+        return Ok(());
+    }
+    if !Path::new(BACKPORTS_SOURCES).exists() {
+        let mirror = debian_mirror().context(
+            "no Debian mirror found in /etc/apt/sources.list.d/debian.sources (its bookworm entry's URIs) to take bookworm-backports from",
+        )?;
+        std::fs::write(
+            BACKPORTS_SOURCES,
+            format!(
+                "Types: deb\nURIs: {mirror}\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+            ),
+        )
+        .with_context(|| format!("writing {BACKPORTS_SOURCES} (are you root?)"))?;
+    }
+    eprintln!(
+        "xtask: installing {} from bookworm-backports (the Go tests build their fixtures with each Go release)",
+        GO_BACKPORTS.join(" ")
+    );
+    run(Command::new("apt-get").arg("update").arg("-q"))
+        .context("apt-get update (are you root?)")?;
+    run(Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "-t",
+            "bookworm-backports",
+        ])
+        .args(GO_BACKPORTS)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn apt_packages(packages: &[&str], why: &str) -> Result<()> {
@@ -214,4 +284,24 @@ fn tracefs() {
     let _: Result<_, _> = Command::new("mount")
         .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
         .status();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_mirror_is_the_bookworm_entrys_not_the_security_ones() {
+        let sources = "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n";
+        assert_eq!(
+            super::mirror_of(sources).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        assert_eq!(
+            super::mirror_of("Suites: bookworm-security\nURIs: x\n"),
+            None
+        );
+        assert!(
+            super::debian_mirror().is_some(),
+            "this machine's own sources"
+        );
+    }
 }

@@ -6,4 +6,5 @@
 //! Nothing in this folder changes what is traced: it tells the report what
 //! was found, so a user sees which interpreter a process runs, and later
 //! stages know whether its frames can be read at all.
+pub(crate) mod go;
 pub(crate) mod python;

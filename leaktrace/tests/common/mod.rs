@@ -9,6 +9,7 @@
 //! - [`probed`]: where a process's memory holds the int3 of a uprobe;
 //! - [`fixtures`]: temporary directories, building fixtures with gcc into
 //!   them, the site markers of a fixture source;
+//! - [`go`]: Go fixtures built with each Go release, stripped or not;
 //! - [`http`]: starting `leaktrace serve`, GETs against it, its metrics;
 //! - [`holder`]: a `leaky hold` process that leaks when told and holds on;
 //! - [`process`]: child processes that are killed even when a test fails,
@@ -25,6 +26,7 @@
 pub(crate) mod cgroups;
 pub(crate) mod environment;
 pub(crate) mod fixtures;
+pub(crate) mod go;
 pub(crate) mod holder;
 pub(crate) mod http;
 pub(crate) mod objdump;
@@ -46,6 +48,8 @@ pub(crate) use fixtures::{
     TempDir, build_leaky, build_nomalloc, build_spin, compile, fixture_source, site_lines,
     start_spin,
 };
+#[allow(unused_imports)]
+pub(crate) use go::{GO_RELEASES, Symbols, build_go, go_command};
 #[allow(unused_imports)]
 pub(crate) use holder::Holder;
 #[allow(unused_imports)]
