@@ -7,6 +7,7 @@
 //! probes, so the traced process never keeps paying for a dead tracer.
 pub(crate) mod attach;
 pub(crate) mod btf;
+mod growth;
 pub(crate) mod unwind_tables;
 
 use std::{
@@ -23,7 +24,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        RawTracePoint, TracePoint, UProbe,
+        RawTracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
     },
 };
@@ -90,17 +91,6 @@ pub(crate) struct GrowthOptions {
     /// One page in 2^shift is kept, chosen by address.
     pub page_sample_shift: u32,
 }
-
-/// Growth mode's tracepoints: (program, category, event).
-const GROWTH_TRACEPOINTS: [(&str, &str, &str); 7] = [
-    ("on_page_fault_user", "exceptions", "page_fault_user"),
-    ("on_page_fault_kernel", "exceptions", "page_fault_kernel"),
-    ("on_munmap", "syscalls", "sys_enter_munmap"),
-    ("on_madvise", "syscalls", "sys_enter_madvise"),
-    ("on_mremap_enter", "syscalls", "sys_enter_mremap"),
-    ("on_mremap_exit", "syscalls", "sys_exit_mremap"),
-    ("on_brk", "syscalls", "sys_exit_brk"),
-];
 
 /// The loaded programs and their maps. Dropping it detaches everything.
 pub(crate) struct KernelProbes {
@@ -273,28 +263,14 @@ impl KernelProbes {
                 gaps.set(index as u32, gap, 0)?;
             }
         }
-        let growth: &[(&str, &str, &str)] = if options.growth.is_some() {
-            &GROWTH_TRACEPOINTS
-        } else {
-            &[]
-        };
-        for &(name, category, event) in [
+        for (name, category, event) in [
             ("on_exec", "sched", "sched_process_exec"),
             ("on_exit", "sched", "sched_process_exit"),
-        ]
-        .iter()
-        .chain(growth)
-        {
-            let tracepoint: &mut TracePoint = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the eBPF object"))?
-                .try_into()?;
-            tracepoint
-                .load()
-                .with_context(|| format!("loading program {name}"))?;
-            tracepoint.attach(category, event).with_context(|| {
-                format!("attaching to tracepoint {category}:{event} (is tracefs mounted?)")
-            })?;
+        ] {
+            growth::attach_tracepoint(&mut ebpf, name, category, event)?;
+        }
+        if options.growth.is_some() {
+            growth::attach(&mut ebpf)?;
         }
         if options.follow_children.is_some() {
             let fork: &mut RawTracePoint = ebpf
