@@ -36,3 +36,14 @@ pub(crate) fn require_binutils(test: &str) -> bool {
     );
     false
 }
+
+/// Whether the test runs as root; if not, [`prerequisite_missing`] has been
+/// told (and false returned, when skipping is allowed).
+pub(crate) fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    prerequisite_missing(test, "root (it reads other processes' page frames)");
+    false
+}

@@ -30,6 +30,16 @@ use serde_json::Value;
 /// stdin, grows, prints "done"), traces it in growth mode for `duration`
 /// (telling it to go once tracing started) and returns the JSON report.
 fn trace_growth(dir: &TempDir, command: &mut Command, duration: &str, extra: &[&str]) -> Value {
+    trace_growth_until_done(dir, command, duration, extra).0
+}
+
+/// [`trace_growth`], also returning the fixture's "done" line.
+fn trace_growth_until_done(
+    dir: &TempDir,
+    command: &mut Command,
+    duration: &str,
+    extra: &[&str],
+) -> (Value, String) {
     let mut fixture = Guarded::spawn(
         "the growth fixture",
         command
@@ -63,7 +73,7 @@ fn trace_growth(dir: &TempDir, command: &mut Command, duration: &str, extra: &[&
     let mut stdin = fixture.take_stdin();
     stdin.write_all(b"go\n").expect("telling the fixture to go");
     stdin.flush().expect("flushing");
-    lines
+    let done = lines
         .wait_for(Duration::from_mins(1), |line| line.starts_with("done"))
         .expect("the fixture finishes");
     let status = tracer
@@ -74,7 +84,7 @@ fn trace_growth(dir: &TempDir, command: &mut Command, duration: &str, extra: &[&
         "leaktrace failed: {}",
         tracer_lines.finish(Duration::from_secs(5)).join("\n")
     );
-    read_json(&report)
+    (read_json(&report), done)
 }
 
 /// (bytes at sites whose stack satisfies `at`, total bytes, /proc's growth).
@@ -119,6 +129,54 @@ fn growth_of_a_c_program_is_at_the_site_that_keeps_memory() {
     assert!(kept >= 60 << 20, "{summary}");
     assert!(kept * 10 >= total * 9, "under 90% at grow_keep: {summary}");
     assert_eq!(churn, 0, "{summary}");
+    assert!(
+        total.abs_diff(rss.unsigned_abs()) * 10 <= rss.unsigned_abs(),
+        "not within 10% of /proc's growth: {summary}"
+    );
+}
+
+/// A write fault answered with a transparent huge page counts 2 MiB: the
+/// fixture writes one byte per 2 MiB over 64 MiB it asked huge pages for,
+/// and over 8 MiB it refused them for.
+#[test]
+fn a_huge_page_counts_at_its_size() {
+    const TEST: &str = "a_huge_page_counts_at_its_size";
+    if !require_root(TEST) {
+        return;
+    }
+    let setting =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if setting.contains("[never]") || setting.is_empty() {
+        return prerequisite_missing(
+            TEST,
+            "transparent huge pages (echo madvise > /sys/kernel/mm/transparent_hugepage/enabled)",
+        );
+    }
+    let _serial = serial();
+    let dir = TempDir::new("growth-huge");
+    let program = compile(&dir, "growth_huge.c", "growth_huge", &["-O1", "-g"]);
+    let (report, done) = trace_growth_until_done(&dir, &mut Command::new(&program), "3s", &[]);
+    let huge_kib: u64 = done
+        .strip_prefix("done ")
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected line from the fixture: {done}"));
+    assert!(
+        huge_kib >= 64 << 10,
+        "the kernel gave the fixture {huge_kib} KiB of huge pages, not the 64 MiB asked for (memory too fragmented?)"
+    );
+    let at = |function: &str| -> u64 {
+        sites(&report)
+            .iter()
+            .filter(|s| frame_functions(s).contains(&function))
+            .map(|s| s["bytes"].as_u64().unwrap())
+            .sum()
+    };
+    let (huge, small) = (at("grow_huge"), at("grow_small"));
+    let (_, total, rss) = shares(&report, |_| true);
+    let summary = format!("huge {huge}, small {small}, total {total}, /proc {rss}");
+    eprintln!("{summary}");
+    assert_eq!(huge, 64 << 20, "32 huge pages: {summary}");
+    assert_eq!(small, 4 * 4096, "4 base pages: {summary}");
     assert!(
         total.abs_diff(rss.unsigned_abs()) * 10 <= rss.unsigned_abs(),
         "not within 10% of /proc's growth: {summary}"

@@ -278,6 +278,19 @@ impl HeapTable {
         self.held = self.held - held_before + heap.blocks.len() + heap.regions.len();
     }
 
+    /// Growth mode: the resident page at `page` of `pid` is part of a
+    /// transparent huge page of `huge` bytes (a power of two): see
+    /// `ProcessHeap::fill_huge_page`. Returns the bytes added.
+    pub fn fill_huge_page(&mut self, pid: u32, page: u64, huge: u64) -> u64 {
+        let Some(heap) = self.processes.get_mut(&pid) else {
+            return 0;
+        };
+        let before = heap.regions.len();
+        let added = heap.fill_huge_page(page, huge);
+        self.held = self.held - before + heap.regions.len();
+        added
+    }
+
     /// Forgets everything about `pid` (it exited or exec'd). Returns the
     /// addresses of the heap blocks it held, for the kernel's set of
     /// sampled blocks.

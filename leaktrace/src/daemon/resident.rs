@@ -56,6 +56,47 @@ impl ProcessHeap {
             .any(|(_, region)| region.resident)
     }
 
+    /// The resident page at `page` turned out to be part of a transparent
+    /// huge page of `huge` bytes: the kernel made the whole aligned huge
+    /// page resident on the one fault recorded. Its other base pages go to
+    /// the same site, except those recorded already. Returns the bytes
+    /// added (0 when `page` holds no resident run).
+    pub(super) fn fill_huge_page(&mut self, page: u64, huge: u64) -> u64 {
+        let Some((_, run)) = self
+            .regions
+            .range(..=page)
+            .next_back()
+            .filter(|(start, run)| run.resident && page < **start + run.block.size)
+        else {
+            return 0;
+        };
+        let block = run.block;
+        let base = page & !(huge - 1);
+        let end = base.saturating_add(huge);
+        // The gaps between what is recorded in [base, end).
+        let mut gaps = Vec::new();
+        let mut at = base;
+        for (&start, region) in self
+            .regions
+            .range(..end)
+            .skip_while(|(start, region)| **start + region.block.size <= base)
+        {
+            if start > at {
+                gaps.push((at, start - at));
+            }
+            at = at.max(start + region.block.size);
+        }
+        if at < end {
+            gaps.push((at, end - at));
+        }
+        let mut added = 0;
+        for (start, size) in gaps {
+            self.add_resident(start, Block { size, ..block });
+            added += size;
+        }
+        added
+    }
+
     /// mremap moved `[old, old + old_len)` to `new` (now `new_len` long):
     /// the pages that moved keep their sites at their new addresses; pages
     /// past `new_len` were given back; growth past `old_len` is not
@@ -116,6 +157,44 @@ mod tests {
             },
             site,
             0,
+        );
+    }
+
+    #[test]
+    fn a_huge_page_fills_with_its_faults_site_around_what_is_recorded() {
+        const HUGE: u64 = 2 << 20;
+        let base = 0x4000_0000;
+        let mut table = HeapTable::default();
+        // Another site's page recorded inside the huge page already.
+        fault(&mut table, base + 10 * PAGE_SIZE, 2);
+        fault(&mut table, base + 3 * PAGE_SIZE, 1);
+        assert_eq!(
+            table.fill_huge_page(1, base + 3 * PAGE_SIZE, HUGE),
+            HUGE - 2 * PAGE_SIZE
+        );
+        assert_eq!(
+            by_site(&table),
+            [(1, HUGE - PAGE_SIZE, 511), (2, PAGE_SIZE, 1)]
+        );
+        // Once filled, nothing is left to add; nor for a page not recorded,
+        // nor another process.
+        assert_eq!(table.fill_huge_page(1, base + 3 * PAGE_SIZE, HUGE), 0);
+        assert_eq!(table.fill_huge_page(1, base + HUGE, HUGE), 0);
+        assert_eq!(table.fill_huge_page(7, base, HUGE), 0);
+        // The pages given back later are cut as any others.
+        table.apply(
+            1,
+            HeapOp::Unmap {
+                addr: base,
+                len: HUGE / 2,
+            },
+            0,
+            0,
+        );
+        assert_eq!(
+            by_site(&table),
+            [(1, HUGE / 2, 256)],
+            "the other site's page was in the half given back"
         );
     }
 

@@ -116,6 +116,7 @@ pub fn render(report: &Report, daemon_rss_bytes: u64) -> String {
         ("sampled_map_full", l.sampled_map_full),
         ("table_full", l.table_full),
         ("decode_error", l.decode_errors),
+        ("huge_page_check_skipped", l.huge_page_checks_skipped),
     ];
     family(
         &mut out,

@@ -88,6 +88,10 @@ pub struct Losses {
     /// --max-allocations.
     pub table_full: u64,
     pub decode_errors: u64,
+    /// Growth mode: faults not checked for a transparent huge page (too
+    /// many regions faulted between two reports): each may have grown
+    /// 2 MiB where 4 KiB is counted.
+    pub huge_page_checks_skipped: u64,
     pub total: u64,
 }
 
@@ -102,6 +106,7 @@ impl Losses {
             sampled_map_full,
             table_full,
             decode_errors,
+            huge_page_checks_skipped,
             total: _,
         } = self;
         Losses {
@@ -111,7 +116,8 @@ impl Losses {
                 + entry_slot_collisions
                 + stack_capture_failed
                 + return_without_entry
-                + decode_errors,
+                + decode_errors
+                + huge_page_checks_skipped,
             ..self
         }
     }
@@ -128,6 +134,7 @@ impl Losses {
             ("return without entry", self.return_without_entry),
             ("sampled-block map full", self.sampled_map_full),
             ("table at --max-allocations", self.table_full),
+            ("huge-page check skipped", self.huge_page_checks_skipped),
             ("undecodable", self.decode_errors),
         ]
         .iter()

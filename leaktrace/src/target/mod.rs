@@ -18,6 +18,7 @@ pub(crate) mod allocator;
 pub(crate) mod cgroup;
 pub(crate) mod command;
 pub(crate) mod elf;
+pub(crate) mod huge_pages;
 pub(crate) mod launch;
 pub(crate) mod placement;
 pub(crate) mod procfs;

@@ -16,9 +16,11 @@ use std::{
 
 use anyhow::Result;
 
+mod huge_pages;
 mod pages;
 mod runtime;
 
+use self::huge_pages::HugePageCheck;
 use super::{
     children::Children,
     cli::ReportOptions,
@@ -121,6 +123,8 @@ pub(super) struct Tracer {
     symbolizer: Symbolizer,
     /// Each site's outstanding bytes at every interval.
     growth: GrowthTracker,
+    /// Growth mode: faults to check for transparent huge pages.
+    huge_pages: HugePageCheck,
     /// Each process's and top site's bytes since attach, bounded, for the
     /// page.
     history: History,
@@ -166,6 +170,7 @@ impl Tracer {
             python_objects: PythonObjects::default(),
             symbolizer: Symbolizer::default(),
             growth: GrowthTracker::default(),
+            huge_pages: HugePageCheck::new(options.growth()),
             history: History::default(),
             page_report: None,
             unwind_tables: Arc::new(Mutex::new(unwind_tables)),
@@ -446,6 +451,7 @@ impl Tracer {
             sampled_map_full: kernel.sampled_map_full,
             table_full: pipeline.table.stats.dropped_at_cap,
             decode_errors: pipeline.decode_errors,
+            huge_page_checks_skipped: self.huge_pages.skipped,
             total: 0,
         }
         .totalled();

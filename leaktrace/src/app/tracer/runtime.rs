@@ -2,8 +2,8 @@
 //! process can tell: the language runtime it runs (a Python interpreter,
 //! whose frames the kernel then walks and, in exact object mode, whose
 //! object allocator is probed), the types of its outstanding Python
-//! objects, its resident growth as `/proc` counts it, and which faulting
-//! addresses lie in its file mappings.
+//! objects, its resident growth as `/proc` counts it, which faulting
+//! addresses lie in its file mappings, and which made a huge page resident.
 use leaktrace_common::AllocFn;
 
 use super::{Tracer, monotonic_ns};
@@ -19,9 +19,11 @@ use crate::{
 };
 
 impl Tracer {
-    /// Growth mode: a page fault at an address in one of the process's
-    /// file mappings, which is not anonymous growth (the kernel sends every
-    /// write fault of a traced process; see leaktrace-ebpf's `growth`).
+    /// Growth mode: whether a record is a page fault at an address in one
+    /// of the process's file mappings, which is not anonymous growth (the
+    /// kernel sends every write fault of a traced process; see
+    /// leaktrace-ebpf's `growth`). A fault kept is noted for the huge-page
+    /// check.
     pub(super) fn in_file_mapping(&mut self, bytes: &[u8]) -> bool {
         let Ok(Record::Alloc(event, ..)) = decode::decode(bytes) else {
             return false;
@@ -32,9 +34,14 @@ impl Tracer {
         let (pid, addr) = (event.header.pid, event.args[0]);
         let maps = self.process(pid).maps.clone();
         let maps = maps.lock().expect("maps lock");
-        maps.current()
+        let in_file = maps
+            .current()
             .iter()
-            .any(|m| (m.start..m.end).contains(&addr))
+            .any(|m| (m.start..m.end).contains(&addr));
+        if !in_file {
+            self.huge_pages.note_fault(pid, addr);
+        }
+        in_file
     }
 
     /// Looks for the runtime `pid` runs when its mappings changed since the
@@ -96,6 +103,7 @@ impl Tracer {
     pub(in crate::app) fn read_live_state(&mut self) {
         self.read_python_types();
         if self.options.growth() {
+            self.huge_pages.check(&mut self.pipeline.table);
             for (&pid, process) in &mut self.processes {
                 if !process.exited
                     && let (Some(start), Some(now)) =
