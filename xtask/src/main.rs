@@ -11,6 +11,8 @@
 //! - `bench`: the malloc+free loop untraced and traced, and the daemon's
 //!   drain rate; `bench-redis`, `bench-python`, `bench-all`,
 //!   `bench-growth`: the workloads their modules describe.
+//! - `soak`: `bench-all` for a given time, failing unless every exit is
+//!   counted and the daemon's memory stays flat.
 mod bench;
 mod churn;
 mod growth;
@@ -54,9 +56,6 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
-    /// A Python loop (a dict with a str and a list per iteration) under
-    /// Debian's python3 and pyenv's 3.11 and 2.7: ns per iteration
-    /// untraced and traced, interleaved.
     /// `serve --all` in growth mode: redis-benchmark, the Python dict loop,
     /// a malloc+free loop and a process that only grows, each untraced and
     /// traced, interleaved; the daemon's CPU and memory.
@@ -65,6 +64,9 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// A Python loop (a dict with a str and a list per iteration) under
+    /// Debian's python3 and pyenv's 3.11 and 2.7: ns per iteration
+    /// untraced and traced, interleaved.
     BenchPython {
         /// Rounds of each interpreter and mode (medians are printed).
         #[arg(long, default_value_t = 5)]
@@ -83,6 +85,27 @@ enum Task {
         /// `growth` (the default of `--all`) or `allocations`.
         #[arg(long, default_value = "growth")]
         mode: String,
+        /// Long-lived growing processes beside the short ones.
+        #[arg(long, default_value_t = 2)]
+        growers: usize,
+    },
+    /// A week of a host's process churn, compressed: `bench-all` for a
+    /// given time with 1,000 short processes per round and long-lived
+    /// growing ones; fails unless every exit is counted and the daemon's
+    /// memory stays flat.
+    Soak {
+        /// How long the churn goes on.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Processes per round.
+        #[arg(long, default_value_t = 1000)]
+        processes: usize,
+        /// `growth` (the default of `--all`) or `allocations`.
+        #[arg(long, default_value = "growth")]
+        mode: String,
+        /// Long-lived growing processes beside the short ones.
+        #[arg(long, default_value_t = 4)]
+        growers: usize,
     },
     /// Measure the cost per malloc+free pair untraced and traced, and the
     /// daemon's drain rate.
@@ -109,10 +132,21 @@ fn main() -> Result<()> {
             rounds,
             processes,
             mode,
+            growers,
         } => {
             setup::all()?;
             build_release()?;
-            churn::run(rounds, processes, &mode)
+            churn::run(churn::Until::Rounds(rounds), processes, &mode, growers)
+        }
+        Task::Soak {
+            minutes,
+            processes,
+            mode,
+            growers,
+        } => {
+            setup::all()?;
+            build_release()?;
+            churn::run(churn::Until::Minutes(minutes), processes, &mode, growers)
         }
         Task::BenchGrowth { rounds } => {
             setup::all()?;
