@@ -349,7 +349,7 @@ fn a_short_soak_counts_every_exit_and_keeps_the_daemon_flat() {
             assert!(output.status.success(), "leaky: {:?}", output.status);
         }
         let counted = exited_at_start + ran.len() as u64;
-        last = wait_for_report(&report_path, Duration::from_secs(60), |r| {
+        last = wait_for_report(&report_path, Duration::from_mins(1), |r| {
             r["totals"]["exited_processes"].as_u64().unwrap() >= counted
                 && r["processes"]
                     .as_array()
