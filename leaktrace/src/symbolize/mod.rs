@@ -263,6 +263,14 @@ mod tests {
                 .any(|f| f.function.contains("symbolizes_this_test_binary")),
             "{frames:#?}"
         );
+        // A page fault's first frame is the faulting instruction: a
+        // function's very first byte is that function's, not the one
+        // before it (as `here - 1` would be).
+        let at_entry = Symbolizer::default().symbolize_stack(&maps, &[here, here + 1], 0, true);
+        assert!(
+            at_entry[0].function.contains("symbolizes_this_test_binary"),
+            "{at_entry:#?}"
+        );
         let unknown = Symbolizer::default().symbolize_stack(&maps, &[0x10], 1, false);
         assert_eq!(unknown[0].function, "[unknown 0x10]");
         assert!(unknown[0].fallback);
