@@ -2,6 +2,7 @@
 //! then written as text, folded stacks or JSON (each in its own module).
 use std::time::Duration;
 
+use leaktrace_common::AllocFn;
 use serde::Serialize;
 
 use crate::{
@@ -199,10 +200,10 @@ pub struct ProcessReport {
 /// The runtime a process runs on top of its native code.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RuntimeReport {
-    /// "python".
+    /// "python" or "go".
     pub kind: String,
-    /// "3.11.7", read from the object itself; null when it could not be
-    /// read (then its frames stay native, and a warning said why).
+    /// "3.11.7" (Python) or "go1.22.12" (Go), read from the object
+    /// itself; null when it could not be read (then its frames stay native, and a warning said why).
     pub version: Option<String>,
     /// The object that holds the runtime, as the process sees it: the
     /// executable or a libpython, wherever it lives.
@@ -410,6 +411,9 @@ pub fn build<'m>(
                         maps(site.pid).unwrap_or(&unknown),
                         &site.stack,
                         site.fp_frames,
+                        // A page fault's first frame is the faulting
+                        // instruction, every other stack's a return address.
+                        site.func == AllocFn::PageFault,
                     ),
                     &site.python,
                 ),

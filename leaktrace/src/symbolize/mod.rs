@@ -3,13 +3,15 @@
 //! Addresses are first placed in the process's mappings (a history of every
 //! /proc/PID/maps read, so a process that has exited, or unmapped a library,
 //! is still symbolized), then turned into (object, file offset) pairs that
-//! blazesym symbolizes from the object files themselves. No live process is
+//! blazesym symbolizes from the object files themselves; Go binaries' code
+//! is named from their `.gopclntab` first ([`go`]). No live process is
 //! needed at report time.
 use std::{collections::HashMap, path::Path, sync::Arc};
 
 use blazesym::symbolize::{self, Input, Symbolized, source::Source};
 use serde::Serialize;
 
+mod go;
 mod process_maps;
 
 pub(crate) use process_maps::ProcessMaps;
@@ -59,6 +61,7 @@ type ObjectKey = (Arc<Path>, Arc<str>);
 /// Symbolizes return addresses, caching per (object, offset).
 pub struct Symbolizer {
     blazesym: symbolize::Symbolizer,
+    go: go::GoObjects,
     cache: HashMap<(ObjectKey, u64), Vec<Frame>>,
 }
 
@@ -70,6 +73,7 @@ impl Default for Symbolizer {
                 .enable_inlined_fns(true)
                 .enable_demangling(true)
                 .build(),
+            go: go::GoObjects::default(),
             cache: HashMap::new(),
         }
     }
@@ -80,18 +84,23 @@ impl Symbolizer {
     /// (innermost first, inlined calls expanded). Each return address is
     /// looked up at `addr - 1`, inside the call instruction, so a call that
     /// is the last instruction of a function is not blamed on the next one.
+    /// `first_is_pc`: stack[0] is the address of the instruction that ran
+    /// (a page fault's), not a return address, and is looked up as it is
+    /// (one byte back would be the previous instruction, or the padding
+    /// before a function that faults on its first one).
     /// Bit i of `fallback_frames` marks stack[i] as found by frame pointers.
     pub fn symbolize_stack(
         &mut self,
         maps: &ProcessMaps,
         stack: &[u64],
         fallback_frames: u64,
+        first_is_pc: bool,
     ) -> Vec<Frame> {
-        self.prefetch(maps, stack);
+        self.prefetch(maps, stack, first_is_pc);
         let mut frames = Vec::with_capacity(stack.len());
         for (index, &addr) in stack.iter().enumerate() {
             let fallback = index < 64 && fallback_frames & (1 << index) != 0;
-            match maps.locate(addr.saturating_sub(1)) {
+            match maps.locate(lookup_address(index, addr, first_is_pc)) {
                 Some((mapping, offset)) => {
                     let key = ((maps.root.clone(), mapping.path.clone()), offset);
                     let cached = &self.cache[&key];
@@ -118,10 +127,10 @@ impl Symbolizer {
     }
 
     /// Symbolizes, one blazesym call per object, every not yet cached address.
-    fn prefetch(&mut self, maps: &ProcessMaps, stack: &[u64]) {
+    fn prefetch(&mut self, maps: &ProcessMaps, stack: &[u64], first_is_pc: bool) {
         let mut wanted: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
-        for &addr in stack {
-            if let Some((mapping, offset)) = maps.locate(addr.saturating_sub(1))
+        for (index, &addr) in stack.iter().enumerate() {
+            if let Some((mapping, offset)) = maps.locate(lookup_address(index, addr, first_is_pc))
                 && !self
                     .cache
                     .contains_key(&((maps.root.clone(), mapping.path.clone()), offset))
@@ -133,11 +142,21 @@ impl Symbolizer {
             offsets.sort_unstable();
             offsets.dedup();
             let open = maps.open_path(&path);
+            let object = (maps.root.clone(), path.clone());
+            // Go code from the Go table; the rest (cgo's C code) below.
+            if let Some(binary) = self.go.binary(&object, &open) {
+                offsets.retain(|&offset| match go::frames(&binary, &path, offset) {
+                    Some(frames) => {
+                        self.cache.insert((object.clone(), offset), frames);
+                        false
+                    }
+                    None => true,
+                });
+            }
             let results = self.symbolize_offsets(&open, &path, &offsets);
             for (offset, result) in offsets.into_iter().zip(results) {
                 let frames = result.unwrap_or_else(|| vec![unknown_frame(&path, offset)]);
-                self.cache
-                    .insert(((maps.root.clone(), path.clone()), offset), frames);
+                self.cache.insert((object.clone(), offset), frames);
             }
         }
     }
@@ -200,6 +219,16 @@ impl Symbolizer {
     }
 }
 
+/// Where stack[index] is looked up: one byte back into the call for a
+/// return address, as it is for a first frame that is the PC itself.
+fn lookup_address(index: usize, addr: u64, first_is_pc: bool) -> u64 {
+    if index == 0 && first_is_pc {
+        addr
+    } else {
+        addr.saturating_sub(1)
+    }
+}
+
 fn unknown_frame(path: &str, offset: u64) -> Frame {
     let name = Path::new(path)
         .file_name()
@@ -227,14 +256,22 @@ mod tests {
         let mut maps = ProcessMaps::new(std::process::id());
         assert!(maps.refresh());
         let here = symbolizes_this_test_binary as *const () as u64;
-        let frames = Symbolizer::default().symbolize_stack(&maps, &[here + 1], 0);
+        let frames = Symbolizer::default().symbolize_stack(&maps, &[here + 1], 0, false);
         assert!(
             frames
                 .iter()
                 .any(|f| f.function.contains("symbolizes_this_test_binary")),
             "{frames:#?}"
         );
-        let unknown = Symbolizer::default().symbolize_stack(&maps, &[0x10], 1);
+        // A page fault's first frame is the faulting instruction: a
+        // function's very first byte is that function's, not the one
+        // before it (as `here - 1` would be).
+        let at_entry = Symbolizer::default().symbolize_stack(&maps, &[here, here + 1], 0, true);
+        assert!(
+            at_entry[0].function.contains("symbolizes_this_test_binary"),
+            "{at_entry:#?}"
+        );
+        let unknown = Symbolizer::default().symbolize_stack(&maps, &[0x10], 1, false);
         assert_eq!(unknown[0].function, "[unknown 0x10]");
         assert!(unknown[0].fallback);
         assert!(!frames[0].fallback);

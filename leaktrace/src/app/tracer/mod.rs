@@ -39,7 +39,7 @@ use crate::{
     },
     kernel::{KernelProbes, unwind_tables::UnwindTables},
     report::{self, Format, Losses, ProcessInput, ReportInput, RuntimeReport},
-    runtime::python::PythonCache,
+    runtime::{go::detect::GoCache, python::PythonCache},
     symbolize::{ProcessMaps, Symbolizer},
     target::{
         ProbedObject,
@@ -113,6 +113,8 @@ pub(super) struct Tracer {
     processes: BTreeMap<u32, TracedProcess>,
     /// Which objects hold a Python interpreter, each file read once.
     python: PythonCache,
+    /// Which objects are Go binaries, each file read once.
+    go: GoCache,
     /// The Python processes whose frames the kernel walks, and their code
     /// objects.
     python_frames: PythonFrames,
@@ -165,6 +167,7 @@ impl Tracer {
             },
             processes: BTreeMap::new(),
             python: PythonCache::default(),
+            go: GoCache::default(),
             python_frames: PythonFrames::default(),
             python_warnings: 0,
             python_objects: PythonObjects::default(),

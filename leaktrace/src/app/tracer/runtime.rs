@@ -14,7 +14,7 @@ use crate::{
         python_walks::PythonWalks,
     },
     report::RuntimeReport,
-    runtime::python::PythonFound,
+    runtime::{go::detect::GoFound, python::PythonFound},
     target::procfs::rss_anon_bytes,
 };
 
@@ -62,7 +62,11 @@ impl Tracer {
         if let Some(warning) = self.python.first_warning(&found) {
             eprintln!("leaktrace: warning: {warning}");
         }
-        process.runtime = runtime_report(&found);
+        process.runtime = runtime_report(&found).or_else(|| {
+            self.go
+                .detect(maps.root(), maps.current())
+                .map(|go| go_report(&go))
+        });
         process.runtime_generation = Some(generation);
         let PythonFound::Python(interpreter) = &found else {
             return;
@@ -154,4 +158,15 @@ fn runtime_report(found: &PythonFound) -> Option<RuntimeReport> {
         object: display_path.clone(),
         walks: PythonWalks::default(),
     })
+}
+
+/// What a report says of a Go binary: "go go1.22.12 (server)", or
+/// "version unreadable" when `.go.buildinfo` could not be read.
+fn go_report(found: &GoFound) -> RuntimeReport {
+    RuntimeReport {
+        kind: "go".into(),
+        version: found.build.version.clone(),
+        object: found.display_path.clone(),
+        walks: PythonWalks::default(),
+    }
 }
