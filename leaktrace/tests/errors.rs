@@ -186,3 +186,39 @@ fn unknown_format_is_refused() {
     let finished = leaktrace(&["trace", "--pid", "1", "--format", "xml"], TIMEOUT);
     assert_refused("trace --format xml", &finished, &words, USAGE);
 }
+
+/// Out-of-range numbers are usage errors before anything is attached, never
+/// a panic nor a silently wrapped value: a duration past what a clock can
+/// hold, a zero interval (a period with no next tick), a sample size whose
+/// MiB overflow 64 bits.
+#[test]
+fn out_of_range_numbers_are_refused() {
+    for (args, words) in [
+        (
+            &[
+                "trace",
+                "--pid",
+                "1",
+                "--duration",
+                "99999999999999999999999h",
+            ][..],
+            &["'99999999999999999999999h' is too long a duration"][..],
+        ),
+        (
+            &["trace", "--pid", "1", "--interval", "0s"],
+            &["'0s': the interval must be at least 1ms"],
+        ),
+        (
+            &["serve", "--pid", "1", "--refresh", "0"],
+            &["the interval must be at least 1ms"],
+        ),
+        (
+            &["trace", "--pid", "1", "--sample-bytes", "17592186044417m"],
+            &["'17592186044417m' is too large"],
+        ),
+    ] {
+        let what = args.join(" ");
+        let finished = leaktrace(args, TIMEOUT);
+        assert_refused(&what, &finished, words, USAGE);
+    }
+}

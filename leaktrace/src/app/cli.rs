@@ -59,7 +59,7 @@ pub enum Command {
         #[arg(long)]
         allow_remote: bool,
         /// How often the page at / fetches new data and redraws (e.g. 2s).
-        #[arg(long, value_parser = parse_duration, default_value = "5s")]
+        #[arg(long, value_parser = parse_interval, default_value = "5s")]
         refresh: Duration,
         #[command(flatten)]
         options: ReportOptions,
@@ -174,7 +174,7 @@ pub struct ReportOptions {
     #[arg(long, short, value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// Also report every INTERVAL while tracing (e.g. 5s).
-    #[arg(long, short, value_parser = parse_duration)]
+    #[arg(long, short, value_parser = parse_interval)]
     pub interval: Option<Duration>,
     /// Call sites shown in the text report, largest first (folded and JSON
     /// always carry every site).
@@ -331,7 +331,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Ok(Duration::from_secs_f64(seconds))
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{text}' is too long a duration"))
+}
+
+/// `--interval`: a duration of at least 1 ms (a zero period has no next
+/// tick).
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval < Duration::from_millis(1) {
+        return Err(format!("'{text}': the interval must be at least 1ms"));
+    }
+    Ok(interval)
 }
 
 /// Parses `524288`, `512k` or `1m` (KiB, MiB) into bytes.
@@ -347,7 +357,10 @@ pub fn parse_bytes(text: &str) -> Result<u32, String> {
     let value: u64 = number
         .parse()
         .map_err(|_| format!("'{text}' is not a byte count (examples: 0, 4096, 512k, 1m)"))?;
-    u32::try_from(value * multiplier).map_err(|_| format!("'{text}' is too large (at most 4095m)"))
+    value
+        .checked_mul(multiplier)
+        .and_then(|bytes| u32::try_from(bytes).ok())
+        .ok_or_else(|| format!("'{text}' is too large (at most 4095m)"))
 }
 
 fn parse_ring_buffer_mib(text: &str) -> Result<u32, String> {
@@ -373,6 +386,9 @@ mod tests {
         assert_eq!(parse_bytes("4096"), Ok(4096));
         assert_eq!(parse_bytes("512k"), Ok(512 * 1024));
         assert_eq!(parse_bytes("2M"), Ok(2 * 1024 * 1024));
+        // 2^44 + 1 MiB: the multiplication overflows 64 bits.
+        assert!(parse_bytes("17592186044417m").is_err());
+        assert!(parse_bytes("4096m").is_err());
         assert!(parse_bytes("5g").is_err());
         assert!(parse_bytes("9999m").is_err());
     }
@@ -386,6 +402,13 @@ mod tests {
         assert_eq!(parse_duration("1.5h"), Ok(Duration::from_mins(90)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("x").is_err());
+        assert_eq!(
+            parse_duration("99999999999999999999999h"),
+            Err("'99999999999999999999999h' is too long a duration".into())
+        );
+        assert!(parse_interval("0s").is_err());
+        assert!(parse_interval("0.0001s").is_err());
+        assert_eq!(parse_interval("1ms"), Ok(Duration::from_millis(1)));
     }
 
     #[test]
