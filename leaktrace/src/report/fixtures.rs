@@ -95,6 +95,7 @@ pub(crate) fn report() -> Report {
                 ids: vec![1],
             },
         ],
+        c_library: Vec::new(),
         python_types: Vec::new(),
     }
 }

@@ -163,6 +163,14 @@ pub fn fragment(report: &Report, top: usize, pid: Option<u32>) -> String {
             String::new()
         }
     );
+    let held = super::c_library::summary_lines(&report.c_library, human_bytes);
+    if !held.is_empty() {
+        let _ = writeln!(
+            out,
+            "<p id=\"c-library\">held by the C library, not counted above: {}</p>",
+            escape(&held.join("; "))
+        );
+    }
     if report.spans_processes() {
         out.push_str("<h2>Processes</h2>\n<table><tr><th>pid</th><th>bytes</th><th>allocations</th><th>call sites</th><th>container</th><th>command</th></tr>\n");
         for process in report.processes.iter().take(top) {

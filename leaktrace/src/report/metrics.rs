@@ -80,6 +80,24 @@ pub fn render(report: &Report, daemon_rss_bytes: u64) -> String {
     );
     family(
         &mut out,
+        "leaktrace_c_library_bytes",
+        "gauge",
+        "What the C library holds for itself (thread stacks and their TLS, stdio buffers): not leaks, and not in leaktrace_outstanding_bytes.",
+        &super::c_library::Kind::ALL
+            .iter()
+            .map(|&kind| {
+                let bytes = report
+                    .c_library
+                    .iter()
+                    .filter(|site| site.kind == kind)
+                    .map(|site| site.site.bytes)
+                    .sum();
+                (format!("{{kind=\"{}\"}}", kind.name()), bytes)
+            })
+            .collect::<Vec<_>>(),
+    );
+    family(
+        &mut out,
         "leaktrace_exited_processes_total",
         "counter",
         "Processes that exited under --all (their tables were dropped).",

@@ -18,6 +18,7 @@ use crate::{
 
 pub mod assets;
 mod by_type;
+pub mod c_library;
 mod escape;
 pub mod folded;
 pub mod html;
@@ -337,6 +338,10 @@ pub struct Report {
     pub losses: Losses,
     /// Largest first.
     pub sites: Vec<SiteReport>,
+    /// What the C library holds for itself (thread stacks and their TLS,
+    /// stdio buffers): kept on purpose, so not among `sites` nor in the
+    /// totals (see `c_library`). Largest first.
+    pub c_library: Vec<c_library::CLibrarySite>,
     /// Exact object mode (`--python-objects`): outstanding objects per
     /// Python type, most bytes first; empty otherwise.
     pub python_types: Vec<PythonTypeReport>,
@@ -421,7 +426,7 @@ pub fn build<'m>(
             }
         })
         .collect();
-    let sites = merge_python_sites(sites);
+    let (sites, c_library) = c_library::split(merge_python_sites(sites));
     let TableStats {
         allocations,
         releases,
@@ -488,6 +493,7 @@ pub fn build<'m>(
         },
         losses: input.losses,
         sites,
+        c_library,
         python_types: input.python_types,
     }
 }

@@ -148,6 +148,9 @@ pub fn render(report: &Report, top: usize) -> String {
         }
     }
     let _ = writeln!(out, "lost: {}", report.losses.summary());
+    for line in super::c_library::summary_lines(&report.c_library, human_bytes) {
+        let _ = writeln!(out, "held by the C library, not counted above: {line}");
+    }
     if report.page_sample > 1 {
         let _ = writeln!(
             out,

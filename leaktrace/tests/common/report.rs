@@ -186,6 +186,35 @@ pub(crate) fn check_report_against_table(report: &Value, expected: &[Leak], pid:
         }
     }
 
+    // The C library's own memory (the 4 threads' cached stacks) is in its
+    // section, never among the sites.
+    if let Some(site) = all_sites
+        .iter()
+        .find(|s| frame_functions(s).contains(&"allocate_stack"))
+    {
+        failures.push(format!(
+            "a thread stack is among the sites: {}",
+            frame_functions(site).join(" < ")
+        ));
+    }
+    let stacks: Vec<&Value> = report["c_library"]
+        .as_array()
+        .map(|sites| {
+            sites
+                .iter()
+                .filter(|s| s["kind"] == "thread_stack")
+                .filter(|s| pid.is_none_or(|pid| s["pid"].as_u64() == Some(u64::from(pid))))
+                .collect()
+        })
+        .unwrap_or_default();
+    let stack_count: u64 = stacks.iter().filter_map(|s| s["count"].as_u64()).sum();
+    let stack_bytes: u64 = stacks.iter().filter_map(|s| s["bytes"].as_u64()).sum();
+    if stack_count != 4 || stack_bytes < 4 * (8 << 20) {
+        failures.push(format!(
+            "c_library: {stack_count} thread stacks of {stack_bytes} bytes, expected the 4 threads' 8 MiB stacks"
+        ));
+    }
+
     // Rows the fixture did not produce must not be reported either.
     for row in EXPECTED_LEAKS {
         if !expected.iter().any(|e| e.function == row.function)

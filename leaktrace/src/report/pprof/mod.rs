@@ -203,13 +203,23 @@ fn comments(report: &Report) -> Vec<String> {
     if report.min_age_ms > 0 {
         let _: std::fmt::Result = write!(outstanding, ", older than {} ms", report.min_age_ms);
     }
-    vec![
+    let mut comments = vec![
         header,
         sampling_comment(report),
         outstanding,
         format!("lost: {}", report.losses.summary()),
-        format!("allocator objects: {}", report.allocator_objects.join(", ")),
-    ]
+    ];
+    // Not samples: they would dwarf the leaks (see report::c_library).
+    comments.extend(
+        super::c_library::summary_lines(&report.c_library, human_bytes)
+            .into_iter()
+            .map(|line| format!("held by the C library, not in the samples: {line}")),
+    );
+    comments.push(format!(
+        "allocator objects: {}",
+        report.allocator_objects.join(", ")
+    ));
+    comments
 }
 
 /// A location's identity: mapping, address, (function, line) of each line.
