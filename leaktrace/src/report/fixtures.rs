@@ -96,6 +96,8 @@ pub(crate) fn report() -> Report {
             },
         ],
         python_types: Vec::new(),
+        goroutines: Vec::new(),
+        goroutine_reads: Vec::new(),
     }
 }
 

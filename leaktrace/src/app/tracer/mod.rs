@@ -22,6 +22,7 @@ mod runtime;
 use super::{
     children::Children,
     cli::ReportOptions,
+    go_goroutines::GoGoroutines,
     output::{own_usage, write_atomically},
     python_frames::PythonFrames,
     python_objects::PythonObjects,
@@ -118,6 +119,8 @@ pub(super) struct Tracer {
     python_warnings: u64,
     /// Exact object mode: the object allocators probed, the by-type view.
     pub python_objects: PythonObjects,
+    /// The Go processes, and their goroutines by creation site.
+    pub go: GoGoroutines,
     symbolizer: Symbolizer,
     /// Each site's outstanding bytes at every interval.
     growth: GrowthTracker,
@@ -164,6 +167,7 @@ impl Tracer {
             python_frames: PythonFrames::default(),
             python_warnings: 0,
             python_objects: PythonObjects::default(),
+            go: GoGoroutines::default(),
             symbolizer: Symbolizer::default(),
             growth: GrowthTracker::default(),
             history: History::default(),
@@ -266,6 +270,7 @@ impl Tracer {
                     process.runtime_generation = None;
                 }
                 self.python_frames.exec(pid);
+                self.go.forget(pid);
                 self.track(pid);
                 if let Targets::All(system) = &mut self.targets {
                     system.exec_seen(pid);
@@ -290,6 +295,7 @@ impl Tracer {
             let forgotten = self.pipeline.forget_process(pid);
             self.let_go(forgotten);
             self.python_frames.forget(&mut self.kernel, pid);
+            self.go.forget(pid);
             self.processes.remove(&pid);
         }
     }
@@ -328,6 +334,7 @@ impl Tracer {
             self.let_go(forgotten);
             self.python_frames.forget(&mut self.kernel, pid);
             self.python_objects.forget(pid);
+            self.go.forget(pid);
             self.history.forget_process(pid);
             if self.processes.remove(&pid).is_some() {
                 self.exited_processes += 1;
@@ -475,6 +482,12 @@ impl Tracer {
                 parent: self.children.parent(pid),
             })
             .collect();
+        let symbolizer = &mut self.symbolizer;
+        let unknown = ProcessMaps::from_mappings(0, Vec::new());
+        let (goroutines, goroutine_reads) = self.go.rows(growth_mode, &mut |pid, pc| {
+            let maps = maps.get(&pid).map_or(&unknown, |m| &**m);
+            symbolizer.symbolize_stack(maps, &[pc], 0)
+        });
         Ok(report::build(
             ReportInput {
                 growth_mode: self.options.growth(),
@@ -500,6 +513,8 @@ impl Tracer {
                 sites: &pipeline.sites,
                 growth: &self.growth,
                 python_types: self.python_objects.rows(),
+                goroutines,
+                goroutine_reads,
             },
             &|pid| maps.get(&pid).map(|m| &**m),
             &mut self.symbolizer,

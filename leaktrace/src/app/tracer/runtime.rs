@@ -55,7 +55,10 @@ impl Tracer {
         if let Some(warning) = self.python.first_warning(&found) {
             eprintln!("leaktrace: warning: {warning}");
         }
-        process.runtime = runtime_report(&found);
+        process.runtime = match runtime_report(&found) {
+            Some(python) => Some(python),
+            None => self.go.detect(pid, maps.current()),
+        };
         process.runtime_generation = Some(generation);
         let PythonFound::Python(interpreter) = &found else {
             return;
@@ -95,6 +98,7 @@ impl Tracer {
     /// growth (growth mode).
     pub(in crate::app) fn read_live_state(&mut self) {
         self.read_python_types();
+        self.read_goroutines();
         if self.options.growth() {
             for (&pid, process) in &mut self.processes {
                 if !process.exited
@@ -103,6 +107,26 @@ impl Tracer {
                 {
                     process.rss_growth = Some(now.cast_signed() - start.cast_signed());
                 }
+            }
+        }
+    }
+
+    /// Reads the goroutines of every Go process still there, after a look
+    /// at what each runs (`run`'s command may not have been looked at yet
+    /// when it reaches its exit stop).
+    fn read_goroutines(&mut self) {
+        let live: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(_, p)| !p.exited)
+            .map(|(&pid, _)| pid)
+            .collect();
+        for &pid in &live {
+            self.update_runtime(pid);
+        }
+        for pid in self.go.pids() {
+            if live.contains(&pid) {
+                self.go.read(pid);
             }
         }
     }

@@ -5,3 +5,23 @@
 //! `.gopclntab` (kept even in stripped binaries), its goroutines from the
 //! runtime's own tables, and its heap through the runtime's profile buckets
 //! or growth mode's page faults.
+//!
+//! Goroutines by creation site:
+//!
+//! - [`g_layout`]: where `runtime.g`'s fields sit (DWARF, or per release);
+//! - [`wait_reasons`]: what each `waitReason` value means, per binary;
+//! - [`goroutine_source`]: what a binary tells about reading its
+//!   goroutines (where `runtime.allgs` is, which layout), or why not;
+//! - [`go_wrapper`]: the function a `go` statement's wrapper calls;
+//! - [`goroutines`]: goroutines grouped by creation site, and their growth
+//!   across reads (pure);
+//! - [`goroutines_live`]: reading them from a running process, capped.
+pub(crate) mod g_layout;
+pub(crate) mod go_wrapper;
+pub(crate) mod goroutine_source;
+pub(crate) mod goroutines;
+pub(crate) mod goroutines_live;
+pub(crate) mod wait_reasons;
+
+#[cfg(test)]
+mod fixture_tests;
