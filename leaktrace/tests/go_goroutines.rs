@@ -56,7 +56,7 @@ fn start_story(program: &Path, rounds: &str) -> (Guarded, Lines) {
 
 /// Tells the story fixture to go, waits for its end, and returns its own
 /// counts: `runtime.NumGoroutine()` and goroutines per "created by"
-/// location (FILE:LINE).
+/// location (`FILE:LINE`).
 fn run_story(fixture: &mut Guarded, lines: &Lines) -> (u64, HashMap<String, u64>) {
     let mut stdin = fixture.take_stdin();
     stdin.write_all(b"go\n").expect("telling the fixture to go");
@@ -140,8 +140,10 @@ fn the_leaking_go_statement_holds_every_blocked_checker() {
         let own_at_line = own_sites
             .iter()
             .find(|(site, _)| site.ends_with(&format!("goroutine_leak.go:{go_line}")))
-            .map(|(_, n)| *n)
-            .unwrap_or_else(|| panic!("Go {release}: the program names no site: {own_sites:?}"));
+            .map_or_else(
+                || panic!("Go {release}: the program names no site: {own_sites:?}"),
+                |(_, n)| *n,
+            );
         assert_eq!(own_at_line, 2000, "Go {release}: the program's own count");
         let leak = group_at(&report, "goroutine_leak.go", go_line);
         let summary = format!("Go {release}: {leak:#}");
