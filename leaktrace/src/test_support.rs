@@ -47,3 +47,55 @@ pub(crate) fn require_root(test: &str) -> bool {
     prerequisite_missing(test, "root (it reads other processes' page frames)");
     false
 }
+
+/// The Go releases the fixtures are built with, and how (the same file the
+/// integration tests use), with the two helpers it needs from theirs.
+#[path = "../tests/common/go.rs"]
+#[allow(dead_code)]
+pub(crate) mod go;
+
+pub(crate) use go_scratch::{TempDir, fixture_source};
+
+/// A scratch directory for the Go fixtures a unit test builds, removed on
+/// drop, and where those fixtures' sources are.
+mod go_scratch {
+    use std::{
+        fs,
+        path::{Path, PathBuf},
+        sync::atomic::{AtomicU32, Ordering},
+    };
+
+    pub(crate) fn fixture_source(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    pub(crate) struct TempDir {
+        path: PathBuf,
+    }
+
+    impl TempDir {
+        pub(crate) fn new(tag: &str) -> TempDir {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "leaktrace-unit-{tag}-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::create_dir_all(&path)
+                .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+            TempDir { path }
+        }
+
+        pub(crate) fn join(&self, name: &str) -> PathBuf {
+            self.path.join(name)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _: Result<_, _> = fs::remove_dir_all(&self.path);
+        }
+    }
+}

@@ -16,6 +16,7 @@ use super::{
     cli::{ProbePlacement, ReportOptions, StackMode, Targets},
     event_loop::{Stop, trace_loop},
     exit_watch::{ExitWatch, pidfd_open},
+    go_goroutines::is_go_file,
     python_objects::PythonObjects,
     system_wide::SystemWide,
     tracer::{self, Tracer},
@@ -25,6 +26,9 @@ use crate::{
     symbolize::ProcessMaps,
     target::{self, launch, procfs},
 };
+
+/// Said of a Go program traced in allocations mode with no allocator.
+const GO_ONLY: &str = "a Go program with no malloc: reading its goroutines only (Go heap needs --mode growth for now)";
 
 /// How to load the kernel side; `all`: every process is traced (no
 /// children to follow then).
@@ -134,7 +138,16 @@ pub(super) async fn trace_targets(
                 continue;
             }
             let context = || format!("pid {pid}");
-            let found = target::objects_for_pid_cached(pid, &mut children.cache);
+            let found = match target::objects_for_pid_cached(pid, &mut children.cache) {
+                // A Go program has no malloc: its goroutines are read all
+                // the same (the report says its heap is not traced).
+                Err(_) if is_go_file(Path::new(&format!("/proc/{pid}/exe"))) => {
+                    eprintln!("leaktrace: pid {pid}: {GO_ONLY}");
+                    plans.push((pid, Vec::new()));
+                    continue;
+                }
+                found => found,
+            };
             let found = if several {
                 found.with_context(context)?
             } else {
@@ -205,7 +218,15 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
     let objects = if options.growth() {
         Vec::new()
     } else {
-        target::allocator::choose_objects(&candidates)?
+        match target::allocator::choose_objects(&candidates) {
+            // A Go program has no malloc: its goroutines are read all the
+            // same (the report says its heap is not traced).
+            Err(_) if is_go_file(&program) => {
+                eprintln!("leaktrace: {GO_ONLY}");
+                Vec::new()
+            }
+            chosen => chosen?,
+        }
     };
     let placed = options.probe_placement == ProbePlacement::Auto;
     let maps = Arc::new(Mutex::new(ProcessMaps::from_mappings(0, Vec::new())));

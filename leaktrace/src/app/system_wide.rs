@@ -11,13 +11,14 @@
 //! (its frees of those blocks count as releases of blocks from before
 //! tracing).
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs,
     time::{Duration, Instant},
 };
 
 use anyhow::{Result, bail};
 
+use super::go_goroutines::is_go_file;
 use crate::{
     kernel::{KernelProbes, Scope, attach},
     target::{self, ProbedObject, SymbolCache, procfs},
@@ -52,6 +53,9 @@ pub(super) struct SystemWide {
     /// probed (the kernel's tracepoints see every process) and processes
     /// are only tracked.
     probes: bool,
+    /// Executables with no allocator, by file: Go or not (a Go process is
+    /// tracked all the same, for its goroutines).
+    go_files: HashMap<(u64, u64), bool>,
 }
 
 impl SystemWide {
@@ -63,7 +67,20 @@ impl SystemWide {
             cache: SymbolCache::default(),
             placed,
             probes,
+            go_files: HashMap::new(),
         }
+    }
+
+    /// Whether `pid` runs a Go executable (each file read once).
+    fn runs_go(&mut self, pid: u32) -> bool {
+        let exe = format!("/proc/{pid}/exe");
+        let Some(identity) = procfs::file_identity(std::path::Path::new(&exe)) else {
+            return false;
+        };
+        *self
+            .go_files
+            .entry(identity)
+            .or_insert_with(|| is_go_file(std::path::Path::new(&exe)))
     }
 
     /// Probes the allocator of every process running now. Returns the pids
@@ -81,6 +98,9 @@ impl SystemWide {
         for pid in running_pids() {
             if let Ok(objects) = target::objects_for_pid_cached(pid, &mut self.cache) {
                 self.probe(objects, kernel);
+                found.push(pid);
+            } else if self.runs_go(pid) {
+                // No malloc: tracked for its goroutines.
                 found.push(pid);
             }
         }
@@ -149,6 +169,8 @@ impl SystemWide {
                     self.probe(objects, kernel);
                     inspected.push(pending.pid);
                 }
+                // A Go program has no malloc: tracked for its goroutines.
+                Err(_) if self.runs_go(pending.pid) => inspected.push(pending.pid),
                 // Its libraries may not be mapped yet; or it has no
                 // allocator at all (then it is given up on).
                 Err(_) if pending.attempts + 1 < INSPECTIONS => {

@@ -97,6 +97,8 @@ pub(crate) fn report() -> Report {
         ],
         c_library: Vec::new(),
         python_types: Vec::new(),
+        goroutines: Vec::new(),
+        goroutine_reads: Vec::new(),
     }
 }
 

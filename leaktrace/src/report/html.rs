@@ -233,6 +233,7 @@ pub fn fragment(report: &Report, top: usize, pid: Option<u32>) -> String {
     }
     out.push_str("</table>\n");
     super::by_type::html(&view, top, &mut out);
+    super::goroutines::html(&view, top, &mut out);
     out
 }
 

@@ -5,6 +5,9 @@ use std::fmt::Write as _;
 
 use super::{ProcessReport, Report};
 
+/// Goroutine creation sites exposed at most (one series each).
+const MAX_GOROUTINE_SERIES: usize = 50;
+
 /// One metric family: help, type, then `name{labels} value` lines.
 fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -145,6 +148,13 @@ pub fn render(report: &Report, daemon_rss_bytes: u64) -> String {
             .iter()
             .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), *n))
             .collect::<Vec<_>>(),
+    );
+    family(
+        &mut out,
+        "leaktrace_goroutines",
+        "gauge",
+        "Live goroutines of a Go process by creation site (the go statement and the function it started), the program's sites first, at most 50.",
+        &super::goroutines::metric_samples(report, MAX_GOROUTINE_SERIES, label_value),
     );
     family(
         &mut out,

@@ -21,6 +21,7 @@ mod by_type;
 pub mod c_library;
 mod escape;
 pub mod folded;
+pub mod goroutines;
 pub mod html;
 pub mod json;
 pub mod metrics;
@@ -28,6 +29,8 @@ pub mod pprof;
 pub mod series;
 pub mod svg;
 pub mod text;
+
+pub use goroutines::{CodeLocation, GoroutineGrowth, GoroutineReadReport, GoroutineSiteReport};
 
 /// The report format (`--format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -345,6 +348,11 @@ pub struct Report {
     /// Exact object mode (`--python-objects`): outstanding objects per
     /// Python type, most bytes first; empty otherwise.
     pub python_types: Vec<PythonTypeReport>,
+    /// Every Go process's live goroutines by creation site, read at this
+    /// report: the program's sites first, most goroutines first.
+    pub goroutines: Vec<GoroutineSiteReport>,
+    /// How each Go process's goroutines were read, or why they were not.
+    pub goroutine_reads: Vec<GoroutineReadReport>,
 }
 
 /// A traced process as the tracer knows it.
@@ -383,6 +391,8 @@ pub struct ReportInput<'a> {
     pub sites: &'a CallSites,
     pub growth: &'a GrowthTracker,
     pub python_types: Vec<PythonTypeReport>,
+    pub goroutines: Vec<GoroutineSiteReport>,
+    pub goroutine_reads: Vec<GoroutineReadReport>,
 }
 
 /// Puts a site's Python frames (pid, its native frames, the kernel's word
@@ -495,6 +505,8 @@ pub fn build<'m>(
         sites,
         c_library,
         python_types: input.python_types,
+        goroutines: input.goroutines,
+        goroutine_reads: input.goroutine_reads,
     }
 }
 

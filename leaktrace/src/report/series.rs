@@ -291,6 +291,18 @@ pub fn for_pid(report: &Report, pid: Option<u32>) -> std::borrow::Cow<'_, Report
             .filter(|t| t.pid == pid)
             .cloned()
             .collect(),
+        goroutines: report
+            .goroutines
+            .iter()
+            .filter(|s| s.pid == pid)
+            .cloned()
+            .collect(),
+        goroutine_reads: report
+            .goroutine_reads
+            .iter()
+            .filter(|r| r.pid == pid)
+            .cloned()
+            .collect(),
         ..report.clone()
     })
 }

@@ -257,6 +257,7 @@ pub fn render(report: &Report, top: usize) -> String {
         }
     }
     super::by_type::text(report, top, &mut out);
+    super::goroutines::text(report, top, &mut out);
     for (rank, site) in report.sites.iter().take(top).enumerate() {
         let _ = writeln!(
             out,

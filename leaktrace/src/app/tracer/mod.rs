@@ -24,6 +24,7 @@ use self::huge_pages::HugePageCheck;
 use super::{
     children::Children,
     cli::ReportOptions,
+    go_goroutines::GoGoroutines,
     output::{own_usage, write_atomically},
     python_frames::PythonFrames,
     python_objects::PythonObjects,
@@ -122,6 +123,8 @@ pub(super) struct Tracer {
     python_warnings: u64,
     /// Exact object mode: the object allocators probed, the by-type view.
     pub python_objects: PythonObjects,
+    /// The Go processes, and their goroutines by creation site.
+    pub goroutines: GoGoroutines,
     symbolizer: Symbolizer,
     /// Each site's outstanding bytes at every interval.
     growth: GrowthTracker,
@@ -171,6 +174,7 @@ impl Tracer {
             python_frames: PythonFrames::default(),
             python_warnings: 0,
             python_objects: PythonObjects::default(),
+            goroutines: GoGoroutines::default(),
             symbolizer: Symbolizer::default(),
             growth: GrowthTracker::default(),
             huge_pages: HugePageCheck::new(options.growth()),
@@ -274,6 +278,7 @@ impl Tracer {
                     process.runtime_generation = None;
                 }
                 self.python_frames.exec(pid);
+                self.goroutines.forget(pid);
                 self.track(pid);
                 if let Targets::All(system) = &mut self.targets {
                     system.exec_seen(pid);
@@ -298,6 +303,7 @@ impl Tracer {
             let forgotten = self.pipeline.forget_process(pid);
             self.let_go(forgotten);
             self.python_frames.forget(&mut self.kernel, pid);
+            self.goroutines.forget(pid);
             self.processes.remove(&pid);
         }
     }
@@ -336,6 +342,7 @@ impl Tracer {
             self.let_go(forgotten);
             self.python_frames.forget(&mut self.kernel, pid);
             self.python_objects.forget(pid);
+            self.goroutines.forget(pid);
             self.history.forget_process(pid);
             if self.processes.remove(&pid).is_some() {
                 self.exited_processes += 1;
@@ -484,6 +491,12 @@ impl Tracer {
                 parent: self.children.parent(pid),
             })
             .collect();
+        let symbolizer = &mut self.symbolizer;
+        let unknown = ProcessMaps::from_mappings(0, Vec::new());
+        let (goroutines, goroutine_reads) = self.goroutines.rows(growth_mode, &mut |pid, pc| {
+            let maps = maps.get(&pid).map_or(&unknown, |m| &**m);
+            symbolizer.symbolize_stack(maps, &[pc], 0, false)
+        });
         Ok(report::build(
             ReportInput {
                 growth_mode: self.options.growth(),
@@ -509,6 +522,8 @@ impl Tracer {
                 sites: &pipeline.sites,
                 growth: &self.growth,
                 python_types: self.python_objects.rows(),
+                goroutines,
+                goroutine_reads,
             },
             &|pid| maps.get(&pid).map(|m| &**m),
             &mut self.symbolizer,

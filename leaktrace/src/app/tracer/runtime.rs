@@ -62,10 +62,14 @@ impl Tracer {
         if let Some(warning) = self.python.first_warning(&found) {
             eprintln!("leaktrace: warning: {warning}");
         }
+        // The Go release and object from the binary's build info; the
+        // goroutine reader registers the process on its own.
+        let goroutines = self.goroutines.detect(pid, maps.current());
         process.runtime = runtime_report(&found).or_else(|| {
             self.go
                 .detect(maps.root(), maps.current())
                 .map(|go| go_report(&go))
+                .or(goroutines)
         });
         process.runtime_generation = Some(generation);
         let PythonFound::Python(interpreter) = &found else {
@@ -106,6 +110,7 @@ impl Tracer {
     /// growth (growth mode).
     pub(in crate::app) fn read_live_state(&mut self) {
         self.read_python_types();
+        self.read_goroutines();
         if self.options.growth() {
             self.huge_pages.check(&mut self.pipeline.table);
             for (&pid, process) in &mut self.processes {
@@ -115,6 +120,26 @@ impl Tracer {
                 {
                     process.rss_growth = Some(now.cast_signed() - start.cast_signed());
                 }
+            }
+        }
+    }
+
+    /// Reads the goroutines of every Go process still there, after a look
+    /// at what each runs (`run`'s command may not have been looked at yet
+    /// when it reaches its exit stop).
+    fn read_goroutines(&mut self) {
+        let live: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(_, p)| !p.exited)
+            .map(|(&pid, _)| pid)
+            .collect();
+        for &pid in &live {
+            self.update_runtime(pid);
+        }
+        for pid in self.goroutines.pids() {
+            if live.contains(&pid) {
+                self.goroutines.read(pid);
             }
         }
     }

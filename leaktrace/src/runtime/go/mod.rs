@@ -14,6 +14,17 @@
 //! - [`moduledata`]: `gofunc`, the base of funcdata offsets, found in
 //!   stripped binaries too;
 //! - [`image`]: the object file read by address, bounds-checked.
+//!
+//! Goroutines by creation site:
+//!
+//! - [`g_layout`]: where `runtime.g`'s fields sit (DWARF, or per release);
+//! - [`wait_reasons`]: what each `waitReason` value means, per binary;
+//! - [`goroutine_source`]: what a binary tells about reading its
+//!   goroutines (where `runtime.allgs` is, which layout), or why not;
+//! - [`go_wrapper`]: the function a `go` statement's wrapper calls;
+//! - [`goroutines`]: goroutines grouped by creation site, and their growth
+//!   across reads (pure);
+//! - [`goroutines_live`]: reading them from a running process, capped.
 pub(crate) mod binary;
 pub(crate) mod buildinfo;
 pub(crate) mod detect;
@@ -21,6 +32,15 @@ pub(crate) mod image;
 pub(crate) mod moduledata;
 pub(crate) mod pclntab;
 
+pub(crate) mod g_layout;
+pub(crate) mod go_wrapper;
+pub(crate) mod goroutine_source;
+pub(crate) mod goroutines;
+pub(crate) mod goroutines_live;
+pub(crate) mod wait_reasons;
+
+#[cfg(test)]
+mod fixture_tests;
 #[cfg(test)]
 mod oracle_tests;
 #[cfg(test)]

@@ -1,0 +1,285 @@
+//! Goroutines by creation site, end to end, on Go programs built by each
+//! release on the machine (unstripped):
+//!
+//! - the seed story: a daemon leaks 8 checker goroutines every 20 ms on a
+//!   full channel, 2,000 in all; traced with `trace --pid` (allocations
+//!   mode: a pure Go program has no malloc, its goroutines are read all
+//!   the same), the `go` statement's line holds exactly 2,000 goroutines,
+//!   all in `chan send`, flagged as only growing, started in the checker's
+//!   function; the program's own counts (`runtime.NumGoroutine`, its
+//!   `runtime.Stack` dump's "created by" lines) are the oracle;
+//! - goroutines that come and go (`run`, growth mode): flat, none flagged;
+//! - `serve --pid` on the story: `/metrics` has the site's series.
+mod common;
+
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{
+    GO_RELEASES, Guarded, Lines, Symbols, TempDir, build_go, fixture_source, get, leaktrace_bin,
+    read_json, require_root, run_json, serial, start_serve,
+};
+use serde_json::Value;
+
+/// The line of `fixtures/go/NAME.go` that carries `marker` in a comment.
+fn marked_line(name: &str, marker: &str) -> u64 {
+    let source = std::fs::read_to_string(fixture_source(&format!("go/{name}.go")))
+        .expect("reading the fixture");
+    let index = source
+        .lines()
+        .position(|l| l.contains(&format!("// {marker}")))
+        .unwrap_or_else(|| panic!("no `// {marker}` in {name}.go"));
+    index as u64 + 1
+}
+
+/// The story fixture, started and ready for its "go".
+fn start_story(program: &Path, rounds: &str) -> (Guarded, Lines) {
+    let mut fixture = Guarded::spawn(
+        "the goroutine leak fixture",
+        Command::new(program)
+            .arg(rounds)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let lines = fixture.stdout_lines();
+    lines
+        .wait_for(Duration::from_secs(30), |line| line == "ready")
+        .expect("the fixture gets ready");
+    (fixture, lines)
+}
+
+/// Tells the story fixture to go, waits for its end, and returns its own
+/// counts: `runtime.NumGoroutine()` and goroutines per "created by"
+/// location (`FILE:LINE`).
+fn run_story(fixture: &mut Guarded, lines: &Lines) -> (u64, HashMap<String, u64>) {
+    let mut stdin = fixture.take_stdin();
+    stdin.write_all(b"go\n").expect("telling the fixture to go");
+    stdin.flush().expect("flushing");
+    lines
+        .wait_for(Duration::from_mins(1), |line| line == "end")
+        .expect("the fixture finishes");
+    let mut total = 0;
+    let mut sites = HashMap::new();
+    for line in lines.all() {
+        let words: Vec<&str> = line.split(' ').collect();
+        match words[..] {
+            ["goroutines", n] => total = n.parse().unwrap(),
+            ["created", site, n] => {
+                sites.insert(site.to_owned(), n.parse().unwrap());
+            }
+            _ => {}
+        }
+    }
+    (total, sites)
+}
+
+/// The report's group whose `go` statement is at `file`:`line`.
+fn group_at<'a>(report: &'a Value, file: &str, line: u64) -> &'a Value {
+    let groups = report["goroutines"].as_array().expect("a goroutines array");
+    groups
+        .iter()
+        .find(|g| {
+            g["created_at"]["line"] == line
+                && g["created_at"]["file"]
+                    .as_str()
+                    .is_some_and(|f| f.ends_with(file))
+        })
+        .unwrap_or_else(|| panic!("no group created at {file}:{line} in {groups:#?}"))
+}
+
+#[test]
+fn the_leaking_go_statement_holds_every_blocked_checker() {
+    const TEST: &str = "the_leaking_go_statement_holds_every_blocked_checker";
+    if !require_root(TEST) {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("go-goroutines");
+    let go_line = marked_line("goroutine_leak", "leak: checker");
+    let start_line = marked_line("goroutine_leak", "start: checker");
+    for release in GO_RELEASES {
+        let Some(program) = build_go(TEST, &dir, "goroutine_leak", release, Symbols::Kept) else {
+            return;
+        };
+        let (mut fixture, lines) = start_story(&program, "250");
+        let report_path = dir.join(&format!("story-{release}.json"));
+        let mut tracer = Guarded::spawn(
+            "leaktrace",
+            Command::new(leaktrace_bin())
+                .args(["trace", "--duration", "9s", "--interval", "1s"])
+                .args(["--format", "json", "--output"])
+                .arg(&report_path)
+                .arg("--pid")
+                .arg(fixture.pid().to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        );
+        let tracer_lines = tracer.stderr_lines();
+        tracer_lines
+            .wait_for(Duration::from_mins(1), |l| {
+                l.contains("leaktrace: tracing pid")
+            })
+            .expect("leaktrace starts tracing");
+        let (own_total, own_sites) = run_story(&mut fixture, &lines);
+        let status = tracer
+            .wait_timeout(Duration::from_mins(1))
+            .expect("leaktrace ends after its duration");
+        let stderr = tracer_lines.finish(Duration::from_secs(5)).join("\n");
+        assert!(status.success(), "Go {release}: leaktrace failed: {stderr}");
+        assert!(
+            stderr.contains("reading its goroutines only (Go heap needs --mode growth for now)"),
+            "Go {release}: {stderr}"
+        );
+        let report = read_json(&report_path);
+        let own_at_line = own_sites
+            .iter()
+            .find(|(site, _)| site.ends_with(&format!("goroutine_leak.go:{go_line}")))
+            .map_or_else(
+                || panic!("Go {release}: the program names no site: {own_sites:?}"),
+                |(_, n)| *n,
+            );
+        assert_eq!(own_at_line, 2000, "Go {release}: the program's own count");
+        let leak = group_at(&report, "goroutine_leak.go", go_line);
+        let summary = format!("Go {release}: {leak:#}");
+        assert_eq!(leak["count"], own_at_line, "{summary}");
+        assert_eq!(
+            leak["wait_reasons"],
+            serde_json::json!({"chan send": 2000}),
+            "{summary}"
+        );
+        assert_eq!(leak["created_at"]["function"], "main.round", "{summary}");
+        assert_eq!(leak["start"]["function"], "main.check", "{summary}");
+        assert_eq!(leak["start"]["line"], start_line, "{summary}");
+        assert_eq!(leak["growth"]["only_grows"], true, "{summary}");
+        assert_eq!(leak["growth"]["since_attach"], 2000, "{summary}");
+        assert_eq!(leak["runtime_internal"], false, "{summary}");
+        // Each holds its 4 KiB buffer on a stack of 8 KiB at least.
+        assert!(
+            leak["stack_bytes"].as_u64().unwrap() >= 2000 * 8192,
+            "{summary}"
+        );
+        // NumGoroutine counts what the runtime does not run for itself.
+        let program_goroutines: u64 = report["goroutines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["runtime_internal"] == false)
+            .map(|g| g["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(program_goroutines, own_total, "Go {release}");
+        // Nothing else only grew.
+        let flagged: Vec<&Value> = report["goroutines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["growth"]["only_grows"] == true)
+            .collect();
+        assert_eq!(flagged.len(), 1, "Go {release}: {flagged:#?}");
+        let read = &report["goroutine_reads"][0];
+        assert_eq!(read["layout"], "dwarf", "Go {release}: {read}");
+        assert_eq!(read["failed_reads"], 0, "Go {release}: {read}");
+        assert!(read["reads"].as_u64().unwrap() >= 5, "Go {release}: {read}");
+        assert!(
+            read["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("Go heap needs --mode growth")),
+            "Go {release}: {read}"
+        );
+        assert_eq!(report["processes"][0]["runtime"]["kind"], "go");
+        assert!(
+            report["processes"][0]["runtime"]["version"]
+                .as_str()
+                .is_some_and(|v| v.starts_with(release)),
+            "Go {release}: {}",
+            report["processes"][0]["runtime"]
+        );
+    }
+}
+
+#[test]
+fn goroutines_that_come_and_go_are_flat_and_not_flagged() {
+    const TEST: &str = "goroutines_that_come_and_go_are_flat_and_not_flagged";
+    if !require_root(TEST) {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("go-churn");
+    let pool_line = marked_line("goroutine_churn", "site: pool");
+    for release in ["1.19", "1.23"] {
+        let Some(program) = build_go(TEST, &dir, "goroutine_churn", release, Symbols::Kept) else {
+            return;
+        };
+        let report = run_json(
+            &dir,
+            &format!("churn-{release}"),
+            &["--mode", "growth", "--interval", "500ms"],
+            &[program.to_str().unwrap(), "3"],
+        );
+        let pool = group_at(&report, "goroutine_churn.go", pool_line);
+        let summary = format!("Go {release}: {:#}", report["goroutines"]);
+        assert_eq!(pool["count"], 4, "{summary}");
+        assert_eq!(pool["wait_reasons"]["chan receive"], 4, "{summary}");
+        assert_eq!(pool["start"]["function"], "main.worker", "{summary}");
+        // `run` read it first before the pool started: it rose once, to
+        // 4, and stayed.
+        assert_eq!(
+            pool["growth"],
+            serde_json::json!({"since_previous": 0, "since_attach": 4, "only_grows": false}),
+            "{summary}"
+        );
+        assert!(
+            report["goroutines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|g| g["growth"]["only_grows"] == false),
+            "{summary}"
+        );
+        let read = &report["goroutine_reads"][0];
+        assert!(read["reads"].as_u64().unwrap() >= 4, "Go {release}: {read}");
+        // Growth mode traces the heap: no note about it.
+        assert!(read["note"].is_null(), "Go {release}: {read}");
+    }
+}
+
+#[test]
+fn serve_exposes_the_leaking_sites_series() {
+    const TEST: &str = "serve_exposes_the_leaking_sites_series";
+    if !require_root(TEST) {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("go-serve");
+    let Some(program) = build_go(TEST, &dir, "goroutine_leak", "1.23", Symbols::Kept) else {
+        return;
+    };
+    let go_line = marked_line("goroutine_leak", "leak: checker");
+    let (mut fixture, lines) = start_story(&program, "100");
+    let server = start_serve(&["--pid", &fixture.pid().to_string()]);
+    let (_, own_sites) = run_story(&mut fixture, &lines);
+    let expected: u64 = own_sites.values().sum();
+    assert_eq!(expected, 800);
+    let (status, body) = get(&server.address, "/metrics");
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8_lossy(&body);
+    let series = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("leaktrace_goroutines{")
+                && l.contains(&format!("created_line=\"{go_line}\""))
+        })
+        .unwrap_or_else(|| panic!("no series for line {go_line}:\n{metrics}"));
+    assert!(
+        series.contains("created_function=\"main.round\"")
+            && series.contains("start_function=\"main.check\"")
+            && series.contains(&format!("pid=\"{}\"", fixture.pid())),
+        "{series}"
+    );
+    assert!(series.ends_with(&format!(" {expected}")), "{series}");
+}
