@@ -195,7 +195,7 @@ fn the_leaking_go_statement_holds_every_blocked_checker() {
         assert!(
             report["processes"][0]["runtime"]["version"]
                 .as_str()
-                .is_some_and(|v| v.starts_with(release)),
+                .is_some_and(|v| v.starts_with(&format!("go{release}"))),
             "Go {release}: {}",
             report["processes"][0]["runtime"]
         );
@@ -226,11 +226,13 @@ fn goroutines_that_come_and_go_are_flat_and_not_flagged() {
         assert_eq!(pool["count"], 4, "{summary}");
         assert_eq!(pool["wait_reasons"]["chan receive"], 4, "{summary}");
         assert_eq!(pool["start"]["function"], "main.worker", "{summary}");
-        // `run` read it first before the pool started: it rose once, to
-        // 4, and stayed.
-        assert_eq!(
-            pool["growth"],
-            serde_json::json!({"since_previous": 0, "since_attach": 4, "only_grows": false}),
+        // Flat since the read before, never flagged. Since attach: 4 when
+        // the first read (when the process is first seen to be Go) came
+        // before the pool started, 0 when after.
+        assert_eq!(pool["growth"]["since_previous"], 0, "{summary}");
+        assert_eq!(pool["growth"]["only_grows"], false, "{summary}");
+        assert!(
+            [0, 4].contains(&pool["growth"]["since_attach"].as_u64().unwrap()),
             "{summary}"
         );
         assert!(
