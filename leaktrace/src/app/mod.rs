@@ -18,6 +18,7 @@ mod children;
 pub mod cli;
 mod event_loop;
 mod exit_watch;
+mod go_heap;
 mod http;
 mod output;
 mod python_frames;

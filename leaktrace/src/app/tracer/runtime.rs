@@ -62,11 +62,16 @@ impl Tracer {
         if let Some(warning) = self.python.first_warning(&found) {
             eprintln!("leaktrace: warning: {warning}");
         }
-        process.runtime = runtime_report(&found).or_else(|| {
-            self.go
-                .detect(maps.root(), maps.current())
-                .map(|go| go_report(&go))
-        });
+        let go = match found {
+            PythonFound::NotPython => self.go.detect(maps.root(), maps.current()),
+            _ => None,
+        };
+        process.runtime = runtime_report(&found).or_else(|| go.as_ref().map(go_report));
+        if let Some(go) = &go
+            && !self.options.growth()
+        {
+            self.go_heap.attach(pid, go, maps.root(), maps.current());
+        }
         process.runtime_generation = Some(generation);
         let PythonFound::Python(interpreter) = &found else {
             return;
@@ -106,6 +111,11 @@ impl Tracer {
     /// growth (growth mode).
     pub(in crate::app) fn read_live_state(&mut self) {
         self.read_python_types();
+        for pid in self.go_heap.pids() {
+            if self.processes.get(&pid).is_some_and(|p| !p.exited) {
+                self.go_heap.read(pid);
+            }
+        }
         if self.options.growth() {
             self.huge_pages.check(&mut self.pipeline.table);
             for (&pid, process) in &mut self.processes {
@@ -157,6 +167,7 @@ fn runtime_report(found: &PythonFound) -> Option<RuntimeReport> {
         version,
         object: display_path.clone(),
         walks: PythonWalks::default(),
+        go_heap: None,
     })
 }
 
@@ -168,5 +179,6 @@ fn go_report(found: &GoFound) -> RuntimeReport {
         version: found.build.version.clone(),
         object: found.display_path.clone(),
         walks: PythonWalks::default(),
+        go_heap: None,
     }
 }
