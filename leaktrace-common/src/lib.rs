@@ -58,6 +58,10 @@ pub enum AllocFn {
     /// Growth mode: `madvise(args[0], args[1], MADV_DONTNEED/FREE/REMOVE)`
     /// gave the range's pages back.
     Madvise = 25,
+    /// A Go program's heap as its runtime's own profile counts it (read
+    /// from the process by userspace, never sent by the kernel): not in
+    /// [`AllocFn::ALL`], which lists what can be probed or recorded.
+    GoHeap = 26,
 }
 
 /// Bit of a uprobe's attach cookie above the `AllocFn`: the function takes
@@ -127,6 +131,7 @@ impl AllocFn {
             AllocFn::PageFault => "page_fault",
             AllocFn::Brk => "brk",
             AllocFn::Madvise => "madvise",
+            AllocFn::GoHeap => "go-heap",
         }
     }
 

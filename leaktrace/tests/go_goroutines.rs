@@ -188,7 +188,7 @@ fn the_leaking_go_statement_holds_every_blocked_checker() {
         assert!(
             read["note"]
                 .as_str()
-                .is_some_and(|n| n.contains("Go heap needs --mode growth")),
+                .is_some_and(|n| n.contains("read from the Go runtime's own profile")),
             "Go {release}: {read}"
         );
         assert_eq!(report["processes"][0]["runtime"]["kind"], "go");

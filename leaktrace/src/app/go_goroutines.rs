@@ -37,7 +37,7 @@ const MAX_BINARY: u64 = 2 << 30;
 /// What a report says of a process traced in allocations mode that has no
 /// allocator (a pure Go program).
 pub(crate) const HEAP_NOTE: &str =
-    "no allocator to probe: goroutines only (Go heap needs --mode growth for now)";
+    "no allocator to probe: its heap is read from the Go runtime's own profile";
 
 /// One Go process.
 struct GoProcess {
@@ -123,9 +123,10 @@ impl GoGoroutines {
         }
         Some(RuntimeReport {
             kind: "go".into(),
-            version: version.map(|v| v.trim_start_matches("go").to_owned()),
+            version,
             object: display,
             walks: crate::daemon::python_walks::PythonWalks::default(),
+            go_heap: None,
         })
     }
 

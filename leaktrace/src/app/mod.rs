@@ -19,6 +19,7 @@ pub mod cli;
 mod event_loop;
 mod exit_watch;
 mod go_goroutines;
+mod go_heap;
 mod http;
 mod output;
 mod python_frames;

@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// Said of a Go program traced in allocations mode with no allocator.
-const GO_ONLY: &str = "a Go program with no malloc: reading its goroutines only (Go heap needs --mode growth for now)";
+const GO_ONLY: &str = "a Go program with no malloc: its heap is read from the runtime's own profile, its goroutines from the process";
 
 /// How to load the kernel side; `all`: every process is traced (no
 /// children to follow then).

@@ -147,6 +147,8 @@ pub fn interpret_alloc(func: AllocFn, args: [u64; 4], ret: u64, out: u64) -> Hea
             addr: args[0],
             size: args[1],
         },
+        // Read from a Go process's own profile, never a record.
+        AllocFn::GoHeap => HeapOp::Ignored,
         AllocFn::Free
         | AllocFn::Dallocx
         | AllocFn::Sdallocx

@@ -51,6 +51,7 @@ mod tests {
                 unresolved: 0,
                 read_failed: 1,
             },
+            go_heap: None,
         });
         let value: serde_json::Value = serde_json::from_str(&super::render(&report)).unwrap();
         assert_eq!(

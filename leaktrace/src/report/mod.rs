@@ -216,6 +216,28 @@ pub struct RuntimeReport {
     /// frames found (all zero until the walk runs: a version read, a layout
     /// known).
     pub walks: PythonWalks,
+    /// Go, allocations mode: what was read of the runtime's own heap
+    /// profile (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub go_heap: Option<GoHeapReport>,
+}
+
+/// A Go process's heap profile as read: its sites are the report's sites
+/// with allocator `go-heap`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GoHeapReport {
+    /// "read" (its sites are in the report), "off" (the binary does not
+    /// use runtime/pprof: the linker turned the profile off, nothing is
+    /// reported) or "unreadable" (`note` says why).
+    pub profile: String,
+    /// `runtime.MemProfileRate` as read: mean bytes between samples (1:
+    /// every allocation); null when not read.
+    pub sample_rate: Option<u64>,
+    /// Buckets read, and buckets past the cap left unread.
+    pub buckets: u64,
+    pub buckets_cut: u64,
+    /// One line for people.
+    pub note: String,
 }
 
 impl RuntimeReport {
@@ -422,13 +444,17 @@ pub fn build<'m>(
                 growth: input.growth.assess(total.site),
                 frames: python(
                     site.pid,
-                    symbolizer.symbolize_stack(
-                        maps(site.pid).unwrap_or(&unknown),
-                        &site.stack,
-                        site.fp_frames,
-                        // A page fault's first frame is the faulting
-                        // instruction, every other stack's a return address.
-                        site.func == AllocFn::PageFault,
+                    go_logical_frames(
+                        site.func,
+                        symbolizer.symbolize_stack(
+                            maps(site.pid).unwrap_or(&unknown),
+                            &site.stack,
+                            site.fp_frames,
+                            // A page fault's first frame is the faulting
+                            // instruction, every other stack's a return
+                            // address.
+                            site.func == AllocFn::PageFault,
+                        ),
                     ),
                     &site.python,
                 ),
@@ -508,6 +534,30 @@ pub fn build<'m>(
         goroutines: input.goroutines,
         goroutine_reads: input.goroutine_reads,
     }
+}
+
+/// A Go heap profile's stack (`runtime.callers`) already has one PC per
+/// logical frame, inlined calls included (an inlined call's entry is its
+/// inline mark's address + 1): each PC stands for the innermost frame
+/// there, as `runtime.CallersFrames` and pprof read it. Expanding each PC
+/// again would name every caller of an inlined call twice. Other stacks
+/// are physical and keep their expansion.
+fn go_logical_frames(func: AllocFn, frames: Vec<Frame>) -> Vec<Frame> {
+    if func != AllocFn::GoHeap {
+        return frames;
+    }
+    // One PC's frames: its inlined calls, innermost first, then the
+    // function that holds it (not inlined), which ends the group.
+    let mut logical: Vec<Frame> = Vec::with_capacity(frames.len());
+    let mut group_start = true;
+    for frame in frames {
+        let ends_group = !frame.inlined;
+        if group_start {
+            logical.push(frame);
+        }
+        group_start = ends_group;
+    }
+    logical
 }
 
 /// Sites with Python frames, merged when they name the same frames: the
@@ -625,6 +675,39 @@ pub(crate) mod fixtures;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_go_heap_stack_names_one_frame_per_pc() {
+        let frame = |function: &str, address: u64, inlined: bool| Frame {
+            function: function.into(),
+            file: None,
+            line: None,
+            module: "/app".into(),
+            address,
+            inlined,
+            fallback: false,
+            kind: FrameKind::Native,
+            python_unmatched: false,
+        };
+        // PC 1 is in `inner`, inlined into `outer`; PC 2 is the inline
+        // mark's entry, in `outer`; PC 3 (a recursive call's return
+        // address, the same twice) in `main`.
+        let expanded = vec![
+            frame("inner", 1, true),
+            frame("outer", 1, false),
+            frame("outer", 2, false),
+            frame("main", 3, false),
+            frame("main", 3, false),
+        ];
+        let names = |frames: Vec<Frame>| -> Vec<String> {
+            frames.into_iter().map(|f| f.function).collect()
+        };
+        assert_eq!(
+            names(go_logical_frames(AllocFn::GoHeap, expanded.clone())),
+            ["inner", "outer", "main", "main"]
+        );
+        assert_eq!(names(go_logical_frames(AllocFn::Malloc, expanded)).len(), 5);
+    }
 
     #[test]
     fn losses_summary_says_zero_or_breaks_down() {

@@ -102,6 +102,9 @@ pub fn render(report: &Report, top: usize) -> String {
                 if let Some(walks) = runtime.walks_summary() {
                     let _ = writeln!(out, "  {walks}");
                 }
+                if let Some(heap) = &runtime.go_heap {
+                    let _ = writeln!(out, "  {}", heap.note);
+                }
             }
             if let Some(container) = &process.container {
                 let _ = writeln!(out, "container: {}", container_line(container));
@@ -220,6 +223,14 @@ pub fn render(report: &Report, top: usize) -> String {
                     .map(|r| format!("  [{}]", r.label()))
                     .unwrap_or_default()
             );
+        }
+        // A Go heap profile that was not read: said once per process.
+        for process in &report.processes {
+            if let Some(heap) = process.runtime.as_ref().and_then(|r| r.go_heap.as_ref())
+                && heap.profile != "read"
+            {
+                let _ = writeln!(out, "  pid {}: {}", process.pid, heap.note);
+            }
         }
     }
     let mut growing: Vec<&super::SiteReport> = report
@@ -421,6 +432,7 @@ mod tests {
                 version: version.map(Into::into),
                 object: "/opt/pyenv/versions/3.11.7/lib/libpython3.11.so.1.0".into(),
                 walks: PythonWalks::default(),
+                go_heap: None,
             })
         };
         let mut report = fixtures::report();

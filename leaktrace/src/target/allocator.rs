@@ -44,6 +44,9 @@ pub(crate) fn choose_objects(candidates: &[Candidate]) -> Result<Vec<ProbedObjec
         .filter(|c| c.symbols.defines(AllocFn::Malloc))
         .collect();
     let allocator = match defines_malloc.first() {
+        // A pure Go program: nothing to probe, its heap is read from its
+        // runtime's profile.
+        None if candidates.iter().any(|c| c.symbols.is_go) => return Ok(Vec::new()),
         None => bail!(
             "no allocator found: none of the target's {} objects defines malloc",
             candidates.len()
@@ -102,6 +105,7 @@ mod tests {
                 })
                 .collect(),
             is_c_library,
+            is_go: false,
         }
     }
 
@@ -171,5 +175,14 @@ mod tests {
     fn no_malloc_anywhere_is_an_error() {
         let err = choose_objects(&[cand("/app", symbols(&[], false))]).unwrap_err();
         assert!(err.to_string().contains("no allocator found"), "{err}");
+    }
+
+    #[test]
+    fn a_pure_go_program_probes_nothing_and_is_traced() {
+        let go = ObjectSymbols {
+            is_go: true,
+            ..symbols(&[], false)
+        };
+        assert!(choose_objects(&[cand("/app", go)]).unwrap().is_empty());
     }
 }

@@ -19,6 +19,9 @@ pub(crate) struct ObjectSymbols {
     pub functions: Vec<FunctionSymbol>,
     /// Defines `__libc_start_main`: it is the C library, never an interposer.
     pub is_c_library: bool,
+    /// Has a `.gopclntab`: a Go binary, whose heap is read from its
+    /// runtime's profile when nothing defines malloc.
+    pub is_go: bool,
 }
 
 impl ObjectSymbols {
@@ -96,6 +99,7 @@ pub(crate) fn object_symbols(data: &[u8]) -> Result<ObjectSymbols> {
     Ok(ObjectSymbols {
         functions,
         is_c_library,
+        is_go: file.section_by_name(".gopclntab").is_some(),
     })
 }
 

@@ -70,10 +70,11 @@ pub(crate) fn argument_registers(func: AllocFn) -> &'static [Register] {
         | AllocFn::Munmap
         | AllocFn::PyObjectMalloc
         | AllocFn::PyObjectFree
-        // Tracepoint records, never probed.
+        // Tracepoint records and the Go profile, never probed.
         | AllocFn::PageFault
         | AllocFn::Brk
-        | AllocFn::Madvise => 2,
+        | AllocFn::Madvise
+        | AllocFn::GoHeap => 2,
         // CPython's object allocator counts the context pointer 3.6+ passes
         // first (protecting one register too many is harmless).
         AllocFn::Reallocarray

@@ -25,6 +25,7 @@ use super::{
     children::Children,
     cli::ReportOptions,
     go_goroutines::GoGoroutines,
+    go_heap::GoHeap,
     output::{own_usage, write_atomically},
     python_frames::PythonFrames,
     python_objects::PythonObjects,
@@ -116,6 +117,8 @@ pub(super) struct Tracer {
     python: PythonCache,
     /// Which objects are Go binaries, each file read once.
     go: GoCache,
+    /// Go processes' heap profiles (allocations mode).
+    go_heap: GoHeap,
     /// The Python processes whose frames the kernel walks, and their code
     /// objects.
     python_frames: PythonFrames,
@@ -171,6 +174,7 @@ impl Tracer {
             processes: BTreeMap::new(),
             python: PythonCache::default(),
             go: GoCache::default(),
+            go_heap: GoHeap::default(),
             python_frames: PythonFrames::default(),
             python_warnings: 0,
             python_objects: PythonObjects::default(),
@@ -279,6 +283,7 @@ impl Tracer {
                 }
                 self.python_frames.exec(pid);
                 self.goroutines.forget(pid);
+                self.go_heap.forget(pid);
                 self.track(pid);
                 if let Targets::All(system) = &mut self.targets {
                     system.exec_seen(pid);
@@ -343,6 +348,7 @@ impl Tracer {
             self.python_frames.forget(&mut self.kernel, pid);
             self.python_objects.forget(pid);
             self.goroutines.forget(pid);
+            self.go_heap.forget(pid);
             self.history.forget_process(pid);
             if self.processes.remove(&pid).is_some() {
                 self.exited_processes += 1;
@@ -444,14 +450,15 @@ impl Tracer {
         let growth_mode = self.options.growth();
         let now_ns = monotonic_ns();
         let min_age = self.options.min_age;
-        let pipeline = &self.pipeline;
-        let totals = aggregate::outstanding_by_site(
-            &pipeline.table,
+        let mut totals = aggregate::outstanding_by_site(
+            &self.pipeline.table,
             now_ns,
             min_age.as_nanos() as u64,
             u64::from(self.options.sample_mean()),
             self.options.page_sample(),
         );
+        self.add_go_heap(&mut totals);
+        let pipeline = &self.pipeline;
         let kernel = self.kernel.losses()?;
         let losses = Losses {
             ring_buffer_full: kernel.ring_buffer_full,
@@ -484,6 +491,7 @@ impl Tracer {
                 exited: process.exited,
                 runtime: process.runtime.clone().map(|runtime| RuntimeReport {
                     walks: pipeline.python_walks.get(pid).unwrap_or_default(),
+                    go_heap: self.go_heap.report(pid),
                     ..runtime
                 }),
                 rss_growth_bytes: process.rss_growth(growth_mode),
@@ -572,13 +580,14 @@ impl Tracer {
     /// Samples every site's outstanding bytes for the growth ranking and
     /// the page's history.
     pub(super) fn record_growth(&mut self) {
-        let totals = aggregate::outstanding_by_site(
+        let mut totals = aggregate::outstanding_by_site(
             &self.pipeline.table,
             monotonic_ns(),
             0,
             u64::from(self.options.sample_mean()),
             self.options.page_sample(),
         );
+        self.add_go_heap(&mut totals);
         let seconds = self.started.elapsed().as_secs_f64();
         self.growth.record(seconds, &totals);
         let now: Vec<SiteBytes> = totals
@@ -590,6 +599,22 @@ impl Tracer {
             })
             .collect();
         self.history.record(seconds, &now);
+    }
+
+    /// Adds the Go heap sites read last to `totals`, keeping the order
+    /// (most bytes first).
+    fn add_go_heap(&mut self, totals: &mut Vec<aggregate::SiteTotal>) {
+        let go = self.go_heap.totals(&mut self.pipeline.sites);
+        if go.is_empty() {
+            return;
+        }
+        totals.extend(go);
+        totals.sort_by(|a, b| {
+            b.bytes
+                .cmp(&a.bytes)
+                .then(b.count.cmp(&a.count))
+                .then(a.site.cmp(&b.site))
+        });
     }
 
     pub(super) fn progress(&self, message: &str) {

@@ -63,14 +63,21 @@ impl Tracer {
             eprintln!("leaktrace: warning: {warning}");
         }
         // The Go release and object from the binary's build info; the
-        // goroutine reader registers the process on its own.
+        // goroutine reader registers the process on its own; the heap is
+        // read from the runtime's profile in allocations mode.
         let goroutines = self.goroutines.detect(pid, maps.current());
-        process.runtime = runtime_report(&found).or_else(|| {
-            self.go
-                .detect(maps.root(), maps.current())
-                .map(|go| go_report(&go))
-                .or(goroutines)
-        });
+        let go = match found {
+            PythonFound::NotPython => self.go.detect(maps.root(), maps.current()),
+            _ => None,
+        };
+        process.runtime = runtime_report(&found)
+            .or_else(|| go.as_ref().map(go_report))
+            .or(goroutines);
+        if let Some(go) = &go
+            && !self.options.growth()
+        {
+            self.go_heap.attach(pid, go, maps.root(), maps.current());
+        }
         process.runtime_generation = Some(generation);
         let PythonFound::Python(interpreter) = &found else {
             return;
@@ -111,6 +118,11 @@ impl Tracer {
     pub(in crate::app) fn read_live_state(&mut self) {
         self.read_python_types();
         self.read_goroutines();
+        for pid in self.go_heap.pids() {
+            if self.processes.get(&pid).is_some_and(|p| !p.exited) {
+                self.go_heap.read(pid);
+            }
+        }
         if self.options.growth() {
             self.huge_pages.check(&mut self.pipeline.table);
             for (&pid, process) in &mut self.processes {
@@ -182,6 +194,7 @@ fn runtime_report(found: &PythonFound) -> Option<RuntimeReport> {
         version,
         object: display_path.clone(),
         walks: PythonWalks::default(),
+        go_heap: None,
     })
 }
 
@@ -193,5 +206,6 @@ fn go_report(found: &GoFound) -> RuntimeReport {
         version: found.build.version.clone(),
         object: found.display_path.clone(),
         walks: PythonWalks::default(),
+        go_heap: None,
     }
 }

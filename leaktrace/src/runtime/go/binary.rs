@@ -60,10 +60,6 @@ impl GoBinary {
     }
 
     /// The function called `name` (e.g. `runtime.allgadd`).
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "for the goroutine reader, and the tests")
-    )]
     pub(crate) fn function_named(&self, name: &str) -> Result<Option<GoFunction>, PclntabError> {
         self.pclntab()?.function_named(name)
     }

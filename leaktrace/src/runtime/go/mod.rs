@@ -13,7 +13,11 @@
 //! - [`binary`]: one binary's table, located and kept for lookups;
 //! - [`moduledata`]: `gofunc`, the base of funcdata offsets, found in
 //!   stripped binaries too;
-//! - [`image`]: the object file read by address, bounds-checked.
+//! - [`image`]: the object file read by address, bounds-checked;
+//! - [`heap_profile`]: the runtime's heap profile buckets, read from the
+//!   live process and scaled as pprof does;
+//! - [`heap_symbols`]: where a binary keeps them (`.symtab`, or its code
+//!   when stripped).
 //!
 //! Goroutines by creation site:
 //!
@@ -28,6 +32,8 @@
 pub(crate) mod binary;
 pub(crate) mod buildinfo;
 pub(crate) mod detect;
+pub(crate) mod heap_profile;
+pub(crate) mod heap_symbols;
 pub(crate) mod image;
 pub(crate) mod moduledata;
 pub(crate) mod pclntab;
@@ -41,6 +47,8 @@ pub(crate) mod wait_reasons;
 
 #[cfg(test)]
 mod fixture_tests;
+#[cfg(test)]
+mod heap_profile_tests;
 #[cfg(test)]
 mod oracle_tests;
 #[cfg(test)]

@@ -1,0 +1,251 @@
+//! The Go heap by allocation site, against the program's own pprof: the
+//! heap fixture imports `net/http/pprof` and keeps 40 MiB in 4 KiB slices
+//! (`main.retainSmall`) and 10 MiB in 64 KiB slices (`main.retainLarge`)
+//! while `main.churn` drops 256 MiB. `trace --pid` (allocations mode, the
+//! default) reads the runtime's profile buckets; the fixture's own
+//! `/debug/pprof/heap`, read by that release's `go tool pprof -top
+//! -inuse_space`, is the oracle: in-use bytes per function agree within
+//! 10%, the two retaining functions come first at their `make` lines, the
+//! churn is near zero in both. Built with each Go release, and stripped
+//! (no `.symtab`: the profile is found from the runtime's code) with the
+//! oldest and newest.
+//!
+//! A program that does not import runtime/pprof has its profile turned off
+//! by the linker: the report says so, shows no Go heap site, and leaktrace
+//! exits 0.
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{
+    GO_RELEASES, Guarded, Lines, Symbols, TempDir, build_go, go_command, leaktrace, read_json,
+    require_root, serial, site_lines, sites,
+};
+use serde_json::Value;
+
+/// Starts a Go fixture, waits for its first line (returned), tells it to
+/// go and waits for "done".
+fn start(program: &Path) -> (Guarded, Lines, String) {
+    let mut fixture = Guarded::spawn(
+        "the Go heap fixture",
+        Command::new(program)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let lines = fixture.stdout_lines();
+    let first = lines
+        .next(Duration::from_secs(30))
+        .expect("the fixture's first line");
+    let mut stdin = fixture.take_stdin();
+    stdin.write_all(b"go\n").expect("telling the fixture to go");
+    stdin.flush().expect("flushing");
+    lines
+        .wait_for(Duration::from_mins(1), |line| line.starts_with("done"))
+        .expect("the fixture finishes");
+    (fixture, lines, first)
+}
+
+/// `trace --pid PID` for a second, JSON.
+fn trace(dir: &TempDir, pid: u32, name: &str) -> Value {
+    let report = dir.join(&format!("{name}.json"));
+    let pid = pid.to_string();
+    let args = [
+        "trace",
+        "--duration",
+        "1s",
+        "--format",
+        "json",
+        "--output",
+        report.to_str().unwrap(),
+        "--pid",
+        &pid,
+    ];
+    leaktrace(&args, Duration::from_mins(1)).succeeded(&format!("leaktrace {}", args.join(" ")));
+    read_json(&report)
+}
+
+/// The body of `GET path` from 127.0.0.1:`port` (HTTP/1.0: the server
+/// closes the connection after it).
+fn http_get(port: u16, path: &str) -> Vec<u8> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the fixture");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("the response");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    assert!(response.starts_with(b"HTTP/1.0 200"), "GET {path}");
+    response[split + 4..].to_vec()
+}
+
+/// In-use bytes per function by the program's own profile: `go tool pprof
+/// -top -inuse_space -unit=B` of its `/debug/pprof/heap` (flat: the
+/// innermost frame after the runtime's own, as pprof shows allocations).
+fn pprof_by_function(dir: &TempDir, release: &str, port: u16) -> BTreeMap<String, u64> {
+    let profile = dir.join("heap.pb.gz");
+    std::fs::write(&profile, http_get(port, "/debug/pprof/heap")).unwrap();
+    let output = Command::new(go_command(release))
+        .args(["tool", "pprof", "-top", "-inuse_space", "-unit=B"])
+        .args(["-nodecount=10000"])
+        .arg(&profile)
+        .env("GOTOOLCHAIN", "local")
+        .env("HOME", dir.join("home"))
+        .output()
+        .expect("running go tool pprof");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "go tool pprof: {text}");
+    let mut by_function = BTreeMap::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let [flat, _, _, _, _, function] = words[..]
+            && let Some(Ok(bytes)) = flat.strip_suffix('B').map(str::parse::<u64>)
+        {
+            *by_function.entry(function.to_string()).or_default() += bytes;
+        }
+    }
+    by_function
+}
+
+/// In-use bytes per function by leaktrace: each `go-heap` site's first
+/// frame outside the runtime (its first frame when all are the runtime's).
+fn leaktrace_by_function(report: &Value) -> BTreeMap<String, u64> {
+    let mut by_function = BTreeMap::new();
+    for site in sites(report) {
+        if site["allocator"] != "go-heap" {
+            continue;
+        }
+        let frames = site["frames"].as_array().unwrap();
+        let function = frames
+            .iter()
+            .map(|f| f["function"].as_str().unwrap())
+            .find(|f| !f.starts_with("runtime."))
+            .or_else(|| frames.first().map(|f| f["function"].as_str().unwrap()))
+            .unwrap_or("?");
+        *by_function.entry(function.to_string()).or_default() += site["bytes"].as_u64().unwrap();
+    }
+    by_function
+}
+
+/// The line of `function`'s frame in the site with the most bytes that
+/// has one.
+fn line_of(report: &Value, function: &str) -> Option<u64> {
+    sites(report).iter().find_map(|site| {
+        site["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["function"] == function)
+            .and_then(|f| f["line"].as_u64())
+    })
+}
+
+#[test]
+fn go_heap_in_use_per_function_agrees_with_the_programs_own_pprof() {
+    const TEST: &str = "go_heap_in_use_per_function_agrees_with_the_programs_own_pprof";
+    if !require_root(TEST) {
+        return;
+    }
+    let _serial = serial();
+    let lines = site_lines("go/heap.go");
+    let builds = GO_RELEASES
+        .iter()
+        .map(|&r| (r, Symbols::Kept))
+        .chain([("1.19", Symbols::Stripped), ("1.23", Symbols::Stripped)]);
+    for (release, symbols) in builds {
+        let dir = TempDir::new("go-heap");
+        let Some(program) = build_go(TEST, &dir, "heap", release, symbols) else {
+            return;
+        };
+        let (mut fixture, _lines, first) = start(&program);
+        let port: u16 = first
+            .strip_prefix("port ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("go{release}: a port, not {first:?}"));
+        let report = trace(&dir, fixture.pid(), "go-heap");
+        let ours = leaktrace_by_function(&report);
+        let theirs = pprof_by_function(&dir, release, port);
+        fixture.kill_and_reap();
+        let what = format!("go{release} {symbols:?}: leaktrace {ours:?}, pprof {theirs:?}");
+        eprintln!("{what}");
+        let heap = &report["processes"][0]["runtime"]["go_heap"];
+        assert_eq!(heap["profile"], "read", "{what}: {heap}");
+        assert_eq!(heap["sample_rate"], 512 * 1024, "{what}");
+        // Every function pprof puts above 1 MiB, within 10% in leaktrace.
+        for (function, &bytes) in theirs.iter().filter(|(_, b)| **b >= 1 << 20) {
+            let found = ours.get(function).copied().unwrap_or(0);
+            assert!(
+                found.abs_diff(bytes) * 10 <= bytes,
+                "{what}: {function} {found} against {bytes}"
+            );
+        }
+        // 40 MiB and 10 MiB, sampled: the estimates are near; first and
+        // second; churn near zero in both.
+        let small = ours.get("main.retainSmall").copied().unwrap_or(0);
+        let large = ours.get("main.retainLarge").copied().unwrap_or(0);
+        assert!((30 << 20..=50 << 20).contains(&small), "{what}");
+        assert!((6 << 20..=15 << 20).contains(&large), "{what}");
+        for by in [&ours, &theirs] {
+            assert!(
+                by.get("main.churn").copied().unwrap_or(0) < 1 << 20,
+                "{what}"
+            );
+        }
+        let top: Vec<&str> = sites(&report)
+            .iter()
+            .take(2)
+            .map(|s| s["frames"][0]["function"].as_str().unwrap())
+            .collect();
+        assert_eq!(top, ["main.retainSmall", "main.retainLarge"], "{what}");
+        assert_eq!(
+            line_of(&report, "main.retainSmall"),
+            Some(u64::from(lines["small_make"])),
+            "{what}"
+        );
+        assert_eq!(
+            line_of(&report, "main.retainLarge"),
+            Some(u64::from(lines["large_make"])),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn a_go_program_without_pprof_is_said_to_have_its_profile_off() {
+    const TEST: &str = "a_go_program_without_pprof_is_said_to_have_its_profile_off";
+    if !require_root(TEST) {
+        return;
+    }
+    let _serial = serial();
+    for (release, symbols) in [("1.23", Symbols::Kept), ("1.19", Symbols::Stripped)] {
+        let dir = TempDir::new("go-heap-off");
+        let Some(program) = build_go(TEST, &dir, "noprofile", release, symbols) else {
+            return;
+        };
+        let (mut fixture, _lines, _) = start(&program);
+        let report = trace(&dir, fixture.pid(), "go-heap-off");
+        fixture.kill_and_reap();
+        let what = format!("go{release} {symbols:?}");
+        let heap = &report["processes"][0]["runtime"]["go_heap"];
+        assert_eq!(heap["profile"], "off", "{what}: {heap}");
+        assert_eq!(heap["sample_rate"], 0, "{what}");
+        assert_eq!(
+            heap["note"],
+            "Go heap profile off in this binary (it does not import runtime/pprof); its heap growth: --mode growth",
+            "{what}"
+        );
+        // Nothing invented: no site at all (no allocator is probed).
+        assert!(sites(&report).is_empty(), "{what}: {:?}", sites(&report));
+    }
+}
