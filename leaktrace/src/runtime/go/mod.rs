@@ -13,12 +13,16 @@
 //! - [`binary`]: one binary's table, located and kept for lookups;
 //! - [`moduledata`]: `gofunc`, the base of funcdata offsets, found in
 //!   stripped binaries too;
-//! - [`image`]: the object file read by address, bounds-checked.
+//! - [`image`]: the object file read by address, bounds-checked;
+//! - [`data_refs`]: the data a function's code refers to (how a stripped
+//!   binary's runtime variables are found).
 //!
 //! Goroutines by creation site:
 //!
 //! - [`g_layout`]: where `runtime.g`'s fields sit (DWARF, or per release);
 //! - [`wait_reasons`]: what each `waitReason` value means, per binary;
+//! - [`allgs_code`]: where `runtime.allgs` is in a stripped binary, from
+//!   the code of the runtime functions that use it;
 //! - [`goroutine_source`]: what a binary tells about reading its
 //!   goroutines (where `runtime.allgs` is, which layout), or why not;
 //! - [`go_wrapper`]: the function a `go` statement's wrapper calls;
@@ -27,11 +31,13 @@
 //! - [`goroutines_live`]: reading them from a running process, capped.
 pub(crate) mod binary;
 pub(crate) mod buildinfo;
+pub(crate) mod data_refs;
 pub(crate) mod detect;
 pub(crate) mod image;
 pub(crate) mod moduledata;
 pub(crate) mod pclntab;
 
+pub(crate) mod allgs_code;
 pub(crate) mod g_layout;
 pub(crate) mod go_wrapper;
 pub(crate) mod goroutine_source;
