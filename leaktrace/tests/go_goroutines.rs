@@ -1,5 +1,5 @@
 //! Goroutines by creation site, end to end, on Go programs built by each
-//! release on the machine (unstripped):
+//! release on the machine (unstripped, and stripped for the story):
 //!
 //! - the seed story: a daemon leaks 8 checker goroutines every 20 ms on a
 //!   full channel, 2,000 in all; traced with `trace --pid` (allocations
@@ -101,105 +101,138 @@ fn the_leaking_go_statement_holds_every_blocked_checker() {
     }
     let _serial = serial();
     let dir = TempDir::new("go-goroutines");
+    for release in GO_RELEASES {
+        if !trace_story(TEST, &dir, release, Symbols::Kept) {
+            return;
+        }
+    }
+}
+
+/// The same story built stripped (`-ldflags=-s -w`: no `.symtab`, no
+/// DWARF): `runtime.allgs` found from the runtime's code, `runtime.g`'s
+/// layout and the wait reasons from the release's tables, names from
+/// `.gopclntab`; the same report as the unstripped build's.
+#[test]
+fn a_stripped_build_tells_the_same_story() {
+    const TEST: &str = "a_stripped_build_tells_the_same_story";
+    if !require_root(TEST) {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("go-goroutines-stripped");
+    for release in GO_RELEASES {
+        if !trace_story(TEST, &dir, release, Symbols::Stripped) {
+            return;
+        }
+    }
+}
+
+/// Builds the story with `release`, traces it with `trace --pid` and
+/// checks the report against the program's own counts; false when a
+/// prerequisite is missing (the test then returns).
+fn trace_story(test: &str, dir: &TempDir, release: &str, symbols: Symbols) -> bool {
     let go_line = marked_line("goroutine_leak", "leak: checker");
     let start_line = marked_line("goroutine_leak", "start: checker");
-    for release in GO_RELEASES {
-        let Some(program) = build_go(TEST, &dir, "goroutine_leak", release, Symbols::Kept) else {
-            return;
-        };
-        let (mut fixture, lines) = start_story(&program, "250");
-        let report_path = dir.join(&format!("story-{release}.json"));
-        let mut tracer = Guarded::spawn(
-            "leaktrace",
-            Command::new(leaktrace_bin())
-                .args(["trace", "--duration", "9s", "--interval", "1s"])
-                .args(["--format", "json", "--output"])
-                .arg(&report_path)
-                .arg("--pid")
-                .arg(fixture.pid().to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped()),
+    let Some(program) = build_go(test, dir, "goroutine_leak", release, symbols) else {
+        return false;
+    };
+    let label = match symbols {
+        Symbols::Kept => release.to_owned(),
+        Symbols::Stripped => format!("{release} stripped"),
+    };
+    let (mut fixture, lines) = start_story(&program, "250");
+    let report_path = dir.join(&format!("story-{}.json", label.replace(' ', "-")));
+    let mut tracer = Guarded::spawn(
+        "leaktrace",
+        Command::new(leaktrace_bin())
+            .args(["trace", "--duration", "9s", "--interval", "1s"])
+            .args(["--format", "json", "--output"])
+            .arg(&report_path)
+            .arg("--pid")
+            .arg(fixture.pid().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let tracer_lines = tracer.stderr_lines();
+    tracer_lines
+        .wait_for(Duration::from_mins(1), |l| {
+            l.contains("leaktrace: tracing pid")
+        })
+        .expect("leaktrace starts tracing");
+    let (own_total, own_sites) = run_story(&mut fixture, &lines);
+    let status = tracer
+        .wait_timeout(Duration::from_mins(1))
+        .expect("leaktrace ends after its duration");
+    let stderr = tracer_lines.finish(Duration::from_secs(5)).join("\n");
+    assert!(status.success(), "Go {label}: leaktrace failed: {stderr}");
+    let report = read_json(&report_path);
+    let own_at_line = own_sites
+        .iter()
+        .find(|(site, _)| site.ends_with(&format!("goroutine_leak.go:{go_line}")))
+        .map_or_else(
+            || panic!("Go {label}: the program names no site: {own_sites:?}"),
+            |(_, n)| *n,
         );
-        let tracer_lines = tracer.stderr_lines();
-        tracer_lines
-            .wait_for(Duration::from_mins(1), |l| {
-                l.contains("leaktrace: tracing pid")
-            })
-            .expect("leaktrace starts tracing");
-        let (own_total, own_sites) = run_story(&mut fixture, &lines);
-        let status = tracer
-            .wait_timeout(Duration::from_mins(1))
-            .expect("leaktrace ends after its duration");
-        let stderr = tracer_lines.finish(Duration::from_secs(5)).join("\n");
-        assert!(status.success(), "Go {release}: leaktrace failed: {stderr}");
-        assert!(
-            stderr.contains("reading its goroutines only (Go heap needs --mode growth for now)"),
-            "Go {release}: {stderr}"
-        );
-        let report = read_json(&report_path);
-        let own_at_line = own_sites
-            .iter()
-            .find(|(site, _)| site.ends_with(&format!("goroutine_leak.go:{go_line}")))
-            .map_or_else(
-                || panic!("Go {release}: the program names no site: {own_sites:?}"),
-                |(_, n)| *n,
-            );
-        assert_eq!(own_at_line, 2000, "Go {release}: the program's own count");
-        let leak = group_at(&report, "goroutine_leak.go", go_line);
-        let summary = format!("Go {release}: {leak:#}");
-        assert_eq!(leak["count"], own_at_line, "{summary}");
-        assert_eq!(
-            leak["wait_reasons"],
-            serde_json::json!({"chan send": 2000}),
-            "{summary}"
-        );
-        assert_eq!(leak["created_at"]["function"], "main.round", "{summary}");
-        assert_eq!(leak["start"]["function"], "main.check", "{summary}");
-        assert_eq!(leak["start"]["line"], start_line, "{summary}");
-        assert_eq!(leak["growth"]["only_grows"], true, "{summary}");
-        assert_eq!(leak["growth"]["since_attach"], 2000, "{summary}");
-        assert_eq!(leak["runtime_internal"], false, "{summary}");
-        // Each holds its 4 KiB buffer on a stack of 8 KiB at least.
-        assert!(
-            leak["stack_bytes"].as_u64().unwrap() >= 2000 * 8192,
-            "{summary}"
-        );
-        // NumGoroutine counts what the runtime does not run for itself.
-        let program_goroutines: u64 = report["goroutines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|g| g["runtime_internal"] == false)
-            .map(|g| g["count"].as_u64().unwrap())
-            .sum();
-        assert_eq!(program_goroutines, own_total, "Go {release}");
-        // Nothing else only grew.
-        let flagged: Vec<&Value> = report["goroutines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|g| g["growth"]["only_grows"] == true)
-            .collect();
-        assert_eq!(flagged.len(), 1, "Go {release}: {flagged:#?}");
-        let read = &report["goroutine_reads"][0];
-        assert_eq!(read["layout"], "dwarf", "Go {release}: {read}");
-        assert_eq!(read["failed_reads"], 0, "Go {release}: {read}");
-        assert!(read["reads"].as_u64().unwrap() >= 5, "Go {release}: {read}");
-        assert!(
-            read["note"]
-                .as_str()
-                .is_some_and(|n| n.contains("read from the Go runtime's own profile")),
-            "Go {release}: {read}"
-        );
-        assert_eq!(report["processes"][0]["runtime"]["kind"], "go");
-        assert!(
-            report["processes"][0]["runtime"]["version"]
-                .as_str()
-                .is_some_and(|v| v.starts_with(&format!("go{release}"))),
-            "Go {release}: {}",
-            report["processes"][0]["runtime"]
-        );
-    }
+    assert_eq!(own_at_line, 2000, "Go {label}: the program's own count");
+    let leak = group_at(&report, "goroutine_leak.go", go_line);
+    let summary = format!("Go {label}: {leak:#}");
+    assert_eq!(leak["count"], own_at_line, "{summary}");
+    assert_eq!(
+        leak["wait_reasons"],
+        serde_json::json!({"chan send": 2000}),
+        "{summary}"
+    );
+    assert_eq!(leak["created_at"]["function"], "main.round", "{summary}");
+    assert_eq!(leak["start"]["function"], "main.check", "{summary}");
+    assert_eq!(leak["start"]["line"], start_line, "{summary}");
+    assert_eq!(leak["growth"]["only_grows"], true, "{summary}");
+    assert_eq!(leak["growth"]["since_attach"], 2000, "{summary}");
+    assert_eq!(leak["runtime_internal"], false, "{summary}");
+    // Each holds its 4 KiB buffer on a stack of 8 KiB at least.
+    assert!(
+        leak["stack_bytes"].as_u64().unwrap() >= 2000 * 8192,
+        "{summary}"
+    );
+    // NumGoroutine counts what the runtime does not run for itself.
+    let program_goroutines: u64 = report["goroutines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["runtime_internal"] == false)
+        .map(|g| g["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(program_goroutines, own_total, "Go {label}");
+    // Nothing else only grew.
+    let flagged: Vec<&Value> = report["goroutines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["growth"]["only_grows"] == true)
+        .collect();
+    assert_eq!(flagged.len(), 1, "Go {label}: {flagged:#?}");
+    let read = &report["goroutine_reads"][0];
+    let layout = match symbols {
+        Symbols::Kept => "dwarf",
+        Symbols::Stripped => "release table",
+    };
+    assert_eq!(read["layout"], layout, "Go {label}: {read}");
+    assert_eq!(read["failed_reads"], 0, "Go {label}: {read}");
+    assert!(read["reads"].as_u64().unwrap() >= 5, "Go {label}: {read}");
+    assert!(
+        read["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("read from the Go runtime's own profile")),
+        "Go {label}: {read}"
+    );
+    assert_eq!(report["processes"][0]["runtime"]["kind"], "go");
+    assert!(
+        report["processes"][0]["runtime"]["version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with(&format!("go{release}"))),
+        "Go {label}: {}",
+        report["processes"][0]["runtime"]
+    );
+    true
 }
 
 #[test]

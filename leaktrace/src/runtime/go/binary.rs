@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use super::{
+    data_refs::{DataRef, MAX_CODE, data_refs},
     image::Image,
     moduledata,
     pclntab::{GoFrame, GoFunction, Memory, Pclntab, PclntabError},
@@ -84,6 +85,32 @@ impl GoBinary {
             || self
                 .pclntab()
                 .is_ok_and(|t| t.format() == super::pclntab::Format::Go116)
+    }
+
+    /// The data addresses the code of the function called `name` refers
+    /// to, in code order ([`data_refs`]); `Ok(None)` when no function has
+    /// that name, or its code is not in the file.
+    pub(crate) fn data_refs(&self, name: &str) -> Result<Option<Vec<DataRef>>, PclntabError> {
+        let Some(function) = self.function_named(name)? else {
+            return Ok(None);
+        };
+        let Some(length) = function
+            .end
+            .checked_sub(function.entry)
+            .and_then(|l| usize::try_from(l).ok())
+            .filter(|&l| l <= MAX_CODE)
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .image
+            .exact_at(function.entry, length)
+            .map(|code| data_refs(code, function.entry)))
+    }
+
+    /// The object file, read by address.
+    pub(crate) fn image(&self) -> &Image {
+        &self.image
     }
 
     /// The link-time address of a file offset of the binary.

@@ -53,6 +53,10 @@ impl std::fmt::Display for GoRelease {
     }
 }
 
+/// The releases [`GLayout::for_release`] has a table for, as notes name
+/// them (a test checks each has one).
+pub(crate) const TABLED_RELEASES: &str = "1.19, 1.21, 1.22, 1.23";
+
 /// Byte offsets of the fields read from each `runtime.g`, and how many of
 /// its bytes cover them all (one read per goroutine).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -367,6 +371,20 @@ mod tests {
         assert_eq!(GoRelease::parse("devel +abcdef"), None);
         assert_eq!(GoRelease::parse("go"), None);
         assert_eq!(GoRelease::parse("go1.x"), None);
+    }
+
+    #[test]
+    fn the_releases_notes_name_are_exactly_those_tabled() {
+        let tabled: Vec<String> = (0..64)
+            .map(|minor| GoRelease { major: 1, minor })
+            .filter(|&r| GLayout::for_release(r).is_some())
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(tabled.join(", "), TABLED_RELEASES);
+        for release in TABLED_RELEASES.split(", ") {
+            let release = GoRelease::parse(&format!("go{release}")).expect("a release");
+            assert!(super::super::wait_reasons::for_release(release).is_some());
+        }
     }
 
     #[test]

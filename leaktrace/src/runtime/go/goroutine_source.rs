@@ -4,16 +4,21 @@
 //! its goroutines cannot be read.
 //!
 //! Each step takes [`BinaryFacts`], what is known about the binary, and
-//! tries its sources in turn: today the ELF symbol table (`.symtab`) and
-//! DWARF; a binary stripped of both (`-ldflags=-s -w`) has neither, and
-//! another source (the build info, `.gopclntab`) plugs in here later,
-//! as one more field of the facts and one more arm of each step.
+//! tries its sources in turn: the ELF symbol table (`.symtab`) and DWARF
+//! first; a binary stripped of both (`-ldflags=-s -w`) has neither, and
+//! then `.gopclntab` names the runtime functions whose code refers to
+//! `runtime.allgs` ([`allgs_code`]), `.go.buildinfo` names the release,
+//! and the release's tables give `runtime.g`'s layout and the wait
+//! reasons (releases without tables are refused, with the reason).
 use std::collections::HashMap;
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 
 use super::{
-    g_layout::{GLayout, GoRelease},
+    allgs_code::{self, DATA_SECTIONS},
+    binary::GoBinary as Functions,
+    buildinfo,
+    g_layout::{GLayout, GoRelease, TABLED_RELEASES},
     wait_reasons::{self, MAX_REASON_LEN, MAX_REASONS},
 };
 
@@ -66,8 +71,12 @@ pub(crate) struct BinaryFacts<'data, 'file> {
     pub file: &'file object::File<'data>,
     /// Address and size of each [`WANTED`] symbol in `.symtab`.
     pub symbols: HashMap<&'static str, (u64, u64)>,
-    /// The release, from `runtime.buildVersion` (None: unread).
+    /// The release, from `runtime.buildVersion`, else from `.go.buildinfo`
+    /// (None: unread).
     pub version: Option<String>,
+    /// The function table, read when `.symtab` does not name
+    /// `runtime.allgs` (None: not read; an error: unreadable).
+    pub functions: Option<Result<Functions, String>>,
 }
 
 impl<'data, 'file> BinaryFacts<'data, 'file> {
@@ -89,7 +98,29 @@ impl<'data, 'file> BinaryFacts<'data, 'file> {
             file,
             symbols,
             version,
+            functions: None,
         }
+    }
+
+    /// Adds what a binary without `runtime.allgs` in `.symtab` still has:
+    /// its function table, and the release its build info names. `data`
+    /// is the file's bytes (copied, for the table to keep).
+    pub(crate) fn with_code(mut self, data: &[u8]) -> BinaryFacts<'data, 'file> {
+        if self.symbols.contains_key("runtime.allgs") && self.version.is_some() {
+            return self;
+        }
+        let functions = match Functions::parse(data.to_vec()) {
+            Ok(Some(functions)) => Ok(functions),
+            Ok(None) => Err("it has no .gopclntab".to_owned()),
+            Err(err) => Err(format!("its .gopclntab is unreadable ({err})")),
+        };
+        if self.version.is_none()
+            && let Ok(functions) = &functions
+        {
+            self.version = buildinfo::inspect(functions.image()).and_then(|b| b.version);
+        }
+        self.functions = Some(functions);
+        self
     }
 
     pub(crate) fn release(&self) -> Option<GoRelease> {
@@ -112,7 +143,7 @@ pub(crate) fn inspect(data: &[u8]) -> GoBinary {
     if !is_go(&file) {
         return GoBinary::NotGo;
     }
-    GoBinary::Go(source(&BinaryFacts::read(&file)))
+    GoBinary::Go(source(&BinaryFacts::read(&file).with_code(data)))
 }
 
 /// Every step, in turn.
@@ -138,19 +169,34 @@ pub(crate) fn source(facts: &BinaryFacts<'_, '_>) -> Result<GoroutineSource, Str
     })
 }
 
-/// Where `runtime.allgs` and `runtime.allglen` are. Today from `.symtab`.
+/// Where `runtime.allgs` and `runtime.allglen` are: from `.symtab`, else
+/// (stripped) from the code of the runtime functions that use them.
 pub(crate) fn locate_allgs(facts: &BinaryFacts<'_, '_>) -> Result<(u64, u64), String> {
     match (
         facts.symbols.get("runtime.allgs"),
         facts.symbols.get("runtime.allglen"),
     ) {
         (Some(&(allgs, _)), Some(&(allglen, _))) => Ok((allgs, allglen)),
-        _ if facts.file.section_by_name(".symtab").is_none() => Err(
-            "stripped binary (no .symtab): runtime.allgs cannot be found yet, so its goroutines are not read"
-                .to_owned(),
-        ),
+        _ if facts.file.section_by_name(".symtab").is_none() => match &facts.functions {
+            Some(Ok(functions)) => allgs_code::locate(functions, &data_sections(facts.file))
+                .map_err(|why| {
+                    format!(
+                        "stripped binary (no .symtab): runtime.allgs not found from its code: {why}"
+                    )
+                }),
+            Some(Err(why)) => Err(format!("stripped binary (no .symtab) and {why}")),
+            None => Err("stripped binary (no .symtab): its code was not read".to_owned()),
+        },
         _ => Err("its symbol table has no runtime.allgs and runtime.allglen".to_owned()),
     }
+}
+
+/// The (start, end) addresses of the sections Go variables live in.
+fn data_sections(file: &object::File<'_>) -> Vec<(u64, u64)> {
+    file.sections()
+        .filter(|s| s.name().is_ok_and(|name| DATA_SECTIONS.contains(&name)))
+        .filter_map(|s| Some((s.address(), s.address().checked_add(s.size())?)))
+        .collect()
 }
 
 /// Where `runtime.g`'s fields are: DWARF, else the release's table.
@@ -168,7 +214,9 @@ pub(crate) fn g_layout(facts: &BinaryFacts<'_, '_>) -> Result<(GLayout, Origin),
         _ => "no DWARF".to_owned(),
     };
     Err(match (release, facts.version.as_deref()) {
-        (Some(release), _) => format!("{why_not_dwarf} and no runtime.g table for Go {release}"),
+        (Some(release), _) => format!(
+            "{why_not_dwarf} and no runtime.g table for Go {release} (tables: Go {TABLED_RELEASES})"
+        ),
         (None, Some(version)) => {
             format!("{why_not_dwarf} and release {version:?} not understood")
         }

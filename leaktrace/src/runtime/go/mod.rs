@@ -18,11 +18,15 @@
 //!   live process and scaled as pprof does;
 //! - [`heap_symbols`]: where a binary keeps them (`.symtab`, or its code
 //!   when stripped).
+//! - [`data_refs`]: the data a function's code refers to (how a stripped
+//!   binary's runtime variables are found).
 //!
 //! Goroutines by creation site:
 //!
 //! - [`g_layout`]: where `runtime.g`'s fields sit (DWARF, or per release);
 //! - [`wait_reasons`]: what each `waitReason` value means, per binary;
+//! - [`allgs_code`]: where `runtime.allgs` is in a stripped binary, from
+//!   the code of the runtime functions that use it;
 //! - [`goroutine_source`]: what a binary tells about reading its
 //!   goroutines (where `runtime.allgs` is, which layout), or why not;
 //! - [`go_wrapper`]: the function a `go` statement's wrapper calls;
@@ -31,6 +35,7 @@
 //! - [`goroutines_live`]: reading them from a running process, capped.
 pub(crate) mod binary;
 pub(crate) mod buildinfo;
+pub(crate) mod data_refs;
 pub(crate) mod detect;
 pub(crate) mod heap_profile;
 pub(crate) mod heap_symbols;
@@ -38,6 +43,7 @@ pub(crate) mod image;
 pub(crate) mod moduledata;
 pub(crate) mod pclntab;
 
+pub(crate) mod allgs_code;
 pub(crate) mod g_layout;
 pub(crate) mod go_wrapper;
 pub(crate) mod goroutine_source;
