@@ -17,8 +17,10 @@
 //!   deferred unlock, the tracepoint runs with interrupts off), 4 µs more
 //!   per page in the worst case (measured: 4.6 ms against 1.1 ms per MiB
 //!   grown, 0.6 untraced).
-//! - `on_munmap`, `on_madvise` (DONTNEED, FREE, REMOVE), `on_mremap_*`,
-//!   `on_brk`: memory given back, or moved.
+//! - `on_vm_unmapped_area` (`mmap:vm_unmapped_area`): where an mremap
+//!   moves a region. Memory given back (munmap, madvise, brk) is found by
+//!   the daemon, absent from the process's page map: no syscall tracepoint
+//!   is enabled, since any of them slows every syscall on the host.
 //!
 //! Pages can be sampled by address (`Settings::page_sample_shift`): the
 //! same pages are kept on fault and on release, so the estimate is
@@ -29,15 +31,14 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
-    macros::{map, tracepoint},
-    maps::HashMap,
+    macros::tracepoint,
     programs::TracePointContext,
 };
-use leaktrace_common::{AllocFn, FLAG_SAMPLED, LossCounter, ReleaseEvent, mix64};
+use leaktrace_common::{AllocFn, FLAG_SAMPLED, LossCounter, mix64};
 
 use crate::{
     alloc::{Outcome, send_allocation},
-    maps::{EVENTS, count_loss, header, submit_flags},
+    maps::count_loss,
     process::is_traced,
     settings,
 };
@@ -45,18 +46,8 @@ use crate::{
 const PAGE_SIZE: u64 = 4096;
 /// `error_code` bit of a write access (x86 `X86_PF_WRITE`).
 const FAULT_WRITE: u64 = 1 << 1;
-/// madvise advice that gives pages back: DONTNEED, FREE, REMOVE,
-/// `DONTNEED_LOCKED`.
-const MADV_DONTNEED: u64 = 4;
-const MADV_FREE: u64 = 8;
-const MADV_REMOVE: u64 = 9;
-const MADV_DONTNEED_LOCKED: u64 = 24;
 /// Lowest address that is not a user one on x86-64.
 const USER_END: u64 = 0x0000_8000_0000_0000;
-
-/// `mremap`'s arguments from its entry, by thread, for its exit.
-#[map]
-static MREMAP_ARGS: HashMap<u32, [u64; 4]> = HashMap::with_max_entries(1024, 0);
 
 /// Whether the page at `page` is one of those kept (all, without sampling).
 #[inline(always)]
@@ -123,109 +114,59 @@ pub(crate) fn on_page_fault_kernel(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Sends a release of `[start, start + len)` (or a brk move) by `func`.
-#[inline(always)]
-fn send_release(func: AllocFn, pid_tgid: u64, args: [u64; 2]) {
-    let release = ReleaseEvent {
-        header: header(func as u32, pid_tgid, 0),
-        args,
-    };
-    if EVENTS
-        .output::<ReleaseEvent>(&release, submit_flags())
-        .is_err()
-    {
-        count_loss(LossCounter::RingBufferFull);
-    }
-}
+/// x86-64's syscall number of mremap (in `orig_ax` while it runs).
+const NR_MREMAP: u64 = 25;
+/// Errors come back as addresses in the last page of the address space.
+const MAX_ERRNO: u64 = 4095;
 
-/// A syscall argument of the `sys_enter_*` record (the n-th, from 0).
-#[inline(always)]
-fn syscall_arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // SAFETY: syscall records hold their arguments as 8-byte fields from
-    // offset 16.
-    unsafe { ctx.read_at::<u64>(16 + 8 * n) }.unwrap_or(0)
-}
-
+/// `mmap:vm_unmapped_area`: the kernel found a free range for a mapping.
+/// Inside an mremap that moves its region, this is where it goes: the
+/// record's address with the syscall's own arguments (old address, old and
+/// new lengths, flags) from the task's saved user registers. A move needs
+/// no stack: the region keeps the site that grew it. Nothing else is
+/// watched of the memory syscalls: pages given back (munmap, madvise, brk)
+/// are found absent from `/proc/PID/pagemap` by the daemon, because a
+/// syscall tracepoint would slow every syscall on the host.
 #[tracepoint]
-pub(crate) fn on_munmap(ctx: TracePointContext) -> u32 {
+pub(crate) fn on_vm_unmapped_area(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if is_traced(pid_tgid) {
-        send_release(
-            AllocFn::Munmap,
-            pid_tgid,
-            [syscall_arg(&ctx, 0), syscall_arg(&ctx, 1)],
-        );
-    }
-    0
-}
-
-#[tracepoint]
-pub(crate) fn on_madvise(ctx: TracePointContext) -> u32 {
-    let advice = syscall_arg(&ctx, 2) & 0xffff_ffff;
-    if !matches!(
-        advice,
-        MADV_DONTNEED | MADV_FREE | MADV_REMOVE | MADV_DONTNEED_LOCKED
-    ) {
+    if !is_traced(pid_tgid) {
         return 0;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if is_traced(pid_tgid) {
-        send_release(
-            AllocFn::Madvise,
-            pid_tgid,
-            [syscall_arg(&ctx, 0), syscall_arg(&ctx, 1)],
-        );
-    }
-    0
-}
-
-#[tracepoint]
-pub(crate) fn on_mremap_enter(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if is_traced(pid_tgid) {
-        let args = [
-            syscall_arg(&ctx, 0),
-            syscall_arg(&ctx, 1),
-            syscall_arg(&ctx, 2),
-            syscall_arg(&ctx, 3),
-        ];
-        if MREMAP_ARGS.insert(pid_tgid as u32, args, 0).is_err() {
-            count_loss(LossCounter::EntrySlotCollision);
-        }
-    }
-    0
-}
-
-#[tracepoint]
-pub(crate) fn on_mremap_exit(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    // SAFETY: a map value, copied out at once.
-    let Some(args) = (unsafe { MREMAP_ARGS.get(tid) }).copied() else {
+    // SAFETY: the current task, as the helpers expect.
+    let task = unsafe { bpf_get_current_task_btf() };
+    // SAFETY: the current task; its saved user registers.
+    let regs = unsafe { bpf_task_pt_regs(task.cast()) } as *const pt_regs;
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    let Ok(regs) = (unsafe { bpf_probe_read_kernel(regs) }) else {
         return 0;
     };
-    let _: Result<(), i32> = MREMAP_ARGS.remove(tid);
-    let ret = syscall_arg(&ctx, 0);
-    // A move needs no stack: the region keeps the site that grew it.
+    if regs.orig_rax != NR_MREMAP {
+        return 0;
+    }
+    // SAFETY: the record's format: addr at 8, length at 32.
+    let (addr, length) = unsafe {
+        (
+            ctx.read_at::<u64>(8).unwrap_or(u64::MAX),
+            ctx.read_at::<u64>(32).unwrap_or(0),
+        )
+    };
+    if addr >= MAX_ERRNO.wrapping_neg() {
+        return 0;
+    }
     send_allocation(
         pid_tgid,
-        &args,
+        &[regs.rdi, regs.rsi, regs.rdx, regs.r10],
         Outcome {
             func: AllocFn::Mremap as u32,
-            ret,
-            out: 0,
+            ret: addr,
+            // The length searched for: the new length, or more when the
+            // kernel pads the search to align a huge page (the daemon
+            // works out where the region went).
+            out: length,
             flags: FLAG_SAMPLED,
         },
         (0, 0, 0),
     );
-    0
-}
-
-#[tracepoint]
-pub(crate) fn on_brk(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if is_traced(pid_tgid) {
-        send_release(AllocFn::Brk, pid_tgid, [syscall_arg(&ctx, 0), 0]);
-    }
     0
 }

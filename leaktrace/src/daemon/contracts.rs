@@ -134,11 +134,12 @@ pub fn interpret_alloc(func: AllocFn, args: [u64; 4], ret: u64, out: u64) -> Hea
             if map_failed(ret) {
                 HeapOp::Failed
             } else {
+                let new_len = page_round(args[2]);
                 HeapOp::Remap {
                     old: args[0],
                     old_len: page_round(args[1]),
-                    new: ret,
-                    new_len: page_round(args[2]),
+                    new: moved_to(args[0], ret, new_len, out),
+                    new_len,
                 }
             }
         }
@@ -156,6 +157,27 @@ pub fn interpret_alloc(func: AllocFn, args: [u64; 4], ret: u64, out: u64) -> Hea
         | AllocFn::PyObjectFree
         | AllocFn::Brk
         | AllocFn::Madvise => interpret_release(func, [args[0], args[1]]),
+    }
+}
+
+/// Where an mremap moved a region of `new_len` bytes from `old`, given
+/// `found`, the start of the free range the kernel found, and `searched`,
+/// that range's length (growth mode's `mmap:vm_unmapped_area`; 0 from a
+/// probe on mremap's return, which gives the address itself). A new length
+/// that is a multiple of 2 MiB has its search padded by 2 MiB, and the
+/// region placed in it at the huge-page alignment of its file offset,
+/// which for an anonymous region never moved before is its old address
+/// (the kernel's `__thp_get_unmapped_area`, top-down layout). A region
+/// moved before keeps its first offset, so the guess may be wrong: the
+/// daemon's page-map check then finds its pages absent and drops them.
+fn moved_to(old: u64, found: u64, new_len: u64, searched: u64) -> u64 {
+    const HUGE: u64 = 2 << 20;
+    if searched <= new_len || searched != new_len.saturating_add(HUGE) {
+        return found;
+    }
+    match old.wrapping_sub(found) & (HUGE - 1) {
+        0 => found.saturating_add(HUGE),
+        shift => found.saturating_add(shift),
     }
 }
 
@@ -356,6 +378,38 @@ mod tests {
             interpret_alloc(AllocFn::Mremap, NO, u64::MAX, 0),
             HeapOp::Failed
         );
+        // Growth mode: the free range found, searched at the new length.
+        assert_eq!(
+            interpret_alloc(AllocFn::Mremap, [0x1000, 4096, 8192, 1], 0x8000, 8192),
+            HeapOp::Remap {
+                old: 0x1000,
+                old_len: 4096,
+                new: 0x8000,
+                new_len: 8192
+            }
+        );
+    }
+
+    #[test]
+    fn a_huge_page_aligned_move_lands_at_its_offsets_alignment() {
+        const HUGE: u64 = 2 << 20;
+        let old = 0x7f00_0012_3000;
+        let found = 0x7e00_0000_5000;
+        // Padded by 2 MiB: placed where (new - old) is a multiple of 2 MiB.
+        let new = moved_to(old, found, 4 * HUGE, 5 * HUGE);
+        assert_eq!(new.abs_diff(old) % HUGE, 0);
+        assert!(new > found && new < found + HUGE);
+        // Already aligned: the top-down layout skips a whole 2 MiB.
+        assert_eq!(
+            moved_to(old, old - 8 * HUGE, 4 * HUGE, 5 * HUGE),
+            old - 7 * HUGE
+        );
+        // Not padded: where it was found.
+        assert_eq!(
+            moved_to(old, found, 4 * HUGE + 4096, 4 * HUGE + 4096),
+            found
+        );
+        assert_eq!(moved_to(old, found, 4 * HUGE, 0), found);
     }
 
     #[test]

@@ -291,6 +291,42 @@ impl HeapTable {
         added
     }
 
+    /// Growth mode: the ranges of `pid`'s resident pages, adjacent runs
+    /// joined (whatever their sites), for a look at which are still there.
+    pub fn resident_ranges(&self, pid: u32) -> Vec<(u64, u64)> {
+        let Some(heap) = self.processes.get(&pid) else {
+            return Vec::new();
+        };
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for (&start, region) in heap.regions.iter().filter(|(_, r)| r.resident) {
+            match ranges.last_mut() {
+                Some((at, len)) if *at + *len == start => *len += region.block.size,
+                _ => ranges.push((start, region.block.size)),
+            }
+        }
+        ranges
+    }
+
+    /// Growth mode: `pid` gave back the pages of `ranges` (found absent from
+    /// its page map): they leave the sites that grew them. Returns the
+    /// bytes taken off.
+    pub fn give_back(&mut self, pid: u32, ranges: &[(u64, u64)]) -> u64 {
+        let Some(heap) = self.processes.get_mut(&pid) else {
+            return 0;
+        };
+        let before = heap.regions.len();
+        let mut bytes = 0;
+        for &(addr, len) in ranges {
+            let taken = heap.unmap(addr, len);
+            if taken > 0 {
+                self.stats.releases += 1;
+                bytes += taken;
+            }
+        }
+        self.held = self.held - before + heap.regions.len();
+        bytes
+    }
+
     /// Forgets everything about `pid` (it exited or exec'd). Returns the
     /// addresses of the heap blocks it held, for the kernel's set of
     /// sampled blocks.

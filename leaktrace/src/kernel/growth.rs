@@ -1,34 +1,28 @@
-//! Growth mode's kernel programs: the page-fault tracepoints, and the memory
-//! syscalls (munmap, madvise, mremap, brk) that give pages back or move them.
+//! Growth mode's kernel programs: the page-fault tracepoints, and where
+//! mremap moves a region.
 //!
-//! The syscalls are watched at their `syscalls:sys_enter_*`/`sys_exit_*`
-//! tracepoints. Enabling any syscall tracepoint sends every syscall of
-//! every process on the host through the kernel's slow syscall path: about
-//! 70 ns more per syscall, measured here (a getppid loop: 170 ns untraced,
-//! 250 ns with growth mode on). fexit on the syscalls' wrappers would cost
-//! only the calls watched, but this kernel refuses tracing programs
-//! (`BPF_PROG_LOAD` of an fexit: EPERM), so it is not used.
+//! No syscall tracepoint is enabled: any of them sends every syscall of
+//! every process on the host through the kernel's slow syscall path
+//! (measured here: a getppid loop at 250 ns per call while growth mode
+//! watched munmap, madvise, mremap and brk at their tracepoints, 170 ns
+//! without; redis-benchmark makes about 7 syscalls per request, redis 2).
+//! fexit on the syscalls would cost only the calls made, but this kernel
+//! refuses tracing programs. So pages given back are found absent from
+//! the process's page map by the daemon, and mremap's moves are seen at
+//! `mmap:vm_unmapped_area`, which only mappings pay for.
 use anyhow::{Context as _, Result};
 use aya::{Ebpf, programs::TracePoint};
 
-/// The page-fault tracepoints: (program, category, event).
-const FAULT_TRACEPOINTS: [(&str, &str, &str); 2] = [
+/// Growth mode's tracepoints: (program, category, event).
+const TRACEPOINTS: [(&str, &str, &str); 3] = [
     ("on_page_fault_user", "exceptions", "page_fault_user"),
     ("on_page_fault_kernel", "exceptions", "page_fault_kernel"),
-];
-
-/// The memory syscalls' tracepoints: (program, category, event).
-const SYSCALL_TRACEPOINTS: [(&str, &str, &str); 5] = [
-    ("on_munmap", "syscalls", "sys_enter_munmap"),
-    ("on_madvise", "syscalls", "sys_enter_madvise"),
-    ("on_mremap_enter", "syscalls", "sys_enter_mremap"),
-    ("on_mremap_exit", "syscalls", "sys_exit_mremap"),
-    ("on_brk", "syscalls", "sys_exit_brk"),
+    ("on_vm_unmapped_area", "mmap", "vm_unmapped_area"),
 ];
 
 /// Loads and attaches growth mode's programs.
 pub(crate) fn attach(ebpf: &mut Ebpf) -> Result<()> {
-    for (name, category, event) in FAULT_TRACEPOINTS.iter().chain(&SYSCALL_TRACEPOINTS) {
+    for (name, category, event) in TRACEPOINTS {
         attach_tracepoint(ebpf, name, category, event)?;
     }
     Ok(())

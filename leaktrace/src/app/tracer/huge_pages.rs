@@ -1,12 +1,18 @@
-//! Growth mode's huge-page check: a fault that the kernel answered with a
-//! transparent huge page made 2 MiB resident, not the 4 KiB recorded.
+//! Growth mode's recent faults: each 2 MiB region of a process that faulted
+//! since the last look, with when its fault was noted. They serve two
+//! checks made before each report and at every growth sample:
 //!
-//! The fault's tracepoint runs before the kernel chooses the page size, so
-//! the faults kept are noted (one per process and 2 MiB region: a region
-//! of base pages faults up to 512 times, a huge page once) and checked
-//! before each report, when the kernel has long finished: a page found in a
-//! huge page gets the rest of it, at the same site (see
-//! `HeapTable::fill_huge_page`).
+//! - huge pages: a fault the kernel answered with a transparent huge page
+//!   made 2 MiB resident, not the 4 KiB recorded. The fault's tracepoint
+//!   runs before the kernel chooses the page size, so the region's page is
+//!   looked up afterwards (see `target::huge_pages`), and a page found in a
+//!   huge page gets the rest of it, at the same site
+//!   (`HeapTable::fill_huge_page`);
+//! - settling: the record of a fault can reach the daemon before the
+//!   kernel has finished mapping its page (zeroing a huge page takes a
+//!   while). A region that faulted less than `SETTLING` ago is neither
+//!   checked for a huge page nor searched for pages given back; it waits
+//!   for the next look.
 use std::collections::BTreeMap;
 
 use crate::{
@@ -14,16 +20,19 @@ use crate::{
     target::huge_pages::{self, HUGE_PAGE},
 };
 
-/// Most regions noted between two checks (each is 2 MiB grown: 128 GiB).
+/// Most regions noted between two looks (each is 2 MiB grown: 128 GiB).
 const MOST_PENDING: usize = 65_536;
+/// How long after its fault was noted a page is surely mapped.
+const SETTLING_NS: u64 = 200_000_000;
 
-/// The faults waiting for the check, and what the checks found.
+/// The faults noted since the last look, and what the looks found.
 #[derive(Default)]
 pub(super) struct HugePageCheck {
     /// Whether the kernel makes transparent huge pages at all.
     enabled: bool,
-    /// A faulting page per (pid, 2 MiB region), since the last check.
-    pending: BTreeMap<(u32, u64), u64>,
+    /// A faulting page per (pid, 2 MiB region), and when the region's last
+    /// fault was noted (`CLOCK_MONOTONIC` ns).
+    pending: BTreeMap<(u32, u64), (u64, u64)>,
     /// Faults not noted because `pending` was full.
     pub skipped: u64,
     /// Bytes added for huge pages, in total.
@@ -31,7 +40,7 @@ pub(super) struct HugePageCheck {
 }
 
 impl HugePageCheck {
-    /// A check that runs when the kernel makes huge pages.
+    /// A check that looks for huge pages when the kernel makes them.
     pub(super) fn new(growth: bool) -> HugePageCheck {
         HugePageCheck {
             enabled: growth && huge_pages::possible(),
@@ -39,32 +48,48 @@ impl HugePageCheck {
         }
     }
 
-    /// Notes a fault kept at `addr` in process `pid`.
-    pub(super) fn note_fault(&mut self, pid: u32, addr: u64) {
-        if !self.enabled {
-            return;
-        }
+    /// Notes a fault kept at `addr` in process `pid`, at `now_ns`.
+    pub(super) fn note_fault(&mut self, pid: u32, addr: u64, now_ns: u64) {
         let region = (pid, addr & !(HUGE_PAGE - 1));
         if self.pending.len() >= MOST_PENDING && !self.pending.contains_key(&region) {
             if self.skipped == 0 {
                 eprintln!(
-                    "leaktrace: warning: more than {MOST_PENDING} regions faulted between two reports: some are not checked for huge pages (their growth may be undercounted; counted as huge_page_checks_skipped)"
+                    "leaktrace: warning: more than {MOST_PENDING} regions faulted between two looks: some are not checked for huge pages (their growth may be undercounted; counted as huge_page_checks_skipped)"
                 );
             }
             self.skipped += 1;
             return;
         }
-        self.pending.entry(region).or_insert(addr & !4095);
+        self.pending
+            .entry(region)
+            .and_modify(|(_, noted)| *noted = now_ns)
+            .or_insert((addr & !4095, now_ns));
     }
 
-    /// Checks the faults noted, filling the huge pages found in `table`.
+    /// Checks the regions whose faults have settled by `now_ns`, filling
+    /// the huge pages found in `table`; the others wait for the next look.
     /// A page no longer present (given back, or its process gone) is left
     /// as the table has it.
-    pub(super) fn check(&mut self, table: &mut HeapTable) {
-        for ((pid, _), page) in std::mem::take(&mut self.pending) {
-            if huge_pages::in_huge_page(pid, page) == Some(true) {
-                self.added_bytes += table.fill_huge_page(pid, page, HUGE_PAGE);
+    pub(super) fn check(&mut self, table: &mut HeapTable, now_ns: u64) {
+        let settled: Vec<((u32, u64), u64)> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, noted))| now_ns.saturating_sub(*noted) >= SETTLING_NS)
+            .map(|(&region, &(page, _))| (region, page))
+            .collect();
+        for (region, page) in settled {
+            self.pending.remove(&region);
+            if self.enabled && huge_pages::in_huge_page(region.0, page) == Some(true) {
+                self.added_bytes += table.fill_huge_page(region.0, page, HUGE_PAGE);
             }
         }
+    }
+
+    /// The regions of `pid` whose faults have not settled yet (all of them
+    /// were left pending by [`HugePageCheck::check`]).
+    pub(super) fn settling(&self, pid: u32) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.pending
+            .range((pid, 0)..=(pid, u64::MAX))
+            .map(|(&(_, region), _)| (region, HUGE_PAGE))
     }
 }

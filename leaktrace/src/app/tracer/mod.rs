@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::Result;
 
+mod given_back;
 mod huge_pages;
 mod pages;
 mod runtime;
@@ -580,6 +581,7 @@ impl Tracer {
     /// Samples every site's outstanding bytes for the growth ranking and
     /// the page's history.
     pub(super) fn record_growth(&mut self) {
+        self.find_given_back();
         let mut totals = aggregate::outstanding_by_site(
             &self.pipeline.table,
             monotonic_ns(),

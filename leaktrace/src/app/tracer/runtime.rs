@@ -39,7 +39,7 @@ impl Tracer {
             .iter()
             .any(|m| (m.start..m.end).contains(&addr));
         if !in_file {
-            self.huge_pages.note_fault(pid, addr);
+            self.huge_pages.note_fault(pid, addr, monotonic_ns());
         }
         in_file
     }
@@ -124,7 +124,7 @@ impl Tracer {
             }
         }
         if self.options.growth() {
-            self.huge_pages.check(&mut self.pipeline.table);
+            self.find_given_back();
             for (&pid, process) in &mut self.processes {
                 if !process.exited
                     && let (Some(start), Some(now)) =
