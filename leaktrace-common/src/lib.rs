@@ -52,12 +52,8 @@ pub enum AllocFn {
     /// Any write fault of a traced process comes: userspace leaves out those
     /// in file mappings.
     PageFault = 23,
-    /// Growth mode: the program break moved (`brk` returned `args[0]`);
-    /// userspace subtracts what a shrink gave back.
-    Brk = 24,
-    /// Growth mode: `madvise(args[0], args[1], MADV_DONTNEED/FREE/REMOVE)`
-    /// gave the range's pages back.
-    Madvise = 25,
+    // 24 and 25 were growth mode's brk and madvise, no longer sent: pages
+    // given back are found in the page map by userspace.
     /// A Go program's heap as its runtime's own profile counts it (read
     /// from the process by userspace, never sent by the kernel): not in
     /// [`AllocFn::ALL`], which lists what can be probed or recorded.
@@ -71,7 +67,7 @@ pub enum AllocFn {
 pub const COOKIE_SKIPS_CONTEXT: u64 = 1 << 32;
 
 impl AllocFn {
-    pub const ALL: [AllocFn; 25] = [
+    pub const ALL: [AllocFn; 23] = [
         AllocFn::Malloc,
         AllocFn::Calloc,
         AllocFn::Realloc,
@@ -95,8 +91,6 @@ impl AllocFn {
         AllocFn::PyObjectRealloc,
         AllocFn::PyObjectFree,
         AllocFn::PageFault,
-        AllocFn::Brk,
-        AllocFn::Madvise,
     ];
 
     pub fn from_u32(value: u32) -> Option<AllocFn> {
@@ -129,8 +123,6 @@ impl AllocFn {
             AllocFn::PyObjectRealloc => "PyObject_Realloc",
             AllocFn::PyObjectFree => "PyObject_Free",
             AllocFn::PageFault => "page_fault",
-            AllocFn::Brk => "brk",
-            AllocFn::Madvise => "madvise",
             AllocFn::GoHeap => "go-heap",
         }
     }
@@ -145,15 +137,13 @@ impl AllocFn {
                 | AllocFn::Sdallocx
                 | AllocFn::Munmap
                 | AllocFn::PyObjectFree
-                | AllocFn::Brk
-                | AllocFn::Madvise
         )
     }
 
     /// Whether the record comes from growth mode's tracepoints (a page
-    /// fault, a syscall), not from a probed function.
+    /// fault), not from a probed function.
     pub fn is_kernel_event(self) -> bool {
-        matches!(self, AllocFn::PageFault | AllocFn::Brk | AllocFn::Madvise)
+        matches!(self, AllocFn::PageFault)
     }
 
     /// Whether the function is `CPython`'s object allocator (exact object

@@ -154,9 +154,7 @@ pub fn interpret_alloc(func: AllocFn, args: [u64; 4], ret: u64, out: u64) -> Hea
         | AllocFn::Dallocx
         | AllocFn::Sdallocx
         | AllocFn::Munmap
-        | AllocFn::PyObjectFree
-        | AllocFn::Brk
-        | AllocFn::Madvise => interpret_release(func, [args[0], args[1]]),
+        | AllocFn::PyObjectFree => interpret_release(func, [args[0], args[1]]),
     }
 }
 
@@ -184,15 +182,10 @@ fn moved_to(old: u64, found: u64, new_len: u64, searched: u64) -> u64 {
 /// The effect of a releasing call.
 pub fn interpret_release(func: AllocFn, args: [u64; 2]) -> HeapOp {
     match func {
-        // madvise(DONTNEED/FREE/REMOVE) gives the pages back as munmap
-        // does; the kernel sends only those advices.
-        AllocFn::Munmap | AllocFn::Madvise => HeapOp::Unmap {
+        AllocFn::Munmap => HeapOp::Unmap {
             addr: args[0],
             len: page_round(args[1]),
         },
-        // What a brk gives back depends on where it was: the pipeline
-        // keeps that (`Pipeline::brk_ends`).
-        AllocFn::Brk => HeapOp::Ignored,
         _ if args[0] == 0 => HeapOp::Ignored,
         _ => HeapOp::Free { addr: args[0] },
     }
@@ -209,7 +202,7 @@ mod tests {
     #[test]
     fn hostile_lengths_saturate() {
         assert_eq!(
-            interpret_release(AllocFn::Madvise, [0x1000, u64::MAX]),
+            interpret_release(AllocFn::Munmap, [0x1000, u64::MAX]),
             HeapOp::Unmap {
                 addr: 0x1000,
                 len: u64::MAX,

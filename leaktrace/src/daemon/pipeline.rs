@@ -69,17 +69,12 @@ pub struct Pipeline {
     /// thread frees in between): that second release is the same one, not
     /// a release of a block never seen.
     pub python_freed: FxHashMap<u32, u64>,
-    /// Growth mode: each process's program break as its last brk left it.
-    /// A brk below it gave the pages in between back (the first one seen
-    /// only sets it: what the break was at attach is not known).
-    pub brk_ends: FxHashMap<u32, u64>,
 }
 
 impl Pipeline {
     /// Drops a process's blocks and call sites (it exec'd or exited).
     pub fn forget_process(&mut self, pid: u32) -> Forgotten {
         self.python_freed.remove(&pid);
-        self.brk_ends.remove(&pid);
         self.python_walks.forget(pid);
         Forgotten {
             pid,
@@ -125,23 +120,6 @@ impl Pipeline {
                         return Ingested::Applied;
                     }
                     _ => {}
-                }
-                if func == AllocFn::Brk {
-                    let end = event.args[0];
-                    if let Some(before) = self.brk_ends.insert(pid, end)
-                        && end < before
-                    {
-                        self.table.apply(
-                            pid,
-                            HeapOp::Unmap {
-                                addr: end,
-                                len: before - end,
-                            },
-                            0,
-                            event.header.timestamp_ns,
-                        );
-                    }
-                    return Ingested::Applied;
                 }
                 let op = contracts::interpret_release(func, event.args);
                 self.table

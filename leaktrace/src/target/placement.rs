@@ -72,8 +72,6 @@ pub(crate) fn argument_registers(func: AllocFn) -> &'static [Register] {
         | AllocFn::PyObjectFree
         // Tracepoint records and the Go profile, never probed.
         | AllocFn::PageFault
-        | AllocFn::Brk
-        | AllocFn::Madvise
         | AllocFn::GoHeap => 2,
         // CPython's object allocator counts the context pointer 3.6+ passes
         // first (protecting one register too many is harmless).
