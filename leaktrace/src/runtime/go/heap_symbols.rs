@@ -18,7 +18,6 @@
 //! Every address must lie in one of the data sections; the reader of the
 //! live process then checks what it finds there (buckets carry their own
 //! hash).
-use iced_x86::{Decoder, DecoderOptions, OpKind};
 use object::{Object as _, ObjectSymbol as _};
 
 use super::{binary::GoBinary, image::Image};
@@ -174,19 +173,10 @@ fn in_section(sections: &Sections, name: Option<&str>, address: u64) -> bool {
 }
 
 /// The addresses of the RIP-relative memory operands of `code` (loaded at
-/// `address`): the globals a function reads or writes.
+/// `address`): the globals a function reads, writes or takes the address of.
 pub(crate) fn rip_relative_targets(code: &[u8], address: u64) -> Vec<u64> {
-    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
-    let mut found = Vec::new();
-    while decoder.can_decode() {
-        let instruction = decoder.decode();
-        if instruction.is_invalid() {
-            continue;
-        }
-        let memory = (0..instruction.op_count()).any(|i| instruction.op_kind(i) == OpKind::Memory);
-        if memory && instruction.is_ip_rel_memory_operand() {
-            found.push(instruction.ip_rel_memory_address());
-        }
-    }
-    found
+    super::data_refs::data_refs(code, address)
+        .into_iter()
+        .map(|reference| reference.address)
+        .collect()
 }
