@@ -190,12 +190,14 @@ fn go_heap_in_use_per_function_agrees_with_the_programs_own_pprof() {
                 "{what}: {function} {found} against {bytes}"
             );
         }
-        // 40 MiB and 10 MiB, sampled: the estimates are near; first and
-        // second; churn near zero in both.
+        // 40 MiB and 10 MiB, sampled once per 512 KiB on average (about
+        // 80 and 20 samples: the runtime's own estimate varies by a third
+        // and more from run to run; pprof's is the same, checked above):
+        // near; first and second; churn near zero in both.
         let small = ours.get("main.retainSmall").copied().unwrap_or(0);
         let large = ours.get("main.retainLarge").copied().unwrap_or(0);
-        assert!((30 << 20..=50 << 20).contains(&small), "{what}");
-        assert!((6 << 20..=15 << 20).contains(&large), "{what}");
+        assert!((20 << 20..=60 << 20).contains(&small), "{what}");
+        assert!((4 << 20..=20 << 20).contains(&large), "{what}");
         for by in [&ours, &theirs] {
             assert!(
                 by.get("main.churn").copied().unwrap_or(0) < 1 << 20,

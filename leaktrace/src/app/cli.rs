@@ -151,11 +151,12 @@ pub enum TraceMode {
     /// sampled: outstanding allocations per call site. Each traced call
     /// traps into the kernel.
     Allocations,
-    /// Resident memory growth per call site, from page faults and the
-    /// memory syscalls: no allocator is probed, so allocations cost
-    /// nothing; what is counted is memory that became resident and was not
-    /// given back to the kernel (memory a program frees to its allocator
-    /// but the allocator keeps still counts).
+    /// Resident memory growth per call site, from page faults (pages given
+    /// back are found missing from the process's page map): no allocator
+    /// and no syscall is probed, so allocations cost nothing; what is
+    /// counted is memory that became resident and was not given back to
+    /// the kernel (memory a program frees to its allocator but the
+    /// allocator keeps still counts).
     Growth,
 }
 
