@@ -87,6 +87,15 @@ fn trace_growth_until_done(
     (read_json(&report), done)
 }
 
+/// Bytes at the sites whose stack contains `function`.
+fn bytes_at(report: &Value, function: &str) -> u64 {
+    sites(report)
+        .iter()
+        .filter(|s| frame_functions(s).contains(&function))
+        .map(|s| s["bytes"].as_u64().unwrap())
+        .sum()
+}
+
 /// (bytes at sites whose stack satisfies `at`, total bytes, /proc's growth).
 fn shares(report: &Value, at: impl Fn(&Value) -> bool) -> (u64, u64, i64) {
     let total = report["totals"]["outstanding_bytes"].as_u64().unwrap();
@@ -164,13 +173,7 @@ fn a_huge_page_counts_at_its_size() {
         huge_kib >= 64 << 10,
         "the kernel gave the fixture {huge_kib} KiB of huge pages, not the 64 MiB asked for (memory too fragmented?)"
     );
-    let at = |function: &str| -> u64 {
-        sites(&report)
-            .iter()
-            .filter(|s| frame_functions(s).contains(&function))
-            .map(|s| s["bytes"].as_u64().unwrap())
-            .sum()
-    };
+    let at = |function: &str| bytes_at(&report, function);
     let (huge, small) = (at("grow_huge"), at("grow_small"));
     let (_, total, rss) = shares(&report, |_| true);
     let summary = format!("huge {huge}, small {small}, total {total}, /proc {rss}");
@@ -198,13 +201,7 @@ fn moved_regions_keep_their_site_and_unmapped_pages_leave() {
     let program = compile(&dir, "growth_remap.c", "growth_remap", &["-O1", "-g"]);
     let (report, done) = trace_growth_until_done(&dir, &mut Command::new(&program), "3s", &[]);
     assert_eq!(done, "done 1", "realloc did not move the block");
-    let at = |function: &str| -> u64 {
-        sites(&report)
-            .iter()
-            .filter(|s| frame_functions(s).contains(&function))
-            .map(|s| s["bytes"].as_u64().unwrap())
-            .sum()
-    };
+    let at = |function: &str| bytes_at(&report, function);
     let (first, second, churn) = (at("first_half"), at("second_half"), at("churn"));
     let summary = format!("first {first}, second {second}, churn {churn}");
     eprintln!("{summary}");
