@@ -22,7 +22,7 @@ use std::{
 
 use common::{
     GO_RELEASES, Guarded, Lines, Symbols, TempDir, build_go, fixture_source, get, leaktrace_bin,
-    read_json, require_root, run_json, serial, start_serve,
+    read_json, require_root, run_json, serial, sites, start_serve,
 };
 use serde_json::Value;
 
@@ -188,10 +188,30 @@ fn trace_story(test: &str, dir: &TempDir, release: &str, symbols: Symbols) -> bo
     assert_eq!(leak["growth"]["only_grows"], true, "{summary}");
     assert_eq!(leak["growth"]["since_attach"], 2000, "{summary}");
     assert_eq!(leak["runtime_internal"], false, "{summary}");
-    // Each holds its 4 KiB buffer on a stack of 8 KiB at least.
+    // Each on a stack of 2 KiB at least (the runtime's smallest; its
+    // buffer is on the heap, below).
     assert!(
-        leak["stack_bytes"].as_u64().unwrap() >= 2000 * 8192,
+        leak["stack_bytes"].as_u64().unwrap() >= 2000 * 2048,
         "{summary}"
+    );
+    // The heap view: the checkers' buffers (2000 of 4 KiB, 8 MiB) at
+    // their `make` line, from the runtime's own sampler (turned on by
+    // leaktrace: the fixture does not import pprof), one sample per 512
+    // KiB: about 16 samples, so a wide range.
+    let buffer_line = marked_line("goroutine_leak", "buffer: checker");
+    let buffers: u64 = sites(&report)
+        .iter()
+        .filter(|s| s["allocator"] == "go-heap")
+        .filter(|s| {
+            s["frames"][0]["function"] == "main.check"
+                && s["frames"][0]["line"].as_u64() == Some(buffer_line)
+        })
+        .map(|s| s["bytes"].as_u64().unwrap())
+        .sum();
+    assert!(
+        (2 << 20..=24 << 20).contains(&buffers),
+        "Go {label}: {buffers} bytes at the buffer's make line (line {buffer_line}); Go heap: {}",
+        report["processes"][0]["runtime"]["go_heap"]
     );
     // NumGoroutine counts what the runtime does not run for itself.
     let program_goroutines: u64 = report["goroutines"]

@@ -11,8 +11,9 @@
 //! oldest and newest.
 //!
 //! A program that does not import runtime/pprof has its profile turned off
-//! by the linker: the report says so, shows no Go heap site, and leaktrace
-//! exits 0.
+//! by the linker: leaktrace turns the runtime's sampler on while it traces
+//! (exact at a rate of 1), or, with `--go-heap-sampling off`, says the
+//! profile is off and shows no Go heap site.
 mod common;
 
 use std::{
@@ -25,8 +26,8 @@ use std::{
 };
 
 use common::{
-    GO_RELEASES, Guarded, Lines, Symbols, TempDir, build_go, go_command, leaktrace, read_json,
-    require_root, serial, site_lines, sites,
+    GO_RELEASES, Guarded, Lines, Symbols, TempDir, build_go, go_command, leaktrace, leaktrace_bin,
+    read_json, require_root, serial, site_lines, sites,
 };
 use serde_json::Value;
 
@@ -223,31 +224,132 @@ fn go_heap_in_use_per_function_agrees_with_the_programs_own_pprof() {
     }
 }
 
+/// `trace --pid` started before the fixture is told to go (so that its
+/// allocations come after attach), stopped once it printed "done".
+fn trace_while_it_runs(dir: &TempDir, program: &Path, extra: &[&str]) -> (Value, Guarded) {
+    let mut fixture = Guarded::spawn(
+        "the Go fixture",
+        Command::new(program)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let lines = fixture.stdout_lines();
+    lines
+        .wait_for(Duration::from_secs(30), |l| l == "ready")
+        .expect("the fixture starts");
+    let report = dir.join("report.json");
+    let mut tracer = Guarded::spawn(
+        "leaktrace trace --pid",
+        Command::new(leaktrace_bin())
+            .args(["trace", "--pid", &fixture.pid().to_string()])
+            .args(extra)
+            .args(["--format", "json", "--output"])
+            .arg(&report)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let stderr = tracer.stderr_lines();
+    stderr
+        .wait_for(Duration::from_mins(1), |l| {
+            l.starts_with("leaktrace: tracing")
+        })
+        .unwrap_or_else(|e| panic!("leaktrace never started tracing: {e}"));
+    let mut stdin = fixture.take_stdin();
+    stdin.write_all(b"go\n").expect("telling the fixture to go");
+    stdin.flush().expect("flushing");
+    lines
+        .wait_for(Duration::from_mins(1), |l| l.starts_with("done"))
+        .expect("the fixture finishes");
+    // SAFETY: signalling our own child.
+    unsafe { libc_kill(tracer.pid().cast_signed(), 2) };
+    let status = tracer
+        .wait_timeout(Duration::from_mins(1))
+        .expect("leaktrace stops on SIGINT");
+    assert!(status.success(), "{status:?}\n{}", stderr.text());
+    (read_json(&report), fixture)
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+/// A program that does not import runtime/pprof has its heap profile
+/// turned off by the linker (`MemProfileRate` 0): leaktrace turns the
+/// runtime's own sampler on while it traces. At one sample per byte (1)
+/// the profile is exact: the 5120 slices of 4 KiB the fixture keeps after
+/// attach are at their `make` line, to the byte. Stripped too (the rate's
+/// address is found from the runtime's code), with the oldest and newest
+/// releases.
 #[test]
-fn a_go_program_without_pprof_is_said_to_have_its_profile_off() {
-    const TEST: &str = "a_go_program_without_pprof_is_said_to_have_its_profile_off";
+fn a_go_program_without_pprof_gets_its_heap_sampled_by_the_runtime() {
+    const TEST: &str = "a_go_program_without_pprof_gets_its_heap_sampled_by_the_runtime";
     if !require_root(TEST) {
         return;
     }
     let _serial = serial();
-    for (release, symbols) in [("1.23", Symbols::Kept), ("1.19", Symbols::Stripped)] {
-        let dir = TempDir::new("go-heap-off");
+    let make_line = u64::from(site_lines("go/noprofile.go")["keep_make"]);
+    for (release, symbols) in [
+        ("1.19", Symbols::Kept),
+        ("1.23", Symbols::Kept),
+        ("1.19", Symbols::Stripped),
+        ("1.23", Symbols::Stripped),
+    ] {
+        let dir = TempDir::new("go-heap-sampled");
         let Some(program) = build_go(TEST, &dir, "noprofile", release, symbols) else {
             return;
         };
-        let (mut fixture, _lines, _) = start(&program);
-        let report = trace(&dir, fixture.pid(), "go-heap-off");
+        let (report, mut fixture) =
+            trace_while_it_runs(&dir, &program, &["--go-heap-sampling", "1"]);
         fixture.kill_and_reap();
         let what = format!("go{release} {symbols:?}");
         let heap = &report["processes"][0]["runtime"]["go_heap"];
-        assert_eq!(heap["profile"], "off", "{what}: {heap}");
-        assert_eq!(heap["sample_rate"], 0, "{what}");
-        assert_eq!(
-            heap["note"],
-            "Go heap profile off in this binary (it does not import runtime/pprof); its heap growth: --mode growth",
-            "{what}"
+        assert_eq!(heap["profile"], "read", "{what}: {heap}");
+        assert_eq!(heap["sample_rate"], 1, "{what}");
+        assert!(
+            heap["note"]
+                .as_str()
+                .unwrap()
+                .contains("leaktrace turned the runtime's sampling on"),
+            "{what}: {heap}"
         );
-        // Nothing invented: no site at all (no allocator is probed).
-        assert!(sites(&report).is_empty(), "{what}: {:?}", sites(&report));
+        let at_make: Vec<(u64, u64)> = sites(&report)
+            .iter()
+            .filter(|s| s["allocator"] == "go-heap")
+            .filter(|s| {
+                let leaf = &s["frames"][0];
+                leaf["function"] == "main.keep" && leaf["line"].as_u64() == Some(make_line)
+            })
+            .map(|s| (s["bytes"].as_u64().unwrap(), s["count"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(at_make, [(5120 * 4096, 5120)], "{what}: {heap}");
     }
+}
+
+/// `--go-heap-sampling off`: nothing is written, the report says the
+/// profile is off and how to turn it on, and shows no Go heap site.
+#[test]
+fn a_go_program_without_pprof_is_left_alone_when_asked() {
+    const TEST: &str = "a_go_program_without_pprof_is_left_alone_when_asked";
+    if !require_root(TEST) {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("go-heap-off");
+    let Some(program) = build_go(TEST, &dir, "noprofile", "1.23", Symbols::Kept) else {
+        return;
+    };
+    let (report, mut fixture) = trace_while_it_runs(&dir, &program, &["--go-heap-sampling", "off"]);
+    fixture.kill_and_reap();
+    let heap = &report["processes"][0]["runtime"]["go_heap"];
+    assert_eq!(heap["profile"], "off", "{heap}");
+    assert_eq!(heap["sample_rate"], 0);
+    assert_eq!(
+        heap["note"],
+        "Go heap profile off in this binary (it does not import runtime/pprof); --go-heap-sampling turns it on while tracing; its heap growth: --mode growth"
+    );
+    // Nothing invented: no site at all (no allocator is probed).
+    assert!(sites(&report).is_empty(), "{:?}", sites(&report));
 }

@@ -10,11 +10,12 @@
 //!   integration tests that trace real processes).
 //! - `bench`: the malloc+free loop untraced and traced, and the daemon's
 //!   drain rate; `bench-redis`, `bench-python`, `bench-all`,
-//!   `bench-growth`: the workloads their modules describe.
+//!   `bench-growth`, `bench-go`: the workloads their modules describe.
 //! - `soak`: `bench-all` for a given time, failing unless every exit is
 //!   counted and the daemon's memory stays flat.
 mod bench;
 mod churn;
+mod go_bench;
 mod growth;
 mod python;
 mod redis;
@@ -61,6 +62,14 @@ enum Task {
     /// traced, interleaved; the daemon's CPU and memory.
     BenchGrowth {
         /// Rounds of each workload (medians are printed).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// A Go allocation loop (no pprof) untraced and under `trace --pid`
+    /// in each Go heap mode (the runtime's sampler turned on, off, every
+    /// allocation; growth mode), interleaved: ns per allocation.
+    BenchGo {
+        /// Rounds of each mode (medians are printed).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
@@ -152,6 +161,11 @@ fn main() -> Result<()> {
             setup::all()?;
             build_release()?;
             growth::run(rounds)
+        }
+        Task::BenchGo { rounds } => {
+            setup::all()?;
+            build_release()?;
+            go_bench::run(rounds)
         }
         Task::BenchPython { rounds } => {
             setup::all()?;

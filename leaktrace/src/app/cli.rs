@@ -236,6 +236,19 @@ pub struct ReportOptions {
     /// mode). Records every allocation: not with --sample-bytes.
     #[arg(long, conflicts_with = "sample_bytes")]
     pub python_objects: bool,
+    /// Go programs, allocations mode: the runtime samples its own heap
+    /// (what `/debug/pprof/heap` shows) only where the program uses
+    /// runtime/pprof; elsewhere the linker turned it off
+    /// (`runtime.MemProfileRate` is 0). leaktrace then sets
+    /// `MemProfileRate` to N bytes (one sample per N bytes allocated, as Go
+    /// does by default) while it traces, so that the Go heap in use is
+    /// reported per allocation site, and puts 0 back when it stops. This
+    /// is the one word of a target's memory leaktrace writes; the runtime's
+    /// own sampler costs the program nothing measurable (README). 1
+    /// records every allocation (exact, slower); `off` never writes, and
+    /// such programs then show no Go heap sites. Default: 512k.
+    #[arg(long, value_parser = parse_go_heap_sampling, value_name = "N|off", default_value = "512k")]
+    pub go_heap_sampling: GoHeapSampling,
     /// Most outstanding allocations the daemon keeps (about 50 bytes each);
     /// beyond it new ones are dropped and counted as lost. 0: no limit.
     #[arg(long, default_value_t = 10_000_000)]
@@ -364,6 +377,28 @@ pub fn parse_bytes(text: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("'{text}' is too large (at most 4095m)"))
 }
 
+/// Whether leaktrace turns a Go program's heap sampling on, and at what
+/// rate (`--go-heap-sampling`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoHeapSampling {
+    /// Never write the target's memory.
+    Off,
+    /// One sample per this many bytes (non-zero).
+    Rate(u32),
+}
+
+fn parse_go_heap_sampling(text: &str) -> Result<GoHeapSampling, String> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(GoHeapSampling::Off);
+    }
+    match parse_bytes(text)? {
+        0 => Err(format!(
+            "'{text}': the sampling rate must be at least 1 byte (or off)"
+        )),
+        rate => Ok(GoHeapSampling::Rate(rate)),
+    }
+}
+
 fn parse_ring_buffer_mib(text: &str) -> Result<u32, String> {
     let mib: u32 = text
         .parse()
@@ -392,6 +427,18 @@ mod tests {
         assert!(parse_bytes("4096m").is_err());
         assert!(parse_bytes("5g").is_err());
         assert!(parse_bytes("9999m").is_err());
+    }
+
+    #[test]
+    fn go_heap_sampling_rates() {
+        assert_eq!(
+            parse_go_heap_sampling("512k"),
+            Ok(GoHeapSampling::Rate(512 * 1024))
+        );
+        assert_eq!(parse_go_heap_sampling("1"), Ok(GoHeapSampling::Rate(1)));
+        assert_eq!(parse_go_heap_sampling("OFF"), Ok(GoHeapSampling::Off));
+        assert!(parse_go_heap_sampling("0").is_err());
+        assert!(parse_go_heap_sampling("lots").is_err());
     }
 
     #[test]

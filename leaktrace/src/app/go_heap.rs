@@ -8,20 +8,23 @@
 //! (in-use as of the last collection, frees known from the GC's sweep), and
 //! reading them costs the program nothing: no probe, one read of the list
 //! per report. Where the linker turned the profile off (a binary that does
-//! not use runtime/pprof), `runtime.MemProfileRate` reads 0: the report
-//! says so and shows no site for it; its memory is not written to turn
-//! sampling on.
-use std::{collections::HashMap, fs, path::Path};
+//! not use runtime/pprof), `runtime.MemProfileRate` reads 0: unless
+//! `--go-heap-sampling off`, leaktrace writes a rate there while it traces
+//! and 0 back at the end (`runtime::go::heap_sampling` says when and why);
+//! the report then says the profile covers allocations since attach.
+use std::{collections::HashMap, fs, path::Path, time::Instant};
 
 use leaktrace_common::AllocFn;
 
 use crate::{
+    app::cli::GoHeapSampling,
     daemon::{aggregate::SiteTotal, sites::CallSites},
     report::GoHeapReport,
     runtime::{
         go::{
             detect::GoFound,
             heap_profile::{self, InUseSite},
+            heap_sampling::SamplingSwitch,
             heap_symbols::{self, ProfileSymbols},
             image::Image,
         },
@@ -29,7 +32,7 @@ use crate::{
     },
     target::{
         elf::load_bias,
-        procfs::{Mapping, file_identity},
+        procfs::{Mapping, file_identity, write_word},
     },
 };
 
@@ -51,19 +54,38 @@ struct GoProcess {
     /// or why there are none.
     addresses: Result<(u64, u64), String>,
     memory: Option<ProcessMemory>,
+    /// Turns the runtime's sampling on where it is off (None: never).
+    switch: Option<SamplingSwitch>,
+    /// Why writing the rate failed, if it did.
+    write_error: Option<String>,
     /// The sites read last (kept once it exits).
     sites: Vec<InUseSite>,
     status: GoHeapReport,
 }
 
-#[derive(Default)]
 pub(super) struct GoHeap {
     /// Each binary file's globals, found once.
     located: HashMap<(u64, u64), Located>,
     processes: HashMap<u32, GoProcess>,
+    sampling: GoHeapSampling,
+    /// The clock of the sampling switches.
+    epoch: Instant,
 }
 
 impl GoHeap {
+    pub(super) fn new(sampling: GoHeapSampling) -> GoHeap {
+        GoHeap {
+            located: HashMap::new(),
+            processes: HashMap::new(),
+            sampling,
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// Starts reading `pid`'s heap profile, `go` the Go binary it maps
     /// (once per process: a new image after exec is forgotten first).
     pub(super) fn attach(&mut self, pid: u32, go: &GoFound, root: &Path, mappings: &[Mapping]) {
@@ -94,20 +116,85 @@ impl GoHeap {
             Ok(_) => unreadable("not read yet".into()),
             Err(why) => unreadable(format!("Go heap profile not read: {why}")),
         };
+        let switch = match self.sampling {
+            GoHeapSampling::Rate(rate) if addresses.is_ok() => {
+                Some(SamplingSwitch::new(u64::from(rate), self.now_ns()))
+            }
+            _ => None,
+        };
         self.processes.insert(
             pid,
             GoProcess {
                 addresses,
                 memory: ProcessMemory::open(pid).ok(),
+                switch,
+                write_error: None,
                 sites: Vec::new(),
                 status,
             },
         );
+        self.check_rate(pid);
+    }
+
+    /// Between reports: reads the rate of each process attached lately,
+    /// to turn sampling on right after its runtime turned it off (`run`
+    /// attaches before the runtime starts).
+    pub(super) fn watch(&mut self) {
+        let now = self.now_ns();
+        let watched: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(_, p)| p.switch.as_ref().is_some_and(|s| s.watching(now)))
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in watched {
+            self.check_rate(pid);
+        }
+    }
+
+    /// Reads `pid`'s rate and writes leaktrace's where the switch says so.
+    fn check_rate(&mut self, pid: u32) {
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        let (&Ok((_, rate_at)), Some(memory), Some(switch)) =
+            (&process.addresses, &process.memory, &mut process.switch)
+        else {
+            return;
+        };
+        let mut word = [0u8; 8];
+        if memory.read(rate_at, &mut word).is_err() {
+            return;
+        }
+        if let Some(rate) = switch.observe(i64::from_le_bytes(word))
+            && let Err(err) = write_word(pid, rate_at, rate)
+        {
+            process.write_error = Some(err.to_string());
+            process.switch = None;
+        }
+    }
+
+    /// At the end of tracing: 0 goes back into the rate of every live
+    /// process where the value is still leaktrace's.
+    fn restore(&mut self) {
+        for (&pid, process) in &self.processes {
+            let (&Ok((_, rate_at)), Some(memory), Some(switch)) =
+                (&process.addresses, &process.memory, &process.switch)
+            else {
+                continue;
+            };
+            let mut word = [0u8; 8];
+            if memory.read(rate_at, &mut word).is_ok() && switch.restore(i64::from_le_bytes(word)) {
+                // Gone meanwhile: nothing to put back.
+                let _: std::io::Result<()> = write_word(pid, rate_at, 0);
+            }
+        }
     }
 
     /// Reads `pid`'s profile again (nothing when it is not a Go process
     /// attached).
     pub(super) fn read(&mut self, pid: u32) {
+        self.check_rate(pid);
         let Some(process) = self.processes.get_mut(&pid) else {
             return;
         };
@@ -140,7 +227,7 @@ impl GoHeap {
                     sample_rate: Some(0),
                     buckets: 0,
                     buckets_cut: 0,
-                    note: "Go heap profile off in this binary (it does not import runtime/pprof); its heap growth: --mode growth".into(),
+                    note: off_note(process),
                 };
             }
             Ok((rate, sites, buckets, cut)) => {
@@ -151,12 +238,17 @@ impl GoHeap {
                     buckets,
                     buckets_cut: cut,
                     note: format!(
-                        "Go heap: {bytes} bytes in use at {} sites, from the runtime's profile ({buckets} buckets{}, one sample per {rate} bytes, as of the last collection)",
+                        "Go heap: {bytes} bytes in use at {} sites, from the runtime's profile ({buckets} buckets{}, one sample per {rate} bytes, as of the last collection){}",
                         sites.len(),
                         if cut > 0 {
                             format!(", {cut} more not read")
                         } else {
                             String::new()
+                        },
+                        if process.switch.as_ref().is_some_and(|s| s.is_ours(rate)) {
+                            "; the binary had it off: leaktrace turned the runtime's sampling on when it attached (allocations since then)"
+                        } else {
+                            ""
                         }
                     ),
                 };
@@ -198,6 +290,32 @@ impl GoHeap {
 
     pub(super) fn forget(&mut self, pid: u32) {
         self.processes.remove(&pid);
+    }
+}
+
+/// What the report says of a profile that reads off.
+/// Whatever ends the tracer (the end of tracing, an error), except
+/// leaktrace being killed: then the rate stays on, as in a program that
+/// imports pprof (README, known limits).
+impl Drop for GoHeap {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}
+
+fn off_note(process: &GoProcess) -> String {
+    let why = "Go heap profile off in this binary (it does not import runtime/pprof)";
+    match (&process.switch, &process.write_error) {
+        (_, Some(err)) => format!("{why}; turning it on failed: {err}"),
+        (Some(switch), None) if switch.refused() => {
+            format!(
+                "{why}; the program turned it off again each time leaktrace turned it on: left off"
+            )
+        }
+        (Some(_), None) => format!("{why}; leaktrace is turning it on"),
+        (None, None) => format!(
+            "{why}; --go-heap-sampling turns it on while tracing; its heap growth: --mode growth"
+        ),
     }
 }
 

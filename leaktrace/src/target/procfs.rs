@@ -37,6 +37,18 @@ pub(crate) fn check_pid(pid: u32) -> Result<()> {
     Ok(())
 }
 
+/// Writes the 8-byte little-endian `value` at `addr` in process `pid`
+/// (through `/proc/PID/mem`). The one write leaktrace makes into a
+/// target's data: turning a Go runtime's heap sampling on and off (see
+/// `runtime::go::heap_sampling`).
+pub(crate) fn write_word(pid: u32, addr: u64, value: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))?
+        .write_all_at(&value.to_le_bytes(), addr)
+}
+
 /// (device, inode) of a file: what a uprobe is attached to, whatever the
 /// path (a container's /proc/PID/root/... or ours).
 pub(crate) fn file_identity(path: &Path) -> Option<(u64, u64)> {

@@ -175,7 +175,7 @@ impl Tracer {
             processes: BTreeMap::new(),
             python: PythonCache::default(),
             go: GoCache::default(),
-            go_heap: GoHeap::default(),
+            go_heap: GoHeap::new(options.go_heap_sampling),
             python_frames: PythonFrames::default(),
             python_warnings: 0,
             python_objects: PythonObjects::default(),
@@ -367,8 +367,17 @@ impl Tracer {
     /// that exec'd, and under `--all` lets go of processes whose exit
     /// record was lost.
     pub(super) fn housekeeping(&mut self, full: bool) {
+        self.go_heap.watch();
         let Targets::All(system) = &mut self.targets else {
             self.inspect_execs();
+            // `run`'s command reached its entry point (its mappings
+            // changed): what runtime it runs, from its start, even when no
+            // allocator probe fires (a Go program). A look is a compare
+            // when nothing changed.
+            let pids: Vec<u32> = self.processes.keys().copied().collect();
+            for pid in pids {
+                self.update_runtime(pid);
+            }
             return;
         };
         let (inspected, added) = system.inspect_due(&mut self.kernel);

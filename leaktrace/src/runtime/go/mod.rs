@@ -38,6 +38,7 @@ pub(crate) mod buildinfo;
 pub(crate) mod data_refs;
 pub(crate) mod detect;
 pub(crate) mod heap_profile;
+pub(crate) mod heap_sampling;
 pub(crate) mod heap_symbols;
 pub(crate) mod image;
 pub(crate) mod moduledata;
