@@ -338,3 +338,121 @@ fn serve_exposes_the_leaking_sites_series() {
     );
     assert!(series.ends_with(&format!(" {expected}")), "{series}");
 }
+
+/// `trace --all` (growth mode, its default): the goroutines of every Go
+/// process on the host are read, each group with its pid. Two stories
+/// started after leaktrace (the oldest release unstripped, the newest
+/// stripped) are both found with their 2000 checkers blocked in `chan
+/// send` at the `go` statement, growing.
+#[test]
+fn trace_all_reads_the_goroutines_of_every_go_process() {
+    const TEST: &str = "trace_all_reads_the_goroutines_of_every_go_process";
+    if !require_root(TEST) {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("go-goroutines-all");
+    let go_line = marked_line("goroutine_leak", "leak: checker");
+    let mut programs = Vec::new();
+    for (release, symbols) in [("1.19", Symbols::Kept), ("1.23", Symbols::Stripped)] {
+        let Some(program) = build_go(TEST, &dir, "goroutine_leak", release, symbols) else {
+            return;
+        };
+        programs.push((format!("{release} {symbols:?}"), program));
+    }
+    let report_path = dir.join("all.json");
+    let mut tracer = Guarded::spawn(
+        "leaktrace trace --all",
+        Command::new(leaktrace_bin())
+            .args(["trace", "--all", "--interval", "1s"])
+            .args(["--format", "json", "--output"])
+            .arg(&report_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let stderr = tracer.stderr_lines();
+    stderr
+        .wait_for(Duration::from_mins(2), |l| {
+            l.starts_with("leaktrace: tracing all processes")
+        })
+        .unwrap_or_else(|e| panic!("leaktrace --all never started tracing: {e}"));
+    let mut stories = Vec::new();
+    for (label, program) in &programs {
+        let (mut fixture, lines) = start_story(program, "250");
+        // Found and read once before it leaks (--all inspects a new
+        // process at its own pace), so that the growth is seen.
+        wait_for_groups_of(&report_path, fixture.pid());
+        run_story(&mut fixture, &lines);
+        stories.push((label, fixture));
+    }
+    let leak_of = |report: &Value, pid: u32| -> Option<Value> {
+        report["goroutines"].as_array()?.iter().find_map(|g| {
+            (g["pid"] == pid
+                && g["created_at"]["line"] == go_line
+                && g["created_at"]["file"]
+                    .as_str()
+                    .is_some_and(|f| f.ends_with("goroutine_leak.go")))
+            .then(|| g.clone())
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    let report = loop {
+        let report = std::fs::read(&report_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+        if let Some(report) = report
+            && stories
+                .iter()
+                .all(|(_, f)| leak_of(&report, f.pid()).is_some_and(|g| g["count"] == 2000))
+        {
+            break report;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stories' leaks never showed under --all:\n{}",
+            stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for (label, fixture) in &mut stories {
+        let leak = leak_of(&report, fixture.pid()).unwrap();
+        assert_eq!(
+            leak["wait_reasons"],
+            serde_json::json!({"chan send": 2000}),
+            "Go {label}: {leak:#}"
+        );
+        assert_eq!(leak["start"]["function"], "main.check", "Go {label}");
+        assert_eq!(leak["growth"]["only_grows"], true, "Go {label}: {leak:#}");
+        fixture.kill_and_reap();
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(tracer.pid().cast_signed(), libc::SIGINT) };
+    let status = tracer
+        .wait_timeout(Duration::from_mins(2))
+        .expect("trace --all stops on SIGINT");
+    assert!(status.success(), "{status:?}\n{}", stderr.text());
+}
+
+/// Waits until the report in `path` has a goroutine group of `pid`.
+fn wait_for_groups_of(path: &Path, pid: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_mins(2);
+    loop {
+        let found = std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|r| {
+                r["goroutines"]
+                    .as_array()
+                    .is_some_and(|groups| groups.iter().any(|g| g["pid"] == pid))
+            });
+        if found {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid}'s goroutines never showed under --all"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
