@@ -179,9 +179,24 @@ fn moved_to(old: u64, found: u64, new_len: u64, searched: u64) -> u64 {
     }
 }
 
+/// One past the highest user address on x86-64 (4-level paging, the
+/// kernel's `TASK_SIZE`: 47 bits less a guard page; with 5-level paging the
+/// kernel only maps above it when asked to by an address hint).
+const USER_ADDRESS_END: u64 = 0x7fff_ffff_f000;
+
+/// Whether the kernel refuses `munmap(addr, len)` with EINVAL and unmaps
+/// nothing (`do_vmi_munmap`'s checks): an address not page aligned, a
+/// range past the user address space, a length of 0. munmap is probed at
+/// its entry only (a release costs one trap), so its failure is decided
+/// here from its arguments, as the kernel decides it.
+fn munmap_fails(addr: u64, len: u64) -> bool {
+    addr % PAGE_SIZE != 0 || addr > USER_ADDRESS_END || len > USER_ADDRESS_END - addr || len == 0
+}
+
 /// The effect of a releasing call.
 pub fn interpret_release(func: AllocFn, args: [u64; 2]) -> HeapOp {
     match func {
+        AllocFn::Munmap if munmap_fails(args[0], args[1]) => HeapOp::Failed,
         AllocFn::Munmap => HeapOp::Unmap {
             addr: args[0],
             len: page_round(args[1]),
@@ -197,15 +212,29 @@ mod tests {
 
     const NO: [u64; 4] = [0; 4];
 
-    /// A traced process may pass any length: one near 2^64 to munmap or
-    /// madvise is a release of everything from its address, never a panic.
+    /// A traced process may pass any length: munmap of one near 2^64
+    /// fails in the kernel (EINVAL) and releases nothing here, never a
+    /// panic; so do an unaligned address and a length of 0.
     #[test]
     fn hostile_lengths_saturate() {
+        for args in [
+            [0x1000, u64::MAX],
+            [0x1000, USER_ADDRESS_END],
+            [0x1001, 4096],
+            [0x1000, 0],
+            [u64::MAX & !0xfff, 4096],
+        ] {
+            assert_eq!(
+                interpret_release(AllocFn::Munmap, args),
+                HeapOp::Failed,
+                "{args:x?}"
+            );
+        }
         assert_eq!(
-            interpret_release(AllocFn::Munmap, [0x1000, u64::MAX]),
+            interpret_release(AllocFn::Munmap, [0x1000, USER_ADDRESS_END - 0x1000]),
             HeapOp::Unmap {
                 addr: 0x1000,
-                len: u64::MAX,
+                len: USER_ADDRESS_END - 0x1000,
             }
         );
         let mut table = crate::daemon::heap::HeapTable::default();
@@ -221,6 +250,13 @@ mod tests {
         table.apply(
             1,
             interpret_release(AllocFn::Munmap, [0x1000, u64::MAX]),
+            0,
+            0,
+        );
+        assert_eq!(table.len(), 1, "a failed munmap released a page");
+        table.apply(
+            1,
+            interpret_release(AllocFn::Munmap, [0x1000, 0x10_0000]),
             0,
             0,
         );
