@@ -8,6 +8,8 @@
 pub(crate) mod attach;
 pub(crate) mod btf;
 mod growth;
+mod map_batch;
+pub(crate) mod unwind_builder;
 pub(crate) mod unwind_tables;
 
 use std::{

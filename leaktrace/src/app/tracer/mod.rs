@@ -163,6 +163,15 @@ impl Tracer {
         unwind_tables: Option<UnwindTables>,
         options: ReportOptions,
     ) -> Tracer {
+        let mut unwind_tables = unwind_tables;
+        // Under --all a new binary's tables are built off the event loop
+        // (`kernel::unwind_builder`); without a thread, on it.
+        if matches!(targets, Targets::All(_))
+            && let Some(tables) = unwind_tables.as_mut()
+            && let Err(err) = tables.build_in_background()
+        {
+            eprintln!("leaktrace: warning: {err:#}: unwind tables are built on the event loop");
+        }
         Tracer {
             targets,
             kernel,
@@ -368,6 +377,9 @@ impl Tracer {
     /// record was lost.
     pub(super) fn housekeeping(&mut self, full: bool) {
         self.go_heap.watch();
+        if let Some(tables) = self.unwind_tables.lock().expect("unwind lock").as_mut() {
+            tables.poll();
+        }
         let Targets::All(system) = &mut self.targets else {
             self.inspect_execs();
             // `run`'s command reached its entry point (its mappings
