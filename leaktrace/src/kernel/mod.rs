@@ -7,6 +7,7 @@
 //! probes, so the traced process never keeps paying for a dead tracer.
 pub(crate) mod attach;
 pub(crate) mod btf;
+mod entry_stop;
 mod growth;
 pub(crate) mod unwind_tables;
 
