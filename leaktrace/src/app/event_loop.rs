@@ -164,6 +164,8 @@ pub(super) async fn trace_loop(
     };
     tracer.drain(ring.get_mut(), FINAL_DRAIN);
     match &stop {
+        // Said once, as the error `run` ends with.
+        Stop::Exited(Some(launch::ExitStatus::Lost(_))) => {}
         Stop::Exited(Some(status)) => tracer.progress(&format!("the command exited ({status:?})")),
         Stop::Exited(None) => tracer.progress("the traced processes exited"),
         Stop::DurationElapsed => tracer.progress("duration elapsed"),
