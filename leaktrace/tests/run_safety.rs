@@ -136,3 +136,85 @@ fn sigkill_at_entry_leaves_the_command_running() {
     assert_eq!(ended, Ended::Exited(0), "the command's output: {said}");
     assert!(said.starts_with("ready"), "the command's output: {said}");
 }
+
+/// `leaktrace run -- leaky ARGS` with `setup` applied to the command line,
+/// stdin, stdout and stderr piped.
+fn start_run(dir: &TempDir, args: &[&str], setup: impl FnOnce(&mut Command)) -> Guarded {
+    let leaky = build_leaky(dir);
+    let mut command = Command::new(leaktrace_bin());
+    command
+        .args(["run", "--format", "json", "--output"])
+        .arg(dir.join("report.json"))
+        .arg("--")
+        .arg(&leaky)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    setup(&mut command);
+    Guarded::spawn("leaktrace run", &mut command)
+}
+
+/// Ctrl-C reaches the command (through its pidfd): `leaky wait`, killed by
+/// SIGINT, makes leaktrace exit with 128 + 2, after its report.
+#[test]
+fn sigint_is_passed_to_the_command() {
+    if !require_root("sigint_is_passed_to_the_command") {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("run-safety-sigint");
+    let mut leaktrace = start_run(&dir, &["wait"], |_| {});
+    let _stdin = leaktrace.take_stdin();
+    let stdout = leaktrace.stdout_lines();
+    let stderr = leaktrace.stderr_lines();
+    stdout
+        .wait_for(STEP, |line| line == "ready")
+        .unwrap_or_else(|seen| panic!("the command never got ready: {seen}"));
+    // SAFETY: signalling the leaktrace process this test started.
+    unsafe { libc::kill(leaktrace.pid() as i32, libc::SIGINT) };
+    let status = leaktrace
+        .wait_timeout(STEP)
+        .expect("leaktrace ends once its command has");
+    let said = stderr.finish(Duration::from_secs(5)).join("\n");
+    assert_eq!(status.code(), Some(130), "stderr:\n{said}");
+    assert!(said.contains("passing SIGINT to the command"), "{said}");
+    assert!(
+        dir.join("report.json").exists(),
+        "no report; stderr:\n{said}"
+    );
+}
+
+/// A command that inherits SIGURG blocked cannot take the entry stop (the
+/// signal would stay pending): leaktrace loads the unwind tables at the
+/// exec instead (the executable and the dynamic loader: 2 objects), never
+/// pauses at the entry, and the command runs to its end with its status.
+#[test]
+fn a_blocked_entry_signal_does_without_the_entry_stop() {
+    if !require_root("a_blocked_entry_signal_does_without_the_entry_stop") {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("run-safety-blocked");
+    let mut leaktrace = start_run(&dir, &["exit", "3"], |command| {
+        command.env("LEAKTRACE_TEST_PAUSE", "entry");
+        // SAFETY: only sigprocmask, async-signal-safe, between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(command, || {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&raw mut set);
+                libc::sigaddset(&raw mut set, libc::SIGURG);
+                libc::sigprocmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+    });
+    let stderr = leaktrace.stderr_lines();
+    let status = leaktrace
+        .wait_timeout(STEP)
+        .expect("leaktrace ends with its command");
+    let said = stderr.finish(Duration::from_secs(5)).join("\n");
+    assert_eq!(status.code(), Some(3), "stderr:\n{said}");
+    assert!(!said.contains("test pause"), "{said}");
+    assert!(said.contains("unwind tables for 2 objects"), "{said}");
+}

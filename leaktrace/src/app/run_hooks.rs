@@ -5,8 +5,8 @@
 //! mappings and unwind tables afterwards, and a poisoned lock would turn
 //! one bug into a panic at every later lock. So no hook holds a lock while
 //! code that may panic runs, unless it catches the panic before the guard
-//! is dropped ([`locked`]), and the unwind tables are taken out of their
-//! slot while they load ([`with_taken`]). The launcher also catches a
+//! is dropped ([`locked`], [`in_slot`]); unwind tables that a panic left
+//! half-loaded are dropped, not kept. The launcher also catches a
 //! hook's panic, so the command goes on and its status still arrives.
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
@@ -14,12 +14,12 @@ use std::{
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 
 use super::event_loop::Stop;
 use crate::{kernel::unwind_tables::UnwindTables, symbolize::ProcessMaps};
 
-/// Locks `mutex`, poisoned or not (see [`locked`] and [`with_taken`] for
+/// Locks `mutex`, poisoned or not (see [`locked`] and [`in_slot`] for
 /// why the data is consistent).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -35,15 +35,19 @@ fn locked<T, R>(mutex: &Mutex<T>, work: impl FnOnce(&mut T) -> R) -> Option<R> {
     catch_unwind(AssertUnwindSafe(|| work(&mut guard))).ok()
 }
 
-/// Runs `work` on the value taken out of `slot`, with no lock held, and
-/// puts it back when `work` returns; None when the slot is empty. A panic
-/// in `work` poisons nothing: the value is dropped with it (half-loaded
-/// tables are not put back), and the slot stays empty.
-fn with_taken<T, R>(slot: &Mutex<Option<T>>, work: impl FnOnce(&mut T) -> R) -> Option<R> {
-    let mut value = lock(slot).take()?;
-    let result = work(&mut value);
-    *lock(slot) = Some(value);
-    Some(result)
+/// Runs `work` on the value in `slot`, under the lock, and catches its
+/// panic before the guard is dropped: the mutex is never poisoned, and a
+/// value `work` left half-done (tables half-loaded) is dropped, the slot
+/// left empty. None when the slot is empty; Some(Err) after a panic.
+/// Other users of the slot wait for `work`, as they would for any holder.
+fn in_slot<T, R>(slot: &Mutex<Option<T>>, work: impl FnOnce(&mut T) -> R) -> Option<Result<R>> {
+    let mut guard = lock(slot);
+    let value = guard.as_mut()?;
+    let Ok(result) = catch_unwind(AssertUnwindSafe(|| work(value))) else {
+        *guard = None;
+        return Some(Err(anyhow!("it panicked, and was dropped")));
+    };
+    Some(Ok(result))
 }
 
 /// At the entry point: the mappings the dynamic loader made, and their
@@ -66,11 +70,12 @@ pub(super) fn at_entry(
         let Some(Some((pid, mappings, root))) = changed else {
             return;
         };
-        let loaded = with_taken(&unwind, |tables| {
+        let loaded = in_slot(&unwind, |tables| {
             tables
                 .load_process(pid, &mappings, &root)
                 .map(|()| tables.summary())
-        });
+        })
+        .map(|outcome| outcome.and_then(|loaded| loaded));
         match loaded {
             Some(Ok(summary)) if !quiet => eprintln!("leaktrace: {summary}"),
             Some(Err(err)) => eprintln!("leaktrace: warning: unwind tables not loaded: {err:#}"),
@@ -98,12 +103,9 @@ pub(super) fn exit_code(stop: &Stop) -> Result<i32> {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        panic::{AssertUnwindSafe, catch_unwind},
-        sync::Mutex,
-    };
+    use std::sync::Mutex;
 
-    use super::{Stop, exit_code, locked, with_taken};
+    use super::{Stop, exit_code, in_slot, locked};
     use crate::target::launch::ExitStatus;
 
     #[test]
@@ -120,19 +122,22 @@ mod tests {
     }
 
     #[test]
-    fn a_panic_in_work_on_a_taken_value_poisons_nothing() {
+    fn a_panic_in_work_on_a_slot_poisons_nothing_and_drops_the_value() {
         let slot = Mutex::new(Some(5));
-        assert_eq!(with_taken(&slot, |v| *v * 2), Some(10));
-        assert_eq!(*slot.lock().expect("not poisoned"), Some(5), "put back");
-        let panicked = catch_unwind(AssertUnwindSafe(|| {
-            with_taken(&slot, |_| panic!("a bug in the work"))
-        }));
-        assert!(panicked.is_err());
+        let doubled = in_slot(&slot, |v| {
+            *v *= 2;
+            *v
+        });
+        assert_eq!(doubled.map(Result::unwrap), Some(10));
+        assert_eq!(*slot.lock().expect("not poisoned"), Some(10), "kept");
+        let panicked = in_slot(&slot, |_| panic!("a bug in the work"));
+        let message = format!("{:#}", panicked.expect("slot was full").unwrap_err());
+        assert!(message.contains("panicked"), "{message}");
         assert!(!slot.is_poisoned());
         assert_eq!(*slot.lock().expect("not poisoned"), None, "dropped");
-        assert_eq!(with_taken(&slot, |v| *v), None, "empty slot");
+        assert!(in_slot(&slot, |v| *v).is_none(), "empty slot");
         *slot.lock().expect("not poisoned") = Some(7);
-        assert_eq!(with_taken(&slot, |v| *v), Some(7));
+        assert_eq!(in_slot(&slot, |v| *v).map(Result::unwrap), Some(7));
     }
 
     #[test]
