@@ -15,6 +15,8 @@
 //!   mremap, brk): resident growth per stack, with no uprobe at all.
 //! - `maps`: the ring buffer, loss counters, stash and scratch they share.
 //! - `settings`: what the loader fixed (stack mode, sampling, own pid...).
+//! - `entry_stop`: `run`'s stop at its command's entry point (a signal
+//!   its tracer sees), with no breakpoint written into the command.
 //! - `empty`: do-nothing programs for the benchmark's floor.
 //!
 //! Which function fired comes from the attach cookie (`AllocFn`), so the
@@ -29,6 +31,7 @@
 
 mod alloc;
 mod empty;
+mod entry_stop;
 mod growth;
 mod maps;
 mod process;

@@ -2,6 +2,8 @@
 //! arrive (and every 20 ms below the kernel's wake-up mark), samples growth,
 //! reports at each interval, answers HTTP requests, forwards signals to
 //! `run`'s command, and drains what is left before the final report.
+use std::os::fd::OwnedFd;
+
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::{
@@ -46,13 +48,13 @@ const FINAL_DRAIN: usize = 1 << 22;
 pub(super) type ExitStops = mpsc::UnboundedReceiver<std::sync::mpsc::Sender<()>>;
 
 /// Drains events until a stop condition, then drains the rest and writes
-/// the final report. `launched` is the command leaktrace started: the pid
-/// to forward SIGINT/SIGTERM to (the command decides when to stop), and its
+/// the final report. `launched` is the command leaktrace started: the
+/// pidfd to forward SIGINT/SIGTERM through (never to a reused pid) (the command decides when to stop), and its
 /// exit stops.
 pub(super) async fn trace_loop(
     (mut tracer, ring): (Tracer, RingBuf<MapData>),
     mut watch: ExitWatch,
-    launched: Option<(u32, ExitStops)>,
+    launched: Option<(OwnedFd, ExitStops)>,
     listener: Option<TcpListener>,
 ) -> Result<Stop> {
     let (child, mut exit_stops) = launched.unzip();
@@ -139,21 +141,21 @@ pub(super) async fn trace_loop(
                 tracer.emit(false)?;
                 next_report = interval.map(|i| tokio::time::Instant::now() + i);
             }
-            _ = interrupt.recv() => match child {
-                Some(pid) if forwarded == 0 => {
+            _ = interrupt.recv() => match &child {
+                Some(pidfd) if forwarded == 0 => {
                     forwarded += 1;
                     tracer.progress("interrupted: passing SIGINT to the command, reporting when it exits (again to stop now)");
-                    // SAFETY: signalling our own child.
-                    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+                    // Already gone: its exit is on its way.
+                    let _: std::io::Result<()> = launch::pidfd_signal(pidfd, libc::SIGINT);
                 }
                 _ => break Stop::Signal("SIGINT"),
             },
-            _ = terminate.recv() => match child {
-                Some(pid) if forwarded == 0 => {
+            _ = terminate.recv() => match &child {
+                Some(pidfd) if forwarded == 0 => {
                     forwarded += 1;
                     tracer.progress("terminated: passing SIGTERM to the command, reporting when it exits");
-                    // SAFETY: signalling our own child.
-                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                    // Already gone: its exit is on its way.
+                    let _: std::io::Result<()> = launch::pidfd_signal(pidfd, libc::SIGTERM);
                 }
                 _ => break Stop::Signal("SIGTERM"),
             },
@@ -162,6 +164,8 @@ pub(super) async fn trace_loop(
     };
     tracer.drain(ring.get_mut(), FINAL_DRAIN);
     match &stop {
+        // Said once, as the error `run` ends with.
+        Stop::Exited(Some(launch::ExitStatus::Lost(_))) => {}
         Stop::Exited(Some(status)) => tracer.progress(&format!("the command exited ({status:?})")),
         Stop::Exited(None) => tracer.progress("the traced processes exited"),
         Stop::DurationElapsed => tracer.progress("duration elapsed"),

@@ -11,6 +11,7 @@
 //! - [`children`]: following the processes a traced process forks, and
 //!   what is probed for each process traced by pid;
 //! - [`exit_watch`]: when the traced processes are gone (pidfds);
+//! - [`run_hooks`]: `run`'s hooks at its command's entry and exit stops;
 //! - [`system_wide`]: `--all`, every process on the host;
 //! - [`http`]: `serve`'s routes and connections;
 //! - [`output`]: report files replaced whole, devices written in place.
@@ -24,6 +25,7 @@ mod http;
 mod output;
 mod python_frames;
 mod python_objects;
+mod run_hooks;
 mod start;
 mod system_wide;
 mod tracer;

@@ -14,10 +14,11 @@ use tokio::net::TcpListener;
 use super::{
     children::Children,
     cli::{ProbePlacement, ReportOptions, StackMode, Targets},
-    event_loop::{Stop, trace_loop},
+    event_loop::trace_loop,
     exit_watch::{ExitWatch, pidfd_open},
     go_goroutines::is_go_file,
     python_objects::PythonObjects,
+    run_hooks,
     system_wide::SystemWide,
     tracer::{self, Tracer},
 };
@@ -234,26 +235,13 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
     // Filled once the probes (and the unwinder's maps) exist; the child
     // thread loads the tables when the command reaches its entry point.
     let unwind_slot: Arc<Mutex<Option<UnwindTables>>> = Arc::new(Mutex::new(None));
-    let (maps_at_entry, unwind_at_entry) = (maps.clone(), unwind_slot.clone());
-    let quiet = options.quiet;
-    let at_entry = move || {
-        let mut maps = maps_at_entry.lock().expect("maps lock");
-        if maps.refresh()
-            && let Some(tables) = unwind_at_entry.lock().expect("unwind lock").as_mut()
-        {
-            match tables.load_process(maps.pid, maps.current(), maps.root()) {
-                Ok(()) if !quiet => eprintln!("leaktrace: {}", tables.summary()),
-                Ok(()) => {}
-                Err(err) => eprintln!("leaktrace: warning: unwind tables not loaded: {err:#}"),
-            }
-        }
-    };
+    let at_entry = run_hooks::at_entry(maps.clone(), unwind_slot.clone(), options.quiet);
     // At the command's exit stop its memory is still there: the event loop
     // drains what is left and reads the new sites' Python code objects
     // before the launcher lets it go (5 s at most).
     let (exit_stop_tx, exit_stops) = tokio::sync::mpsc::unbounded_channel();
     let (child, exit) = launch::spawn_held(&program, &command, at_entry, move || {
-        maps_at_exit.lock().expect("maps lock").refresh();
+        run_hooks::refresh_at_exit(&maps_at_exit);
         let (done_tx, done) = std::sync::mpsc::channel::<()>();
         if exit_stop_tx.send(done_tx).is_ok() {
             let _: Result<_, _> = done.recv_timeout(std::time::Duration::from_secs(5));
@@ -298,7 +286,16 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
     *unwind_slot.lock().expect("unwind lock") = unwind_tables;
     tracer.unwind_tables = unwind_slot;
     tracer.pipeline.launch_exec_pending = true;
-    child.start()?;
+    let pidfd = child
+        .pidfd
+        .try_clone()
+        .context("duplicating the command's pidfd")?;
+    // Held at its exec, the command gets its entry stop's uprobe.
+    child.start(|entry| {
+        tracer
+            .kernel
+            .arm_entry_stop(pid, &entry.object, entry.file_offset, launch::ENTRY_SIGNAL)
+    })?;
     tracer.progress(&format!(
         "tracing pid {pid} ({}): {} probes on {}",
         words.join(" "),
@@ -308,12 +305,9 @@ pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) 
     let stop = trace_loop(
         (tracer, ring),
         ExitWatch::Child(exit),
-        Some((pid, exit_stops)),
+        Some((pidfd, exit_stops)),
         None,
     )
     .await?;
-    Ok(match stop {
-        Stop::Exited(Some(status)) => status.as_exit_code(),
-        _ => 0,
-    })
+    run_hooks::exit_code(&stop)
 }

@@ -7,6 +7,7 @@
 //! probes, so the traced process never keeps paying for a dead tracer.
 pub(crate) mod attach;
 pub(crate) mod btf;
+mod entry_stop;
 mod growth;
 mod map_batch;
 pub(crate) mod unwind_builder;

@@ -2,53 +2,91 @@
 //!
 //! The child is forked and held before exec until every probe is attached
 //! to it; uprobes follow its pid through exec, so nothing it allocates is
-//! missed. The parent thread also ptrace-seizes the child, for two stops:
-//! - at its entry point (a one-shot int3 planted at `AT_ENTRY` when it
-//!   execs): the dynamic linker has mapped every library by then, and
-//!   `at_entry` loads their unwind tables before main runs;
-//! - at its exit (`PTRACE_O_TRACEEXIT`), while its address space still
-//!   exists, so `at_exit` can read its mappings for the report of a program
-//!   that exits before anyone could look at it.
+//! missed. The launcher thread also ptrace-seizes the child, for two stops
+//! (see `launch_wait`): at its entry point, once the dynamic loader has
+//! mapped every library (`at_entry` loads their unwind tables before main
+//! runs), and at its exit, while its address space still exists (`at_exit`
+//! reads its mappings for the report of a program that exits before anyone
+//! could look at it).
 //!
-//! Signals are passed through unchanged; if leaktrace dies, the kernel
-//! detaches it.
+//! Nothing is ever written into the command: the entry stop is a uprobe
+//! that asks for a signal whose default action is to ignore it (see
+//! `launch_wait`). If leaktrace dies, however it dies, the kernel removes
+//! the uprobe and detaches the command, which runs on untouched.
+//!
+//! Every fd is owned (`OwnedFd`), so no path leaks one, and the command is
+//! signalled through a pidfd, never by a pid that may have been reused.
 use std::{
     ffi::{CString, OsString},
-    os::unix::ffi::OsStrExt as _,
-    path::Path,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
     sync::mpsc,
     thread,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
+use super::launch_wait::{Handshake, Hooks, wait_traced};
+
+/// The signal the entry stop sends: ignored by default, so that a command
+/// whose tracer died while it was pending does nothing with it (exec resets
+/// handlers; a disposition of "ignore" survives exec, and is as harmless).
+pub(crate) const ENTRY_SIGNAL: i32 = libc::SIGURG;
+
 /// How the launched command ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ExitStatus {
     Code(i32),
     Signal(i32),
+    /// Waiting for it failed (the errno): its status is unknown.
+    Lost(i32),
 }
 
 impl ExitStatus {
-    /// The shell's convention: the code, or 128 + signal.
-    pub(crate) fn as_exit_code(self) -> i32 {
+    /// The shell's convention: the code, or 128 + signal; an error when the
+    /// status is unknown (never 0: a lost status is not a success).
+    pub(crate) fn as_exit_code(self) -> Result<i32> {
         match self {
-            ExitStatus::Code(code) => code,
-            ExitStatus::Signal(signal) => 128 + signal,
+            ExitStatus::Code(code) => Ok(code),
+            ExitStatus::Signal(signal) => Ok(128 + signal),
+            ExitStatus::Lost(errno) => bail!(
+                "lost track of the command: waitpid: {}",
+                std::io::Error::from_raw_os_error(errno)
+            ),
         }
     }
+}
+
+/// Where the command's entry point is, for the entry stop's uprobe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct EntryPoint {
+    /// `AT_ENTRY`, in the command's address space.
+    pub address: u64,
+    /// The file mapped there, as a /proc magic link to exactly that file.
+    pub object: PathBuf,
+    pub file_offset: u64,
 }
 
 /// A forked child waiting for `start` before it execs.
 pub(crate) struct HeldChild {
     pub pid: u32,
+    /// A pidfd of the child: signals reach it, or nobody.
+    pub pidfd: OwnedFd,
     go: mpsc::Sender<()>,
     started: mpsc::Receiver<Result<()>>,
+    exec_stop: mpsc::Receiver<EntryPoint>,
+    armed: mpsc::Sender<bool>,
 }
 
 /// Forks `program` with `args` (args[0] included), held before exec. The
-/// returned receiver yields the exit status. `at_exit` runs while the child
-/// is stopped at its exit, before its address space is torn down.
+/// returned receiver yields the exit status. `at_entry` runs while the
+/// child is stopped at its entry point (or at its exec when no entry stop
+/// could be armed), `at_exit` while it is stopped at its exit, before its
+/// address space is torn down. A panic in either is caught: the command
+/// goes on, and its exit status still arrives.
 pub(crate) fn spawn_held(
     program: &Path,
     args: &[OsString],
@@ -62,9 +100,11 @@ pub(crate) fn spawn_held(
         .map(|a| CString::new(a.as_bytes()))
         .collect::<Result<_, _>>()
         .context("an argument has a NUL byte")?;
-    let (pid_tx, pid_rx) = mpsc::channel::<Result<u32>>();
+    let (pid_tx, pid_rx) = mpsc::channel::<Result<(u32, OwnedFd)>>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let (started_tx, started_rx) = mpsc::channel::<Result<()>>();
+    let (exec_stop_tx, exec_stop_rx) = mpsc::channel::<EntryPoint>();
+    let (armed_tx, armed_rx) = mpsc::channel::<bool>();
     let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
     // ptrace requests must come from the thread that seized the child, so
     // one thread forks it, releases it and waits for it.
@@ -78,60 +118,122 @@ pub(crate) fn spawn_held(
                     return;
                 }
             };
-            let _: Result<_, _> = pid_tx.send(Ok(child.pid));
+            let pidfd = child.pidfd.try_clone().context("duplicating the pidfd");
+            let _: Result<_, _> = pid_tx.send(pidfd.map(|fd| (child.pid, fd)));
             if go_rx.recv().is_err() {
                 // The tracer gave up before starting it.
-                // SAFETY: our own child.
-                unsafe { libc::kill(child.pid as i32, libc::SIGKILL) };
+                child.give_up();
                 let _: Result<_, _> = started_tx.send(Err(anyhow!("not started")));
-                wait_plain(child.pid);
                 return;
             }
-            let pid = child.pid;
+            let (pid, traced) = (child.pid, child.traced);
             let _: Result<_, _> = started_tx.send(child.release());
-            let _: Result<_, _> = exit_tx.send(wait_traced(pid, at_entry, at_exit));
+            // Not traced: no exec stop will come, start() must not wait.
+            let handshake = traced.then_some(Handshake {
+                exec_stop: exec_stop_tx,
+                armed: armed_rx,
+            });
+            let hooks = Hooks {
+                at_entry: Some(Box::new(at_entry)),
+                at_exit: Some(Box::new(at_exit)),
+            };
+            let _: Result<_, _> = exit_tx.send(wait_traced(pid, hooks, handshake));
         })
         .context("starting the child-watching thread")?;
-    let pid = pid_rx.recv().context("child thread died")??;
+    let (pid, pidfd) = pid_rx.recv().context("child thread died")??;
     Ok((
         HeldChild {
             pid,
+            pidfd,
             go: go_tx,
             started: started_rx,
+            exec_stop: exec_stop_rx,
+            armed: armed_tx,
         },
         exit_rx,
     ))
 }
 
 impl HeldChild {
-    /// Lets the child exec; fails if the exec failed.
-    pub(crate) fn start(self) -> Result<()> {
+    /// Lets the child exec; fails if the exec failed. While the child is
+    /// held at its exec, `arm` is given its entry point, to attach the
+    /// entry stop's uprobe; if `arm` fails, the entry hook runs at the exec.
+    pub(crate) fn start(self, arm: impl FnOnce(&EntryPoint) -> Result<()>) -> Result<()> {
         self.go.send(()).map_err(|_| anyhow!("child thread died"))?;
-        self.started.recv().context("child thread died")?
+        self.started.recv().context("child thread died")??;
+        // No exec stop (not traced, or already gone): nothing to arm.
+        if let Ok(entry) = self.exec_stop.recv() {
+            let armed = arm(&entry)
+                .inspect_err(|err| {
+                    eprintln!(
+                        "leaktrace: warning: no stop at the entry point ({err:#}); libraries the dynamic loader maps get their unwind tables later"
+                    );
+                })
+                .is_ok();
+            let _: Result<_, _> = self.armed.send(armed);
+        }
+        Ok(())
     }
 }
 
-struct Forked {
-    pid: u32,
-    gate_write: libc::c_int,
-    error_read: libc::c_int,
+/// The parent's side of a held child. Dropping it closes every fd.
+pub(super) struct Forked {
+    pub(super) pid: u32,
+    pidfd: OwnedFd,
+    gate_write: OwnedFd,
+    error_read: OwnedFd,
+    /// Whether the child is ptrace-seized (stops at its exec and exit).
+    pub(super) traced: bool,
 }
 
-fn pipe_cloexec() -> Result<[libc::c_int; 2]> {
+/// A pipe, both ends close-on-exec: (read, write).
+fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: valid out-array of two ints.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         bail!("pipe2: {}", std::io::Error::last_os_error());
     }
-    Ok(fds)
+    // SAFETY: two fresh fds we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn fork_held(path: &CString, argv: &[CString]) -> Result<Forked> {
-    let gate = pipe_cloexec()?;
-    let error = pipe_cloexec()?;
+/// A pidfd for `pid`.
+pub(crate) fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the fd returned is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Sends `signal` to the process behind `pidfd` (never to a process that
+/// reused its pid).
+pub(crate) fn pidfd_signal(pidfd: &OwnedFd, signal: i32) -> std::io::Result<()> {
+    // SAFETY: plain syscall on an fd we own; no siginfo.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub(super) fn fork_held(path: &CString, argv: &[CString]) -> Result<Forked> {
+    let (gate_read, gate_write) = pipe_cloexec()?;
+    let (error_read, error_write) = pipe_cloexec()?;
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
-    // SAFETY: the child only calls async-signal-safe functions (close, read,
+    let (gate_read_fd, error_write_fd) = (gate_read.as_raw_fd(), error_write.as_raw_fd());
+    // SAFETY: the child only calls async-signal-safe functions (read,
     // execv, write, _exit) on memory prepared before the fork.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -140,32 +242,37 @@ fn fork_held(path: &CString, argv: &[CString]) -> Result<Forked> {
     if pid == 0 {
         // SAFETY: in the forked child: only async-signal-safe calls, on fds
         // and memory prepared before the fork; it never returns (execv or
-        // _exit).
+        // _exit). The parent's ends are close-on-exec.
         unsafe {
-            libc::close(gate[1]);
-            libc::close(error[0]);
             let mut byte = 0u8;
             // Blocks until the tracer is ready; EOF means it went away.
-            if libc::read(gate[0], (&raw mut byte).cast(), 1) != 1 {
+            if libc::read(gate_read_fd, (&raw mut byte).cast(), 1) != 1 {
                 libc::_exit(127);
             }
             libc::execv(path.as_ptr(), argv_ptrs.as_ptr());
             let errno = *libc::__errno_location();
             libc::write(
-                error[1],
+                error_write_fd,
                 (&raw const errno).cast(),
                 size_of::<libc::c_int>(),
             );
             libc::_exit(127);
         }
     }
-    // SAFETY: closing our copies of the child's ends.
-    unsafe {
-        libc::close(gate[0]);
-        libc::close(error[1]);
-    }
+    // Our copies of the child's ends.
+    drop((gate_read, error_write));
     let pid = pid as u32;
-    // SAFETY: seizing our own, held child; only the exit stop is requested.
+    // Our child, not reaped yet: the pid is still its own.
+    let pidfd = match pidfd_open(pid) {
+        Ok(pidfd) => pidfd,
+        Err(err) => {
+            // Closing the gate makes the child exit before exec.
+            drop((gate_write, error_read));
+            wait_plain(pid);
+            bail!("pidfd_open: {err}");
+        }
+    };
+    // SAFETY: seizing our own, held child; stops at exec and exit only.
     let seized = unsafe {
         libc::ptrace(
             libc::PTRACE_SEIZE,
@@ -183,30 +290,34 @@ fn fork_held(path: &CString, argv: &[CString]) -> Result<Forked> {
     }
     Ok(Forked {
         pid,
-        gate_write: gate[1],
-        error_read: error[0],
+        pidfd,
+        gate_write,
+        error_read,
+        traced: seized == 0,
     })
 }
 
 impl Forked {
-    fn release(self) -> Result<()> {
+    /// Lets the child exec; Err if the exec failed. Closes the pipes.
+    pub(super) fn release(self) -> Result<()> {
+        let Forked {
+            gate_write,
+            error_read,
+            ..
+        } = self;
         let byte = 1u8;
-        // SAFETY: valid fds we own.
-        unsafe {
-            libc::write(self.gate_write, (&raw const byte).cast(), 1);
-            libc::close(self.gate_write);
-        }
+        // SAFETY: valid fd we own, one byte.
+        unsafe { libc::write(gate_write.as_raw_fd(), (&raw const byte).cast(), 1) };
+        drop(gate_write);
         let mut errno: libc::c_int = 0;
         // SAFETY: reads at most one int; EOF (0) means exec succeeded.
         let n = unsafe {
             libc::read(
-                self.error_read,
+                error_read.as_raw_fd(),
                 (&raw mut errno).cast(),
                 size_of::<libc::c_int>(),
             )
         };
-        // SAFETY: our own fd, closed once.
-        unsafe { libc::close(self.error_read) };
         if n > 0 {
             bail!(
                 "cannot execute the command: {}",
@@ -215,141 +326,38 @@ impl Forked {
         }
         Ok(())
     }
+
+    /// The tracer gave up before starting the child: kills it (through its
+    /// pidfd), reaps it and closes every fd.
+    pub(super) fn give_up(self) {
+        // Not started: it dies of SIGKILL (or of the closed gate).
+        let _: std::io::Result<()> = pidfd_signal(&self.pidfd, libc::SIGKILL);
+        let pid = self.pid;
+        drop(self);
+        wait_plain(pid);
+    }
 }
 
 fn wait_plain(pid: u32) {
     let mut status = 0;
     // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid as i32, &raw mut status, libc::__WALL) };
+    while unsafe { libc::waitpid(pid as i32, &raw mut status, libc::__WALL) } < 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+    {}
 }
 
-/// The program's entry point, from the auxiliary vector the kernel gave it.
-fn entry_point(pid: u32) -> Option<u64> {
-    let auxv = std::fs::read(format!("/proc/{pid}/auxv")).ok()?;
-    auxv.chunks_exact(16).find_map(|pair| {
-        let key = u64::from_ne_bytes(pair[..8].try_into().ok()?);
-        let value = u64::from_ne_bytes(pair[8..].try_into().ok()?);
-        (key == libc::AT_ENTRY).then_some(value)
-    })
-}
-
-/// A one-shot int3 planted at the entry point.
-struct EntryBreakpoint {
-    address: u64,
-    original: libc::c_long,
-}
-
-impl EntryBreakpoint {
-    /// Plants it; None if the text cannot be read or written.
-    fn plant(pid: u32) -> Option<EntryBreakpoint> {
-        let address = entry_point(pid)?;
-        // SAFETY: ptrace on our stopped tracee; errors are checked via errno.
-        unsafe {
-            *libc::__errno_location() = 0;
-            let original = libc::ptrace(libc::PTRACE_PEEKTEXT, pid as i32, address, 0);
-            if original == -1 && *libc::__errno_location() != 0 {
-                return None;
-            }
-            let with_int3 = (original & !0xff) | 0xcc;
-            if libc::ptrace(libc::PTRACE_POKETEXT, pid as i32, address, with_int3) != 0 {
-                return None;
-            }
-            Some(EntryBreakpoint { address, original })
+/// Test-only: `LEAKTRACE_TEST_PAUSE=exec|entry` stops leaktrace for good
+/// at that point of the command's start (with the command held there), so
+/// that tests can SIGKILL it there. Never set outside tests.
+pub(super) fn test_pause(point: &str, pid: u32) {
+    if std::env::var_os("LEAKTRACE_TEST_PAUSE").is_some_and(|p| p == point) {
+        eprintln!("leaktrace: test pause at {point}: pid {pid}");
+        loop {
+            thread::park();
         }
-    }
-
-    /// If the tracee stopped on it: restores the instruction, rewinds rip
-    /// onto it and returns true.
-    fn hit(&self, pid: u32) -> bool {
-        // SAFETY: ptrace on our stopped tracee with a valid regs buffer.
-        unsafe {
-            let mut regs: libc::user_regs_struct = std::mem::zeroed();
-            if libc::ptrace(libc::PTRACE_GETREGS, pid as i32, 0, &mut regs) != 0
-                || regs.rip != self.address + 1
-            {
-                return false;
-            }
-            libc::ptrace(
-                libc::PTRACE_POKETEXT,
-                pid as i32,
-                self.address,
-                self.original,
-            );
-            regs.rip = self.address;
-            libc::ptrace(libc::PTRACE_SETREGS, pid as i32, 0, &regs);
-        }
-        true
     }
 }
 
-/// Waits for the seized child, passing every signal through; runs
-/// `at_entry` when it reaches its entry point and `at_exit` at its exit stop.
-fn wait_traced(pid: u32, at_entry: impl FnOnce(), at_exit: impl FnOnce()) -> ExitStatus {
-    let mut at_entry = Some(at_entry);
-    let mut at_exit = Some(at_exit);
-    let mut breakpoint: Option<EntryBreakpoint> = None;
-    loop {
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        let r = unsafe { libc::waitpid(pid as i32, &raw mut status, libc::__WALL) };
-        if r < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return ExitStatus::Code(-1);
-        }
-        if libc::WIFEXITED(status) {
-            return ExitStatus::Code(libc::WEXITSTATUS(status));
-        }
-        if libc::WIFSIGNALED(status) {
-            return ExitStatus::Signal(libc::WTERMSIG(status));
-        }
-        if !libc::WIFSTOPPED(status) {
-            continue;
-        }
-        let event = (status >> 16) & 0xff;
-        let signal = libc::WSTOPSIG(status);
-        // SAFETY: ptrace requests on our stopped tracee.
-        unsafe {
-            if event == libc::PTRACE_EVENT_EXEC {
-                if at_entry.is_some() && breakpoint.is_none() {
-                    breakpoint = EntryBreakpoint::plant(pid);
-                    if breakpoint.is_none()
-                        && let Some(f) = at_entry.take()
-                    {
-                        // No breakpoint: load what can be loaded now.
-                        f();
-                    }
-                }
-                libc::ptrace(libc::PTRACE_CONT, pid as i32, 0, 0);
-            } else if signal == libc::SIGTRAP
-                && event == 0
-                && breakpoint.as_ref().is_some_and(|b| b.hit(pid))
-            {
-                breakpoint = None;
-                if let Some(f) = at_entry.take() {
-                    f();
-                }
-                libc::ptrace(libc::PTRACE_CONT, pid as i32, 0, 0);
-            } else if event == libc::PTRACE_EVENT_EXIT {
-                if let Some(f) = at_exit.take() {
-                    f();
-                }
-                libc::ptrace(libc::PTRACE_CONT, pid as i32, 0, 0);
-            } else if event == libc::PTRACE_EVENT_STOP {
-                if matches!(
-                    signal,
-                    libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
-                ) {
-                    // Group stop: stay stopped like an untraced process would.
-                    libc::ptrace(libc::PTRACE_LISTEN, pid as i32, 0, 0);
-                } else {
-                    libc::ptrace(libc::PTRACE_CONT, pid as i32, 0, 0);
-                }
-            } else {
-                // Signal-delivery stop: deliver the signal unchanged.
-                libc::ptrace(libc::PTRACE_CONT, pid as i32, 0, libc::c_long::from(signal));
-            }
-        }
-    }
-}
+#[cfg(test)]
+#[path = "launch_tests.rs"]
+mod tests;

@@ -20,6 +20,7 @@ pub(crate) mod command;
 pub(crate) mod elf;
 pub(crate) mod huge_pages;
 pub(crate) mod launch;
+mod launch_wait;
 pub(crate) mod page_map;
 pub(crate) mod placement;
 pub(crate) mod procfs;
