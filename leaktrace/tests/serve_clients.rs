@@ -19,7 +19,7 @@ use std::{
 
 use common::{Guarded, TempDir, compile, require_root, serial, start_serve};
 
-/// serve's documented limits (`leaktrace/src/app/http.rs`).
+/// serve's documented limits (`leaktrace/src/app/connections.rs`).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: usize = 128;
 

@@ -12,8 +12,8 @@ use tokio::{
 };
 
 use super::{
+    connections,
     exit_watch::{Exit, ExitWatch},
-    http,
     tracer::Tracer,
 };
 use crate::target::launch;
@@ -79,10 +79,14 @@ pub(super) async fn trace_loop(
     // Connections are accepted, read and written by tasks of their own;
     // only the pages they ask for come through here, so no client holds up
     // draining, and at most PAGE_QUEUE wait (the others are answered 503).
-    let http_counters = std::sync::Arc::new(http::Counters::default());
-    let (pages_tx, mut pages) = mpsc::channel(http::PAGE_QUEUE);
+    let http_counters = std::sync::Arc::new(connections::Counters::default());
+    let (pages_tx, mut pages) = mpsc::channel(connections::PAGE_QUEUE);
     if let Some(listener) = listener {
-        tokio::spawn(http::serve(listener, pages_tx, http_counters.clone()));
+        tokio::spawn(connections::serve(
+            listener,
+            pages_tx,
+            http_counters.clone(),
+        ));
     } else {
         drop(pages_tx);
     }

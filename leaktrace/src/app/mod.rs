@@ -12,10 +12,12 @@
 //!   what is probed for each process traced by pid;
 //! - [`exit_watch`]: when the traced processes are gone (pidfds);
 //! - [`system_wide`]: `--all`, every process on the host;
-//! - [`http`]: `serve`'s routes and connections;
+//! - [`http`]: `serve`'s routes, request heads and responses;
+//! - [`connections`]: `serve`'s connections, their limits and counters;
 //! - [`output`]: report files replaced whole, devices written in place.
 mod children;
 pub mod cli;
+mod connections;
 mod event_loop;
 mod exit_watch;
 mod go_goroutines;

@@ -12,7 +12,10 @@ use anyhow::Result;
 
 use super::Tracer;
 use crate::{
-    app::http::{self, Page},
+    app::{
+        connections,
+        http::{self, Page},
+    },
     report::{
         self, Report,
         html::{self, PageOptions},
@@ -35,7 +38,7 @@ impl Tracer {
     pub(in crate::app) fn page(
         &mut self,
         page: Page,
-        http: &http::Counters,
+        http: &connections::Counters,
     ) -> Result<http::Response> {
         if let Some(response) = http::local_response(page) {
             return Ok(response);
