@@ -36,7 +36,7 @@ pub(super) const MAX_CONNECTIONS: usize = 128;
 
 /// How long a client has, from its connection, to send its whole request
 /// head; then it is answered 408 and closed (an idle or slow-loris client
-/// holds its slot this long at most).
+/// holds its slot this long, and [`LINGER`] more, at most).
 pub(super) const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Requests waiting for the event loop at most (it answers one at a time,
