@@ -8,14 +8,14 @@ use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     signal::unix::{SignalKind, signal},
     sync::mpsc,
 };
 
 use super::{
+    connections,
     exit_watch::{Exit, ExitWatch},
-    http,
     tracer::Tracer,
 };
 use crate::target::launch;
@@ -78,9 +78,20 @@ pub(super) async fn trace_loop(
     // Growth is sampled at every interval, or every 10 s without one.
     let mut growth_timer = tokio::time::interval(interval.unwrap_or(GROWTH_PERIOD));
     growth_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Connections are read and written by tasks of their own; only the
-    // pages they ask for come through here, so no client holds up draining.
-    let (pages_tx, mut pages) = mpsc::unbounded_channel();
+    // Connections are accepted, read and written by tasks of their own;
+    // only the pages they ask for come through here, so no client holds up
+    // draining, and at most PAGE_QUEUE wait (the others are answered 503).
+    let http_counters = std::sync::Arc::new(connections::Counters::default());
+    let (pages_tx, mut pages) = mpsc::channel(connections::PAGE_QUEUE);
+    if let Some(listener) = listener {
+        tokio::spawn(connections::serve(
+            listener,
+            pages_tx,
+            http_counters.clone(),
+        ));
+    } else {
+        drop(pages_tx);
+    }
     let mut forwarded = 0;
     let stop = loop {
         tokio::select! {
@@ -100,15 +111,9 @@ pub(super) async fn trace_loop(
                 tracer.housekeeping(true);
                 tracer.record_growth();
             }
-            accepted = accept(listener.as_ref()) => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(http::handle(stream, pages_tx.clone()));
-                }
-                Err(err) => tracer.progress(&format!("http: accepting a connection: {err}")),
-            },
             Some((page, reply)) = pages.recv() => {
                 tracer.drain(ring.get_mut(), DRAIN_BATCH);
-                let response = tracer.page(page).unwrap_or_else(|err| {
+                let response = tracer.page(page, &http_counters).unwrap_or_else(|err| {
                     tracer.progress(&format!("http: {err:#}"));
                     ("500 Internal Server Error", "text/plain", format!("{err:#}\n").into_bytes())
                 });
@@ -188,16 +193,6 @@ fn watch_children(tracer: &mut Tracer, watch: &mut ExitWatch) -> Result<()> {
 async fn next_exit_stop(stops: Option<&mut ExitStops>) -> Option<std::sync::mpsc::Sender<()>> {
     match stops {
         Some(stops) => stops.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next connection, or never without a listener.
-async fn accept(
-    listener: Option<&TcpListener>,
-) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
-    match listener {
-        Some(listener) => listener.accept().await,
         None => std::future::pending().await,
     }
 }

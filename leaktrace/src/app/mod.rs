@@ -13,10 +13,12 @@
 //! - [`exit_watch`]: when the traced processes are gone (pidfds);
 //! - [`run_hooks`]: `run`'s hooks at its command's entry and exit stops;
 //! - [`system_wide`]: `--all`, every process on the host;
-//! - [`http`]: `serve`'s routes and connections;
+//! - [`http`]: `serve`'s routes, request heads and responses;
+//! - [`connections`]: `serve`'s connections, their limits and counters;
 //! - [`output`]: report files replaced whole, devices written in place.
 mod children;
 pub mod cli;
+mod connections;
 mod event_loop;
 mod exit_watch;
 mod go_goroutines;

@@ -70,7 +70,7 @@ pub(super) async fn trace_targets(
     options: ReportOptions,
     listener: Option<TcpListener>,
 ) -> Result<i32> {
-    kernel::check_environment()?;
+    kernel::check_environment(options.growth())?;
     let placed = options.probe_placement == ProbePlacement::Auto;
     let (tracer, watch) = if targets.all {
         let (mut kernel, ring, unwind_tables) =
@@ -211,7 +211,7 @@ pub(super) async fn trace_targets(
 }
 
 pub(super) async fn run_command(command: Vec<OsString>, options: ReportOptions) -> Result<i32> {
-    kernel::check_environment()?;
+    kernel::check_environment(options.growth())?;
     let program = target::command::resolve_program(Path::new(&command[0]))?;
     let candidates = target::command::command_candidates(&program)?;
     // Growth mode probes no allocator: a program without malloc (Go's) runs

@@ -8,6 +8,7 @@
 pub(crate) mod attach;
 pub(crate) mod btf;
 mod entry_stop;
+pub(crate) mod features;
 mod growth;
 mod map_batch;
 pub(crate) mod unwind_builder;
@@ -143,16 +144,20 @@ fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
     })
 }
 
-/// Checks that this process may load BPF programs and the kernel has uprobes.
-pub(crate) fn check_environment() -> Result<()> {
+/// Checks that this process may load BPF programs and the kernel has what
+/// they need (see [`features`]; `growth`: growth mode's tracepoints too).
+pub(crate) fn check_environment(growth: bool) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("leaktrace must run as root (it loads eBPF programs and uprobes): try sudo");
     }
-    if !Path::new("/sys/bus/event_source/devices/uprobe/type").exists() {
-        bail!("this kernel has no uprobe support (CONFIG_UPROBES is off): nothing can be traced");
-    }
+    // Tracepoints are looked for in tracefs; probing creates a map, which
+    // kernels before 5.11 charge to the memlock limit.
     ensure_tracefs();
+    raise_memlock_limit();
+    if let Some(refusal) = features::refusal(&features::probe(&features::required(growth))) {
+        bail!(refusal);
+    }
     Ok(())
 }
 
@@ -194,7 +199,7 @@ impl KernelProbes {
         options: &KernelOptions,
         trace_all: bool,
     ) -> Result<(KernelProbes, RingBuf<MapData>, Option<UnwindTables>)> {
-        check_environment()?;
+        check_environment(options.growth.is_some())?;
         raise_memlock_limit();
         raise_open_files_limit();
         let sample_seed = options.sample_seed.unwrap_or_else(clock_seed);

@@ -5,9 +5,12 @@
 use super::Report;
 use crate::symbolize::{Frame, FrameKind};
 
-/// Frame names may not contain the separator (`diff` shares it).
+/// Frame names may not contain the separator (`diff` shares it), nor a
+/// line break or other control character (shown as `\x0a`: a name from the
+/// traced process could otherwise end a line, or make the SVG drawn from
+/// these lines unreadable XML).
 pub(crate) fn clean(name: &str) -> String {
-    name.replace(';', ":")
+    super::escape::visible(name).replace(';', ":")
 }
 
 /// A frame's name in a folded stack: the function, and for Python code its
@@ -49,6 +52,16 @@ mod tests {
         assert_eq!(
             super::render(&fixtures::report()),
             "main;leak_a;malloc 4096\nmain;leak:b;calloc 100\n"
+        );
+    }
+
+    #[test]
+    fn control_characters_in_a_name_stay_on_its_line() {
+        let mut report = fixtures::report();
+        report.sites[0].frames[0].function = "leak\nmain;x\u{1b}[0m 99".into();
+        assert_eq!(
+            super::render(&report),
+            "main;leak\\x0amain:x\\x1b[0m 99;malloc 4096\nmain;leak:b;calloc 100\n"
         );
     }
 

@@ -350,7 +350,7 @@ mod tests {
 
     /// The processes table has a container column: runtime, short id, pod
     /// and its class, the cgroup path as its tooltip, escaped (the path
-    /// holds a quote, a backslash, a newline and markup).
+    /// holds a quote, a backslash, a newline, shown as `\x0a`, and markup).
     #[test]
     fn the_container_column_is_escaped() {
         let html = fragment(&fixtures::report_in_containers(), 10, None);
@@ -368,7 +368,7 @@ mod tests {
         );
         assert!(
             html.contains(&format!(
-                "<td title=\"/a&quot;b\\c\nd&lt;e&gt;/docker-{}.scope\">docker 605439acbd4f</td><td>evil",
+                "<td title=\"/a&quot;b\\c\\x0ad&lt;e&gt;/docker-{}.scope\">docker 605439acbd4f</td><td>evil",
                 fixtures::CONTAINER_ID
             )),
             "{html}"

@@ -23,7 +23,7 @@ fn subtitle(report: &Report) -> String {
     };
     format!(
         "{}: {} bytes ({}) in {} allocations at {} call sites{sampled}, {} report",
-        report.target_label(),
+        super::escape::visible(&report.target_label()),
         t.outstanding_bytes,
         human_bytes(t.outstanding_bytes),
         t.outstanding_allocations,
@@ -122,6 +122,33 @@ mod tests {
             found >= 2,
             "the escaped name is in the tooltip and the label: {svg}"
         );
+    }
+
+    /// Control characters in a name or the command (a symbol may hold any
+    /// byte): none reaches the SVG (XML 1.0 forbids them: one made the
+    /// whole flamegraph unreadable), each is shown as an escape.
+    #[test]
+    fn control_characters_are_shown_as_escapes() {
+        let mut report = fixtures::report();
+        report.sites[0].frames[0].function = "ctl\u{1}\u{1b}[31mred\nx".into();
+        report.command = Some(vec!["./prog\u{7}<b>".into()]);
+        report.processes[0].command = "./prog\u{7}<b>".into();
+        for svg in [render(&report), {
+            report.sites.clear();
+            render(&report)
+        }] {
+            let forbidden: Vec<char> = svg
+                .chars()
+                .filter(|&c| c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
+                .collect();
+            assert!(forbidden.is_empty(), "{forbidden:?} in:\n{svg}");
+            assert!(svg.contains("./prog\\x07&lt;b&gt;"), "{svg}");
+            assert!(!svg.contains("<b>"), "{svg}");
+        }
+        assert!(render(&fixtures::report_with_markup()).contains("leak&lt;script&gt;"));
+        let mut report = fixtures::report();
+        report.sites[0].frames[0].function = "ctl\u{1}\u{1b}[31mred\nx".into();
+        assert!(render(&report).contains("ctl\\x01\\x1b[31mred\\x0ax"));
     }
 
     #[test]

@@ -141,6 +141,8 @@ pub(super) struct Tracer {
     /// the series, the tables and the flamegraph at once, and one report
     /// serves all three.
     page_report: Option<(Instant, std::rc::Rc<report::Report>)>,
+    /// Reports made (each symbolizes every site), for serve's /metrics.
+    reports_built: u64,
     /// The unwinder's tables, in `--stack-mode dwarf` (shared with the
     /// child thread of `run`, which loads them at the command's entry).
     pub unwind_tables: Arc<Mutex<Option<UnwindTables>>>,
@@ -194,6 +196,7 @@ impl Tracer {
             huge_pages: HugePageCheck::new(options.growth()),
             history: History::default(),
             page_report: None,
+            reports_built: 0,
             unwind_tables: Arc::new(Mutex::new(unwind_tables)),
             unwind_warnings: 0,
             exited_processes: 0,
@@ -464,6 +467,7 @@ impl Tracer {
     }
 
     pub(super) fn report(&mut self, is_final: bool) -> Result<report::Report> {
+        self.reports_built += 1;
         let pids: Vec<u32> = self.processes.keys().copied().collect();
         for pid in pids {
             self.update_runtime(pid);

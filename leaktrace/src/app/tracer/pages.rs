@@ -1,6 +1,8 @@
 //! What `serve` answers from the tracer: the page, its series, tables and
 //! flamegraph (for one process or all), pprof and metrics, each made from
-//! a report of now.
+//! a report of now: at most [`PAGE_REPORT_AGE`] old, so that requests in a
+//! burst (the page's three, a scrape, a client looping) symbolize the
+//! sites once between them.
 use std::{
     rc::Rc,
     time::{Duration, Instant, UNIX_EPOCH},
@@ -10,7 +12,10 @@ use anyhow::Result;
 
 use super::Tracer;
 use crate::{
-    app::http::{self, Page},
+    app::{
+        connections,
+        http::{self, Page},
+    },
     report::{
         self, Report,
         html::{self, PageOptions},
@@ -19,36 +24,45 @@ use crate::{
     },
 };
 
-/// How long one report serves the page's requests: its script asks for
-/// the series, the tables and the flamegraph together, and a report of a
-/// busy host (every site symbolized) is worth making once for the three.
+/// How long one report serves every request: the page's script asks for
+/// the series, the tables and the flamegraph together, a scrape may come
+/// at the same time, and a report of a busy host (every site symbolized)
+/// is worth making once for all of them. `leaktrace_reports_built_total`
+/// in /metrics counts the reports made.
 const PAGE_REPORT_AGE: Duration = Duration::from_millis(900);
 
 impl Tracer {
     /// The response to a request for `page` (serve): status, content type
-    /// and body, from the current report.
-    pub(in crate::app) fn page(&mut self, page: Page) -> Result<http::Response> {
+    /// and body, from the current report; `http` is what the HTTP side
+    /// refused, for /metrics.
+    pub(in crate::app) fn page(
+        &mut self,
+        page: Page,
+        http: &connections::Counters,
+    ) -> Result<http::Response> {
+        if let Some(response) = http::local_response(page) {
+            return Ok(response);
+        }
         let top = self.options.top;
         Ok(match page {
-            Page::NotFound | Page::Asset(_) => {
+            // Answered above.
+            Page::NotFound | Page::Asset(_) | Page::BadMethod | Page::BadRequest => {
                 ("404 Not Found", "text/plain", b"not found\n".to_vec())
             }
-            Page::BadMethod => (
-                "405 Method Not Allowed",
-                "text/plain",
-                b"GET only\n".to_vec(),
-            ),
             Page::Heap => (
                 "200 OK",
                 "application/octet-stream",
-                report::pprof::render(&self.report(false)?),
+                report::pprof::render(&*self.page_report()?),
             ),
-            Page::Metrics => (
-                "200 OK",
-                "text/plain; version=0.0.4",
-                report::metrics::render(&self.report(false)?, report::metrics::own_rss_bytes())
-                    .into_bytes(),
-            ),
+            Page::Metrics => {
+                let mut text = report::metrics::render(
+                    &*self.page_report()?,
+                    report::metrics::own_rss_bytes(),
+                );
+                text.push_str(&self.serve_metrics());
+                text.push_str(&http.render());
+                ("200 OK", "text/plain; version=0.0.4", text.into_bytes())
+            }
             Page::Index { pid } => {
                 let options = PageOptions {
                     top,
@@ -88,6 +102,15 @@ impl Tracer {
                 ("200 OK", "application/json", serde_json::to_vec(&series)?)
             }
         })
+    }
+
+    /// `serve`'s own counters, Prometheus text.
+    fn serve_metrics(&self) -> String {
+        format!(
+            "# HELP leaktrace_reports_built_total Reports made (each symbolizes every site); serve makes one per {} ms at most.\n# TYPE leaktrace_reports_built_total counter\nleaktrace_reports_built_total {}\n",
+            PAGE_REPORT_AGE.as_millis(),
+            self.reports_built
+        )
     }
 
     /// A report of now for the page, or the one made less than
