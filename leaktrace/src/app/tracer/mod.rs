@@ -148,6 +148,11 @@ pub(super) struct Tracer {
     unwind_warnings: u64,
     /// Processes that exited under `--all`.
     exited_processes: u64,
+    /// `CLOCK_MONOTONIC` ns when the ring buffer was last found empty:
+    /// every record made before it has been read (or was lost).
+    drained_ns: u64,
+    /// Entries of the kernel's set of sampled blocks at the last sweep.
+    kernel_sampled_blocks: Option<u64>,
     started: Instant,
     /// When tracing began, for the page's clock.
     started_wall: std::time::SystemTime,
@@ -188,6 +193,8 @@ impl Tracer {
             unwind_tables: Arc::new(Mutex::new(unwind_tables)),
             unwind_warnings: 0,
             exited_processes: 0,
+            drained_ns: 0,
+            kernel_sampled_blocks: None,
             started: Instant::now(),
             started_wall: std::time::SystemTime::now(),
             options,
@@ -237,9 +244,14 @@ impl Tracer {
         limit: usize,
     ) -> usize {
         let mut applied = 0;
-        while applied < limit
-            && let Some(item) = ring.next()
-        {
+        let before = monotonic_ns();
+        while applied < limit {
+            let Some(item) = ring.next() else {
+                // Empty now: whatever was made before the drain began
+                // was read.
+                self.drained_ns = before;
+                break;
+            };
             self.ingest(&item);
             applied += 1;
         }
@@ -470,7 +482,15 @@ impl Tracer {
             table_full: pipeline.table.stats.dropped_at_cap,
             decode_errors: pipeline.decode_errors,
             huge_page_checks_skipped: self.huge_pages.skipped,
+            abandoned_calls: kernel.abandoned_calls,
             total: 0,
+            releases_lost: kernel.releases_lost,
+            overstated_bytes_max: aggregate::overstated_bytes_max(
+                &pipeline.table,
+                kernel.releases_lost,
+                u64::from(self.options.sample_mean()),
+                self.options.page_sample(),
+            ),
         }
         .totalled();
         let allocator_objects = self
@@ -527,6 +547,7 @@ impl Tracer {
                 events: pipeline.events,
                 execs: pipeline.execs,
                 losses,
+                kernel_sampled_blocks: self.kernel_sampled_blocks,
                 totals: &totals,
                 sites: &pipeline.sites,
                 growth: &self.growth,
@@ -569,6 +590,9 @@ impl Tracer {
                 report.totals.call_sites,
                 report.losses.summary()
             );
+            if let Some(overstatement) = report.losses.overstatement() {
+                eprintln!("leaktrace: {overstatement}");
+            }
             let usage = own_usage();
             eprintln!(
                 "leaktrace: the daemon used {} ms of CPU and {} MiB of memory at most",
@@ -601,6 +625,43 @@ impl Tracer {
             })
             .collect();
         self.history.record(seconds, &now);
+        self.forget_idle_sites(seconds, &totals);
+        self.sweep_sampled();
+    }
+
+    /// Lets go of the sites that held nothing for `--forget-idle-sites`
+    /// (`totals`: every site holding memory now, Go heap sites included),
+    /// with their growth and history series.
+    fn forget_idle_sites(&mut self, seconds: f64, totals: &[aggregate::SiteTotal]) {
+        let holding: rustc_hash::FxHashSet<_> = totals.iter().map(|t| t.site).collect();
+        let idle = self.options.forget_idle_sites.as_secs_f64();
+        let forgotten = self
+            .pipeline
+            .sites
+            .forget_idle(seconds, idle, |site| holding.contains(&site));
+        self.growth.forget(&forgotten);
+        self.history.forget_sites(&forgotten);
+    }
+
+    /// Sampling: drops from the kernel's set of sampled blocks those whose
+    /// frees would match nothing here: blocks of processes that exited
+    /// (their pid may serve another), and blocks entered before the ring
+    /// buffer was last found empty that the table does not hold (their
+    /// record was lost, or dropped at --max-allocations). Left there, they
+    /// would stay until a free that may never come. A record is written
+    /// microseconds after its block enters the set, so a second of slack
+    /// keeps blocks whose record is on its way.
+    fn sweep_sampled(&mut self) {
+        if self.options.sample_mean() == 0 {
+            return;
+        }
+        let settled_ns = self.drained_ns.saturating_sub(1_000_000_000);
+        let (table, processes) = (&self.pipeline.table, &self.processes);
+        let left = self.kernel.sweep_sampled(|pid, addr, entered_ns| {
+            processes.get(&pid).is_some_and(|p| p.exited)
+                || (entered_ns < settled_ns && !table.holds_block(pid, addr))
+        });
+        self.kernel_sampled_blocks = Some(left);
     }
 
     /// Adds the Go heap sites read last to `totals`, keeping the order
