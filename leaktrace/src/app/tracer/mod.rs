@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::Result;
 
+mod aging;
 mod given_back;
 mod huge_pages;
 mod pages;
@@ -151,8 +152,10 @@ pub(super) struct Tracer {
     /// `CLOCK_MONOTONIC` ns when the ring buffer was last found empty:
     /// every record made before it has been read (or was lost).
     drained_ns: u64,
-    /// Entries of the kernel's set of sampled blocks at the last sweep.
+    /// Entries of the kernel's set of sampled blocks at the last sweep,
+    /// and when it was made.
     kernel_sampled_blocks: Option<u64>,
+    last_sweep: Option<Instant>,
     started: Instant,
     /// When tracing began, for the page's clock.
     started_wall: std::time::SystemTime,
@@ -195,6 +198,7 @@ impl Tracer {
             exited_processes: 0,
             drained_ns: 0,
             kernel_sampled_blocks: None,
+            last_sweep: None,
             started: Instant::now(),
             started_wall: std::time::SystemTime::now(),
             options,
@@ -367,6 +371,13 @@ impl Tracer {
                 self.exited_processes += 1;
             }
         } else {
+            // Its table stays for the report, but its blocks leave the
+            // kernel's set now: their frees will never come, and its pid
+            // may serve another process (the sweep takes the rest).
+            if self.options.sample_mean() != 0 {
+                let blocks: Vec<u64> = self.pipeline.table.blocks_of(pid).map(|(a, _)| a).collect();
+                self.kernel.forget_sampled(pid, blocks.into_iter());
+            }
             self.python_frames.stop(&mut self.kernel, pid);
             self.children.exited(&mut self.kernel, pid);
             if let Some(process) = self.processes.get_mut(&pid) {
@@ -627,41 +638,6 @@ impl Tracer {
         self.history.record(seconds, &now);
         self.forget_idle_sites(seconds, &totals);
         self.sweep_sampled();
-    }
-
-    /// Lets go of the sites that held nothing for `--forget-idle-sites`
-    /// (`totals`: every site holding memory now, Go heap sites included),
-    /// with their growth and history series.
-    fn forget_idle_sites(&mut self, seconds: f64, totals: &[aggregate::SiteTotal]) {
-        let holding: rustc_hash::FxHashSet<_> = totals.iter().map(|t| t.site).collect();
-        let idle = self.options.forget_idle_sites.as_secs_f64();
-        let forgotten = self
-            .pipeline
-            .sites
-            .forget_idle(seconds, idle, |site| holding.contains(&site));
-        self.growth.forget(&forgotten);
-        self.history.forget_sites(&forgotten);
-    }
-
-    /// Sampling: drops from the kernel's set of sampled blocks those whose
-    /// frees would match nothing here: blocks of processes that exited
-    /// (their pid may serve another), and blocks entered before the ring
-    /// buffer was last found empty that the table does not hold (their
-    /// record was lost, or dropped at --max-allocations). Left there, they
-    /// would stay until a free that may never come. A record is written
-    /// microseconds after its block enters the set, so a second of slack
-    /// keeps blocks whose record is on its way.
-    fn sweep_sampled(&mut self) {
-        if self.options.sample_mean() == 0 {
-            return;
-        }
-        let settled_ns = self.drained_ns.saturating_sub(1_000_000_000);
-        let (table, processes) = (&self.pipeline.table, &self.processes);
-        let left = self.kernel.sweep_sampled(|pid, addr, entered_ns| {
-            processes.get(&pid).is_some_and(|p| p.exited)
-                || (entered_ns < settled_ns && !table.holds_block(pid, addr))
-        });
-        self.kernel_sampled_blocks = Some(left);
     }
 
     /// Adds the Go heap sites read last to `totals`, keeping the order
