@@ -23,8 +23,14 @@ impl Tracer {
             .pipeline
             .sites
             .forget_idle(seconds, idle, |site| holding.contains(&site));
+        if forgotten.is_empty() {
+            return;
+        }
         self.growth.forget(&forgotten);
         self.history.forget_sites(&forgotten);
+        // The page's cached report names sites by id: its ids may serve
+        // new sites from now on.
+        self.page_report = None;
     }
 
     /// Sampling: drops from the kernel's set of sampled blocks those whose
