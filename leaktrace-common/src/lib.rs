@@ -186,9 +186,14 @@ pub struct EntryStash {
     /// 1 when the call's block is sampled (always, in exact mode).
     pub sampled: u32,
     /// User stack pointer at entry of the outer call. A call that starts at
-    /// most 64 KiB below it is nested; a stash farther away belongs to a call
-    /// that never returned (thread unwound by longjmp, or killed and its id
-    /// reused), and is replaced.
+    /// most 64 KiB below it is nested while the outer call is still in
+    /// flight, which the word at `sp` tells: the kernel replaced the outer
+    /// call's return address there with its uretprobe trampoline (the
+    /// first, page-aligned, address of the `[uprobes]` page). A stash
+    /// farther away, or whose return-address slot holds anything else (a
+    /// later call's real return address), belongs to a call that never
+    /// returned (thread unwound by longjmp, or killed and its id reused),
+    /// and is replaced.
     pub sp: u64,
     pub args: [u64; 4],
 }
@@ -254,7 +259,12 @@ pub const FLAG_SAMPLED: u64 = 1;
 /// userspace with the configured mean: the kernel has no floating point.
 pub const EXPONENTIAL_POOL: u32 = 4096;
 
-/// Key of a sampled block, for filtering releases of unsampled blocks.
+/// Key of a sampled block, for filtering releases of unsampled blocks. The
+/// map's value is the block's `CLOCK_MONOTONIC` time of entry (ns): the
+/// daemon's sweep drops entries old enough to have reached it whose block
+/// it does not hold (its record was lost, or dropped at the table's cap)
+/// and those of processes that exited, so that neither stays for a free
+/// that may never come, nor matches a reused pid.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SampledKey {
@@ -333,9 +343,19 @@ pub enum LossCounter {
     ReturnWithoutEntry = 3,
     /// The map of sampled blocks was full: a sampled block went unrecorded.
     SampledMapFull = 4,
+    /// An allocator call found its thread's stash still holding a call that
+    /// never returned (the thread left it by longjmp, a signal handler's
+    /// siglongjmp, or a C++ exception through it): that call goes
+    /// unrecorded, and the new one takes the slot.
+    AbandonedCall = 5,
+    /// A record that releases a block (free, munmap, a realloc of a block)
+    /// was lost, the ring buffer being full: the block stays outstanding in
+    /// the daemon's table, overstating its figures. Also counted in
+    /// `RingBufferFull`.
+    ReleaseLost = 6,
 }
 
-pub const LOSS_COUNTERS: u32 = 5;
+pub const LOSS_COUNTERS: u32 = 7;
 
 /// How to unwind one frame, from `pc` up to the next row's `pc`, in an
 /// object's compact unwind table (built from .`eh_frame` by userspace, searched

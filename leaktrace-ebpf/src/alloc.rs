@@ -20,7 +20,10 @@ use leaktrace_common::{
 };
 
 use crate::{
-    maps::{EVENTS, SCRATCH, count_loss, header, is_nested, stash_slot, submit_flags, user_sp},
+    maps::{
+        EVENTS, SCRATCH, count_loss, header, is_nested, outer_in_flight, stash_slot, submit_flags,
+        user_sp,
+    },
     runtime, sampling, settings, stack,
 };
 
@@ -68,8 +71,14 @@ pub(crate) fn alloc_entry(ctx: ProbeContext) -> u32 {
         if (*slot).func != 0 {
             if (*slot).tid == tid {
                 if is_nested((*slot).sp, sp) {
-                    (*slot).nested += 1;
-                    return 0;
+                    if outer_in_flight((*slot).sp) {
+                        (*slot).nested += 1;
+                        return 0;
+                    }
+                    // Left by longjmp: its return will never come, and
+                    // without this every later call of the thread would
+                    // look nested and go unrecorded.
+                    count_loss(LossCounter::AbandonedCall);
                 }
             } else {
                 count_loss(LossCounter::EntrySlotCollision);
@@ -256,6 +265,23 @@ pub(crate) fn send_allocation(
             // never saw (counted). Removing it at once cost 200 ms of
             // verification at every load (measured), for no gain in counts.
             count_loss(LossCounter::RingBufferFull);
+            // A realloc's record also releases its old block.
+            if releases_a_block(outcome.func, args) {
+                count_loss(LossCounter::ReleaseLost);
+            }
         }
     }
+}
+
+/// Whether a call's record releases a block the daemon may hold: a
+/// reallocation of a non-NULL block (whether it succeeded is the daemon's
+/// to decide; counting a failed one only widens the bound it reports).
+#[inline(always)]
+fn releases_a_block(func: u32, args: &[u64; 4]) -> bool {
+    (func == AllocFn::Realloc as u32
+        || func == AllocFn::Reallocarray as u32
+        || func == AllocFn::Rallocx as u32
+        || func == AllocFn::PyObjectRealloc as u32
+        || func == AllocFn::Mremap as u32)
+        && args[0] != 0
 }

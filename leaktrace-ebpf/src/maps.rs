@@ -6,6 +6,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs},
+    helpers::bpf_probe_read_user,
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
 };
@@ -88,17 +89,45 @@ pub(crate) fn is_nested(outer_sp: u64, sp: u64) -> bool {
     outer_sp.wrapping_sub(sp) < NESTING_WINDOW
 }
 
+/// Whether the outer call that entered at `outer_sp` is still in flight:
+/// its return address there is still the uretprobe trampoline the kernel
+/// put in its place when the call entered (the start of the `[uprobes]`
+/// page: page-aligned, which no return address after a `call` is but by a
+/// 1-in-4096 chance). A thread that left the call by longjmp has since
+/// called again from that frame or below, and the slot then holds a real
+/// return address (or, when nothing was written there yet, still the stale
+/// trampoline: the call is then taken for nested, as before this check).
+/// Read only when a call finds the slot set, never on the common path.
+#[inline(always)]
+pub(crate) fn outer_in_flight(outer_sp: u64) -> bool {
+    // SAFETY: bpf_probe_read_user checks the user address.
+    match unsafe { bpf_probe_read_user(outer_sp as *const u64) } {
+        Ok(word) => word != 0 && word.is_multiple_of(4096),
+        // Unreadable: no evidence the call was abandoned.
+        Err(_) => true,
+    }
+}
+
 /// True when an outer allocator call is running on this thread, i.e. the
-/// current call is the allocator calling into itself.
+/// current call is the allocator calling into itself. A slot left by a
+/// call that was abandoned is freed here (and counted).
 #[inline(always)]
 pub(crate) fn inside_allocator(tid: u32, sp: u64) -> bool {
-    match stash_slot(tid) {
-        // SAFETY: plain reads of this thread's slot.
-        Some(slot) => unsafe {
-            (*slot).func != 0 && (*slot).tid == tid && is_nested((*slot).sp, sp)
-        },
-        None => false,
+    let Some(slot) = stash_slot(tid) else {
+        return false;
+    };
+    // SAFETY: plain accesses to this thread's slot.
+    unsafe {
+        if (*slot).func == 0 || (*slot).tid != tid || !is_nested((*slot).sp, sp) {
+            return false;
+        }
+        if outer_in_flight((*slot).sp) {
+            return true;
+        }
+        (*slot).func = 0;
     }
+    count_loss(LossCounter::AbandonedCall);
+    false
 }
 
 /// Per-CPU scratch where an allocating record is built: only its used part

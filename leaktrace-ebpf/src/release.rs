@@ -47,6 +47,7 @@ pub(crate) fn release_entry(ctx: ProbeContext) -> u32 {
         .is_err()
     {
         count_loss(LossCounter::RingBufferFull);
+        count_loss(LossCounter::ReleaseLost);
     }
     0
 }

@@ -13,7 +13,7 @@
 //! `Settings::sample_seed`, so that a test can fix the sequence.
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::bpf_get_smp_processor_id,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
@@ -32,7 +32,7 @@ static COUNTDOWN: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
 /// Sampled blocks still outstanding (sized by the loader; not
 /// preallocated: only sampled blocks take room).
 #[map]
-static SAMPLED: HashMap<SampledKey, u8> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+static SAMPLED: HashMap<SampledKey, u64> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 /// This CPU's generator (splitmix64 state); 0 before its first draw.
 #[map]
@@ -137,7 +137,8 @@ pub(crate) fn decide(func: u32, args: &[u64; 4]) -> bool {
     true
 }
 
-/// Records a sampled block; false (counted) when the map is full.
+/// Records a sampled block with the time it entered (for the daemon's
+/// sweep); false (counted) when the map is full.
 #[inline(always)]
 pub(crate) fn record(pid: u32, addr: u64) -> bool {
     let key = SampledKey {
@@ -145,7 +146,9 @@ pub(crate) fn record(pid: u32, addr: u64) -> bool {
         _padding: 0,
         addr,
     };
-    if SAMPLED.insert(key, 1, 0).is_err() {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if SAMPLED.insert(key, now, 0).is_err() {
         count_loss(LossCounter::SampledMapFull);
         return false;
     }

@@ -253,6 +253,13 @@ pub struct ReportOptions {
     /// beyond it new ones are dropped and counted as lost. 0: no limit.
     #[arg(long, default_value_t = 10_000_000)]
     pub max_allocations: usize,
+    /// Let go of a call site that held nothing for this long (checked at
+    /// each growth sample: every --interval, or every 10 s): a process
+    /// traced for days allocates at ever more stacks, most of them freed
+    /// at once, and the daemon must not keep them all. The same stack
+    /// seen again later is a new site.
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub forget_idle_sites: Duration,
     /// Room in the kernel for outstanding sampled blocks (when sampling).
     #[arg(long, default_value_t = 1 << 20)]
     pub sampled_blocks: u32,

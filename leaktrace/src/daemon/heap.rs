@@ -368,6 +368,13 @@ impl HeapTable {
             .flat_map(|heap| heap.blocks.iter().map(|(&addr, block)| (addr, block)))
     }
 
+    /// Whether `pid` holds a heap block at `addr`.
+    pub fn holds_block(&self, pid: u32, addr: u64) -> bool {
+        self.processes
+            .get(&pid)
+            .is_some_and(|heap| heap.blocks.contains_key(&addr))
+    }
+
     /// Blocks and regions held.
     pub fn len(&self) -> usize {
         self.held

@@ -50,6 +50,8 @@ pub(crate) struct KernelLosses {
     pub stack_capture_failed: u64,
     pub return_without_entry: u64,
     pub sampled_map_full: u64,
+    pub abandoned_calls: u64,
+    pub releases_lost: u64,
 }
 
 /// How to load the kernel side.
@@ -102,7 +104,8 @@ pub(crate) struct KernelProbes {
     /// finds new allocators).
     ebpf: Ebpf,
     losses: PerCpuArray<MapData, u64>,
-    sampled: HashMap<MapData, SampledKey, u8>,
+    /// Sampled blocks, with the time each entered (`CLOCK_MONOTONIC` ns).
+    sampled: HashMap<MapData, SampledKey, u64>,
     /// How to walk each traced Python process's frames, by pid.
     python: HashMap<MapData, u32, PythonProcess>,
     empty_programs: bool,
@@ -454,6 +457,36 @@ impl KernelProbes {
         }
     }
 
+    /// Drops from the kernel's set of sampled blocks every entry for which
+    /// `drop(pid, addr, entered_ns)` says so, and returns how many entries
+    /// are left. Walks the whole map (one syscall per entry): for a
+    /// periodic sweep, not per record.
+    pub(crate) fn sweep_sampled(&mut self, drop: impl Fn(u32, u64, u64) -> bool) -> u64 {
+        let mut doomed = Vec::new();
+        let mut left = 0u64;
+        let mut seen = rustc_hash::FxHashSet::default();
+        for entry in &self.sampled {
+            // An entry removed while the walk goes on (a free) makes the
+            // kernel start again from the first key: the walk ends at the
+            // first key seen twice, and what is left waits for the next
+            // sweep.
+            let Ok((key, entered_ns)) = entry else { break };
+            if !seen.insert((key.pid, key.addr)) {
+                break;
+            }
+            if drop(key.pid, key.addr, entered_ns) {
+                doomed.push(key);
+            } else {
+                left += 1;
+            }
+        }
+        for key in doomed {
+            // Freed meanwhile: nothing to do.
+            let _: Result<_, _> = self.sampled.remove(&key);
+        }
+        left
+    }
+
     /// Has the kernel walk `pid`'s Python frames as `process` says, from
     /// its next allocation on.
     pub(crate) fn walk_python(&mut self, pid: u32, process: &PythonProcess) -> Result<()> {
@@ -481,6 +514,8 @@ impl KernelProbes {
             stack_capture_failed: totals[LossCounter::StackCaptureFailed as usize],
             return_without_entry: totals[LossCounter::ReturnWithoutEntry as usize],
             sampled_map_full: totals[LossCounter::SampledMapFull as usize],
+            abandoned_calls: totals[LossCounter::AbandonedCall as usize],
+            releases_lost: totals[LossCounter::ReleaseLost as usize],
         })
     }
 }

@@ -153,7 +153,10 @@ pub fn fragment(report: &Report, top: usize, pid: Option<u32>) -> String {
         t.outstanding_allocations,
         t.call_sites,
         report.elapsed_ms / 1000,
-        escape(&report.losses.summary()),
+        escape(&match report.losses.overstatement() {
+            Some(overstatement) => format!("{}; {overstatement}", report.losses.summary()),
+            None => report.losses.summary(),
+        }),
         if report.sample_bytes > 0 {
             format!(
                 "; sampled every {} on average, figures are estimates",

@@ -19,6 +19,10 @@ mod tests {
         assert_eq!(value["final"], true);
         assert_eq!(value["totals"]["outstanding_bytes"], 4196);
         assert_eq!(value["losses"]["total"], 0);
+        assert_eq!(value["losses"]["releases_lost"], 0);
+        assert_eq!(value["losses"]["overstated_bytes_max"], 0);
+        assert_eq!(value["losses"]["abandoned_calls"], 0);
+        assert!(value["totals"]["kernel_sampled_blocks"].is_null());
         let sites = value["sites"].as_array().unwrap();
         assert_eq!(sites.len(), 2);
         assert_eq!(sites[0]["allocator"], "malloc");

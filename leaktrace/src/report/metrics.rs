@@ -138,6 +138,7 @@ pub fn render(report: &Report, daemon_rss_bytes: u64) -> String {
         ("table_full", l.table_full),
         ("decode_error", l.decode_errors),
         ("huge_page_check_skipped", l.huge_page_checks_skipped),
+        ("abandoned_call", l.abandoned_calls),
     ];
     family(
         &mut out,
@@ -155,6 +156,13 @@ pub fn render(report: &Report, daemon_rss_bytes: u64) -> String {
         "gauge",
         "Live goroutines of a Go process by creation site (the go statement and the function it started), the program's sites first, at most 50.",
         &super::goroutines::metric_samples(report, MAX_GOROUTINE_SERIES, label_value),
+    );
+    family(
+        &mut out,
+        "leaktrace_overstated_bytes_max",
+        "gauge",
+        "Most bytes the outstanding figures may overstate: the largest blocks, one per release lost.",
+        &[(String::new(), l.overstated_bytes_max)],
     );
     family(
         &mut out,

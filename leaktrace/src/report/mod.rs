@@ -79,6 +79,13 @@ pub struct Totals {
     /// Child processes of traced ones left unfollowed: the kernel's set of
     /// traced processes (4096) was full when they were forked.
     pub children_not_followed: u64,
+    /// Call sites the daemon keeps, holding memory or not: a site that
+    /// held nothing through `--forget-idle-sites` is let go (a process that
+    /// runs for days allocates at ever more sites).
+    pub known_call_sites: u64,
+    /// Entries of the kernel's set of sampled blocks, as its last sweep
+    /// counted them (null when not sampling, or before the first sweep).
+    pub kernel_sampled_blocks: Option<u64>,
 }
 
 /// Everything that was lost on the way: never silently zero.
@@ -97,7 +104,18 @@ pub struct Losses {
     /// many regions faulted between two reports): each may have grown
     /// 2 MiB where 4 KiB is counted.
     pub huge_page_checks_skipped: u64,
+    /// Allocator calls a thread left without returning (longjmp out of the
+    /// allocator): each went unrecorded.
+    pub abandoned_calls: u64,
     pub total: u64,
+    /// Of `ring_buffer_full`, records that released a block (a free, a
+    /// munmap, a realloc): the block stays outstanding here though the
+    /// process gave it back. Not added to `total` again.
+    pub releases_lost: u64,
+    /// With releases lost, the most bytes the figures may overstate: the
+    /// sum of the `releases_lost` largest outstanding blocks (which blocks
+    /// were released is unknown). 0 when no release was lost.
+    pub overstated_bytes_max: u64,
 }
 
 impl Losses {
@@ -112,7 +130,10 @@ impl Losses {
             table_full,
             decode_errors,
             huge_page_checks_skipped,
+            abandoned_calls,
             total: _,
+            releases_lost: _,
+            overstated_bytes_max: _,
         } = self;
         Losses {
             total: ring_buffer_full
@@ -122,7 +143,8 @@ impl Losses {
                 + stack_capture_failed
                 + return_without_entry
                 + decode_errors
-                + huge_page_checks_skipped,
+                + huge_page_checks_skipped
+                + abandoned_calls,
             ..self
         }
     }
@@ -140,6 +162,7 @@ impl Losses {
             ("sampled-block map full", self.sampled_map_full),
             ("table at --max-allocations", self.table_full),
             ("huge-page check skipped", self.huge_page_checks_skipped),
+            ("call abandoned by longjmp", self.abandoned_calls),
             ("undecodable", self.decode_errors),
         ]
         .iter()
@@ -147,6 +170,17 @@ impl Losses {
         .map(|(what, n)| format!("{what}: {n}"))
         .collect();
         format!("{} events lost ({})", self.total, parts.join(", "))
+    }
+
+    /// When releases were lost, what that may do to the figures: "figures
+    /// may be overstated by up to N bytes: M releases lost".
+    pub fn overstatement(&self) -> Option<String> {
+        (self.releases_lost > 0).then(|| {
+            format!(
+                "figures may be overstated by up to {} bytes: {} releases lost",
+                self.overstated_bytes_max, self.releases_lost
+            )
+        })
     }
 }
 
@@ -409,6 +443,8 @@ pub struct ReportInput<'a> {
     pub events: u64,
     pub execs: u64,
     pub losses: Losses,
+    /// Entries of the kernel's set of sampled blocks at its last sweep.
+    pub kernel_sampled_blocks: Option<u64>,
     pub totals: &'a [SiteTotal],
     pub sites: &'a CallSites,
     pub growth: &'a GrowthTracker,
@@ -526,6 +562,8 @@ pub fn build<'m>(
             execs: input.execs,
             exited_processes: input.exited_processes,
             children_not_followed: input.children_not_followed,
+            known_call_sites: input.sites.len() as u64,
+            kernel_sampled_blocks: input.kernel_sampled_blocks,
         },
         losses: input.losses,
         sites,
@@ -724,5 +762,20 @@ mod tests {
             losses.summary(),
             "6 events lost (ring buffer full: 3, stack capture failed: 1, undecodable: 2)"
         );
+        assert_eq!(losses.overstatement(), None);
+        let releases = Losses {
+            ring_buffer_full: 5,
+            releases_lost: 4,
+            overstated_bytes_max: 4096,
+            abandoned_calls: 1,
+            ..Default::default()
+        }
+        .totalled();
+        assert_eq!(releases.total, 6, "releases lost are among the ring's");
+        assert_eq!(
+            releases.overstatement().as_deref(),
+            Some("figures may be overstated by up to 4096 bytes: 4 releases lost")
+        );
+        assert!(releases.summary().contains("call abandoned by longjmp: 1"));
     }
 }

@@ -151,6 +151,9 @@ pub fn render(report: &Report, top: usize) -> String {
         }
     }
     let _ = writeln!(out, "lost: {}", report.losses.summary());
+    if let Some(overstatement) = report.losses.overstatement() {
+        let _ = writeln!(out, "lost: {overstatement}");
+    }
     for line in super::c_library::summary_lines(&report.c_library, human_bytes) {
         let _ = writeln!(out, "held by the C library, not counted above: {line}");
     }
@@ -306,6 +309,28 @@ pub fn render(report: &Report, top: usize) -> String {
 mod tests {
     use super::super::fixtures;
     use super::*;
+
+    /// Lost releases leave blocks outstanding: the header says by how much
+    /// the figures may be too high, right under the losses.
+    #[test]
+    fn lost_releases_say_how_much_the_figures_may_overstate() {
+        let mut report = fixtures::report();
+        assert!(!render(&report, 10).contains("overstated"));
+        report.losses = crate::report::Losses {
+            ring_buffer_full: 9,
+            releases_lost: 7,
+            overstated_bytes_max: 4096,
+            ..Default::default()
+        }
+        .totalled();
+        let text = render(&report, 10);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[3], "lost: 9 events lost (ring buffer full: 9)");
+        assert_eq!(
+            lines[4],
+            "lost: figures may be overstated by up to 4096 bytes: 7 releases lost"
+        );
+    }
 
     #[test]
     fn header_sites_and_frames() {

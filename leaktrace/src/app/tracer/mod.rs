@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::Result;
 
+mod aging;
 mod given_back;
 mod huge_pages;
 mod pages;
@@ -150,6 +151,13 @@ pub(super) struct Tracer {
     unwind_warnings: u64,
     /// Processes that exited under `--all`.
     exited_processes: u64,
+    /// `CLOCK_MONOTONIC` ns when the ring buffer was last found empty:
+    /// every record made before it has been read (or was lost).
+    drained_ns: u64,
+    /// Entries of the kernel's set of sampled blocks at the last sweep,
+    /// and when it was made.
+    kernel_sampled_blocks: Option<u64>,
+    last_sweep: Option<Instant>,
     started: Instant,
     /// When tracing began, for the page's clock.
     started_wall: std::time::SystemTime,
@@ -200,6 +208,9 @@ impl Tracer {
             unwind_tables: Arc::new(Mutex::new(unwind_tables)),
             unwind_warnings: 0,
             exited_processes: 0,
+            drained_ns: 0,
+            kernel_sampled_blocks: None,
+            last_sweep: None,
             started: Instant::now(),
             started_wall: std::time::SystemTime::now(),
             options,
@@ -249,9 +260,14 @@ impl Tracer {
         limit: usize,
     ) -> usize {
         let mut applied = 0;
-        while applied < limit
-            && let Some(item) = ring.next()
-        {
+        let before = monotonic_ns();
+        while applied < limit {
+            let Some(item) = ring.next() else {
+                // Empty now: whatever was made before the drain began
+                // was read.
+                self.drained_ns = before;
+                break;
+            };
             self.ingest(&item);
             applied += 1;
         }
@@ -367,6 +383,13 @@ impl Tracer {
                 self.exited_processes += 1;
             }
         } else {
+            // Its table stays for the report, but its blocks leave the
+            // kernel's set now: their frees will never come, and its pid
+            // may serve another process (the sweep takes the rest).
+            if self.options.sample_mean() != 0 {
+                let blocks: Vec<u64> = self.pipeline.table.blocks_of(pid).map(|(a, _)| a).collect();
+                self.kernel.forget_sampled(pid, blocks.into_iter());
+            }
             self.python_frames.stop(&mut self.kernel, pid);
             self.children.exited(&mut self.kernel, pid);
             if let Some(process) = self.processes.get_mut(&pid) {
@@ -495,7 +518,15 @@ impl Tracer {
             table_full: pipeline.table.stats.dropped_at_cap,
             decode_errors: pipeline.decode_errors,
             huge_page_checks_skipped: self.huge_pages.skipped,
+            abandoned_calls: kernel.abandoned_calls,
             total: 0,
+            releases_lost: kernel.releases_lost,
+            overstated_bytes_max: aggregate::overstated_bytes_max(
+                &pipeline.table,
+                kernel.releases_lost,
+                u64::from(self.options.sample_mean()),
+                self.options.page_sample(),
+            ),
         }
         .totalled();
         let allocator_objects = self
@@ -552,6 +583,7 @@ impl Tracer {
                 events: pipeline.events,
                 execs: pipeline.execs,
                 losses,
+                kernel_sampled_blocks: self.kernel_sampled_blocks,
                 totals: &totals,
                 sites: &pipeline.sites,
                 growth: &self.growth,
@@ -594,6 +626,9 @@ impl Tracer {
                 report.totals.call_sites,
                 report.losses.summary()
             );
+            if let Some(overstatement) = report.losses.overstatement() {
+                eprintln!("leaktrace: {overstatement}");
+            }
             let usage = own_usage();
             eprintln!(
                 "leaktrace: the daemon used {} ms of CPU and {} MiB of memory at most",
@@ -626,6 +661,8 @@ impl Tracer {
             })
             .collect();
         self.history.record(seconds, &now);
+        self.forget_idle_sites(seconds, &totals);
+        self.sweep_sampled();
     }
 
     /// Adds the Go heap sites read last to `totals`, keeping the order
