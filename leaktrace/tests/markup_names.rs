@@ -167,3 +167,36 @@ fn hostile_names_are_escaped_on_the_page() {
         }
     }
 }
+
+/// The text report, printed to a terminal: a name's control characters
+/// (here an escape sequence that would turn the terminal red) are shown
+/// as `\xNN`, never sent; markup is plain text there and shown as is.
+#[test]
+fn control_characters_in_names_never_reach_the_terminal() {
+    const TEST: &str = "control_characters_in_names_never_reach_the_terminal";
+    if !require_root(TEST) {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("markup-text");
+    let program = build(&dir);
+    let finished = leaktrace(
+        &[
+            "run",
+            "--quiet",
+            "--mode",
+            "allocations",
+            "--",
+            program.to_str().unwrap(),
+            "5",
+        ],
+        Duration::from_mins(2),
+    );
+    let text = finished.succeeded("leaktrace run (text)").stdout;
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "a control character in the text report:\n{text:?}"
+    );
+    assert!(text.contains(CONTROL_SHOWN), "no {CONTROL_SHOWN}:\n{text}");
+    assert!(text.contains(SCRIPT), "no {SCRIPT}:\n{text}");
+}

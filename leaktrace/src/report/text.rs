@@ -86,7 +86,21 @@ fn container_line(container: &ContainerReport) -> String {
     line
 }
 
+/// The text report. Names come from the traced process: each line is
+/// made [`visible`](super::escape::visible) so that a symbol, file or
+/// command line holding control characters (a terminal's escape sequences,
+/// a newline) is shown, not obeyed by the terminal it is printed to.
 pub fn render(report: &Report, top: usize) -> String {
+    let out = render_lines(report, top);
+    let mut shown = String::with_capacity(out.len());
+    for line in out.lines() {
+        shown.push_str(&super::escape::visible(line));
+        shown.push('\n');
+    }
+    shown
+}
+
+fn render_lines(report: &Report, top: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
