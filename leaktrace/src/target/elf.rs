@@ -174,23 +174,37 @@ fn place_probes(
         .zip(addresses)
         .map(|(f, &address)| (address + 1, address + f.placement.offset))
         .collect();
+    let mut refuse = |address: u64, what: &str| {
+        for (function, (low, high)) in functions.iter_mut().zip(&windows) {
+            if (*low..=*high).contains(&address) && function.placement.offset != 0 {
+                function.placement = Placement {
+                    offset: 0,
+                    reason: placement::PlacementReason::Blocked(format!(
+                        "{what} {address:#x}, inside the skipped instructions"
+                    )),
+                };
+            }
+        }
+    };
     for section in file.sections() {
         if section.kind() != object::SectionKind::Text {
             continue;
         }
         let Ok(code) = section.data() else { continue };
         for target in placement::direct_branch_targets(code, section.address()) {
-            for (function, (low, high)) in functions.iter_mut().zip(&windows) {
-                if (*low..=*high).contains(&target) && function.placement.offset != 0 {
-                    function.placement = Placement {
-                        offset: 0,
-                        reason: placement::PlacementReason::Blocked(format!(
-                            "code jumps to {target:#x}, inside the skipped instructions"
-                        )),
-                    };
-                }
-            }
+            refuse(target, "code jumps to");
         }
+    }
+    // Nor where a symbol or an unwind entry (FDE) begins: code may enter
+    // there (a second entry point, a label called through a pointer, a
+    // split-off fragment) without passing the probe.
+    for symbol in file.symbols().chain(file.dynamic_symbols()) {
+        if symbol.address() != 0 {
+            refuse(symbol.address(), "a symbol starts at");
+        }
+    }
+    for start in crate::unwind::fde_starts(data) {
+        refuse(start, "an unwind entry (FDE) starts at");
     }
 }
 
@@ -351,6 +365,68 @@ mod tests {
                 "a libjemalloc whose malloc the objdump oracle can judge",
             );
         }
+    }
+
+    /// A `free` that starts `test %rdi,%rdi; je`: its probe moves to the
+    /// `je` (offset 3), unless a symbol (or an FDE) starts inside those 3
+    /// bytes: code entering there would hit the probe without a call.
+    #[test]
+    fn a_symbol_inside_the_skipped_bytes_keeps_the_probe_at_offset_zero() {
+        const TEST: &str = "a_symbol_inside_the_skipped_bytes_keeps_the_probe_at_offset_zero";
+        let build = |name: &str, inner_label: &str| -> Option<Vec<u8>> {
+            let dir = std::env::temp_dir()
+                .join(format!("leaktrace-placement-{}-{name}", std::process::id()));
+            fs::create_dir_all(&dir).unwrap();
+            let source = dir.join("free.c");
+            fs::write(
+                &source,
+                format!(
+                    "__asm__(\".text\\n.globl free\\n.type free,@function\\nfree:\\n\"\n\
+                     \"  test %rdi,%rdi\\n{inner_label}\"\n\
+                     \"  je 1f\\n  ret\\n1: ret\\n.size free, .-free\\n\");\n"
+                ),
+            )
+            .unwrap();
+            let library = dir.join("libfree.so");
+            let built = std::process::Command::new("cc")
+                .args(["-shared", "-fPIC", "-o"])
+                .arg(&library)
+                .arg(&source)
+                .output();
+            let data = match built {
+                Ok(out) if out.status.success() => fs::read(&library).ok(),
+                Ok(out) => panic!("{TEST}: cc: {}", String::from_utf8_lossy(&out.stderr)),
+                Err(_) => {
+                    crate::test_support::prerequisite_missing(TEST, "cc (apt-get install gcc)");
+                    None
+                }
+            };
+            fs::remove_dir_all(&dir).unwrap();
+            data
+        };
+        let Some(plain) = build("plain", "") else {
+            return;
+        };
+        let placement = |data: &[u8]| {
+            object_symbols(data)
+                .unwrap()
+                .function(AllocFn::Free)
+                .expect("free is defined")
+                .placement
+                .clone()
+        };
+        assert_eq!(placement(&plain).offset, 3, "{:?}", placement(&plain));
+        let labelled = build(
+            "labelled",
+            ".globl free_inner\\n.type free_inner,@function\\nfree_inner:\\n",
+        )
+        .expect("cc worked a moment ago");
+        let refused = placement(&labelled);
+        assert_eq!(refused.offset, 0, "{refused:?}");
+        assert!(
+            matches!(&refused.reason, placement::PlacementReason::Blocked(why) if why.contains("a symbol starts at")),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -111,6 +111,48 @@ pub(crate) fn build_table_with_stats(
     Ok((assemble(fdes, &mut stats), stats))
 }
 
+/// The start addresses of the object's FDEs (`.eh_frame`, else
+/// `.debug_frame`), without evaluating their rows: probe placement refuses
+/// to move a probe past bytes where a function's unwind entry begins (code
+/// may enter there without calling the probed function). Empty when the
+/// object has no table or it cannot be read.
+pub(crate) fn fde_starts(elf_data: &[u8]) -> Vec<u64> {
+    fn starts<'a, S: UnwindSection<Slice<'a>>>(section: &S, bases: &BaseAddresses) -> Vec<u64> {
+        let mut found = Vec::new();
+        let mut entries = section.entries(bases);
+        while let Ok(Some(entry)) = entries.next() {
+            if let CieOrFde::Fde(partial) = entry
+                && let Ok(fde) = partial.parse(S::cie_from_offset)
+            {
+                found.push(fde.initial_address());
+            }
+        }
+        found
+    }
+    let Ok(file) = object::File::parse(elf_data) else {
+        return Vec::new();
+    };
+    let address = |name| file.section_by_name(name).map_or(0, |s| s.address());
+    let bases = BaseAddresses::default()
+        .set_text(address(".text"))
+        .set_eh_frame_hdr(address(".eh_frame_hdr"))
+        .set_got(address(".got"));
+    if let Some(section) = file.section_by_name(".eh_frame")
+        && let Ok(bytes) = section_bytes(&section)
+    {
+        let bases = bases.set_eh_frame(section.address());
+        return starts(&EhFrame::new(bytes, LittleEndian), &bases);
+    }
+    if let Some(section) = file.section_by_name(".debug_frame")
+        && let Ok(bytes) = section_bytes(&section)
+    {
+        let mut debug_frame = DebugFrame::new(bytes, LittleEndian);
+        debug_frame.set_address_size(8);
+        return starts(&debug_frame, &bases);
+    }
+    Vec::new()
+}
+
 /// The last row with `row.pc <= pc`: the rule for `pc`. None before the first
 /// row (no FDE covers it); past the last FDE this is its `UNWIND_NONE` row.
 /// For a caller's frame, look up its return address - 1: a call to a
