@@ -55,6 +55,13 @@ pub struct Settings {
     /// Growth mode keeps one page in 2^shift, chosen by address (0: every
     /// page); reports scale what they count by 2^shift.
     pub page_sample_shift: u32,
+    /// Offsets of `group_leader` and `start_time` in the kernel's
+    /// `task_struct` (from BTF; 0 when unknown): a sampled block recorded
+    /// before the process started is a stale entry of an earlier process
+    /// with the same pid, never matched (`start_time` and the blocks'
+    /// entry times are both `CLOCK_MONOTONIC` ns).
+    pub task_group_leader_offset: u32,
+    pub task_start_time_offset: u32,
     /// Seed of the kernel's per-CPU generators that pick sampling gaps from
     /// the pool (`EXPONENTIAL_POOL`); each CPU mixes in its id. The same
     /// seed and the same pool give the same gaps, so a test can fix both.
@@ -62,7 +69,7 @@ pub struct Settings {
 }
 
 // Both sides must agree on the layout byte for byte.
-const _: () = assert!(size_of::<Settings>() == 48);
+const _: () = assert!(size_of::<Settings>() == 56);
 
 /// The splitmix64 output function: a bijection on u64 that spreads every
 /// input bit over the whole word. Both sides use it to turn a seed (and the

@@ -13,7 +13,9 @@
 //! `Settings::sample_seed`, so that a test can fix the sequence.
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
@@ -155,25 +157,59 @@ pub(crate) fn record(pid: u32, addr: u64) -> bool {
     true
 }
 
-/// Whether a block is a sampled one.
+/// When the current process started (its group leader's `start_time`,
+/// `CLOCK_MONOTONIC` ns); 0 when unknown.
 #[inline(always)]
-pub(crate) fn contains(pid: u32, addr: u64) -> bool {
+fn process_start_ns() -> u64 {
+    let (leader_offset, start_offset) = settings::task_start_offsets();
+    if leader_offset == 0 || start_offset == 0 {
+        return 0;
+    }
+    // SAFETY: the helper returns the current task's address; the reads are
+    // checked by bpf_probe_read_kernel, at the kernel's own offsets (BTF).
+    unsafe {
+        let task = bpf_get_current_task();
+        let Ok(leader) = bpf_probe_read_kernel((task + u64::from(leader_offset)) as *const u64)
+        else {
+            return 0;
+        };
+        bpf_probe_read_kernel((leader + u64::from(start_offset)) as *const u64).unwrap_or(0)
+    }
+}
+
+/// Whether the current process has a sampled block at `addr`: an entry
+/// recorded before the process started belongs to an earlier process
+/// that had the same pid (its release or exit was lost): it is dropped.
+#[inline(always)]
+fn take_or_keep(pid: u32, addr: u64, take: bool) -> bool {
     let key = SampledKey {
         pid,
         _padding: 0,
         addr,
     };
-    // SAFETY: read-only lookup.
-    unsafe { SAMPLED.get(key) }.is_some()
+    // SAFETY: a map value, copied out at once.
+    let Some(recorded_ns) = (unsafe { SAMPLED.get(key) }).copied() else {
+        return false;
+    };
+    if recorded_ns < process_start_ns() {
+        let _: Result<_, _> = SAMPLED.remove(key);
+        return false;
+    }
+    if take {
+        // Gone meanwhile (another thread's release): not ours to count.
+        return SAMPLED.remove(key).is_ok();
+    }
+    true
+}
+
+/// Whether a block is a sampled one.
+#[inline(always)]
+pub(crate) fn contains(pid: u32, addr: u64) -> bool {
+    take_or_keep(pid, addr, false)
 }
 
 /// Forgets a block; true when it was a sampled one.
 #[inline(always)]
 pub(crate) fn forget(pid: u32, addr: u64) -> bool {
-    let key = SampledKey {
-        pid,
-        _padding: 0,
-        addr,
-    };
-    SAMPLED.remove(key).is_ok()
+    take_or_keep(pid, addr, true)
 }

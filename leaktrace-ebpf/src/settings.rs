@@ -19,6 +19,8 @@ static SETTINGS: Settings = Settings {
     task_pid_offset: 0,
     task_tgid_offset: 0,
     page_sample_shift: 0,
+    task_group_leader_offset: 0,
+    task_start_time_offset: 0,
     sample_seed: 0,
 };
 
@@ -92,4 +94,14 @@ pub(crate) fn follow_children() -> bool {
 #[inline(always)]
 pub(crate) fn task_id_offsets() -> (u32, u32) {
     (setting!(task_pid_offset), setting!(task_tgid_offset))
+}
+
+/// Offsets of `group_leader` and `start_time` in `task_struct` (0 when
+/// unknown: stale sampled blocks are then not told apart).
+#[inline(always)]
+pub(crate) fn task_start_offsets() -> (u32, u32) {
+    (
+        setting!(task_group_leader_offset),
+        setting!(task_start_time_offset),
+    )
 }

@@ -236,6 +236,16 @@ pub(crate) fn task_id_offsets() -> Result<(u32, u32)> {
     ))
 }
 
+/// Offsets of `group_leader` and `start_time` in `task_struct`, from the
+/// running kernel's BTF: the kernel tells a stale sampled block (of an
+/// earlier process with the same pid) by the process's start time.
+pub(crate) fn task_start_offsets() -> Result<(u32, u32)> {
+    Ok((
+        task_struct_offset(&["group_leader"])?,
+        task_struct_offset(&["start_time"])?,
+    ))
+}
+
 /// Offset of the member at `path` in the running kernel's `task_struct`.
 fn task_struct_offset(path: &[&str]) -> Result<u32> {
     let file = "/sys/kernel/btf/vmlinux";
@@ -357,6 +367,25 @@ mod tests {
         };
         let fsbase = pahole_offset("thread_struct", "fsbase").expect("thread_struct.fsbase");
         assert_eq!(u64::from(offset), expected + fsbase);
+    }
+
+    /// The running kernel's `task_struct.group_leader` and `start_time`,
+    /// against pahole.
+    #[test]
+    fn task_start_offsets_match_pahole() {
+        let (leader, start) = task_start_offsets().unwrap();
+        let Some(expected) = pahole_offset("task_struct", "group_leader") else {
+            crate::test_support::prerequisite_missing(
+                "task_start_offsets_match_pahole",
+                "pahole (apt-get install dwarves; cargo xtask test installs it)",
+            );
+            return;
+        };
+        assert_eq!(u64::from(leader), expected);
+        assert_eq!(
+            Some(u64::from(start)),
+            pahole_offset("task_struct", "start_time")
+        );
     }
 
     /// The running kernel's `task_struct.pid` and `tgid`, against pahole.

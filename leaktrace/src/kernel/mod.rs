@@ -206,6 +206,13 @@ impl KernelProbes {
         raise_memlock_limit();
         raise_open_files_limit();
         let sample_seed = options.sample_seed.unwrap_or_else(clock_seed);
+        // Only sampling keeps blocks in the kernel; unknown offsets (no
+        // BTF) leave stale entries to the daemon's sweep.
+        let (task_group_leader_offset, task_start_time_offset) = if options.sample_mean == 0 {
+            (0, 0)
+        } else {
+            btf::task_start_offsets().unwrap_or((0, 0))
+        };
         let settings = Settings {
             stack_mode: if options.dwarf {
                 STACK_MODE_DWARF
@@ -221,6 +228,8 @@ impl KernelProbes {
             task_pid_offset: options.follow_children.map_or(0, |(pid, _)| pid),
             task_tgid_offset: options.follow_children.map_or(0, |(_, tgid)| tgid),
             page_sample_shift: options.growth.map_or(0, |g| g.page_sample_shift),
+            task_group_leader_offset,
+            task_start_time_offset,
             sample_seed,
         };
         let mut ebpf = EbpfLoader::new()
