@@ -22,7 +22,7 @@ use std::{
 
 use common::{
     GO_RELEASES, Guarded, Lines, Symbols, TempDir, build_go, fixture_source, get, leaktrace_bin,
-    read_json, require_root, run_json, serial, sites, start_serve,
+    read_json, require_root, run_json, serial, sites, start_serve, start_tracing, wait_for_report,
 };
 use serde_json::Value;
 
@@ -361,28 +361,17 @@ fn trace_all_reads_the_goroutines_of_every_go_process() {
         programs.push((format!("{release} {symbols:?}"), program));
     }
     let report_path = dir.join("all.json");
-    let mut tracer = Guarded::spawn(
-        "leaktrace trace --all",
-        Command::new(leaktrace_bin())
-            .args(["trace", "--all", "--interval", "1s"])
-            .args(["--format", "json", "--output"])
-            .arg(&report_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
-    );
-    let stderr = tracer.stderr_lines();
-    stderr
-        .wait_for(Duration::from_mins(2), |l| {
-            l.starts_with("leaktrace: tracing all processes")
-        })
-        .unwrap_or_else(|e| panic!("leaktrace --all never started tracing: {e}"));
+    let (mut tracer, stderr) = start_tracing(&["trace", "--all", "--interval", "1s"], &report_path);
     let mut stories = Vec::new();
     for (label, program) in &programs {
         let (mut fixture, lines) = start_story(program, "250");
         // Found and read once before it leaks (--all inspects a new
         // process at its own pace), so that the growth is seen.
-        wait_for_groups_of(&report_path, fixture.pid());
+        wait_for_report(&report_path, Duration::from_mins(2), |r| {
+            r["goroutines"]
+                .as_array()
+                .is_some_and(|groups| groups.iter().any(|g| g["pid"] == fixture.pid()))
+        });
         run_story(&mut fixture, &lines);
         stories.push((label, fixture));
     }
@@ -396,25 +385,11 @@ fn trace_all_reads_the_goroutines_of_every_go_process() {
             .then(|| g.clone())
         })
     };
-    let deadline = std::time::Instant::now() + Duration::from_mins(1);
-    let report = loop {
-        let report = std::fs::read(&report_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-        if let Some(report) = report
-            && stories
-                .iter()
-                .all(|(_, f)| leak_of(&report, f.pid()).is_some_and(|g| g["count"] == 2000))
-        {
-            break report;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stories' leaks never showed under --all:\n{}",
-            stderr.text()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let report = wait_for_report(&report_path, Duration::from_mins(1), |report| {
+        stories
+            .iter()
+            .all(|(_, f)| leak_of(report, f.pid()).is_some_and(|g| g["count"] == 2000))
+    });
     for (label, fixture) in &mut stories {
         let leak = leak_of(&report, fixture.pid()).unwrap();
         assert_eq!(
@@ -432,27 +407,4 @@ fn trace_all_reads_the_goroutines_of_every_go_process() {
         .wait_timeout(Duration::from_mins(2))
         .expect("trace --all stops on SIGINT");
     assert!(status.success(), "{status:?}\n{}", stderr.text());
-}
-
-/// Waits until the report in `path` has a goroutine group of `pid`.
-fn wait_for_groups_of(path: &Path, pid: u32) {
-    let deadline = std::time::Instant::now() + Duration::from_mins(2);
-    loop {
-        let found = std::fs::read(path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .is_some_and(|r| {
-                r["goroutines"]
-                    .as_array()
-                    .is_some_and(|groups| groups.iter().any(|g| g["pid"] == pid))
-            });
-        if found {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pid {pid}'s goroutines never showed under --all"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }

@@ -26,8 +26,8 @@ use std::{
 };
 
 use common::{
-    GO_RELEASES, Guarded, Lines, Symbols, TempDir, build_go, go_command, leaktrace, leaktrace_bin,
-    read_json, require_root, serial, site_lines, sites,
+    GO_RELEASES, Guarded, Lines, Symbols, TempDir, build_go, go_command, leaktrace, read_json,
+    require_root, serial, site_lines, sites, start_tracing,
 };
 use serde_json::Value;
 
@@ -239,23 +239,10 @@ fn trace_while_it_runs(dir: &TempDir, program: &Path, extra: &[&str]) -> (Value,
         .wait_for(Duration::from_secs(30), |l| l == "ready")
         .expect("the fixture starts");
     let report = dir.join("report.json");
-    let mut tracer = Guarded::spawn(
-        "leaktrace trace --pid",
-        Command::new(leaktrace_bin())
-            .args(["trace", "--pid", &fixture.pid().to_string()])
-            .args(extra)
-            .args(["--format", "json", "--output"])
-            .arg(&report)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
-    );
-    let stderr = tracer.stderr_lines();
-    stderr
-        .wait_for(Duration::from_mins(1), |l| {
-            l.starts_with("leaktrace: tracing")
-        })
-        .unwrap_or_else(|e| panic!("leaktrace never started tracing: {e}"));
+    let pid = fixture.pid().to_string();
+    let mut args = vec!["trace", "--pid", &pid];
+    args.extend_from_slice(extra);
+    let (mut tracer, stderr) = start_tracing(&args, &report);
     let mut stdin = fixture.take_stdin();
     stdin.write_all(b"go\n").expect("telling the fixture to go");
     stdin.flush().expect("flushing");

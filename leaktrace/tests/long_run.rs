@@ -13,14 +13,13 @@
 mod common;
 
 use std::{
-    path::Path,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use common::{
-    Guarded, Lines, TempDir, compile, describe_sites, frame_functions, leaktrace_bin, require_root,
-    run_json, serial, sites,
+    Guarded, Lines, TempDir, compile, describe_sites, frame_functions, require_root, run_json,
+    serial, sites, start_tracing, wait_for_report,
 };
 use serde_json::Value;
 
@@ -56,23 +55,9 @@ impl Traced {
             .expect("the fixture starts");
         let report = dir.join("report.json");
         let pid = fixture.pid().to_string();
-        let mut tracer = Guarded::spawn(
-            "leaktrace trace --pid",
-            Command::new(leaktrace_bin())
-                .args(["trace", "--pid", &pid, "--interval", "1s"])
-                .args(extra)
-                .args(["--format", "json", "--output"])
-                .arg(&report)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped()),
-        );
-        let stderr = tracer.stderr_lines();
-        stderr
-            .wait_for(Duration::from_mins(2), |l| {
-                l.starts_with("leaktrace: tracing pid")
-            })
-            .unwrap_or_else(|e| panic!("leaktrace never started tracing: {e}"));
+        let mut args = vec!["trace", "--pid", &pid, "--interval", "1s"];
+        args.extend_from_slice(extra);
+        let (tracer, stderr) = start_tracing(&args, &report);
         Traced {
             fixture,
             input,
@@ -99,28 +84,6 @@ impl Traced {
 
     fn fixture_alive(&mut self) -> bool {
         self.fixture.wait_timeout(Duration::ZERO).is_none()
-    }
-}
-
-/// The report in `path` once `ready` holds for it (rewritten at every
-/// interval), or a panic with the last one after `timeout`.
-fn wait_for_report(path: &Path, timeout: Duration, ready: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let report = std::fs::read(path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
-        match report {
-            Some(report) if ready(&report) => return report,
-            Some(report) if Instant::now() > deadline => panic!(
-                "no report as expected within {timeout:?}; the last one:\ntotals {}\nlosses {}\nsites:\n{}",
-                report["totals"],
-                report["losses"],
-                describe_sites(&report)
-            ),
-            None if Instant::now() > deadline => panic!("no report at {}", path.display()),
-            _ => std::thread::sleep(Duration::from_millis(200)),
-        }
     }
 }
 

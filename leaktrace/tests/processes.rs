@@ -17,7 +17,7 @@ use std::{
 use common::{
     EXPECTED_LEAKS, Guarded, Holder, Server, TempDir, build_leaky, bytes_by_fixture_function,
     compile, describe_sites, frame_functions, get, leaktrace_bin, process_sample, read_json,
-    require_root, serial, sites, start_serve,
+    require_root, serial, sites, start_serve, start_tracing, wait_for_report,
 };
 use serde_json::Value;
 
@@ -50,28 +50,6 @@ fn assert_exact_leaks_of(report: &Value, pid: u32) {
                 row.function,
                 row.caller
             );
-        }
-    }
-}
-
-/// The report in `path` once `ready` holds for it (rewritten at every
-/// interval), or a panic with the last one after `timeout`.
-fn wait_for_report(path: &Path, timeout: Duration, ready: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let report = std::fs::read(path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
-        match report {
-            Some(report) if ready(&report) => return report,
-            Some(report) if Instant::now() > deadline => panic!(
-                "no report as expected within {timeout:?}; the last one:\nprocesses {}\ntotals {}\nsites:\n{}",
-                report["processes"],
-                report["totals"],
-                describe_sites(&report)
-            ),
-            None if Instant::now() > deadline => panic!("no report at {}", path.display()),
-            _ => std::thread::sleep(Duration::from_millis(200)),
         }
     }
 }
@@ -349,22 +327,8 @@ fn a_short_soak_counts_every_exit_and_keeps_the_daemon_flat() {
     let leaky = build_leaky(&dir);
     let grower = compile(&dir, "soak_grower.c", "soak_grower", &["-O1", "-g"]);
     let report_path = dir.join("report.json");
-    let mut tracer = Guarded::spawn(
-        "leaktrace trace --all",
-        Command::new(leaktrace_bin())
-            .args(["trace", "--all", "--interval", "500ms"])
-            .args(["--format", "json", "--output"])
-            .arg(&report_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
-    );
-    let stderr = tracer.stderr_lines();
-    stderr
-        .wait_for(Duration::from_mins(2), |l| {
-            l.starts_with("leaktrace: tracing all processes")
-        })
-        .unwrap_or_else(|e| panic!("leaktrace --all never started tracing: {e}"));
+    let (mut tracer, stderr) =
+        start_tracing(&["trace", "--all", "--interval", "500ms"], &report_path);
     let mut growing = Guarded::spawn(
         "soak_grower",
         Command::new(&grower)

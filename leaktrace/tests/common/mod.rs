@@ -59,7 +59,7 @@ pub(crate) use prerequisite::prerequisite_missing;
 #[allow(unused_imports)]
 pub(crate) use process::{
     Finished, Guarded, Lines, assert_one_error_line, leaktrace, output_text, run_json,
-    run_with_timeout,
+    run_with_timeout, start_tracing,
 };
 #[allow(unused_imports)]
 pub(crate) use python::{
@@ -69,7 +69,7 @@ pub(crate) use python::{
 #[allow(unused_imports)]
 pub(crate) use report::{
     bytes_by_fixture_function, check_report_against_table, describe_sites, frame_functions,
-    innermost_function, read_json, sites,
+    innermost_function, read_json, sites, wait_for_report,
 };
 #[allow(unused_imports)]
 pub(crate) use table::{

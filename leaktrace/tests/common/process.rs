@@ -6,6 +6,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read},
     os::unix::process::CommandExt as _,
+    path::Path,
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{
         Arc, Mutex,
@@ -310,4 +311,26 @@ pub(crate) fn output_text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// `leaktrace ARGS --format json --output REPORT`, started, once it says
+/// it is tracing (its stderr lines returned, to read and show later).
+pub(crate) fn start_tracing(args: &[&str], report: &Path) -> (Guarded, Lines) {
+    let mut tracer = Guarded::spawn(
+        &format!("leaktrace {}", args.join(" ")),
+        Command::new(leaktrace_bin())
+            .args(args)
+            .args(["--format", "json", "--output"])
+            .arg(report)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let stderr = tracer.stderr_lines();
+    stderr
+        .wait_for(Duration::from_mins(2), |l| {
+            l.starts_with("leaktrace: tracing")
+        })
+        .unwrap_or_else(|e| panic!("leaktrace {} never started tracing: {e}", args.join(" ")));
+    (tracer, stderr)
 }

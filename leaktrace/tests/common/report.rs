@@ -2,7 +2,12 @@
 //! them for failure messages, and checking a report of a `leaky` run against
 //! the expected-leak table.
 
-use std::{collections::BTreeMap, fs, path::Path};
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
 
@@ -359,4 +364,31 @@ pub(crate) fn bytes_by_fixture_function(
         }
     }
     by_function
+}
+
+/// The report in `path` once `ready` holds for it (rewritten at every
+/// interval), or a panic with the last one after `timeout`.
+pub(crate) fn wait_for_report(
+    path: &Path,
+    timeout: Duration,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let report = fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+        match report {
+            Some(report) if ready(&report) => return report,
+            Some(report) if Instant::now() > deadline => panic!(
+                "no report as expected within {timeout:?}; the last one:\nprocesses {}\ntotals {}\nlosses {}\nsites:\n{}",
+                report["processes"],
+                report["totals"],
+                report["losses"],
+                describe_sites(&report)
+            ),
+            None if Instant::now() > deadline => panic!("no report at {}", path.display()),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
 }

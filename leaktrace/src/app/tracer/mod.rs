@@ -83,7 +83,19 @@ struct TracedProcess {
     /// exec (a runtime's init process joins the container's cgroup before
     /// it execs the container's command), kept after it exits.
     cgroup: Option<String>,
+    /// When a new site's stack last made its mappings be read again (see
+    /// [`MAPS_REREAD_NS`]).
+    maps_reread_ns: u64,
 }
+
+/// A new site whose stack holds an address outside the known mappings
+/// makes the process's mappings be read again (a library loaded since),
+/// at most this often per process: frame-pointer stacks through code built
+/// without them hold addresses no mapping will ever cover, and under
+/// `--all` reading `/proc/PID/maps` for each such site kept the event loop
+/// from draining anything else. Mappings seen later still name the frames
+/// (reports use every mapping a process was seen with).
+const MAPS_REREAD_NS: u64 = 250_000_000;
 
 impl TracedProcess {
     fn new(pid: u32, maps: Arc<Mutex<ProcessMaps>>, command: String) -> TracedProcess {
@@ -96,6 +108,7 @@ impl TracedProcess {
             rss_anon_at_attach: rss_anon_bytes(pid),
             rss_growth: None,
             cgroup: cgroup_path(pid),
+            maps_reread_ns: 0,
         }
     }
 
@@ -289,7 +302,12 @@ impl Tracer {
                     let maps = maps.lock().expect("maps lock");
                     stack.iter().all(|&a| maps.covers(a.saturating_sub(1)))
                 };
-                if !covered {
+                let now = monotonic_ns();
+                if !covered
+                    && let Some(process) = self.processes.get_mut(&pid)
+                    && now.saturating_sub(process.maps_reread_ns) >= MAPS_REREAD_NS
+                {
+                    process.maps_reread_ns = now;
                     self.refresh_mappings(pid);
                 }
                 // The interpreter may have been mapped since the last look

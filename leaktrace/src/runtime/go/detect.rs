@@ -60,8 +60,30 @@ impl GoCache {
 }
 
 fn inspect(path: &Path) -> Option<GoBuild> {
-    if fs::metadata(path).ok()?.len() > MAX_OBJECT_BYTES {
+    if fs::metadata(path).ok()?.len() > MAX_OBJECT_BYTES || !has_go_sections(path) {
         return None;
     }
     buildinfo::inspect(&Image::parse(fs::read(path).ok()?)?)
+}
+
+/// Whether the ELF file at `path` has a section only Go's linker writes
+/// (`.go.buildinfo`, `.gopclntab`, `.note.go.buildid`: all kept by `-s
+/// -w`), reading its headers alone: under `--all` every new program on the
+/// host is looked at, and reading each whole (a debug build is hundreds of
+/// MiB) to find it is not Go stalled the event loop.
+fn has_go_sections(path: &Path) -> bool {
+    use object::{Object as _, ObjectSection as _, read::ReadCache};
+    let Ok(file) = fs::File::open(path) else {
+        return false;
+    };
+    let cache = ReadCache::new(file);
+    let Ok(elf) = object::File::parse(&cache) else {
+        return false;
+    };
+    elf.sections().any(|section| {
+        matches!(
+            section.name(),
+            Ok(".go.buildinfo" | ".gopclntab" | ".note.go.buildid")
+        )
+    })
 }

@@ -105,6 +105,23 @@ pub(crate) enum ObjectVerdict {
 }
 
 /// Inspects an object's bytes. Never panics, whatever they are.
+/// Whether the ELF file at `path` exports an interpreter, reading its
+/// headers and dynamic symbol table alone: under `--all` every new program
+/// on the host is looked at, and reading each whole (a debug build is
+/// hundreds of MiB, its full symbol table a million names) only to find
+/// it is not Python stalled the event loop. An interpreter exports its C
+/// API for extension modules (libpython, Debian's stripped python3). None
+/// (read it whole): not an object `object` reads, or one without a
+/// dynamic symbol table (a static embedder names it in `.symtab` only).
+pub(crate) fn exports_interpreter(path: &std::path::Path) -> Option<bool> {
+    use object::Object as _;
+    let file = std::fs::File::open(path).ok()?;
+    let cache = object::read::ReadCache::new(file);
+    let parsed = object::File::parse(&cache).ok()?;
+    parsed.dynamic_symbol_table()?;
+    Some(elf::exported_interpreter_symbols(&parsed).is_interpreter())
+}
+
 pub(crate) fn inspect(data: &[u8]) -> ObjectVerdict {
     let file = match object::File::parse(data) {
         Ok(file) => file,

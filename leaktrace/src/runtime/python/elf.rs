@@ -5,7 +5,7 @@
 //! offset through the loadable segments with checked arithmetic, every read
 //! is a `get` on the file's bytes, and a symbol that points outside the file
 //! is an error value, never a panic.
-use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
+use object::{Object as _, ObjectSegment as _};
 
 /// Symbols read from an object, by the names this module cares about.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,8 +44,21 @@ impl InterpreterSymbols {
 /// stripped `python3` still exports the C API there), then the full table
 /// (static, unstripped embedders).
 pub(super) fn interpreter_symbols(file: &object::File<'_>) -> InterpreterSymbols {
+    symbols_among(file.dynamic_symbols().chain(file.symbols()))
+}
+
+/// [`interpreter_symbols`] of the dynamic table alone.
+pub(super) fn exported_interpreter_symbols<'data, R: object::ReadRef<'data>>(
+    file: &object::File<'data, R>,
+) -> InterpreterSymbols {
+    symbols_among(file.dynamic_symbols())
+}
+
+fn symbols_among<'data>(
+    symbols: impl Iterator<Item = impl object::ObjectSymbol<'data>>,
+) -> InterpreterSymbols {
     let mut found = InterpreterSymbols::default();
-    for symbol in file.dynamic_symbols().chain(file.symbols()) {
+    for symbol in symbols {
         if !symbol.is_definition() || !symbol.is_global() {
             continue;
         }

@@ -57,7 +57,10 @@ impl PythonCache {
         let identity = file_identity(path)?;
         let verdict = match self.by_file.entry(identity) {
             Entry::Occupied(known) => known.into_mut(),
-            Entry::Vacant(new) => new.insert(detect::inspect(&fs::read(path).ok()?)),
+            Entry::Vacant(new) => new.insert(match detect::exports_interpreter(path) {
+                Some(false) => ObjectVerdict::NotPython,
+                _ => detect::inspect(&fs::read(path).ok()?),
+            }),
         };
         Some((identity, verdict))
     }
