@@ -26,7 +26,7 @@ use tokio::{
 /// What a request asks for; `pid` is the process picked (`?pid=N`), None
 /// for all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Page {
+pub(crate) enum Page {
     /// `/`: the HTML page.
     Index { pid: Option<u32> },
     /// `/api/series`: bytes over time, JSON.
@@ -48,7 +48,7 @@ pub(super) enum Page {
 }
 
 /// Routes a request line (`GET /path?query HTTP/1.1`).
-pub(super) fn route(request_line: &str) -> Page {
+pub(crate) fn route(request_line: &str) -> Page {
     let mut words = request_line.split_whitespace();
     if words.next() != Some("GET") {
         return Page::BadMethod;

@@ -18,7 +18,6 @@ use aya::maps::{Array, HashMap, MapData};
 use leaktrace_common::{
     MAX_UNWIND_MAPPINGS, MAX_UNWIND_PROCESSES, ProcessMappings, UnwindMapping, UnwindRow,
 };
-use object::{Object as _, ObjectSegment as _};
 
 use crate::{
     target::{elf::load_bias, procfs::Mapping},
@@ -178,14 +177,8 @@ impl UnwindTables {
         let started = Instant::now();
         let table = unwind::build_table(&data)?;
         self.stats.build_time += started.elapsed();
-        let file = object::File::parse(&*data)?;
-        let segments = file
-            .segments()
-            .map(|s| {
-                let (offset, size) = s.file_range();
-                (offset, size, s.address())
-            })
-            .collect();
+        let segments = crate::target::elf::loadable_segments(&data)
+            .context("parsing the ELF object's segments")?;
         let row_count = u32::try_from(table.len())?;
         let capacity = self.rows.len();
         if self.next_row.saturating_add(row_count) > capacity {

@@ -156,8 +156,10 @@ fn place_probes(
     addresses: &[u64],
 ) {
     for (function, &address) in functions.iter_mut().zip(addresses) {
-        let start = function.file_offset as usize;
-        let Some(code) = data.get(start..(start + 64).min(data.len())) else {
+        let Ok(start) = usize::try_from(function.file_offset) else {
+            continue;
+        };
+        let Some(code) = data.get(start..start.saturating_add(64).min(data.len())) else {
             continue;
         };
         let mut protected = placement::argument_registers(function.func).to_vec();
@@ -172,7 +174,12 @@ fn place_probes(
     let windows: Vec<(u64, u64)> = functions
         .iter()
         .zip(addresses)
-        .map(|(f, &address)| (address + 1, address + f.placement.offset))
+        .map(|(f, &address)| {
+            (
+                address.saturating_add(1),
+                address.saturating_add(f.placement.offset),
+            )
+        })
         .collect();
     for section in file.sections() {
         if section.kind() != object::SectionKind::Text {
@@ -194,11 +201,32 @@ fn place_probes(
     }
 }
 
+/// (file offset, file size, virtual address) of each of the object's
+/// segments, as [`load_bias`] takes them; None when it is not an object.
+pub(crate) fn loadable_segments(data: &[u8]) -> Option<Vec<(u64, u64, u64)>> {
+    let file = object::File::parse(data).ok()?;
+    Some(
+        file.segments()
+            .map(|s| {
+                let (offset, size) = s.file_range();
+                (offset, size, s.address())
+            })
+            .collect(),
+    )
+}
+
+/// The file offset of a virtual address, through the loadable segment
+/// that holds it. Segment numbers come from the file: checked arithmetic
+/// (a segment may claim to reach past the end of the address space, or
+/// to start at a file offset near `u64::MAX`).
 fn virtual_to_file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
     file.segments().find_map(|segment| {
         let (file_start, file_size) = segment.file_range();
-        let start = segment.address();
-        (address >= start && address < start + file_size).then(|| address - start + file_start)
+        let into = address.checked_sub(segment.address())?;
+        if into >= file_size {
+            return None;
+        }
+        file_start.checked_add(into)
     })
 }
 
@@ -351,6 +379,19 @@ mod tests {
                 "a libjemalloc whose malloc the objdump oracle can judge",
             );
         }
+    }
+
+    /// Found by the elf fuzz target: a loadable segment at file offset
+    /// `u64::MAX` overflowed `address - start + file_start` (a panic in
+    /// debug builds, a wrong offset in release). Its symbols are now
+    /// outside every segment: a one-line error.
+    #[test]
+    fn segment_at_the_last_file_offset_does_not_overflow() {
+        // In a Vec: ELF headers are read in place, 8-byte aligned.
+        let data =
+            include_bytes!("../../tests/fuzz_corpus/elf/crash_segment_end_overflow").to_vec();
+        let err = object_symbols(&data).unwrap_err().to_string();
+        assert!(err.contains("is outside every loadable segment"), "{err}");
     }
 
     #[test]
