@@ -8,7 +8,6 @@
 //! process's slot of mappings is freed when it exits.
 use std::{
     collections::HashMap as StdHashMap,
-    fs,
     path::Path,
     time::{Duration, Instant},
 };
@@ -173,7 +172,7 @@ impl UnwindTables {
     }
 
     fn load_object(&mut self, path: &Path) -> Result<LoadedObject> {
-        let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let data = crate::target::elf::read_object(path)?;
         let started = Instant::now();
         let table = unwind::build_table(&data)?;
         self.stats.build_time += started.elapsed();
