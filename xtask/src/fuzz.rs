@@ -87,7 +87,7 @@ pub(crate) fn run_campaign(target: Option<&str>, budget: Budget) -> Result<()> {
             command.arg(seeds.join("elf"));
         }
         command
-            .env("CARGO_TARGET_DIR", out.join("target"))
+            .env("CARGO_TARGET_DIR", &out)
             .arg("--")
             .arg(match budget {
                 Budget::Runs(runs) => format!("-runs={runs}"),
@@ -137,4 +137,17 @@ pub(crate) fn run_campaign(target: Option<&str>, budget: Budget) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_libfuzzer_final_stats() {
+        let log = "Done 1000000 runs in 42 second(s)\nstat::number_of_executed_units: 1000000\nstat::average_exec_per_sec:     23809\nstat::peak_rss_mb:              394\n";
+        assert_eq!(final_stat(log, "number_of_executed_units"), Some(1_000_000));
+        assert_eq!(final_stat(log, "peak_rss_mb"), Some(394));
+        assert_eq!(final_stat(log, "slowest_unit_time_sec"), None);
+    }
 }
