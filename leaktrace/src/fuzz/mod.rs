@@ -30,7 +30,8 @@ pub enum Target {
     /// An ELF object's symbols, probe placements and interpreter
     /// (`target::elf`), and the load bias of a mapping of it.
     Elf,
-    /// An ELF object's `.eh_frame` compiled into unwind rows (`unwind`).
+    /// An ELF object's `.eh_frame` compiled into unwind rows (`unwind`),
+    /// or a bare `.eh_frame` section's.
     EhFrame,
     /// Probe placement on a function's first bytes, and the direct branch
     /// targets of a code section (`target::placement`).
@@ -139,8 +140,15 @@ fn elf_symbols(data: &[u8]) {
     }
 }
 
+/// Input: an ELF object, or else a bare `.eh_frame` section (at 4 MiB: its
+/// pc-relative addresses land above 0).
 fn eh_frame(data: &[u8]) {
-    if let Ok((rows, _)) = unwind::build_table_with_stats(data) {
+    let table = if data.starts_with(b"\x7fELF") {
+        unwind::build_table_with_stats(data)
+    } else {
+        unwind::eh_frame_table(data, 0x40_0000)
+    };
+    if let Ok((rows, _)) = table {
         // The kernel binary-searches the rows: they must be sorted, one a pc.
         assert!(
             rows.windows(2).all(|w| w[0].pc < w[1].pc),
