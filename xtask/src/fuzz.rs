@@ -113,8 +113,9 @@ pub(crate) fn run_campaign(target: Option<&str>, budget: Budget) -> Result<()> {
         let text = fs::read_to_string(&log_path).unwrap_or_default();
         let runs = final_stat(&text, "number_of_executed_units");
         let line = format!(
-            "{name}: {} inputs in {:.0} s, peak RSS {} MiB, {}",
+            "{name}: {} inputs ({} a second) in {:.0} s with the build, peak RSS {} MiB, {}",
             runs.map_or_else(|| "?".into(), |r| r.to_string()),
+            final_stat(&text, "average_exec_per_sec").map_or_else(|| "?".into(), |r| r.to_string()),
             started.elapsed().as_secs_f64(),
             final_stat(&text, "peak_rss_mb").map_or_else(|| "?".into(), |r| r.to_string()),
             if status.success() {
