@@ -36,6 +36,8 @@
 pub mod app;
 pub mod daemon;
 pub mod diff;
+#[doc(hidden)]
+pub mod fuzz;
 pub(crate) mod kernel;
 pub mod report;
 pub(crate) mod runtime;

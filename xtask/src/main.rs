@@ -11,10 +11,13 @@
 //! - `bench`: the malloc+free loop untraced and traced, and the daemon's
 //!   drain rate; `bench-redis`, `bench-python`, `bench-all`,
 //!   `bench-growth`, `bench-go`: the workloads their modules describe.
+//! - `fuzz`: the long fuzzing campaign over the parsers of untrusted
+//!   input (cargo-fuzz; the suite replays its corpora briefly).
 //! - `soak`: `bench-all` for a given time, failing unless every exit is
 //!   counted and the daemon's memory stays flat.
 mod bench;
 mod churn;
+mod fuzz;
 mod go_bench;
 mod growth;
 mod python;
@@ -116,6 +119,21 @@ enum Task {
         #[arg(long, default_value_t = 4)]
         growers: usize,
     },
+    /// Fuzz the parsers of untrusted input (ELF, `.eh_frame`, placement,
+    /// diff's importers, serve's routing) with cargo-fuzz on the pinned
+    /// nightly; prints the inputs each target ran.
+    Fuzz {
+        /// One target (`elf`, `eh_frame`, `placement`, `diff_json`,
+        /// `diff_pprof`, `http`); all of them, one after the other, if not given.
+        #[arg(long)]
+        target: Option<String>,
+        /// Inputs per target.
+        #[arg(long, conflicts_with = "seconds", default_value_t = 1_000_000)]
+        runs: u64,
+        /// Seconds per target, instead of a number of inputs.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
     /// Measure the cost per malloc+free pair untraced and traced, and the
     /// daemon's drain rate.
     Bench {
@@ -176,6 +194,15 @@ fn main() -> Result<()> {
             setup::all()?;
             build_release()?;
             redis::run(rounds)
+        }
+        Task::Fuzz {
+            target,
+            runs,
+            seconds,
+        } => {
+            setup::all()?;
+            let budget = seconds.map_or(fuzz::Budget::Runs(runs), fuzz::Budget::Seconds);
+            fuzz::run_campaign(target.as_deref(), budget)
         }
         Task::Bench { pairs, runs } => {
             setup::all()?;

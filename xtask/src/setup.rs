@@ -17,6 +17,8 @@ use crate::{run, workspace_root};
 
 pub(crate) const NIGHTLY: &str = "nightly-2026-07-01";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The fuzzing campaign's driver (`cargo xtask fuzz`), on the nightly above.
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const LLVM_PACKAGES: [&str; 4] = [
     "llvm-22-dev",
@@ -239,6 +241,27 @@ fn bpf_linker() -> Result<()> {
                 "llvm-22",
             ])
             .env("PATH", std::env::join_paths(paths)?),
+    )
+}
+
+/// cargo-fuzz at the pinned version, for `cargo xtask fuzz` only (the
+/// suite's short fuzz run needs nothing): installed unless that version
+/// is there.
+pub(crate) fn cargo_fuzz() -> Result<()> {
+    let version = output_of(Command::new(cargo_bin().join("cargo-fuzz")).arg("--version"))
+        .unwrap_or_default();
+    if version.split_whitespace().nth(1) == Some(CARGO_FUZZ_VERSION) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} (once)");
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]),
     )
 }
 

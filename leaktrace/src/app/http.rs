@@ -25,7 +25,7 @@ pub(super) const MAX_HEAD: usize = 8192;
 /// What a request asks for; `pid` is the process picked (`?pid=N`), None
 /// for all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Page {
+pub(crate) enum Page {
     /// `/`: the HTML page.
     Index { pid: Option<u32> },
     /// `/api/series`: bytes over time, JSON.
@@ -52,7 +52,7 @@ pub(super) enum Page {
 /// separated by single spaces, a method of letters, a target starting
 /// with `/` and an HTTP/1 version, in printable ASCII; anything else is a
 /// [`Page::BadRequest`].
-pub(super) fn route(request_line: &str) -> Page {
+pub(crate) fn route(request_line: &str) -> Page {
     let mut words = request_line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (words.next(), words.next(), words.next(), words.next())

@@ -23,7 +23,7 @@ mod event_loop;
 mod exit_watch;
 mod go_goroutines;
 mod go_heap;
-mod http;
+pub(crate) mod http;
 mod output;
 mod python_frames;
 mod python_objects;

@@ -2,11 +2,12 @@
 //! their function names root to leaf and the allocator.
 use std::{
     collections::{BTreeMap, HashMap},
-    fs,
+    io::Read as _,
     path::Path,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use prost::Message as _;
 use serde::Deserialize;
 
 #[cfg(test)]
@@ -95,17 +96,48 @@ impl Sites {
     }
 }
 
+/// The largest report read, and the largest profile a gzipped one may
+/// unpack to (a few bytes of gzip can unpack to gigabytes): far beyond
+/// any report leaktrace writes (tens of MiB for tens of thousands of
+/// sites).
+const MAX_REPORT_BYTES: u64 = 1 << 30;
+
+/// The most frames all of a pprof profile's samples may add up to: a
+/// sample lists location ids, a location lists lines, and both may repeat,
+/// so a small profile can name a frame billions of times. A report of
+/// 50,000 sites of 64 frames has 3.2 million.
+pub(super) const MAX_PPROF_FRAMES: usize = 8 << 20;
+
 /// Reads a saved report, JSON or gzipped pprof.
 pub(super) fn load(path: &Path) -> Result<Sites> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = crate::target::elf::read_capped(path, MAX_REPORT_BYTES)?;
     parse(&bytes).with_context(|| path.display().to_string())
+}
+
+/// Gunzips a pprof profile of at most [`MAX_REPORT_BYTES`] and decodes it.
+fn decode_pprof(gzipped: &[u8]) -> Result<Profile> {
+    let encoded = gunzip_capped(gzipped, MAX_REPORT_BYTES)?;
+    Profile::decode(encoded.as_slice()).context("not a pprof profile (profile.proto)")
+}
+
+/// Gunzips at most `cap` bytes, failing if there are more.
+pub(super) fn gunzip_capped(gzipped: &[u8], cap: u64) -> Result<Vec<u8>> {
+    let mut unpacked = Vec::new();
+    flate2::read::GzDecoder::new(gzipped)
+        .take(cap.saturating_add(1))
+        .read_to_end(&mut unpacked)
+        .context("not valid gzip data")?;
+    if unpacked.len() as u64 > cap {
+        bail!("the gzipped profile unpacks to more than {cap} bytes");
+    }
+    Ok(unpacked)
 }
 
 /// A saved report's bytes: gzipped pprof if they start with the gzip
 /// magic, else JSON.
 pub(super) fn parse(bytes: &[u8]) -> Result<Sites> {
     if bytes.starts_with(&[0x1f, 0x8b]) {
-        from_pprof(&pprof::decode(bytes)?)
+        from_pprof(&decode_pprof(bytes)?)
     } else {
         from_json(bytes).map_err(|err| {
             anyhow!("neither a leaktrace JSON report nor a gzipped pprof profile (as JSON: {err})")
@@ -184,6 +216,14 @@ fn from_pprof(profile: &Profile) -> Result<Sites> {
         .collect();
     let locations: HashMap<u64, &pprof::Location> =
         profile.location.iter().map(|l| (l.id, l)).collect();
+    // Counted before any name is copied.
+    let mut frames = 0usize;
+    for id in profile.sample.iter().flat_map(|s| &s.location_id) {
+        frames = frames.saturating_add(locations.get(id).map_or(0, |l| l.line.len()));
+        if frames > MAX_PPROF_FRAMES {
+            bail!("the profile's samples have more than {MAX_PPROF_FRAMES} frames in all");
+        }
+    }
     let mut sites = Sites::default();
     for sample in &profile.sample {
         let mut stack = Vec::new();

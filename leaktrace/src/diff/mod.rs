@@ -40,6 +40,19 @@ pub enum DiffFormat {
     Folded,
 }
 
+/// Loads a saved report from untrusted bytes, compares it with nothing and
+/// renders both formats, as `run` would; the number of sites, or None
+/// when the bytes are refused (for the fuzz targets: any panic here is a
+/// bug).
+pub(crate) fn check_untrusted(bytes: &[u8]) -> Option<usize> {
+    let sites = load::parse(bytes).ok()?;
+    let empty = load::Sites::default();
+    let diffs = diff(&empty, &sites);
+    let _: String = render_text("old", "new", &empty, &sites, &diffs);
+    let _: String = render_folded(&diffs);
+    Some(sites.0.len())
+}
+
 /// `leaktrace diff OLD NEW`: prints the diff on stdout.
 pub fn run(old_path: &Path, new_path: &Path, format: DiffFormat) -> Result<i32> {
     let old = load(old_path)?;

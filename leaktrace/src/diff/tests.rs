@@ -1,7 +1,7 @@
 //! The diff end to end on made-up reports, through both importers.
 use super::{
     compare::{SiteDiff, diff},
-    load::{Amount, SiteKey, Sites, load, parse},
+    load::{Amount, SiteKey, Sites, gunzip_capped, load, parse},
     render::{render_folded, render_text},
 };
 use std::path::Path;
@@ -211,4 +211,51 @@ fn python_frames_match_by_function_and_file() {
             (key(&["main", "handle (app/admin.py)"], "calloc"), 0, 0),
         ]
     );
+}
+
+/// A pprof profile whose one sample lists a 5,000-line location 5,000
+/// times names 25 million frames from 30 KiB: refused before any is built
+/// (without the cap, diff copied every frame's name: gigabytes).
+#[test]
+fn a_profile_that_repeats_frames_is_refused() {
+    use prost::Message as _;
+    let mut profile = pprof::profile(&fixtures::report());
+    let location = pprof::Location {
+        id: 999,
+        line: vec![
+            pprof::Line {
+                function_id: profile.function[0].id,
+                ..Default::default()
+            };
+            5000
+        ],
+        ..Default::default()
+    };
+    profile.location.push(location);
+    profile.sample[0].location_id = vec![999; 5000];
+    let gzipped = {
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&profile.encode_to_vec()).unwrap();
+        gz.finish().unwrap()
+    };
+    let err = parse(&gzipped).unwrap_err().to_string();
+    let cap = super::load::MAX_PPROF_FRAMES;
+    assert!(
+        err.contains(&format!("more than {cap} frames in all")),
+        "{err}"
+    );
+}
+
+/// A gzip bomb (here 3 MiB of zeros, a cap of 1 MiB; diff's cap is 1 GiB)
+/// is refused once it has unpacked past the cap, not read whole.
+#[test]
+fn gunzip_stops_at_the_cap() {
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![0u8; 3 << 20]).unwrap();
+    let gzipped = gz.finish().unwrap();
+    let err = gunzip_capped(&gzipped, 1 << 20).unwrap_err().to_string();
+    assert!(err.contains("unpacks to more than 1048576 bytes"), "{err}");
+    assert_eq!(gunzip_capped(&gzipped, 3 << 20).unwrap().len(), 3 << 20);
 }

@@ -6,7 +6,6 @@
 //! kernel (in batches) and republishes the mappings of the processes that
 //! waited, whose stacks fall back to frame pointers (flagged) meanwhile.
 use std::{
-    fs,
     path::{Path, PathBuf},
     sync::mpsc::{Receiver, Sender, channel},
     time::{Duration, Instant},
@@ -14,12 +13,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use leaktrace_common::UnwindRow;
-use object::{Object as _, ObjectSegment as _};
 
 use crate::unwind;
-
-/// Larger files are not read for their tables.
-pub(crate) const MAX_OBJECT_BYTES: u64 = 2 << 30;
 
 /// An object's rows and segments, built and not yet in the kernel.
 pub(crate) struct BuiltObject {
@@ -29,26 +24,15 @@ pub(crate) struct BuiltObject {
     pub build_time: Duration,
 }
 
-/// Reads `path` and compiles its `.eh_frame` into rows.
+/// Reads `path` (at most `target::elf::MAX_OBJECT_BYTES`) and compiles
+/// its `.eh_frame` into rows.
 pub(crate) fn build_object(path: &Path) -> Result<BuiltObject> {
-    let size = fs::metadata(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .len();
-    if size > MAX_OBJECT_BYTES {
-        anyhow::bail!("{size} bytes: larger than the 2 GiB read for unwind tables");
-    }
-    let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let data = crate::target::elf::read_object(path)?;
     let started = Instant::now();
     let table = unwind::build_table(&data)?;
     let build_time = started.elapsed();
-    let file = object::File::parse(&*data)?;
-    let segments = file
-        .segments()
-        .map(|s| {
-            let (offset, size) = s.file_range();
-            (offset, size, s.address())
-        })
-        .collect();
+    let segments = crate::target::elf::loadable_segments(&data)
+        .context("parsing the ELF object's segments")?;
     Ok(BuiltObject {
         table,
         segments,

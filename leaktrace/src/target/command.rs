@@ -2,7 +2,6 @@
 //! its dynamic linker would load (`ld.so --list`, which honours `LD_PRELOAD`
 //! and `LD_LIBRARY_PATH` exactly as the launch will).
 use std::{
-    fs,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -36,7 +35,7 @@ pub(crate) fn resolve_program(program: &Path) -> Result<PathBuf> {
 /// `allocator::choose_objects` (and, in exact object mode, to find the
 /// Python interpreter before the command starts).
 pub(crate) fn command_candidates(program: &Path) -> Result<Vec<Candidate>> {
-    let data = fs::read(program).with_context(|| format!("reading {}", program.display()))?;
+    let data = super::elf::read_object(program)?;
     let interpreter = program_interpreter(&data)
         .with_context(|| format!("{} is not an ELF executable", program.display()))?;
     let display = program.to_string_lossy().into_owned();

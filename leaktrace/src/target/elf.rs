@@ -1,9 +1,12 @@
 //! ELF reading: the traced functions an object defines, at the file
 //! offsets uprobes take, with each entry probe placed on a decoded
 //! instruction; and the dynamic linker a program names.
-use std::path::PathBuf;
+use std::{
+    io::Read as _,
+    path::{Path, PathBuf},
+};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use leaktrace_common::AllocFn;
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
 
@@ -12,6 +15,43 @@ use super::{
     placement::{self, Placement},
     procfs::Mapping,
 };
+
+/// The largest object read (symbols, unwind tables): objects are read
+/// whole into memory, and a traced process may map anything. Debian's
+/// largest libraries (libLLVM, Chromium) are a few hundred MiB; an object
+/// beyond this is skipped with an error, its allocator unprobed and its
+/// frames unwound by frame pointers.
+pub(crate) const MAX_OBJECT_BYTES: u64 = 1 << 30;
+
+/// Reads an object file, at most [`MAX_OBJECT_BYTES`] (the size is
+/// checked before and while reading: a file may grow, and some report
+/// no size).
+pub(crate) fn read_object(path: &Path) -> Result<Vec<u8>> {
+    read_capped(path, MAX_OBJECT_BYTES)
+}
+
+/// Reads a file of at most `cap` bytes, failing on a larger one.
+pub(crate) fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let size = file.metadata().map_or(0, |m| m.len());
+    if size > cap {
+        bail!(
+            "{} is {size} bytes, more than the {cap} leaktrace reads",
+            path.display()
+        );
+    }
+    let mut data = Vec::with_capacity(size as usize);
+    file.take(cap.saturating_add(1))
+        .read_to_end(&mut data)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if data.len() as u64 > cap {
+        bail!(
+            "{} is more than the {cap} bytes leaktrace reads",
+            path.display()
+        );
+    }
+    Ok(data)
+}
 
 /// What an object defines, as far as choosing the allocator goes.
 #[derive(Clone, Debug, Default)]
@@ -156,8 +196,10 @@ fn place_probes(
     addresses: &[u64],
 ) {
     for (function, &address) in functions.iter_mut().zip(addresses) {
-        let start = function.file_offset as usize;
-        let Some(code) = data.get(start..(start + 64).min(data.len())) else {
+        let Ok(start) = usize::try_from(function.file_offset) else {
+            continue;
+        };
+        let Some(code) = data.get(start..start.saturating_add(64).min(data.len())) else {
             continue;
         };
         let mut protected = placement::argument_registers(function.func).to_vec();
@@ -172,7 +214,12 @@ fn place_probes(
     let windows: Vec<(u64, u64)> = functions
         .iter()
         .zip(addresses)
-        .map(|(f, &address)| (address + 1, address + f.placement.offset))
+        .map(|(f, &address)| {
+            (
+                address.saturating_add(1),
+                address.saturating_add(f.placement.offset),
+            )
+        })
         .collect();
     let mut refuse = |address: u64, what: &str| {
         for (function, (low, high)) in functions.iter_mut().zip(&windows) {
@@ -208,11 +255,32 @@ fn place_probes(
     }
 }
 
+/// (file offset, file size, virtual address) of each of the object's
+/// segments, as [`load_bias`] takes them; None when it is not an object.
+pub(crate) fn loadable_segments(data: &[u8]) -> Option<Vec<(u64, u64, u64)>> {
+    let file = object::File::parse(data).ok()?;
+    Some(
+        file.segments()
+            .map(|s| {
+                let (offset, size) = s.file_range();
+                (offset, size, s.address())
+            })
+            .collect(),
+    )
+}
+
+/// The file offset of a virtual address, through the loadable segment
+/// that holds it. Segment numbers come from the file: checked arithmetic
+/// (a segment may claim to reach past the end of the address space, or
+/// to start at a file offset near `u64::MAX`).
 fn virtual_to_file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
     file.segments().find_map(|segment| {
         let (file_start, file_size) = segment.file_range();
-        let start = segment.address();
-        (address >= start && address < start + file_size).then(|| address - start + file_start)
+        let into = address.checked_sub(segment.address())?;
+        if into >= file_size {
+            return None;
+        }
+        file_start.checked_add(into)
     })
 }
 
@@ -427,6 +495,35 @@ mod tests {
             matches!(&refused.reason, placement::PlacementReason::Blocked(why) if why.contains("a symbol starts at")),
             "{refused:?}"
         );
+    }
+
+    /// Found by the elf fuzz target: a loadable segment at file offset
+    /// `u64::MAX` overflowed `address - start + file_start` (a panic in
+    /// debug builds, a wrong offset in release). Its symbols are now
+    /// outside every segment: a one-line error.
+    #[test]
+    fn segment_at_the_last_file_offset_does_not_overflow() {
+        // In a Vec: ELF headers are read in place, 8-byte aligned.
+        let data =
+            include_bytes!("../../tests/fuzz_corpus/elf/crash_segment_end_overflow").to_vec();
+        let err = object_symbols(&data).unwrap_err().to_string();
+        assert!(err.contains("is outside every loadable segment"), "{err}");
+    }
+
+    /// Objects are read whole: a file past the cap is refused, by its
+    /// size or, for a file that reports none (procfs), while reading.
+    #[test]
+    fn reads_stop_at_the_cap() {
+        let path = std::env::temp_dir().join(format!("leaktrace-cap-{}", std::process::id()));
+        fs::write(&path, [7u8; 10]).unwrap();
+        assert_eq!(read_capped(&path, 10).unwrap(), [7u8; 10]);
+        let err = read_capped(&path, 9).unwrap_err().to_string();
+        assert!(err.contains("is 10 bytes, more than the 9"), "{err}");
+        fs::remove_file(&path).unwrap();
+        let maps = Path::new("/proc/self/maps");
+        assert_eq!(fs::metadata(maps).unwrap().len(), 0);
+        let err = read_capped(maps, 16).unwrap_err().to_string();
+        assert!(err.contains("is more than the 16 bytes"), "{err}");
     }
 
     #[test]

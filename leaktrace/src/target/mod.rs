@@ -65,7 +65,7 @@ pub(crate) struct ProbedObject {
 }
 
 fn candidate(path: PathBuf, display_path: String) -> Result<Candidate> {
-    let data = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let data = elf::read_object(&path)?;
     let symbols =
         object_symbols(&data).with_context(|| format!("reading symbols of {display_path}"))?;
     Ok(Candidate {

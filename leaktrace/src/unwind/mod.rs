@@ -153,6 +153,19 @@ pub(crate) fn fde_starts(elf_data: &[u8]) -> Vec<u64> {
     Vec::new()
 }
 
+/// The table of a bare `.eh_frame` section loaded at `address` (no ELF
+/// around it): for the fuzz target, which reaches the CFI parser far more
+/// often this way than through mutated ELF headers.
+pub(crate) fn eh_frame_table(
+    section: &[u8],
+    address: u64,
+) -> anyhow::Result<(Vec<UnwindRow>, TableStats)> {
+    let bases = BaseAddresses::default().set_eh_frame(address);
+    let mut stats = TableStats::default();
+    let fdes = walk(&EhFrame::new(section, LittleEndian), &bases, &mut stats)?;
+    Ok((assemble(fdes, &mut stats), stats))
+}
+
 /// The last row with `row.pc <= pc`: the rule for `pc`. None before the first
 /// row (no FDE covers it); past the last FDE this is its `UNWIND_NONE` row.
 /// For a caller's frame, look up its return address - 1: a call to a
