@@ -98,7 +98,7 @@ pub(super) fn check_listen_address(address: SocketAddr, allow_remote: bool) -> R
 
 /// Where a request head stands after the bytes read so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Head {
+pub(crate) enum Head {
     /// More is needed.
     Incomplete,
     /// The head is whole (its blank line is there) and its request line
@@ -113,7 +113,7 @@ pub(super) enum Head {
 
 /// Scans a request head as read so far (pure: the connection reads until
 /// this says other than [`Head::Incomplete`]).
-pub(super) fn scan_head(head: &[u8]) -> Head {
+pub(crate) fn scan_head(head: &[u8]) -> Head {
     let line_end = head.iter().position(|&b| b == b'\n');
     let line = &head[..line_end.unwrap_or(head.len())];
     // A CR ends the line (before its LF, or as the last byte read yet).
