@@ -306,9 +306,11 @@ fn trace_all_once(
 /// end as it does untraced.
 ///
 /// What happens cycles with `round` (so that a short run sees each, with
-/// each fixture): left alone, killed held at exec, at entry, or twice in
-/// five killed at a random moment within 2.5 s of its start (before the
-/// exec, at the entry stop, while the command runs or as it ends).
+/// each fixture): left alone, killed held at exec, at entry, killed at a
+/// random moment within 2.5 s of its start (mostly before the command's
+/// exec: leaktrace loads its programs first), or within 800 ms of its
+/// saying it traces the command (at the entry stop, while the command
+/// runs or as it ends).
 fn run_once(
     config: &Config,
     round: u64,
@@ -356,7 +358,14 @@ fn run_once(
             return;
         }
     };
-    let paused = watch_stderr(&mut leaktrace, "test pause at");
+    let paused = watch_stderr(
+        &mut leaktrace,
+        if plan == 4 {
+            "leaktrace: tracing pid"
+        } else {
+            "test pause at"
+        },
+    );
     let Some(stdout) = leaktrace.stdout.take() else {
         return;
     };
@@ -383,7 +392,14 @@ fn run_once(
     } else if plan == 0 {
         Some(wait_child(&mut leaktrace, HANG))
     } else {
-        thread::sleep(random.millis(0, 2500));
+        if plan == 4 {
+            // Its line may never come (the command may end first): no wait
+            // longer than the command's own run.
+            let _: Result<String, _> = paused.recv_timeout(Duration::from_secs(20));
+            thread::sleep(random.millis(0, 800));
+        } else {
+            thread::sleep(random.millis(0, 2500));
+        }
         if leaktrace.try_wait().ok().flatten().is_some() {
             Some(wait_child(&mut leaktrace, Duration::ZERO))
         } else {
@@ -478,9 +494,11 @@ pub(crate) fn torture(config: &Config) -> Result<Tally, String> {
     let deadline = Instant::now() + config.duration;
     thread::scope(|scope| {
         scope.spawn(|| {
-            // Plans cycle by 5 and programs by 4: every pair comes in 20.
+            // Plans cycle by 5 and programs by 4: every pair comes in 20,
+            // and the first 8 rounds (run however long they take) give each
+            // program a round it must complete (left alone or held).
             let mut round = 0;
-            while Instant::now() < deadline {
+            while Instant::now() < deadline || round < 8 {
                 let (program, expected) = &programs[round as usize % programs.len()];
                 run_once(config, round, program, expected, &mut run_random, &tally);
                 round += 1;
