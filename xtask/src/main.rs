@@ -23,6 +23,7 @@ mod growth;
 mod python;
 mod redis;
 mod setup;
+mod torture;
 
 use std::{path::PathBuf, process::Command};
 
@@ -134,6 +135,20 @@ enum Task {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// The target is never harmed: C, C++, Python and Go fixtures under
+    /// `trace --all` and `run`, both killed (SIGKILL) at random moments; fails on
+    /// any crash, output unlike the untraced run's, or probe left.
+    Torture {
+        /// How long the torture goes on.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// How long, in seconds (instead of --minutes).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Seed of the random kill moments (default: from the clock).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Measure the cost per malloc+free pair untraced and traced, and the
     /// daemon's drain rate.
     Bench {
@@ -203,6 +218,18 @@ fn main() -> Result<()> {
             setup::all()?;
             let budget = seconds.map_or(fuzz::Budget::Runs(runs), fuzz::Budget::Seconds);
             fuzz::run_campaign(target.as_deref(), budget)
+        }
+        Task::Torture {
+            minutes,
+            seconds,
+            seed,
+        } => {
+            setup::all()?;
+            build_release()?;
+            let duration = seconds.map_or(std::time::Duration::from_mins(minutes), |s| {
+                std::time::Duration::from_secs(s)
+            });
+            torture::run_for(duration, seed)
         }
         Task::Bench { pairs, runs } => {
             setup::all()?;

@@ -233,6 +233,7 @@ pub(super) fn fork_held(path: &CString, argv: &[CString]) -> Result<Forked> {
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
     let (gate_read_fd, error_write_fd) = (gate_read.as_raw_fd(), error_write.as_raw_fd());
+    let gate_write_fd = gate_write.as_raw_fd();
     // SAFETY: the child only calls async-signal-safe functions (read,
     // execv, write, _exit) on memory prepared before the fork.
     let pid = unsafe { libc::fork() };
@@ -245,6 +246,10 @@ pub(super) fn fork_held(path: &CString, argv: &[CString]) -> Result<Forked> {
         // _exit). The parent's ends are close-on-exec.
         unsafe {
             let mut byte = 0u8;
+            // Its own copy of the gate's write end closed first: else,
+            // with leaktrace killed, the read below would wait for ever
+            // (the pipe still has a writer: this very process).
+            libc::close(gate_write_fd);
             // Blocks until the tracer is ready; EOF means it went away.
             if libc::read(gate_read_fd, (&raw mut byte).cast(), 1) != 1 {
                 libc::_exit(127);
