@@ -1,6 +1,8 @@
-//! Writes the seed corpora that come from the unit tests' fixtures and
-//! from this machine's C library (`cargo test -p leaktrace --lib
-//! fuzz::seeds -- --ignored`): the JSON and pprof reports of the report
+//! The seed corpora that come from the unit tests' fixtures and from this
+//! machine's C library, checked at every `cargo test` (the importers of
+//! `diff` take what the renderers write) and written into the source tree
+//! with `LEAKTRACE_WRITE_FUZZ_SEEDS=1 cargo test -p leaktrace --lib
+//! fuzz::seeds`: the JSON and pprof reports of the report
 //! fixtures, and the first bytes of the C library's allocator functions
 //! for the placement target. The ELF seeds are small objects built from
 //! `tests/fuzz_corpus/elf/*.c` (see the README there); the HTTP seeds
@@ -29,8 +31,8 @@ fn with_python_frames() -> Report {
 }
 
 #[test]
-#[ignore = "writes the seed corpora into the source tree"]
-fn write_seeds() {
+fn seeds_are_what_the_importers_take() {
+    let write = std::env::var_os("LEAKTRACE_WRITE_FUZZ_SEEDS").is_some_and(|v| v == "1");
     let reports = [
         ("two_sites", fixtures::report()),
         ("markup", fixtures::report_with_markup()),
@@ -38,16 +40,29 @@ fn write_seeds() {
         ("python_and_no_stack", with_python_frames()),
     ];
     for (name, report) in &reports {
-        fs::write(
-            corpus("diff_json").join(format!("{name}.json")),
-            json::render(report),
-        )
-        .unwrap();
-        fs::write(
-            corpus("diff_pprof").join(format!("{name}.pb")),
-            pprof::profile(report).encode_to_vec(),
-        )
-        .unwrap();
+        let json_seed = json::render(report);
+        let pprof_seed = pprof::profile(report).encode_to_vec();
+        // Both importers take them (a seed the importer refuses would
+        // only exercise its first check).
+        assert!(
+            crate::diff::check_untrusted(json_seed.as_bytes()).is_some(),
+            "{name}.json"
+        );
+        // The seed is the protobuf; `diff` reads it gzipped, as written.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &pprof_seed).unwrap();
+        let gzipped = gz.finish().unwrap();
+        assert!(
+            crate::diff::check_untrusted(&gzipped).is_some(),
+            "{name}.pb"
+        );
+        if write {
+            fs::write(corpus("diff_json").join(format!("{name}.json")), json_seed).unwrap();
+            fs::write(corpus("diff_pprof").join(format!("{name}.pb")), pprof_seed).unwrap();
+        }
+    }
+    if !write {
+        return;
     }
     // `--interval` on stdout: several documents in sequence.
     let two = format!(
