@@ -171,11 +171,19 @@ fn sigint_is_passed_to_the_command() {
     stdout
         .wait_for(STEP, |line| line == "ready")
         .unwrap_or_else(|seen| panic!("the command never got ready: {seen}"));
+    // Once leaktrace says it traces: its event loop (which forwards the
+    // signal) is about to run.
+    stderr
+        .wait_for(STEP, |line| line.starts_with("leaktrace: tracing pid"))
+        .unwrap_or_else(|seen| panic!("leaktrace never said it traced: {seen}"));
     // SAFETY: signalling the leaktrace process this test started.
     unsafe { libc::kill(leaktrace.pid() as i32, libc::SIGINT) };
-    let status = leaktrace
-        .wait_timeout(STEP)
-        .expect("leaktrace ends once its command has");
+    let Some(status) = leaktrace.wait_timeout(STEP) else {
+        panic!(
+            "leaktrace did not end within {STEP:?} of SIGINT; its stderr:\n{}",
+            stderr.text()
+        );
+    };
     let said = stderr.finish(Duration::from_secs(5)).join("\n");
     assert_eq!(status.code(), Some(130), "stderr:\n{said}");
     assert!(said.contains("passing SIGINT to the command"), "{said}");
