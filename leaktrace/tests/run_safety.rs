@@ -16,6 +16,7 @@ mod common;
 
 use std::{
     io::Write as _,
+    os::unix::process::CommandExt as _,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -164,7 +165,18 @@ fn sigint_is_passed_to_the_command() {
     }
     let _serial = serial();
     let dir = TempDir::new("run-safety-sigint");
-    let mut leaktrace = start_run(&dir, &["wait"], |_| {});
+    // SIGINT at its default disposition in leaktrace and so in its
+    // command: a shell's background job starts with it ignored, and a
+    // command that ignores SIGINT rightly keeps running.
+    let mut leaktrace = start_run(&dir, &["wait"], |command| {
+        // SAFETY: only an async-signal-safe call between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            })
+        };
+    });
     let _stdin = leaktrace.take_stdin();
     let stdout = leaktrace.stdout_lines();
     let stderr = leaktrace.stderr_lines();
