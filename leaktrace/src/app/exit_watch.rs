@@ -7,9 +7,9 @@
 //! leaves workers that still hold the leaks being looked for. `run` ends
 //! with its command, as a shell does: children it leaves behind are traced
 //! until then, and their tables are in the report.
-use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::os::fd::OwnedFd;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use crate::target::launch;
@@ -100,16 +100,13 @@ impl ExitWatch {
     }
 }
 
+/// A pidfd for a traced pid, a missing process being the user's error.
 pub(crate) fn pidfd_open(pid: u32) -> Result<OwnedFd> {
-    // SAFETY: plain syscall; the fd returned is ours.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        let err = std::io::Error::last_os_error();
+    launch::pidfd_open(pid).map_err(|err| {
         if err.raw_os_error() == Some(libc::ESRCH) {
-            bail!("no such process: {pid}");
+            anyhow::anyhow!("no such process: {pid}")
+        } else {
+            anyhow::Error::new(err).context("pidfd_open")
         }
-        return Err(err).context("pidfd_open");
-    }
-    // SAFETY: a fresh fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    })
 }
