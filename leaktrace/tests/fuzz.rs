@@ -89,32 +89,34 @@ fn short_run(target: Target) {
     );
 }
 
-#[test]
-fn fuzz_elf() {
-    short_run(Target::Elf);
+/// One test a target, from a table of (test, target): they run in
+/// parallel and a failure names its target; and a target added to
+/// `Target::ALL` without its row here fails `every_target_is_fuzzed`.
+macro_rules! fuzz_tests {
+    ($($test:ident => $target:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                short_run(Target::$target);
+            }
+        )*
+
+        #[test]
+        fn every_target_is_fuzzed() {
+            assert_eq!(
+                &[$(Target::$target),*][..],
+                &Target::ALL[..],
+                "tests/fuzz.rs: one row a target of Target::ALL, in its order"
+            );
+        }
+    };
 }
 
-#[test]
-fn fuzz_eh_frame() {
-    short_run(Target::EhFrame);
-}
-
-#[test]
-fn fuzz_placement() {
-    short_run(Target::Placement);
-}
-
-#[test]
-fn fuzz_diff_json() {
-    short_run(Target::DiffJson);
-}
-
-#[test]
-fn fuzz_diff_pprof() {
-    short_run(Target::DiffPprof);
-}
-
-#[test]
-fn fuzz_http() {
-    short_run(Target::Http);
+fuzz_tests! {
+    fuzz_elf => Elf,
+    fuzz_eh_frame => EhFrame,
+    fuzz_placement => Placement,
+    fuzz_diff_json => DiffJson,
+    fuzz_diff_pprof => DiffPprof,
+    fuzz_http => Http,
 }

@@ -65,6 +65,16 @@ fn word(data: &[u8], at: usize, width: usize) -> u64 {
     })
 }
 
+/// The ELF64 header tables whose entries' fields [`elf_field`] breaks:
+/// (where the header keeps the table's offset, where its entry count, an
+/// entry's size, the offsets in an entry of the fields worth breaking).
+const TABLES: [(usize, usize, usize, [usize; 5]); 2] = [
+    // Section headers: addr/offset/size/link/entsize.
+    (0x28, 0x3c, 64, [0x10, 0x18, 0x20, 0x28, 0x38]),
+    // Program headers: type/offset/vaddr/filesz/memsz.
+    (0x20, 0x38, 56, [0, 0x8, 0x10, 0x20, 0x28]),
+];
+
 /// An offset where an ELF64 header, section header or program header
 /// keeps a field worth breaking; any offset for other inputs.
 fn elf_field(data: &[u8], rng: &mut Rng) -> usize {
@@ -73,27 +83,17 @@ fn elf_field(data: &[u8], rng: &mut Rng) -> usize {
     if !data.starts_with(b"\x7fELF") || data.len() < 64 {
         return rng.below(data.len());
     }
-    match rng.below(3) {
-        0 => HEADER[rng.below(HEADER.len())],
-        1 => {
-            // A section header's addr/offset/size/link/entsize.
-            let table = word(data, 0x28, 8) as usize;
-            let count = word(data, 0x3c, 2) as usize;
-            let field = [0x10, 0x18, 0x20, 0x28, 0x38][rng.below(5)];
-            table
-                .saturating_add(64usize.saturating_mul(rng.below(count.max(1))))
-                .saturating_add(field)
-        }
-        _ => {
-            // A program header's type/offset/vaddr/filesz/memsz.
-            let table = word(data, 0x20, 8) as usize;
-            let count = word(data, 0x38, 2) as usize;
-            let field = [0, 0x8, 0x10, 0x20, 0x28][rng.below(5)];
-            table
-                .saturating_add(56usize.saturating_mul(rng.below(count.max(1))))
-                .saturating_add(field)
-        }
+    let table = rng.below(3);
+    if table == 0 {
+        return HEADER[rng.below(HEADER.len())];
     }
+    let (offset_at, count_at, entry_size, fields) = TABLES[table - 1];
+    let offset = word(data, offset_at, 8) as usize;
+    let count = word(data, count_at, 2) as usize;
+    let field = fields[rng.below(fields.len())];
+    offset
+        .saturating_add(entry_size.saturating_mul(rng.below(count.max(1))))
+        .saturating_add(field)
 }
 
 /// One mutation of `input` (with `others` to splice from), 1 to 8

@@ -2,13 +2,15 @@
 //! that an old or trimmed kernel gets one line naming what it lacks and the
 //! Linux release that brought it, rather than a verifier log or an attach
 //! error halfway through. The list and the message are pure (tested on
-//! made-up probe results); [`probe`] asks this kernel.
+//! made-up probe results); [`probe`] asks this kernel, and
+//! [`check_environment`] asks it at start, with root and tracefs too.
 //!
 //! `LEAKTRACE_TEST_HIDE_FEATURE=NAME[,NAME...]` (test only) makes the
 //! probe report the features named (by [`Feature::name`]) as absent, so a
 //! test shows the refusal on a kernel that has everything.
 use std::path::Path;
 
+use anyhow::{Result, bail};
 use aya::{
     maps::MapType,
     programs::ProgramType,
@@ -181,6 +183,53 @@ fn present(probe: Probe) -> bool {
                     .exists()
             }),
     }
+}
+
+/// Checks that this process may load BPF programs and the kernel has what
+/// they need (see [`probe`]; `growth`: growth mode's tracepoints too).
+pub(crate) fn check_environment(growth: bool) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("leaktrace must run as root (it loads eBPF programs and uprobes): try sudo");
+    }
+    // Tracepoints are looked for in tracefs; probing creates a map, which
+    // kernels before 5.11 charge to the memlock limit.
+    ensure_tracefs();
+    raise_memlock_limit();
+    if let Some(refusal) = refusal(&probe(&required(growth))) {
+        bail!(refusal);
+    }
+    Ok(())
+}
+
+/// The exec tracepoint is found through tracefs, which a minimal system may
+/// not have mounted. Mounting it changes nothing else; a failure surfaces
+/// later as a clear attach error.
+fn ensure_tracefs() {
+    let tracing = Path::new("/sys/kernel/tracing");
+    if tracing.join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return;
+    }
+    // SAFETY: static NUL-terminated strings.
+    unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+}
+
+/// Kernels before 5.11 charge BPF maps to `RLIMIT_MEMLOCK`.
+pub(super) fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer; failure is harmless here.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
 }
 
 #[cfg(test)]

@@ -1,69 +1,27 @@
 //! Where the kernel has put uprobes in a process: the offsets in an
 //! object's text where the process's memory holds int3 but the file does
-//! not.
-//!
-//! A uprobe is installed by writing int3 (0xCC) over the first byte of the
-//! probed instruction, in every process that maps the object and that the
-//! probe is for, and removed by writing the original byte back. aya attaches
-//! through the perf uprobe PMU, so nothing shows up in tracefs'
-//! `uprobe_events`: a process's own memory is where the probes can be seen.
-//! Reading another process's memory through /proc/PID/mem needs root (or
-//! ptrace rights over it).
-
+//! not. The comparison of a process's text with its files (and why memory
+//! is where the probes show) is the torture check's `text_diff.rs`, shared
+//! by path; here its errors are panics.
 use std::{
     collections::BTreeSet,
-    fs::File,
-    os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
 };
+
+// tests/torture.rs has it twice: here and through the torture engine.
+#[allow(clippy::duplicate_mod)]
+#[path = "../../../xtask/src/torture/text_diff.rs"]
+mod text_diff;
+
+use text_diff::{TextMapping, text_mappings};
 
 /// x86's breakpoint instruction, what a uprobe writes.
 pub(crate) const INT3: u8 = 0xcc;
 
-/// One executable mapping of an object in a process.
-#[derive(Clone, Debug)]
-pub(crate) struct TextMapping {
-    pub start: u64,
-    pub end: u64,
-    /// Offset in the file of the byte at `start`.
-    pub file_offset: u64,
-    /// The object's path as the process sees it.
-    pub path: String,
-}
-
-/// The process's executable mappings (r-x) of files, from /proc/PID/maps.
-pub(crate) fn text_mappings(pid: u32) -> Vec<TextMapping> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .unwrap_or_else(|e| panic!("reading /proc/{pid}/maps: {e}"));
-    let mut mappings = Vec::new();
-    for line in maps.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let [range, permissions, offset, _, _, path, ..] = fields[..] else {
-            continue;
-        };
-        if !permissions.starts_with("r-x") || !path.starts_with('/') {
-            continue;
-        }
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let hex = |text: &str| {
-            u64::from_str_radix(text, 16).unwrap_or_else(|_| panic!("maps line {line:?}"))
-        };
-        mappings.push(TextMapping {
-            start: hex(start),
-            end: hex(end),
-            file_offset: hex(offset),
-            path: path.to_string(),
-        });
-    }
-    mappings
-}
-
 /// The path (as the process sees it) of the C library process `pid` maps
 /// executable: `libc.so.6`, or an older `libc-2.NN.so`.
 pub(crate) fn c_library(pid: u32) -> String {
-    let mappings = text_mappings(pid);
+    let mappings: Vec<TextMapping> = text_mappings(pid).unwrap_or_else(|e| panic!("{e}"));
     mappings
         .iter()
         .map(|m| m.path.as_str())
@@ -82,64 +40,19 @@ pub(crate) fn c_library(pid: u32) -> String {
         .to_string()
 }
 
-/// The file a mapping shows: the very file mapped (/`proc/PID/map_files`,
-/// even if its path was replaced since), else the path in the process's
-/// root.
-fn open_mapped(pid: u32, mapping: &TextMapping) -> (File, PathBuf) {
-    let exact = PathBuf::from(format!(
-        "/proc/{pid}/map_files/{:x}-{:x}",
-        mapping.start, mapping.end
-    ));
-    if let Ok(file) = File::open(&exact) {
-        return (file, exact);
-    }
-    let rooted =
-        PathBuf::from(format!("/proc/{pid}/root")).join(mapping.path.trim_start_matches('/'));
-    let file = File::open(&rooted).unwrap_or_else(|e| panic!("opening {}: {e}", rooted.display()));
-    (file, rooted)
-}
-
 /// Every byte of `object`'s executable mappings in process `pid` that
 /// differs from the file: (file offset, byte in memory, byte in the file).
 pub(crate) fn text_differences(pid: u32, object: &str) -> Vec<(u64, u8, u8)> {
-    let mappings: Vec<TextMapping> = text_mappings(pid)
+    let mappings = text_mappings(pid).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        mappings.iter().any(|m| m.path == object),
+        "pid {pid} maps no text of {object}"
+    );
+    text_diff::text_differences(pid, |m| m.path == object, usize::MAX)
+        .unwrap_or_else(|e| panic!("{e}"))
         .into_iter()
-        .filter(|m| m.path == object)
-        .collect();
-    assert!(!mappings.is_empty(), "pid {pid} maps no text of {object}");
-    let memory_path = format!("/proc/{pid}/mem");
-    let memory = File::open(&memory_path).unwrap_or_else(|e| panic!("opening {memory_path}: {e}"));
-    let mut differences = Vec::new();
-    for mapping in &mappings {
-        let length = usize::try_from(mapping.end - mapping.start).expect("mapping size");
-        let mut in_memory = vec![0u8; length];
-        memory
-            .read_exact_at(&mut in_memory, mapping.start)
-            .unwrap_or_else(|e| {
-                panic!(
-                    "reading {memory_path} at {:#x}..{:#x} ({object}): {e}",
-                    mapping.start, mapping.end
-                )
-            });
-        let (file, file_path) = open_mapped(pid, mapping);
-        // The last page of a mapping may run past the end of the file
-        // (memory there reads as zeros): compare what the file has.
-        let mut in_file = vec![0u8; length];
-        let mut read = 0;
-        while read < length {
-            match file.read_at(&mut in_file[read..], mapping.file_offset + read as u64) {
-                Ok(0) => break,
-                Ok(n) => read += n,
-                Err(e) => panic!("reading {}: {e}", file_path.display()),
-            }
-        }
-        for (i, (&m, &f)) in in_memory[..read].iter().zip(&in_file[..read]).enumerate() {
-            if m != f {
-                differences.push((mapping.file_offset + i as u64, m, f));
-            }
-        }
-    }
-    differences
+        .map(|d| (d.file_offset, d.in_memory, d.in_file))
+        .collect()
 }
 
 /// The offsets in `object`'s text (file offsets) where process `pid`'s

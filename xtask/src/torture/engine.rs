@@ -39,6 +39,8 @@
 mod probes;
 #[path = "processes.rs"]
 mod processes;
+#[path = "text_diff.rs"]
+mod text_diff;
 
 use std::{
     collections::BTreeMap,

@@ -149,6 +149,8 @@ pub(super) struct Tracer {
     growth: GrowthTracker,
     /// Growth mode: faults to check for transparent huge pages.
     huge_pages: HugePageCheck,
+    /// Growth mode: where the next paced look for pages given back starts.
+    given_back_resume: given_back::Resume,
     /// Each process's and top site's bytes since attach, bounded, for the
     /// page.
     history: History,
@@ -216,6 +218,7 @@ impl Tracer {
             symbolizer: Symbolizer::default(),
             growth: GrowthTracker::default(),
             huge_pages: HugePageCheck::new(options.growth()),
+            given_back_resume: given_back::Resume::default(),
             history: History::default(),
             page_report: None,
             reports_built: 0,

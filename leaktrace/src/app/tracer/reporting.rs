@@ -157,7 +157,7 @@ impl Tracer {
     /// Samples every site's outstanding bytes for the growth ranking and
     /// the page's history.
     pub(in crate::app) fn record_growth(&mut self) {
-        self.find_given_back();
+        self.find_given_back(given_back::Look::Paced);
         let mut totals = aggregate::outstanding_by_site(
             &self.pipeline.table,
             monotonic_ns(),

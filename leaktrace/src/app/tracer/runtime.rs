@@ -124,7 +124,7 @@ impl Tracer {
             }
         }
         if self.options.growth() {
-            self.find_given_back();
+            self.find_given_back(super::given_back::Look::Complete);
             for (&pid, process) in &mut self.processes {
                 if !process.exited
                     && let (Some(start), Some(now)) =
