@@ -160,4 +160,20 @@ mod tests {
         assert_eq!(malloc, 1, "{objects:?}");
         assert!(matches!(none.found, Found::Nothing), "{:?}", none.found);
     }
+
+    /// A program with no allocator is told Go or not from its section
+    /// headers (the Go toolchain's own `go` is a Go program; this test is
+    /// not).
+    #[test]
+    fn a_go_program_is_told_from_others_by_its_headers() {
+        let go = Path::new("/usr/lib/go-1.19/bin/go");
+        assert!(
+            go.exists(),
+            "prerequisite missing: {} (Debian's golang-1.19-go)",
+            go.display()
+        );
+        assert!(is_go_file(go));
+        let ours = std::fs::read_link("/proc/self/exe").expect("our executable");
+        assert!(!is_go_file(&ours));
+    }
 }
