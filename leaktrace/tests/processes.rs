@@ -389,3 +389,137 @@ fn a_short_soak_counts_every_exit_and_keeps_the_daemon_flat() {
         .expect("trace --all stops on SIGINT");
     assert!(status.success(), "{status:?}\n{}", stderr.text());
 }
+
+/// How long the test hook makes reading the new binary take, in seconds.
+const SLOW_READ_SECONDS: u64 = 10;
+
+/// The bytes `pid` holds at `grow_cache` (the `slow_leak` fixture), with
+/// `main` as its caller, in `report`.
+fn grown_at_grow_cache(report: &Value, pid: u32) -> u64 {
+    sites(report)
+        .iter()
+        .filter(|s| s["pid"].as_u64() == Some(u64::from(pid)))
+        .filter(|s| frame_functions(s).starts_with(&["grow_cache", "main"]))
+        .map(|s| s["bytes"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// The report in `path`, if one is there whole.
+fn try_read_json(path: &Path) -> Option<Value> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// `trace --all --mode allocations`: a new binary whose allocator is not
+/// probed yet (a static `slow_leak`) is read off the event loop. Its read
+/// is made to take 10 s (`LEAKTRACE_TEST_SLOW_OBJECT`): meanwhile interval
+/// reports keep being made, each with more events drained and with
+/// another process's leaking site (a dynamic `slow_leak`, traced through
+/// the C library); once read, the static process's allocator is probed
+/// and its leak is reported at its site. With the read on the event loop,
+/// no report was made during it.
+///
+/// At least two reports in 9 s, not one per interval: every process on
+/// the host is traced, and a report of the compilers running beside the
+/// tests can take seconds to make (sampled, as `--all`'s default, to keep
+/// that down).
+#[test]
+fn trace_all_keeps_draining_while_a_new_binary_is_read() {
+    const TEST: &str = "trace_all_keeps_draining_while_a_new_binary_is_read";
+    if !require_root(TEST) {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("slow-object");
+    let flags = ["-O0", "-g", "-fno-omit-frame-pointer", "-fno-inline"];
+    let slow_leak = compile(&dir, "slow_leak.c", "slow_leak", &flags);
+    let static_flags = [&flags[..], &["-static"]].concat();
+    let static_leak = compile(&dir, "slow_leak.c", "slow_leak_static", &static_flags);
+    let report_path = dir.join("report.json");
+    let mut tracer = Guarded::spawn(
+        "leaktrace trace --all --mode allocations",
+        Command::new(leaktrace_bin())
+            .args(["trace", "--all", "--mode", "allocations"])
+            .args(["--interval", "500ms", "--format", "json", "--output"])
+            .arg(&report_path)
+            .env(
+                "LEAKTRACE_TEST_SLOW_OBJECT",
+                format!("slow_leak_static:{SLOW_READ_SECONDS}"),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let stderr = tracer.stderr_lines();
+    stderr
+        .wait_for(Duration::from_mins(2), |l| {
+            l.starts_with("leaktrace: tracing all processes")
+        })
+        .unwrap_or_else(|e| panic!("leaktrace --all never started tracing: {e}"));
+    let quiet = |path: &Path, name: &str| {
+        Guarded::spawn(
+            name,
+            Command::new(path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null()),
+        )
+    };
+    let grower = quiet(&slow_leak, "slow_leak");
+    wait_for_report(&report_path, Duration::from_secs(30), |r| {
+        grown_at_grow_cache(r, grower.pid()) > 0
+    });
+
+    let new = quiet(&static_leak, "slow_leak_static");
+    stderr
+        .wait_for(Duration::from_mins(1), |l| {
+            l.starts_with("leaktrace: test: reading slow_leak_static")
+        })
+        .unwrap_or_else(|e| panic!("the new binary was never read: {e}"));
+    // While it is read: each report made (one is rewritten whole at each
+    // interval, and says when it was made), after the one already there.
+    let read_started = Instant::now();
+    let before = try_read_json(&report_path).map(|r| r["elapsed_ms"].clone());
+    let mut reports: Vec<(u64, u64, u64)> = Vec::new();
+    while read_started.elapsed() < Duration::from_secs(SLOW_READ_SECONDS - 1) {
+        if let Some(report) = try_read_json(&report_path)
+            && Some(&report["elapsed_ms"]) != before.as_ref()
+        {
+            let made = report["elapsed_ms"].as_u64().expect("elapsed_ms");
+            if reports.last().is_none_or(|&(last, _, _)| last != made) {
+                let events = report["totals"]["events"].as_u64().expect("events");
+                reports.push((made, events, grown_at_grow_cache(&report, grower.pid())));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "(elapsed_ms, events, bytes at grow_cache) of the reports made while it was read: {reports:?}"
+    );
+    assert!(
+        reports.len() >= 2
+            && reports.is_sorted_by(|a, b| a.1 < b.1)
+            && reports.iter().all(|r| r.2 > 0),
+        "the event loop stalled while a new binary was read: (elapsed_ms, events, bytes at grow_cache) of the reports made in those {} s: {reports:?}\n{}",
+        SLOW_READ_SECONDS - 1,
+        stderr.text()
+    );
+
+    let probed = stderr
+        .wait_for(Duration::from_secs(30), |l| {
+            l.starts_with("leaktrace: now also probing") && l.contains("slow_leak_static")
+        })
+        .unwrap_or_else(|e| panic!("the static binary was never probed: {e}"));
+    assert!(
+        read_started.elapsed() >= Duration::from_secs(SLOW_READ_SECONDS - 1),
+        "probed before its read could end: {probed}"
+    );
+    wait_for_report(&report_path, Duration::from_secs(30), |r| {
+        grown_at_grow_cache(r, new.pid()) > 0
+    });
+
+    signal(tracer.pid(), 2); // SIGINT
+    let status = tracer
+        .wait_timeout(Duration::from_mins(5))
+        .expect("trace --all stops on SIGINT");
+    assert!(status.success(), "{status:?}\n{}", stderr.text());
+    drop((grower, new));
+}

@@ -19,6 +19,7 @@ use crate::{
         CodeLocation, GoroutineGrowth, GoroutineReadReport, GoroutineSiteReport, RuntimeReport,
     },
     runtime::go::{
+        detect::has_go_sections,
         go_wrapper,
         goroutine_source::{GoBinary, GoroutineSource, Origin, inspect},
         goroutines::{ProcessGoroutines, is_runtime_internal},
@@ -62,14 +63,10 @@ pub(super) struct GoGoroutines {
     callees: std::sync::Mutex<HashMap<(u32, u64), Option<CodeLocation>>>,
 }
 
-/// Whether the executable at `path` is a Go binary (read whole: only
-/// asked about programs that have no allocator).
+/// Whether the executable at `path` is a Go binary (from its section
+/// headers alone).
 pub(crate) fn is_go_file(path: &Path) -> bool {
-    let fits = fs::metadata(path).is_ok_and(|m| m.len() <= MAX_BINARY);
-    fits && fs::read(path).is_ok_and(|data| {
-        object::File::parse(&*data)
-            .is_ok_and(|file| crate::runtime::go::goroutine_source::is_go(&file))
-    })
+    fs::metadata(path).is_ok_and(|m| m.len() <= MAX_BINARY) && has_go_sections(path)
 }
 
 impl GoGoroutines {
@@ -83,9 +80,12 @@ impl GoGoroutines {
             .binaries
             .entry(identity)
             .or_insert_with(|| {
-                let fits = fs::metadata(&exe).is_ok_and(|m| m.len() <= MAX_BINARY);
-                Arc::new(match fs::read(&exe) {
-                    Ok(data) if fits => inspect(&data),
+                // Headers first: under `--all` every new program is looked
+                // at here, on the event loop, and reading a big one whole
+                // (a debug build of hundreds of MiB) to find it is not Go
+                // stalled draining.
+                Arc::new(match is_go_file(Path::new(&exe)).then(|| fs::read(&exe)) {
+                    Some(Ok(data)) => inspect(&data),
                     _ => GoBinary::NotGo,
                 })
             })

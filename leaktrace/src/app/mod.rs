@@ -12,7 +12,8 @@
 //!   what is probed for each process traced by pid;
 //! - [`exit_watch`]: when the traced processes are gone (pidfds);
 //! - [`run_hooks`]: `run`'s hooks at its command's entry and exit stops;
-//! - [`system_wide`]: `--all`, every process on the host;
+//! - [`system_wide`]: `--all`, every process on the host, and
+//!   [`object_inspector`]: the file work it does off the event loop;
 //! - [`http`]: `serve`'s routes, request heads and responses;
 //! - [`connections`]: `serve`'s connections, their limits and counters;
 //! - [`output`]: report files replaced whole, devices written in place.
@@ -24,6 +25,7 @@ mod exit_watch;
 mod go_goroutines;
 mod go_heap;
 pub(crate) mod http;
+mod object_inspector;
 mod output;
 mod python_frames;
 mod python_objects;

@@ -10,18 +10,22 @@
 //! allocator is probed then: what it allocated before that is not seen
 //! (its frees of those blocks count as releases of blocks from before
 //! tracing).
+//!
+//! The file work (reading a new object's symbols, the placement scan) runs
+//! on a worker thread (`object_inspector`): the loop hands it the pids due
+//! and attaches the uprobes of the objects it answers with.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     fs,
     time::{Duration, Instant},
 };
 
 use anyhow::{Result, bail};
 
-use super::go_goroutines::is_go_file;
+use super::object_inspector::{Answer, Found, Inspector, Job, ObjectReader};
 use crate::{
     kernel::{KernelProbes, Scope, attach},
-    target::{self, ProbedObject, SymbolCache, procfs},
+    target::{ProbedObject, procfs},
 };
 
 /// How long after its exec a process is first inspected: its dynamic
@@ -31,9 +35,13 @@ pub(super) const FIRST_INSPECTION: Duration = Duration::from_millis(30);
 pub(super) const RETRY_INSPECTION: Duration = Duration::from_millis(200);
 pub(super) const INSPECTIONS: u32 = 5;
 
-/// A process that exec'd, waiting to be inspected.
+/// A process that exec'd, waiting to be inspected or for the worker's
+/// answer.
 struct Pending {
     pid: u32,
+    /// Which exec of `pid` this is (an answer about an earlier one only
+    /// probes what it found).
+    generation: u64,
     due: Instant,
     attempts: u32,
 }
@@ -45,17 +53,23 @@ pub(super) struct SystemWide {
     probed: HashSet<(u64, u64)>,
     /// What is probed, in the order it was found.
     pub objects: Vec<ProbedObject>,
+    /// Waiting for their time.
     pending: Vec<Pending>,
-    cache: SymbolCache,
+    /// Sent to the worker, waiting for its answer.
+    in_flight: Vec<Pending>,
+    generations: u64,
+    /// The first pass's reader, until the worker takes it over (boxed:
+    /// only used at start).
+    reader: Option<Box<ObjectReader>>,
+    inspector: Option<Inspector>,
+    /// The worker is gone (it never should be): said once.
+    worker_lost: bool,
     /// `--probe-placement auto`.
     placed: bool,
     /// Allocations mode: probe allocators. In growth mode nothing is
     /// probed (the kernel's tracepoints see every process) and processes
     /// are only tracked.
     probes: bool,
-    /// Executables with no allocator, by file: Go or not (a Go process is
-    /// tracked all the same, for its goroutines).
-    go_files: HashMap<(u64, u64), bool>,
 }
 
 impl SystemWide {
@@ -64,28 +78,22 @@ impl SystemWide {
             probed: HashSet::new(),
             objects: Vec::new(),
             pending: Vec::new(),
-            cache: SymbolCache::default(),
+            in_flight: Vec::new(),
+            generations: 0,
+            reader: Some(Box::default()),
+            inspector: None,
+            worker_lost: false,
             placed,
             probes,
-            go_files: HashMap::new(),
         }
-    }
-
-    /// Whether `pid` runs a Go executable (each file read once).
-    fn runs_go(&mut self, pid: u32) -> bool {
-        let exe = format!("/proc/{pid}/exe");
-        let Some(identity) = procfs::file_identity(std::path::Path::new(&exe)) else {
-            return false;
-        };
-        *self
-            .go_files
-            .entry(identity)
-            .or_insert_with(|| is_go_file(std::path::Path::new(&exe)))
     }
 
     /// Probes the allocator of every process running now. Returns the pids
     /// whose allocator was found (kernel threads, and programs with no
     /// malloc such as Go's, have none).
+    ///
+    /// This first pass reads on the caller's thread: nothing is drained
+    /// yet. The worker then starts with what it read.
     pub(super) fn attach_running(&mut self, kernel: &mut KernelProbes) -> Result<Vec<u32>> {
         if !self.probes {
             // Every user-space process (kernel threads have no executable).
@@ -94,19 +102,23 @@ impl SystemWide {
                 .filter(|pid| fs::read_link(format!("/proc/{pid}/exe")).is_ok())
                 .collect());
         }
+        let mut reader = self.reader.take().unwrap_or_default();
         let mut found = Vec::new();
         for pid in running_pids() {
-            if let Ok(objects) = target::objects_for_pid_cached(pid, &mut self.cache) {
-                self.probe(objects, kernel);
-                found.push(pid);
-            } else if self.runs_go(pid) {
+            match reader.inspect(pid) {
+                Found::Allocators(objects) => {
+                    self.probe(objects, kernel);
+                    found.push(pid);
+                }
                 // No malloc: tracked for its goroutines.
-                found.push(pid);
+                Found::Go => found.push(pid),
+                Found::Nothing => {}
             }
         }
         if self.objects.is_empty() {
             bail!("no process on this host has an allocator leaktrace can probe");
         }
+        self.inspector = Some(Inspector::start(*reader)?);
         Ok(found)
     }
 
@@ -134,59 +146,105 @@ impl SystemWide {
         }
     }
 
-    /// A process exec'd: inspect it soon.
+    /// A process exec'd: inspect it soon (an inspection of its previous
+    /// image, waiting or under way, no longer counts).
     pub(super) fn exec_seen(&mut self, pid: u32) {
         self.pending.retain(|p| p.pid != pid);
+        self.in_flight.retain(|p| p.pid != pid);
+        self.generations += 1;
         self.pending.push(Pending {
             pid,
+            generation: self.generations,
             due: Instant::now() + FIRST_INSPECTION,
             attempts: 0,
         });
     }
 
-    /// Inspects the processes whose time has come, probing allocators not
-    /// probed yet. Returns the pids inspected successfully (their mappings
-    /// are worth reading now) and the objects newly probed.
+    /// Probes the allocators the worker found since the last call, and
+    /// hands it the processes whose time has come. Returns the pids
+    /// inspected successfully (their mappings are worth reading now) and
+    /// the objects newly probed.
     pub(super) fn inspect_due(&mut self, kernel: &mut KernelProbes) -> (Vec<u32>, Vec<String>) {
         let now = Instant::now();
         let known = self.objects.len();
         let mut inspected = Vec::new();
-        let mut retry = Vec::new();
-        for mut pending in std::mem::take(&mut self.pending) {
+        let answers = self
+            .inspector
+            .as_ref()
+            .map(Inspector::answers)
+            .unwrap_or_default();
+        for answer in answers {
+            self.answered(answer, now, kernel, &mut inspected);
+        }
+        let mut waiting = Vec::new();
+        for pending in std::mem::take(&mut self.pending) {
             if pending.due > now {
-                retry.push(pending);
-                continue;
-            }
-            if !procfs::process_exists(pending.pid) {
-                continue;
-            }
-            if !self.probes {
-                inspected.push(pending.pid);
-                continue;
-            }
-            match target::objects_for_pid_cached(pending.pid, &mut self.cache) {
-                Ok(objects) => {
-                    self.probe(objects, kernel);
+                waiting.push(pending);
+            } else if procfs::process_exists(pending.pid) {
+                if self.probes {
+                    self.dispatch(pending);
+                } else {
                     inspected.push(pending.pid);
                 }
-                // A Go program has no malloc: tracked for its goroutines.
-                Err(_) if self.runs_go(pending.pid) => inspected.push(pending.pid),
-                // Its libraries may not be mapped yet; or it has no
-                // allocator at all (then it is given up on).
-                Err(_) if pending.attempts + 1 < INSPECTIONS => {
-                    pending.attempts += 1;
-                    pending.due = now + RETRY_INSPECTION;
-                    retry.push(pending);
-                }
-                Err(_) => {}
             }
         }
-        self.pending = retry;
+        self.pending.append(&mut waiting);
         let added = self.objects[known..]
             .iter()
             .map(|o| o.display_path.clone())
             .collect();
         (inspected, added)
+    }
+
+    /// Hands `pending` to the worker.
+    fn dispatch(&mut self, pending: Pending) {
+        let job = Job {
+            pid: pending.pid,
+            generation: pending.generation,
+        };
+        if self.inspector.as_ref().is_some_and(|i| i.send(job)) {
+            self.in_flight.push(pending);
+        } else if !self.worker_lost {
+            self.worker_lost = true;
+            eprintln!(
+                "leaktrace: warning: the object inspector is gone: allocators of processes started from now on are not probed"
+            );
+        }
+    }
+
+    /// What the worker found in a process.
+    fn answered(
+        &mut self,
+        answer: Answer,
+        now: Instant,
+        kernel: &mut KernelProbes,
+        inspected: &mut Vec<u32>,
+    ) {
+        let current = self
+            .in_flight
+            .iter()
+            .position(|p| p.pid == answer.pid && p.generation == answer.generation)
+            .map(|at| self.in_flight.swap_remove(at));
+        match (answer.found, current) {
+            // Probed even for an image since replaced: some process maps
+            // that allocator, and a file is probed once however found.
+            (Found::Allocators(objects), current) => {
+                self.probe(objects, kernel);
+                if current.is_some() {
+                    inspected.push(answer.pid);
+                }
+            }
+            // A Go program has no malloc: tracked for its goroutines.
+            (Found::Go, Some(_)) => inspected.push(answer.pid),
+            // Its libraries may not be mapped yet; or it has no allocator
+            // at all (then it is given up on).
+            (Found::Nothing, Some(mut pending)) if pending.attempts + 1 < INSPECTIONS => {
+                pending.attempts += 1;
+                pending.due = now + RETRY_INSPECTION;
+                self.pending.push(pending);
+            }
+            (Found::Go | Found::Nothing, _) => {}
+        }
     }
 }
 

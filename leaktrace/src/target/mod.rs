@@ -25,7 +25,11 @@ pub(crate) mod page_map;
 pub(crate) mod placement;
 pub(crate) mod procfs;
 
-use std::{collections::HashMap, fs, path::PathBuf};
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use leaktrace_common::AllocFn;
@@ -65,6 +69,7 @@ pub(crate) struct ProbedObject {
 }
 
 fn candidate(path: PathBuf, display_path: String) -> Result<Candidate> {
+    test_slow_read(&path);
     let data = elf::read_object(&path)?;
     let symbols =
         object_symbols(&data).with_context(|| format!("reading symbols of {display_path}"))?;
@@ -73,6 +78,26 @@ fn candidate(path: PathBuf, display_path: String) -> Result<Candidate> {
         display_path,
         symbols,
     })
+}
+
+/// Test-only: `LEAKTRACE_TEST_SLOW_OBJECT=NAME:SECONDS` makes reading the
+/// symbols of an object whose file is named NAME take SECONDS longer, and
+/// says so, so that `tests/processes.rs` can show the event loop draining
+/// while a big new binary is read under `--all`.
+fn test_slow_read(path: &Path) {
+    let Some(setting) = std::env::var_os("LEAKTRACE_TEST_SLOW_OBJECT") else {
+        return;
+    };
+    let setting = setting.to_string_lossy();
+    let Some((name, seconds)) = setting.rsplit_once(':') else {
+        return;
+    };
+    if path.file_name().is_some_and(|f| *f == *name)
+        && let Ok(seconds) = seconds.parse::<u64>()
+    {
+        eprintln!("leaktrace: test: reading {name} for {seconds} s");
+        std::thread::sleep(std::time::Duration::from_secs(seconds.min(600)));
+    }
 }
 
 /// What objects define, by file (device and inode): `--all` looks for the

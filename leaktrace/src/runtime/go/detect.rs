@@ -71,7 +71,7 @@ fn inspect(path: &Path) -> Option<GoBuild> {
 /// -w`), reading its headers alone: under `--all` every new program on the
 /// host is looked at, and reading each whole (a debug build is hundreds of
 /// MiB) to find it is not Go stalled the event loop.
-fn has_go_sections(path: &Path) -> bool {
+pub(crate) fn has_go_sections(path: &Path) -> bool {
     use object::{Object as _, ObjectSection as _, read::ReadCache};
     let Ok(file) = fs::File::open(path) else {
         return false;
