@@ -11,6 +11,7 @@ mod entry_stop;
 pub(crate) mod features;
 mod growth;
 mod map_batch;
+mod multi_uprobe;
 pub(crate) mod unwind_builder;
 pub(crate) mod unwind_tables;
 
@@ -84,11 +85,15 @@ pub(crate) struct KernelOptions {
     pub follow_children: Option<(u32, u32)>,
 }
 
-/// One uprobe attached, to detach it when its process is gone.
-pub(crate) struct ProbeLink {
-    /// The program it runs.
-    program: &'static str,
-    id: UProbeLinkId,
+/// Uprobes attached together, to detach them when their process is gone.
+pub(crate) enum ProbeLink {
+    /// One perf-event uprobe, owned by the program it runs.
+    Perf {
+        program: &'static str,
+        id: UProbeLinkId,
+    },
+    /// A multi link (see `multi_uprobe`), by its key in `multi_links`.
+    Multi(u64),
 }
 
 /// What growth mode's tracepoints need.
@@ -113,6 +118,12 @@ pub(crate) struct KernelProbes {
     /// Uprobes attached and not detached.
     pub attached: usize,
     detacher: Detacher,
+    /// The uprobe programs loaded for multi links; empty where the kernel
+    /// has none (perf links then).
+    multi: Vec<multi_uprobe::MultiProgram>,
+    /// Multi links attached, and how many probes each holds.
+    multi_links: std::collections::HashMap<u64, (std::os::fd::OwnedFd, usize)>,
+    next_multi_link: u64,
 }
 
 /// The program a probe runs (`--empty-programs`: the do-nothing ones).
@@ -232,6 +243,7 @@ impl KernelProbes {
             task_start_time_offset,
             sample_seed,
         };
+        let object: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
         let mut ebpf = EbpfLoader::new()
             // Before verification: the verifier treats the settings as
             // constants and skips the code they turn off.
@@ -246,10 +258,7 @@ impl KernelProbes {
                     1
                 },
             )
-            .load(aya::include_bytes_aligned!(concat!(
-                env!("OUT_DIR"),
-                "/leaktrace"
-            )))
+            .load(object)
             .context("loading the eBPF programs")?;
         let programs = [
             Program::AllocEntry,
@@ -271,6 +280,9 @@ impl KernelProbes {
                 .with_context(|| format!("loading program {name}"))?;
             loaded.push(name);
         }
+        // Before any map is taken out of `ebpf`. Without them (a kernel
+        // before 6.6), perf links.
+        let multi = multi_uprobe::load(object, &ebpf, &loaded).unwrap_or_default();
         if options.sample_mean != 0 {
             let mut gaps: Array<_, u32> = Array::try_from(
                 ebpf.map_mut("EXPONENTIALS")
@@ -336,6 +348,9 @@ impl KernelProbes {
                 armed: false,
                 attached: 0,
                 detacher: Detacher::start(),
+                multi,
+                multi_links: std::collections::HashMap::new(),
+                next_multi_link: 0,
             },
             events,
             unwind_tables,
@@ -369,56 +384,106 @@ impl KernelProbes {
         scope: Scope,
         links: &mut Vec<ProbeLink>,
     ) -> Result<()> {
-        let scope = match scope {
-            Scope::Process(pid) => {
-                UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0 cannot be traced")?)
-            }
-            Scope::AllProcesses => UProbeScope::AllProcesses,
+        let (uprobe_scope, pid) = match scope {
+            Scope::Process(pid) => (
+                UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0 cannot be traced")?),
+                pid,
+            ),
+            Scope::AllProcesses => (UProbeScope::AllProcesses, 0),
         };
-        for attachment in plan {
-            let program = program_name(self.empty_programs, attachment.program);
-            let uprobe: &mut UProbe = self
-                .ebpf
-                .program_mut(program)
-                .expect("loaded by KernelProbes::load")
-                .try_into()?;
-            let id = uprobe
-                .attach(
-                    UProbeAttachPoint {
-                        location: UProbeAttachLocation::AbsoluteOffset(attachment.file_offset),
-                        cookie: Some(attachment.cookie()),
-                    },
-                    &attachment.object,
-                    scope,
-                )
-                .with_context(|| {
-                    format!(
-                        "attaching {} to {} in {} (offset {:#x})",
-                        attachment.program.name(),
-                        attachment.func.symbol(),
-                        attachment.object.display(),
-                        attachment.file_offset
-                    )
-                })?;
-            links.push(ProbeLink { program, id });
-            self.attached += 1;
+        // One multi link per run of the plan with the same program and
+        // object (the plan's order between runs is kept); a run the
+        // kernel refuses as one link is attached probe by probe, which
+        // names the probe at fault.
+        let mut rest = plan;
+        while let Some(first) = rest.first() {
+            let run = rest
+                .iter()
+                .take_while(|a| a.program == first.program && a.object == first.object)
+                .count();
+            let (group, after) = rest.split_at(run);
+            rest = after;
+            if let Some(link) = self.attach_multi(group, pid) {
+                links.push(link);
+                continue;
+            }
+            for attachment in group {
+                links.push(self.attach_perf(attachment, uprobe_scope)?);
+            }
         }
         Ok(())
+    }
+
+    /// `group` (one program in one object) as one multi link; None where
+    /// there are no multi programs or the kernel refuses the link.
+    fn attach_multi(&mut self, group: &[Attachment], pid: u32) -> Option<ProbeLink> {
+        let first = group.first()?;
+        let name = program_name(self.empty_programs, first.program);
+        let program = self.multi.iter().find(|p| p.name == name)?;
+        let offsets: Vec<u64> = group.iter().map(|a| a.file_offset).collect();
+        let cookies: Vec<u64> = group.iter().map(Attachment::cookie).collect();
+        let returns = first.program == Program::AllocReturn;
+        let fd =
+            multi_uprobe::attach(program, &first.object, &offsets, &cookies, returns, pid).ok()?;
+        let key = self.next_multi_link;
+        self.next_multi_link += 1;
+        self.multi_links.insert(key, (fd, group.len()));
+        self.attached += group.len();
+        Some(ProbeLink::Multi(key))
+    }
+
+    fn attach_perf(&mut self, attachment: &Attachment, scope: UProbeScope) -> Result<ProbeLink> {
+        let program = program_name(self.empty_programs, attachment.program);
+        let uprobe: &mut UProbe = self
+            .ebpf
+            .program_mut(program)
+            .expect("loaded by KernelProbes::load")
+            .try_into()?;
+        let id = uprobe
+            .attach(
+                UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(attachment.file_offset),
+                    cookie: Some(attachment.cookie()),
+                },
+                &attachment.object,
+                scope,
+            )
+            .with_context(|| {
+                format!(
+                    "attaching {} to {} in {} (offset {:#x})",
+                    attachment.program.name(),
+                    attachment.func.symbol(),
+                    attachment.object.display(),
+                    attachment.file_offset
+                )
+            })?;
+        self.attached += 1;
+        Ok(ProbeLink::Perf { program, id })
     }
 
     /// Detaches probes (their process exited, or a plan failed half-way),
     /// in the background (see `Detacher`).
     pub(crate) fn detach(&mut self, links: Vec<ProbeLink>) {
-        for ProbeLink { program, id } in links {
-            let uprobe: Result<&mut UProbe, _> = self
-                .ebpf
-                .program_mut(program)
-                .expect("loaded by KernelProbes::load")
-                .try_into();
-            // A link already let go of needs nothing more.
-            if let Ok(link) = uprobe.and_then(|uprobe| uprobe.take_link(id)) {
-                self.detacher.close(link);
-                self.attached -= 1;
+        for link in links {
+            match link {
+                ProbeLink::Perf { program, id } => {
+                    let uprobe: Result<&mut UProbe, _> = self
+                        .ebpf
+                        .program_mut(program)
+                        .expect("loaded by KernelProbes::load")
+                        .try_into();
+                    // A link already let go of needs nothing more.
+                    if let Ok(link) = uprobe.and_then(|uprobe| uprobe.take_link(id)) {
+                        self.detacher.close(Doomed::Perf(link));
+                        self.attached -= 1;
+                    }
+                }
+                ProbeLink::Multi(key) => {
+                    if let Some((fd, probes)) = self.multi_links.remove(&key) {
+                        self.detacher.close(Doomed::Multi(fd));
+                        self.attached -= probes;
+                    }
+                }
             }
         }
     }
@@ -538,14 +603,14 @@ impl KernelProbes {
 /// probes are being attached (a child just forked waits for one close at
 /// most, not for a queue of them).
 struct Detacher {
-    queue: std::sync::mpsc::Sender<UProbeLink>,
+    queue: std::sync::mpsc::Sender<Doomed>,
     /// Attach calls under way.
     attaching: Arc<AtomicUsize>,
 }
 
 impl Detacher {
     fn start() -> Detacher {
-        let (queue, links) = std::sync::mpsc::channel::<UProbeLink>();
+        let (queue, links) = std::sync::mpsc::channel::<Doomed>();
         let attaching = Arc::new(AtomicUsize::new(0));
         let busy = attaching.clone();
         // Without the thread, the receiver is dropped with the closure and
@@ -564,10 +629,26 @@ impl Detacher {
     }
 
     /// Closes `link` soon.
-    fn close(&self, link: UProbeLink) {
+    fn close(&self, link: Doomed) {
         if let Err(std::sync::mpsc::SendError(link)) = self.queue.send(link) {
             drop(link);
         }
+    }
+}
+
+/// A link for the detaching thread to close (dropping it closes it).
+#[expect(dead_code, reason = "held only to be dropped")]
+enum Doomed {
+    Perf(UProbeLink),
+    Multi(std::os::fd::OwnedFd),
+}
+
+impl Drop for KernelProbes {
+    /// Closes the multi links all at once (see `multi_uprobe`); aya then
+    /// closes the perf links, if any, one by one.
+    fn drop(&mut self) {
+        let links = self.multi_links.drain().map(|(_, (fd, _))| fd).collect();
+        multi_uprobe::close_all(links);
     }
 }
 
