@@ -64,10 +64,10 @@ pub(crate) fn load(data: &[u8], ebpf: &Ebpf, names: &[&'static str]) -> Result<V
 }
 
 /// Program `name` of the object `data`, relocated and linked with the
-/// functions it calls. One object per program: `relocate_calls` links
-/// every program in turn and stores each result in place of its function,
-/// so a program linked after another that calls it would get the callee's
-/// info records twice (the verifier refuses them).
+/// functions it calls. One object per program, holding that program only:
+/// `relocate_calls` stores each linked program in place of its function,
+/// so with several, what one is linked from would depend on the order the
+/// others came in.
 fn linked(
     data: &[u8],
     name: &str,
@@ -189,6 +189,9 @@ fn load_program(
         load.insns = instructions.as_ptr() as u64;
         load.license = license.as_ptr() as u64;
         load.prog_btf_fd = btf.as_raw_fd() as u32;
+        // The records' counts are the vectors' lengths: `num_info` counts
+        // those of the whole section the program came from (the verifier
+        // refuses the extra ones as records out of order).
         if function.func_info_rec_size > 0 {
             load.func_info = func_info.as_ptr() as u64;
             load.func_info_cnt = function.func_info.func_info.len() as u32;
