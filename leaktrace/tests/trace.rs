@@ -442,8 +442,12 @@ fn sigint_removes_every_probe_held_in_multi_links() {
     }
     let _serial = serial();
     let dir = TempDir::new("sigint-probes");
-    let (mut spinner, _counts) = start_spin(&dir);
+    let (mut spinner, counts) = start_spin(&dir);
     let spin_pid = spinner.pid();
+    // Its first count: it runs, its C library mapped.
+    counts
+        .next(Duration::from_secs(10))
+        .expect("spin prints its counts");
     let libc = probed::c_library(spin_pid);
     probed::assert_no_int3_before_tracing(spin_pid, &libc);
     let (mut tracer, stderr) = start_tracing(
