@@ -16,8 +16,8 @@ use std::{
 
 use common::{
     EXPECTED_LEAKS, Guarded, Holder, Server, TempDir, build_leaky, bytes_by_fixture_function,
-    compile, describe_sites, frame_functions, get, leaktrace_bin, process_sample, read_json,
-    require_root, serial, sites, start_serve, start_tracing, wait_for_report,
+    compile, describe_sites, frame_functions, get, process_sample, read_json, require_root, serial,
+    sites, start_serve, start_tracing, start_tracing_with, wait_for_report,
 };
 use serde_json::Value;
 
@@ -52,12 +52,6 @@ fn assert_exact_leaks_of(report: &Value, pid: u32) {
             );
         }
     }
-}
-
-fn has_sites_of(report: &Value, pid: u32) -> bool {
-    sites(report)
-        .iter()
-        .any(|s| s["pid"].as_u64() == Some(u64::from(pid)))
 }
 
 fn signal(pid: u32, signal: i32) {
@@ -167,12 +161,100 @@ fn serve_traces_several_pids_and_stops_when_all_exited() {
     }
 }
 
+/// How long `--all` reports may take to show what a test waits for.
+const REPORT_WAIT: Duration = Duration::from_mins(2);
+
+/// What the `--all` test reads of a report: its sites (only those of the
+/// pids it asks for are kept), pids, exit count and ring-buffer losses.
+/// Streamed, never built as a tree: this test process is traced too, and
+/// parsing a whole host's report (gigabytes with `--sample-bytes 0` while
+/// builds run beside it) at each poll allocated millions of blocks, which
+/// leaktrace then recorded, growing the report it parsed.
+#[derive(serde::Deserialize)]
+struct Slim {
+    sites: Vec<SlimSite>,
+    pids: Vec<u32>,
+    totals: ExitTotals,
+    losses: SlimLosses,
+    all_processes: bool,
+    #[serde(rename = "final")]
+    is_final: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct SlimSite {
+    pid: Option<u32>,
+    bytes: Option<serde_json::Number>,
+    count: Option<serde_json::Number>,
+    #[serde(default)]
+    frames: Vec<SlimFrame>,
+}
+
+#[derive(serde::Deserialize)]
+struct SlimFrame {
+    function: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct SlimLosses {
+    ring_buffer_full: u64,
+}
+
+impl Slim {
+    fn read(path: &Path) -> Option<Slim> {
+        let file = std::fs::File::open(path).ok()?;
+        serde_json::from_reader(std::io::BufReader::new(file)).ok()
+    }
+
+    /// The sites of `pids` as a report the table helpers read.
+    fn report_of(&self, pids: &[u32]) -> Value {
+        let sites: Vec<Value> = self
+            .sites
+            .iter()
+            .filter(|s| s.pid.is_some_and(|pid| pids.contains(&pid)))
+            .map(|s| {
+                let frames: Vec<Value> = s
+                    .frames
+                    .iter()
+                    .map(|f| serde_json::json!({ "function": f.function }))
+                    .collect();
+                serde_json::json!({ "pid": s.pid, "bytes": s.bytes, "count": s.count, "frames": frames })
+            })
+            .collect();
+        serde_json::json!({ "sites": sites })
+    }
+}
+
+/// Polls the report until `ready` holds of it; None after `timeout`.
+fn poll_slim(path: &Path, timeout: Duration, ready: impl Fn(&Slim) -> bool) -> Option<Slim> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(slim) = Slim::read(path)
+            && ready(&slim)
+        {
+            return Some(slim);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// `trace --all`, started before the fixtures: both are traced from their
 /// first call although they did not exist at attach; each has exactly the
 /// table's leaks; a process that exits is dropped (its sites leave the
 /// report, `exited_processes` counts it) while the other stays.
+///
+/// With `--sample-bytes 0` every allocation on the host is a record: builds
+/// running beside the test can fill the ring buffer, and a fixture whose
+/// records were dropped cannot show exact leaks. Those rounds are not
+/// failures of leaktrace (the report counts the loss): a new pair of
+/// fixtures is started, up to `ATTEMPTS` times. A round that loses nothing
+/// and still is not exact fails at once.
 #[test]
 fn trace_all_follows_processes_started_later_and_drops_them_at_exit() {
+    const ATTEMPTS: usize = 4;
     if !require_root("trace_all_follows_processes_started_later_and_drops_them_at_exit") {
         return;
     }
@@ -180,72 +262,86 @@ fn trace_all_follows_processes_started_later_and_drops_them_at_exit() {
     let dir = TempDir::new("trace-all");
     let leaky = build_leaky(&dir);
     let report_path = dir.join("report.json");
-    let mut tracer = Guarded::spawn(
-        "leaktrace trace --all",
-        Command::new(leaktrace_bin())
-            .args([
-                "trace",
-                "--all",
-                "--sample-bytes",
-                "0",
-                "--interval",
-                "500ms",
-            ])
-            .args(["--format", "json", "--output"])
-            .arg(&report_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
+    let (mut tracer, stderr) = start_tracing(
+        &[
+            "trace",
+            "--all",
+            "--sample-bytes",
+            "0",
+            "--interval",
+            "500ms",
+        ],
+        &report_path,
     );
-    let stderr = tracer.stderr_lines();
-    stderr
-        .wait_for(Duration::from_mins(2), |l| {
-            l.starts_with("leaktrace: tracing all processes")
-        })
-        .unwrap_or_else(|e| panic!("leaktrace --all never started tracing: {e}"));
-
-    let mut staying = Holder::start(&leaky);
-    let mut leaving = Holder::start(&leaky);
+    let exact = |slim: &Slim, pid: u32| {
+        bytes_by_fixture_function(&slim.report_of(&[pid]), Some(pid)) == expected()
+    };
+    let mut rounds = Vec::new();
+    let (mut staying, mut leaving, both) = loop {
+        let lost_before = poll_slim(&report_path, REPORT_WAIT, |_| true)
+            .map_or(0, |slim| slim.losses.ring_buffer_full);
+        let mut staying = Holder::start(&leaky);
+        let mut leaving = Holder::start(&leaky);
+        let (stays, leaves) = (staying.pid(), leaving.pid());
+        staying.leak();
+        leaving.leak();
+        if let Some(both) = poll_slim(&report_path, REPORT_WAIT, |slim| {
+            exact(slim, stays) && exact(slim, leaves)
+        }) {
+            break (staying, leaving, both);
+        }
+        let last = Slim::read(&report_path).expect("a report");
+        let lost = last.losses.ring_buffer_full.saturating_sub(lost_before);
+        let report = last.report_of(&[stays, leaves]);
+        assert!(
+            lost > 0,
+            "no exact leaks for pids {stays} and {leaves} within {REPORT_WAIT:?}, and no record was lost:\n{}",
+            describe_sites(&report)
+        );
+        rounds.push(lost);
+        eprintln!(
+            "round {}: {lost} records lost to a full ring buffer (other processes' allocations): again with new fixtures",
+            rounds.len()
+        );
+        assert!(
+            rounds.len() < ATTEMPTS,
+            "records were lost in each of {ATTEMPTS} rounds ({rounds:?}): the host allocates faster than trace --all --sample-bytes 0 can record"
+        );
+        staying.finish();
+        leaving.finish();
+    };
     let (stays, leaves) = (staying.pid(), leaving.pid());
-    staying.leak();
-    leaving.leak();
-    let both = wait_for_report(&report_path, Duration::from_secs(20), |r| {
-        bytes_by_fixture_function(r, Some(stays)) == expected()
-            && bytes_by_fixture_function(r, Some(leaves)) == expected()
-    });
-    assert_eq!(both["all_processes"], true);
-    assert_exact_leaks_of(&both, stays);
-    assert_exact_leaks_of(&both, leaves);
-    let exited_before = both["totals"]["exited_processes"].as_u64().unwrap();
+    assert!(both.all_processes);
+    assert_exact_leaks_of(&both.report_of(&[stays]), stays);
+    assert_exact_leaks_of(&both.report_of(&[leaves]), leaves);
+    let exited_before = both.totals.exited_processes;
 
     leaving.finish();
-    let after = wait_for_report(&report_path, Duration::from_secs(20), |r| {
-        !has_sites_of(r, leaves)
-    });
-    assert_exact_leaks_of(&after, stays);
-    assert!(
-        !after["pids"]
-            .as_array()
-            .unwrap()
-            .contains(&Value::from(leaves)),
-        "pid {leaves} exited but is still listed: {}",
-        after["pids"]
-    );
-    assert!(after["totals"]["exited_processes"].as_u64().unwrap() > exited_before);
+    let after = poll_slim(&report_path, REPORT_WAIT, |slim| {
+        slim.sites.iter().all(|s| s.pid != Some(leaves)) && !slim.pids.contains(&leaves)
+    })
+    .unwrap_or_else(|| panic!("pid {leaves} exited but is still in the report"));
+    assert_exact_leaks_of(&after.report_of(&[stays]), stays);
+    assert!(after.totals.exited_processes > exited_before);
 
     signal(tracer.pid(), 2); // SIGINT
     // Generous: the debug build's final drain and report of every process
-    // on the host, then the kernel removing each probe one at a time, took
-    // 5-8 s on a quiet machine and over 30 s in a full test run (why it
-    // grew since the last release is an open question of the reliability
-    // issue).
+    // on the host. The probes' removal no longer adds seconds (multi links,
+    // see kernel/multi_uprobe.rs), but the final report's symbolization
+    // still grows with the host's load.
     let status = tracer
         .wait_timeout(Duration::from_mins(5))
-        .expect("trace --all stops on SIGINT");
+        .unwrap_or_else(|| {
+            panic!(
+                "trace --all did not stop within 5 min of SIGINT (its last report: {} bytes):\n{}",
+                std::fs::metadata(&report_path).map_or(0, |m| m.len()),
+                stderr.text()
+            )
+        });
     assert!(status.success(), "{status:?}\n{}", stderr.text());
-    let last = read_json(&report_path);
-    assert_eq!(last["final"], true);
-    assert_exact_leaks_of(&last, stays);
+    let last = Slim::read(&report_path).expect("the final report");
+    assert!(last.is_final);
+    assert_exact_leaks_of(&last.report_of(&[stays]), stays);
     staying.finish();
 }
 
@@ -435,26 +531,19 @@ fn trace_all_keeps_draining_while_a_new_binary_is_read() {
     let static_flags = [&flags[..], &["-static"]].concat();
     let static_leak = compile(&dir, "slow_leak.c", "slow_leak_static", &static_flags);
     let report_path = dir.join("report.json");
-    let mut tracer = Guarded::spawn(
-        "leaktrace trace --all --mode allocations",
-        Command::new(leaktrace_bin())
-            .args(["trace", "--all", "--mode", "allocations"])
-            .args(["--interval", "500ms", "--format", "json", "--output"])
-            .arg(&report_path)
-            .env(
-                "LEAKTRACE_TEST_SLOW_OBJECT",
-                format!("slow_leak_static:{SLOW_READ_SECONDS}"),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
+    let slow = format!("slow_leak_static:{SLOW_READ_SECONDS}");
+    let (mut tracer, stderr) = start_tracing_with(
+        &[
+            "trace",
+            "--all",
+            "--mode",
+            "allocations",
+            "--interval",
+            "500ms",
+        ],
+        &report_path,
+        &[("LEAKTRACE_TEST_SLOW_OBJECT", &slow)],
     );
-    let stderr = tracer.stderr_lines();
-    stderr
-        .wait_for(Duration::from_mins(2), |l| {
-            l.starts_with("leaktrace: tracing all processes")
-        })
-        .unwrap_or_else(|e| panic!("leaktrace --all never started tracing: {e}"));
     let quiet = |path: &Path, name: &str| {
         Guarded::spawn(
             name,

@@ -12,7 +12,7 @@ use leaktrace_common::{STACK_MODE_DWARF, STACK_MODE_FP, Settings};
 
 use super::{
     Detacher, KernelOptions, KernelProbes, MapData, attach::Program, btf, features, growth,
-    program_name, sample_gaps, unwind_tables::UnwindTables,
+    multi_uprobe, program_name, sample_gaps, unwind_tables::UnwindTables,
 };
 
 impl KernelProbes {
@@ -54,6 +54,7 @@ impl KernelProbes {
             task_start_time_offset,
             sample_seed,
         };
+        let object: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
         let mut ebpf = EbpfLoader::new()
             // Before verification: the verifier treats the settings as
             // constants and skips the code they turn off.
@@ -68,10 +69,7 @@ impl KernelProbes {
                     1
                 },
             )
-            .load(aya::include_bytes_aligned!(concat!(
-                env!("OUT_DIR"),
-                "/leaktrace"
-            )))
+            .load(object)
             .context("loading the eBPF programs")?;
         let programs = [
             Program::AllocEntry,
@@ -93,6 +91,9 @@ impl KernelProbes {
                 .with_context(|| format!("loading program {name}"))?;
             loaded.push(name);
         }
+        // Before any map is taken out of `ebpf`. Without them (a kernel
+        // before 6.6), perf links.
+        let multi = multi_uprobe::load(object, &ebpf, &loaded).unwrap_or_default();
         if options.sample_mean != 0 {
             let mut gaps: Array<_, u32> = Array::try_from(
                 ebpf.map_mut("EXPONENTIALS")
@@ -158,6 +159,9 @@ impl KernelProbes {
                 armed: false,
                 attached: 0,
                 detacher: Detacher::start(),
+                multi,
+                multi_links: std::collections::HashMap::new(),
+                next_multi_link: 0,
             },
             events,
             unwind_tables,

@@ -2,9 +2,11 @@
 //! (to chosen processes, or to every process mapping an object), and hands
 //! out the ring buffer and the loss counters.
 //!
-//! Every probe is an fd-based perf link: when leaktrace exits, however it
-//! exits (SIGKILL included), the kernel closes the fds and removes the
-//! probes, so the traced process never keeps paying for a dead tracer.
+//! Every probe is held by an fd (a multi link per program and object, or a
+//! perf link where the kernel has none, see `probe_links`): when leaktrace
+//! exits, however it exits (SIGKILL included), the kernel closes the fds
+//! and removes the probes, so the traced process never keeps paying for a
+//! dead tracer.
 pub(crate) mod attach;
 pub(crate) mod btf;
 mod entry_stop;
@@ -12,31 +14,27 @@ pub(crate) mod features;
 mod growth;
 mod load;
 mod map_batch;
+mod multi_uprobe;
+mod probe_links;
 mod sample_gaps;
 pub(crate) mod unwind_builder;
 pub(crate) mod unwind_tables;
 
-use std::{
-    num::NonZeroU32,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-};
+use std::sync::atomic::Ordering;
 
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{
-        UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
-    },
 };
 use leaktrace_common::{LOSS_COUNTERS, LossCounter, PythonProcess, SampledKey};
 
-use self::attach::{Attachment, Program};
 pub(crate) use self::features::check_environment;
+pub(crate) use self::probe_links::ProbeLink;
+use self::{
+    attach::{Attachment, Program},
+    probe_links::Detacher,
+};
 
 /// Counts of what the kernel side had to drop, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -80,13 +78,6 @@ pub(crate) struct KernelOptions {
     pub follow_children: Option<(u32, u32)>,
 }
 
-/// One uprobe attached, to detach it when its process is gone.
-pub(crate) struct ProbeLink {
-    /// The program it runs.
-    program: &'static str,
-    id: UProbeLinkId,
-}
-
 /// What growth mode's tracepoints need.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct GrowthOptions {
@@ -109,6 +100,12 @@ pub(crate) struct KernelProbes {
     /// Uprobes attached and not detached.
     pub attached: usize,
     detacher: Detacher,
+    /// The uprobe programs loaded for multi links; empty where the kernel
+    /// has none (perf links then).
+    multi: Vec<multi_uprobe::MultiProgram>,
+    /// Multi links attached, and how many probes each holds.
+    multi_links: std::collections::HashMap<u64, (std::os::fd::OwnedFd, usize)>,
+    next_multi_link: u64,
 }
 
 /// The program a probe runs (`--empty-programs`: the do-nothing ones).
@@ -149,66 +146,6 @@ impl KernelProbes {
         }
         self.set_armed(was_armed)?;
         attached.map(|()| links)
-    }
-
-    fn attach_each(
-        &mut self,
-        plan: &[Attachment],
-        scope: Scope,
-        links: &mut Vec<ProbeLink>,
-    ) -> Result<()> {
-        let scope = match scope {
-            Scope::Process(pid) => {
-                UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0 cannot be traced")?)
-            }
-            Scope::AllProcesses => UProbeScope::AllProcesses,
-        };
-        for attachment in plan {
-            let program = program_name(self.empty_programs, attachment.program);
-            let uprobe: &mut UProbe = self
-                .ebpf
-                .program_mut(program)
-                .expect("loaded by KernelProbes::load")
-                .try_into()?;
-            let id = uprobe
-                .attach(
-                    UProbeAttachPoint {
-                        location: UProbeAttachLocation::AbsoluteOffset(attachment.file_offset),
-                        cookie: Some(attachment.cookie()),
-                    },
-                    &attachment.object,
-                    scope,
-                )
-                .with_context(|| {
-                    format!(
-                        "attaching {} to {} in {} (offset {:#x})",
-                        attachment.program.name(),
-                        attachment.func.symbol(),
-                        attachment.object.display(),
-                        attachment.file_offset
-                    )
-                })?;
-            links.push(ProbeLink { program, id });
-            self.attached += 1;
-        }
-        Ok(())
-    }
-
-    /// Detaches probes (their process exited, or a plan failed half-way),
-    /// in the background (see `Detacher`).
-    pub(crate) fn detach(&mut self, links: Vec<ProbeLink>) {
-        for ProbeLink { program, id } in links {
-            let uprobe: Result<&mut UProbe, _> = self
-                .ebpf
-                .program_mut(program)
-                .expect("loaded by KernelProbes::load")
-                .try_into();
-            // A link already let go of needs nothing more.
-            if let Ok(link) = uprobe.and_then(|uprobe| uprobe.take_link(id)) {
-                self.detacher.close(link);
-                self.attached -= 1;
-            }
-        }
     }
 
     /// Makes the exec and exit tracepoints report `pid` (the uprobes are
@@ -314,47 +251,5 @@ impl KernelProbes {
             abandoned_calls: totals[LossCounter::AbandonedCall as usize],
             releases_lost: totals[LossCounter::ReleaseLost as usize],
         })
-    }
-}
-
-/// Closes uprobe links on a thread of its own. Closing a uprobe's perf
-/// event waits for RCU grace periods under the kernel's global trace event
-/// mutex: about 80 ms a probe here, measured, one after the other whatever
-/// the number of threads (22 probes, a process's plan, take ~2 s). Closing
-/// them in the event loop would stall tracing; and while one closes, no
-/// probe can be attached, so the closing thread stands aside whenever
-/// probes are being attached (a child just forked waits for one close at
-/// most, not for a queue of them).
-struct Detacher {
-    queue: std::sync::mpsc::Sender<UProbeLink>,
-    /// Attach calls under way.
-    attaching: Arc<AtomicUsize>,
-}
-
-impl Detacher {
-    fn start() -> Detacher {
-        let (queue, links) = std::sync::mpsc::channel::<UProbeLink>();
-        let attaching = Arc::new(AtomicUsize::new(0));
-        let busy = attaching.clone();
-        // Without the thread, the receiver is dropped with the closure and
-        // `close` drops each link where it is.
-        let _: std::io::Result<_> = std::thread::Builder::new()
-            .name("leaktrace-detach".into())
-            .spawn(move || {
-                for link in links {
-                    while busy.load(Ordering::Acquire) != 0 {
-                        std::thread::sleep(std::time::Duration::from_millis(1));
-                    }
-                    drop(link);
-                }
-            });
-        Detacher { queue, attaching }
-    }
-
-    /// Closes `link` soon.
-    fn close(&self, link: UProbeLink) {
-        if let Err(std::sync::mpsc::SendError(link)) = self.queue.send(link) {
-            drop(link);
-        }
     }
 }

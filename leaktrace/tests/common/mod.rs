@@ -59,7 +59,7 @@ pub(crate) use prerequisite::prerequisite_missing;
 #[allow(unused_imports)]
 pub(crate) use process::{
     Finished, Guarded, Lines, assert_one_error_line, leaktrace, output_text, run_json,
-    run_with_timeout, start_tracing,
+    run_with_timeout, start_tracing, start_tracing_with,
 };
 #[allow(unused_imports)]
 pub(crate) use python::{

@@ -316,12 +316,22 @@ pub(crate) fn output_text(output: &Output) -> String {
 /// `leaktrace ARGS --format json --output REPORT`, started, once it says
 /// it is tracing (its stderr lines returned, to read and show later).
 pub(crate) fn start_tracing(args: &[&str], report: &Path) -> (Guarded, Lines) {
+    start_tracing_with(args, report, &[])
+}
+
+/// [`start_tracing`] with environment variables (the test-only ones).
+pub(crate) fn start_tracing_with(
+    args: &[&str],
+    report: &Path,
+    env: &[(&str, &str)],
+) -> (Guarded, Lines) {
     let mut tracer = Guarded::spawn(
         &format!("leaktrace {}", args.join(" ")),
         Command::new(leaktrace_bin())
             .args(args)
             .args(["--format", "json", "--output"])
             .arg(report)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),
