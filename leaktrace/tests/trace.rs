@@ -18,7 +18,7 @@ use std::{
 use common::{
     EXPECTED_LEAKS, Guarded, Lines, TempDir, build_leaky, check_report_against_table, leaktrace,
     leaktrace_bin, probed, read_json, require_root, run_json, serial, sites, start_spin,
-    start_tracing,
+    start_tracing_with,
 };
 
 const RUN_TIMEOUT: Duration = Duration::from_mins(2);
@@ -437,7 +437,21 @@ fn the_table_cap_is_honoured_and_counted() {
 /// 2.6 s from SIGINT to exit as perf links, 0.16 s in multi links).
 #[test]
 fn sigint_removes_every_probe_held_in_multi_links() {
-    if !require_root("sigint_removes_every_probe_held_in_multi_links") {
+    sigint_removes_every_probe("sigint_removes_every_probe_held_in_multi_links", true);
+}
+
+/// The path of kernels without multi-uprobe links (before 6.6), or of a
+/// pid's probes before 6.10: one perf link a probe.
+#[test]
+fn sigint_removes_every_probe_held_in_perf_links() {
+    sigint_removes_every_probe("sigint_removes_every_probe_held_in_perf_links", false);
+}
+
+/// Traces spin, checks how its probes are held (all in multi links scoped
+/// to it, or none there with `multi` false), then SIGINTs leaktrace and
+/// checks no int3 is left at once.
+fn sigint_removes_every_probe(test: &str, multi: bool) {
+    if !require_root(test) {
         return;
     }
     let _serial = serial();
@@ -450,9 +464,15 @@ fn sigint_removes_every_probe_held_in_multi_links() {
         .expect("spin prints its counts");
     let libc = probed::c_library(spin_pid);
     probed::assert_no_int3_before_tracing(spin_pid, &libc);
-    let (mut tracer, stderr) = start_tracing(
+    let hide: &[(&str, &str)] = if multi {
+        &[]
+    } else {
+        &[("LEAKTRACE_TEST_HIDE_FEATURE", "uprobe_multi")]
+    };
+    let (mut tracer, stderr) = start_tracing_with(
         &["trace", "--pid", &spin_pid.to_string()],
         &dir.join("report.json"),
+        hide,
     );
     let announced: usize = stderr
         .all()
@@ -464,8 +484,9 @@ fn sigint_removes_every_probe_held_in_multi_links() {
         .unwrap_or_else(|| panic!("no probe count announced:\n{}", stderr.text()));
     let links = multi_links(tracer.pid());
     let in_links: u64 = links.iter().map(|(count, _)| count).sum();
+    let expected = if multi { announced as u64 } else { 0 };
     assert_eq!(
-        in_links, announced as u64,
+        in_links, expected,
         "leaktrace announced {announced} probes; its multi links hold {links:?}"
     );
     assert!(

@@ -155,6 +155,16 @@ pub(crate) fn probe(required: &[Feature]) -> Vec<Feature> {
     missing(required, &std::env::var(HIDE_VARIABLE).unwrap_or_default())
 }
 
+/// Whether the test variable hides `name`, a feature leaktrace does
+/// without (multi-uprobe links: `uprobe_multi`), so that tests on a kernel
+/// that has it still run the path of kernels that do not.
+pub(crate) fn hidden(name: &str) -> bool {
+    std::env::var(HIDE_VARIABLE)
+        .unwrap_or_default()
+        .split(',')
+        .any(|hidden| hidden.trim() == name)
+}
+
 /// The features of `required` this kernel lacks, or named in `hidden`
 /// (comma-separated).
 fn missing(required: &[Feature], hidden: &str) -> Vec<Feature> {

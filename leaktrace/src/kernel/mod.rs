@@ -106,6 +106,9 @@ pub(crate) struct KernelProbes {
     /// Multi links attached, and how many probes each holds.
     multi_links: std::collections::HashMap<u64, (std::os::fd::OwnedFd, usize)>,
     next_multi_link: u64,
+    /// Whether multi links may be scoped to a pid on this kernel (see
+    /// `multi_uprobe::pid_filter_is_sound`).
+    multi_pid_filter: bool,
 }
 
 /// The program a probe runs (`--empty-programs`: the do-nothing ones).

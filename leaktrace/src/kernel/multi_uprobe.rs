@@ -30,6 +30,30 @@ use aya_obj::generated::{
     BPF_F_UPROBE_MULTI_RETURN, bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type,
 };
 
+/// Whether a multi link scoped to a pid fires in all its threads: before
+/// 6.10 the kernel compared the running thread with the task it looked up
+/// at attach time (the process's main thread) and dropped every other
+/// thread's calls, silently (fixed by "bpf: fix multi-uprobe PID filtering
+/// logic"). There, a pid's probes are perf links; probes for every process
+/// (pid 0) are not filtered and use multi links on any kernel with them.
+pub(crate) fn pid_filter_is_sound(release: &str) -> bool {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
+    match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (6, 10),
+        _ => false,
+    }
+}
+
+/// This kernel's release (`uname -r`).
+pub(crate) fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 /// A uprobe program loaded for multi links.
 pub(crate) struct MultiProgram {
     pub name: &'static str,
@@ -289,4 +313,25 @@ pub(crate) fn close_all(links: Vec<OwnedFd>) {
                 .spawn_scoped(scope, move || drop(batch));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pid_filter_is_sound;
+
+    #[test]
+    fn pid_scoped_multi_links_need_6_10() {
+        for (release, sound) in [
+            ("6.18.0-1-amd64", true),
+            ("6.10.0", true),
+            ("7.0.1", true),
+            ("6.9.12-generic", false),
+            ("6.8.0-45-generic", false),
+            ("5.15.0", false),
+            ("", false),
+            ("garbage", false),
+        ] {
+            assert_eq!(pid_filter_is_sound(release), sound, "{release:?}");
+        }
+    }
 }

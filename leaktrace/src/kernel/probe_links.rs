@@ -75,6 +75,9 @@ impl KernelProbes {
     /// there are no multi programs or the kernel refuses the link.
     fn attach_multi(&mut self, group: &[Attachment], pid: u32) -> Option<ProbeLink> {
         let first = group.first()?;
+        if pid != 0 && !self.multi_pid_filter {
+            return None;
+        }
         let name = program_name(self.empty_programs, first.program);
         let program = self.multi.iter().find(|p| p.name == name)?;
         let offsets: Vec<u64> = group.iter().map(|a| a.file_offset).collect();
