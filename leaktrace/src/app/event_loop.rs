@@ -2,6 +2,8 @@
 //! arrive (and every 20 ms below the kernel's wake-up mark), samples growth,
 //! reports at each interval, answers HTTP requests, forwards signals to
 //! `run`'s command, and drains what is left before the final report.
+//! Reports are symbolized on a thread (`report_requests`): the loop keeps
+//! draining while they are.
 use std::os::fd::OwnedFd;
 
 use anyhow::{Context as _, Result};
@@ -16,9 +18,13 @@ use tokio::{
 use super::{
     connections,
     exit_watch::{Exit, ExitWatch},
+    report_requests::ReportRequests,
     tracer::Tracer,
 };
-use crate::target::launch;
+use crate::{
+    symbolize::worker::{self, SymbolAnswers},
+    target::launch,
+};
 
 /// Why tracing stopped.
 pub(crate) enum Stop {
@@ -92,6 +98,16 @@ pub(super) async fn trace_loop(
     } else {
         drop(pages_tx);
     }
+    // Reports are symbolized on a thread of their own, the loop draining
+    // meanwhile (without it, on the loop as before).
+    let (jobs, mut answers) = match worker::start() {
+        Ok((jobs, answers)) => (Some(jobs), Some(answers)),
+        Err(err) => {
+            tracer.progress(&format!("{err:#}: symbolizing on the event loop"));
+            (None, None)
+        }
+    };
+    let mut requests = ReportRequests::new(jobs);
     let mut forwarded = 0;
     let stop = loop {
         tokio::select! {
@@ -111,14 +127,22 @@ pub(super) async fn trace_loop(
                 tracer.housekeeping(true);
                 tracer.record_growth();
             }
-            Some((page, reply)) = pages.recv() => {
+            Some(request) = pages.recv(), if requests.takes_pages() => {
                 tracer.drain(ring.get_mut(), DRAIN_BATCH);
-                let response = tracer.page(page, &http_counters).unwrap_or_else(|err| {
-                    tracer.progress(&format!("http: {err:#}"));
-                    ("500 Internal Server Error", "text/plain", format!("{err:#}\n").into_bytes())
-                });
-                // The client may have gone: nothing to do then.
-                let _: Result<_, _> = reply.send(response);
+                if requests.page(&mut tracer, request, &http_counters)? {
+                    next_report = interval.map(|i| tokio::time::Instant::now() + i);
+                }
+            }
+            resolved = next_answer(answers.as_mut()) => {
+                let written = if let Some(resolved) = resolved {
+                    requests.resolved(&mut tracer, resolved, &http_counters)?
+                } else {
+                    answers = None;
+                    requests.worker_gone(&mut tracer, &http_counters)?
+                };
+                if written {
+                    next_report = interval.map(|i| tokio::time::Instant::now() + i);
+                }
             }
             Some(done) = next_exit_stop(exit_stops.as_mut()) => {
                 tracer.drain(ring.get_mut(), FINAL_DRAIN);
@@ -143,8 +167,11 @@ pub(super) async fn trace_loop(
             () = sleep_until(deadline) => break Stop::DurationElapsed,
             () = sleep_until(next_report) => {
                 tracer.drain(ring.get_mut(), DRAIN_BATCH);
-                tracer.emit(false)?;
-                next_report = interval.map(|i| tokio::time::Instant::now() + i);
+                // The next interval counts from when this report is out.
+                next_report = None;
+                if requests.interval(&mut tracer, &http_counters)? {
+                    next_report = interval.map(|i| tokio::time::Instant::now() + i);
+                }
             }
             _ = interrupt.recv() => match &child {
                 Some(pidfd) if forwarded == 0 => {
@@ -176,7 +203,11 @@ pub(super) async fn trace_loop(
         Stop::DurationElapsed => tracer.progress("duration elapsed"),
         Stop::Signal(name) => tracer.progress(&format!("stopped by {name}")),
     }
-    tracer.emit(true)?;
+    requests
+        .final_report(&mut tracer, answers.as_mut(), DRAIN_PERIOD, &mut |tracer| {
+            tracer.drain(ring.get_mut(), DRAIN_BATCH);
+        })
+        .await?;
     Ok(stop)
 }
 
@@ -187,6 +218,14 @@ fn watch_children(tracer: &mut Tracer, watch: &mut ExitWatch) -> Result<()> {
         watch.add(pid, pidfd)?;
     }
     Ok(())
+}
+
+/// The symbolizer thread's next answer, or never without one.
+async fn next_answer(answers: Option<&mut SymbolAnswers>) -> Option<crate::symbolize::Resolved> {
+    match answers {
+        Some(answers) => answers.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next exit stop of `run`'s command, or never without one.

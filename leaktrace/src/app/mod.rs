@@ -8,6 +8,8 @@
 //!   reports made from it;
 //! - [`event_loop`]: drains the ring buffer as records arrive, reports at
 //!   each interval and at the end, answers HTTP requests;
+//! - [`report_requests`]: reports symbolized off the loop, and who waits
+//!   for them;
 //! - [`children`]: following the processes a traced process forks, and
 //!   what is probed for each process traced by pid;
 //! - [`exit_watch`]: when the traced processes are gone (pidfds);
@@ -29,6 +31,7 @@ mod object_inspector;
 mod output;
 mod python_frames;
 mod python_objects;
+mod report_requests;
 mod run_hooks;
 mod start;
 mod system_wide;

@@ -8,13 +8,15 @@
 //! needed at report time.
 use std::{collections::HashMap, path::Path, sync::Arc};
 
-use blazesym::symbolize::{self, Input, Symbolized, source::Source};
 use serde::Serialize;
 
 mod go;
 mod process_maps;
+mod resolve;
 
 pub(crate) use process_maps::ProcessMaps;
+pub(crate) use resolve::{Resolved, Resolver, Wanted};
+pub(crate) mod worker;
 
 /// Where a frame comes from: native code, or Python code named from the
 /// interpreter's own frames.
@@ -58,25 +60,18 @@ pub struct Frame {
 /// in it (two containers' /usr/lib/.../libc.so.6 are different files).
 type ObjectKey = (Arc<Path>, Arc<str>);
 
-/// Symbolizes return addresses, caching per (object, offset).
+/// Symbolizes return addresses, caching per (object, offset). What the
+/// cache lacks is resolved by a [`Resolver`], here when a stack is asked
+/// for, or beforehand on the [`worker`] thread: the event loop asks
+/// [`Symbolizer::wanted`] for what a report will need, has it resolved
+/// there, [`Symbolizer::insert`]s the answer, and the report then only
+/// reads the cache.
+#[derive(Default)]
 pub struct Symbolizer {
-    blazesym: symbolize::Symbolizer,
-    go: go::GoObjects,
+    /// For what the cache lacks when a stack is asked for (tests, replays,
+    /// sites that appeared while the worker resolved the others).
+    resolver: Resolver,
     cache: HashMap<(ObjectKey, u64), Vec<Frame>>,
-}
-
-impl Default for Symbolizer {
-    fn default() -> Self {
-        Symbolizer {
-            blazesym: symbolize::Symbolizer::builder()
-                .enable_code_info(true)
-                .enable_inlined_fns(true)
-                .enable_demangling(true)
-                .build(),
-            go: go::GoObjects::default(),
-            cache: HashMap::new(),
-        }
-    }
 }
 
 impl Symbolizer {
@@ -96,7 +91,12 @@ impl Symbolizer {
         fallback_frames: u64,
         first_is_pc: bool,
     ) -> Vec<Frame> {
-        self.prefetch(maps, stack, first_is_pc);
+        let mut wanted = Wanted::default();
+        self.wanted(maps, stack, first_is_pc, &mut wanted);
+        if !wanted.is_empty() {
+            let resolved = self.resolver.resolve(wanted.batch());
+            self.insert(resolved);
+        }
         let mut frames = Vec::with_capacity(stack.len());
         for (index, &addr) in stack.iter().enumerate() {
             let fallback = index < 64 && fallback_frames & (1 << index) != 0;
@@ -126,96 +126,29 @@ impl Symbolizer {
         frames
     }
 
-    /// Symbolizes, one blazesym call per object, every not yet cached address.
-    fn prefetch(&mut self, maps: &ProcessMaps, stack: &[u64], first_is_pc: bool) {
-        let mut wanted: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
+    /// Adds to `wanted` the addresses of `stack` (as
+    /// [`Symbolizer::symbolize_stack`] would look them up) that the cache
+    /// does not hold.
+    pub(crate) fn wanted(
+        &self,
+        maps: &ProcessMaps,
+        stack: &[u64],
+        first_is_pc: bool,
+        wanted: &mut Wanted,
+    ) {
         for (index, &addr) in stack.iter().enumerate() {
-            if let Some((mapping, offset)) = maps.locate(lookup_address(index, addr, first_is_pc))
-                && !self
-                    .cache
-                    .contains_key(&((maps.root.clone(), mapping.path.clone()), offset))
-            {
-                wanted.entry(mapping.path.clone()).or_default().push(offset);
-            }
-        }
-        for (path, mut offsets) in wanted {
-            offsets.sort_unstable();
-            offsets.dedup();
-            let open = maps.open_path(&path);
-            let object = (maps.root.clone(), path.clone());
-            // Go code from the Go table; the rest (cgo's C code) below.
-            if let Some(binary) = self.go.binary(&object, &open) {
-                offsets.retain(|&offset| match go::frames(&binary, &path, offset) {
-                    Some(frames) => {
-                        self.cache.insert((object.clone(), offset), frames);
-                        false
-                    }
-                    None => true,
-                });
-            }
-            let results = self.symbolize_offsets(&open, &path, &offsets);
-            for (offset, result) in offsets.into_iter().zip(results) {
-                let frames = result.unwrap_or_else(|| vec![unknown_frame(&path, offset)]);
-                self.cache.insert((object.clone(), offset), frames);
+            if let Some((mapping, offset)) = maps.locate(lookup_address(index, addr, first_is_pc)) {
+                let object = (maps.root.clone(), mapping.path.clone());
+                if !self.cache.contains_key(&(object.clone(), offset)) {
+                    wanted.add(object, || maps.open_path(&mapping.path), offset);
+                }
             }
         }
     }
 
-    /// `object` is the file to open, `module` its path as the process sees it.
-    fn symbolize_offsets(
-        &self,
-        object: &Path,
-        module: &str,
-        offsets: &[u64],
-    ) -> Vec<Option<Vec<Frame>>> {
-        let source = Source::Elf(symbolize::source::Elf::new(object));
-        let module = module.to_string();
-        let Ok(symbols) = self.blazesym.symbolize(&source, Input::FileOffset(offsets)) else {
-            return vec![None; offsets.len()];
-        };
-        symbols
-            .into_iter()
-            .map(|symbolized| match symbolized {
-                Symbolized::Sym(sym) => {
-                    let location = |info: Option<&symbolize::CodeInfo<'_>>| match info {
-                        Some(info) => (
-                            Some(info.to_path().to_string_lossy().into_owned()),
-                            info.line,
-                        ),
-                        None => (None, None),
-                    };
-                    let mut frames = Vec::with_capacity(1 + sym.inlined.len());
-                    for inlined in sym.inlined.iter().rev() {
-                        let (file, line) = location(inlined.code_info.as_ref());
-                        frames.push(Frame {
-                            function: inlined.name.to_string(),
-                            file,
-                            line,
-                            module: module.clone(),
-                            address: 0,
-                            inlined: true,
-                            fallback: false,
-                            kind: FrameKind::Native,
-                            python_unmatched: false,
-                        });
-                    }
-                    let (file, line) = location(sym.code_info.as_deref());
-                    frames.push(Frame {
-                        function: sym.name.to_string(),
-                        file,
-                        line,
-                        module: module.clone(),
-                        address: 0,
-                        inlined: false,
-                        fallback: false,
-                        kind: FrameKind::Native,
-                        python_unmatched: false,
-                    });
-                    Some(frames)
-                }
-                Symbolized::Unknown(_) => None,
-            })
-            .collect()
+    /// Merges addresses resolved elsewhere (the worker) into the cache.
+    pub(crate) fn insert(&mut self, resolved: Resolved) {
+        self.cache.extend(resolved);
     }
 }
 

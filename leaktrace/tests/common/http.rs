@@ -21,16 +21,22 @@ pub(crate) struct Server {
 /// Starts `leaktrace serve ARGS --listen 127.0.0.1:0` and waits until it
 /// says where it serves.
 pub(crate) fn start_serve(args: &[&str]) -> Server {
-    let mut process = Guarded::spawn(
-        "leaktrace serve",
-        Command::new(leaktrace_bin())
-            .arg("serve")
-            .args(args)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
+    start_serve_with(args, |_| {})
+}
+
+/// [`start_serve`], the command first given to `configure` (its
+/// environment).
+pub(crate) fn start_serve_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Server {
+    let mut command = Command::new(leaktrace_bin());
+    command
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    configure(&mut command);
+    let mut process = Guarded::spawn("leaktrace serve", &mut command);
     let stdout = process.stdout_lines();
     let stderr = process.stderr_lines();
     let serving = stderr

@@ -53,7 +53,7 @@ pub(crate) use go::{GO_RELEASES, Symbols, build_go, go_command};
 #[allow(unused_imports)]
 pub(crate) use holder::Holder;
 #[allow(unused_imports)]
-pub(crate) use http::{Server, get, process_sample, start_serve};
+pub(crate) use http::{Server, get, process_sample, start_serve, start_serve_with};
 #[allow(unused_imports)]
 pub(crate) use prerequisite::prerequisite_missing;
 #[allow(unused_imports)]

@@ -124,11 +124,32 @@ impl Tracer {
             return Ok(report.clone());
         }
         let report = Rc::new(self.report(false)?);
+        self.keep_page_report(report.clone());
+        Ok(report)
+    }
+
+    /// Whether answering `page` needs a report newer than the one kept:
+    /// the event loop then has one made (symbolized off the loop) and
+    /// [`Tracer::keep_page_report`] before it asks for the page.
+    pub(in crate::app) fn page_needs_report(&self, page: Page) -> bool {
+        let needs = match page {
+            Page::NotFound | Page::Asset(_) | Page::BadMethod | Page::BadRequest => false,
+            page => http::local_response(page).is_none(),
+        };
+        let kept_fresh = self
+            .page_report
+            .as_ref()
+            .is_some_and(|(made, _)| made.elapsed() < PAGE_REPORT_AGE);
+        needs && !kept_fresh
+    }
+
+    /// Keeps `report` for the page's requests of the next
+    /// [`PAGE_REPORT_AGE`], a point of the history.
+    pub(in crate::app) fn keep_page_report(&mut self, report: Rc<Report>) {
         self.history.record(
             report.elapsed_ms as f64 / 1000.0,
             &series::site_bytes(&report),
         );
-        self.page_report = Some((Instant::now(), report.clone()));
-        Ok(report)
+        self.page_report = Some((Instant::now(), report));
     }
 }

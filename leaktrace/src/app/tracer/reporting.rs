@@ -2,27 +2,88 @@
 //! symbolized, processes, losses, the runtimes' views), written at each
 //! interval and at the end, and the growth samples the ranking and the
 //! page's history are made of.
+use leaktrace_common::AllocFn;
+
 use super::*;
+use crate::symbolize::{Resolved, Wanted};
 
 impl Tracer {
+    /// A report of now, symbolized here (on the caller's thread); the event
+    /// loop instead makes one in steps ([`Tracer::prepare_report`],
+    /// [`Tracer::symbols_wanted`] resolved off the loop,
+    /// [`Tracer::assemble_report`]).
     pub(in crate::app) fn report(&mut self, is_final: bool) -> Result<report::Report> {
+        self.prepare_report();
+        self.assemble_report(is_final)
+    }
+
+    /// A report's first step: what the runtimes hold read from the
+    /// processes (once per report: the reads are counted).
+    pub(in crate::app) fn prepare_report(&mut self) {
         self.reports_built += 1;
         let pids: Vec<u32> = self.processes.keys().copied().collect();
         for pid in pids {
             self.update_runtime(pid);
         }
         self.read_live_state();
-        let growth_mode = self.options.growth();
-        let now_ns = monotonic_ns();
-        let min_age = self.options.min_age;
+    }
+
+    /// The sites a report of now shows, most bytes first.
+    fn report_totals(&mut self) -> Vec<aggregate::SiteTotal> {
         let mut totals = aggregate::outstanding_by_site(
             &self.pipeline.table,
-            now_ns,
-            min_age.as_nanos() as u64,
+            monotonic_ns(),
+            self.options.min_age.as_nanos() as u64,
             u64::from(self.options.sample_mean()),
             self.options.page_sample(),
         );
         self.add_go_heap(&mut totals);
+        totals
+    }
+
+    /// The addresses a report of now would symbolize that the symbolizer's
+    /// cache lacks: resolved elsewhere and [`Tracer::symbols_resolved`],
+    /// they make [`Tracer::assemble_report`] only read the cache.
+    pub(in crate::app) fn symbols_wanted(&mut self) -> Wanted {
+        let totals = self.report_totals();
+        let mut wanted = Wanted::default();
+        let maps: BTreeMap<u32, MutexGuard<'_, ProcessMaps>> = self
+            .processes
+            .iter()
+            .map(|(&pid, process)| (pid, process.maps.lock().expect("maps lock")))
+            .collect();
+        let unknown = ProcessMaps::from_mappings(0, Vec::new());
+        let maps_of = |pid| maps.get(&pid).map_or(&unknown, |m| &**m);
+        for total in &totals {
+            let site = self.pipeline.sites.get(total.site);
+            // As report::build looks them up.
+            self.symbolizer.wanted(
+                maps_of(site.pid),
+                &site.stack,
+                site.func == AllocFn::PageFault,
+                &mut wanted,
+            );
+        }
+        let symbolizer = &self.symbolizer;
+        self.goroutines.rows(self.options.growth(), &mut |pid, pc| {
+            symbolizer.wanted(maps_of(pid), &[pc], false, &mut wanted);
+            Vec::new()
+        });
+        wanted
+    }
+
+    /// Merges addresses resolved off the loop into the symbolizer's cache.
+    pub(in crate::app) fn symbols_resolved(&mut self, resolved: Resolved) {
+        self.symbolizer.insert(resolved);
+    }
+
+    /// A report's last step, from what [`Tracer::prepare_report`] read:
+    /// every site symbolized (from the cache when its addresses were
+    /// resolved beforehand).
+    pub(in crate::app) fn assemble_report(&mut self, is_final: bool) -> Result<report::Report> {
+        let growth_mode = self.options.growth();
+        let min_age = self.options.min_age;
+        let totals = self.report_totals();
         let pipeline = &self.pipeline;
         let kernel = self.kernel.losses()?;
         let losses = Losses {
@@ -113,11 +174,12 @@ impl Tracer {
         ))
     }
 
-    /// Writes a report where the options say.
-    pub(in crate::app) fn emit(&mut self, is_final: bool) -> Result<()> {
-        let report = self.report(is_final)?;
+    /// Writes `report` where the options say (and, for the final one, the
+    /// folded stacks and the summary on stderr).
+    pub(in crate::app) fn write_report(&self, report: &report::Report) -> Result<()> {
+        let is_final = report.is_final;
         let options = &self.options;
-        let rendered = report::render_bytes(&report, options.format, options.top);
+        let rendered = report::render_bytes(report, options.format, options.top);
         if let Some(path) = &options.output {
             write_atomically(path, &rendered)?;
         } else {
@@ -132,7 +194,7 @@ impl Tracer {
             stdout.flush()?;
         }
         if is_final && let Some(path) = &options.folded {
-            write_atomically(path, report::render(&report, Format::Folded, 0))?;
+            write_atomically(path, report::render(report, Format::Folded, 0))?;
         }
         if is_final && !options.quiet {
             eprintln!(
