@@ -32,6 +32,13 @@ pub(crate) fn start() -> Result<(SymbolJobs, SymbolAnswers)> {
             // Ends when the loop (the jobs' sender) is gone.
             for batch in inbox {
                 let resolved = resolver.resolve(batch);
+                // Parsing an object's DWARF allocates and frees tens of
+                // MiB in this thread's malloc arena, which glibc does not
+                // give back by itself (measured: a 34 MiB arena, flat, in
+                // `cargo xtask soak`); give back its free pages: 20.4 MiB
+                // for the whole daemon then, 28 ms of trimming a minute.
+                // SAFETY: malloc_trim has no preconditions.
+                unsafe { libc::malloc_trim(0) };
                 if outbox.send(resolved).is_err() {
                     break;
                 }
