@@ -23,8 +23,8 @@ mod engine;
 use std::{path::Path, process::Command, time::Duration};
 
 use common::{
-    TempDir, compile, fixture_source, go_command, have_tool, leaktrace_bin, prerequisite_missing,
-    require_root, serial,
+    Symbols, TempDir, build_go_source, compile, fixture_source, have_tool, leaktrace_bin,
+    prerequisite_missing, require_root, serial,
 };
 
 const TEST: &str = "torture_harms_no_target";
@@ -53,28 +53,15 @@ fn build(dir: &TempDir) -> bool {
         "g++ torture.cpp: {}",
         String::from_utf8_lossy(&built.stderr)
     );
-    let go = go_command("1.19");
-    if !go.exists() {
-        prerequisite_missing(TEST, "Go 1.19 (apt-get install golang-go)");
-        return false;
-    }
-    let built = Command::new(&go)
-        .args(["build", "-o"])
-        .arg(dir.join("torture_go"))
-        .arg(fixture_source("torture/torture.go"))
-        .env("GOCACHE", dir.join("gocache"))
-        .env("GOPATH", dir.join("gopath"))
-        .env("HOME", dir.join("home"))
-        .env("GOTOOLCHAIN", "local")
-        .env("GO111MODULE", "off")
-        .output()
-        .expect("running go build");
-    assert!(
-        built.status.success(),
-        "go build torture.go: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    true
+    build_go_source(
+        TEST,
+        dir,
+        "torture/torture.go",
+        "torture_go",
+        "1.19",
+        Symbols::Kept,
+    )
+    .is_some()
 }
 
 #[test]

@@ -144,9 +144,11 @@ pub(crate) fn refusal(missing: &[Feature]) -> Option<String> {
     ))
 }
 
-/// A release's numbers, to compare them (`2.6.32` < `5.4` < `5.17`).
-fn release(since: &str) -> Vec<u32> {
-    since.split('.').filter_map(|n| n.parse().ok()).collect()
+/// A release's numbers, to compare them (`2.6.32` < `5.4` < `5.17`; a
+/// kernel's `6.9.12-generic` is 6.9: the numbers up to the first part
+/// that is not one).
+pub(crate) fn release(since: &str) -> Vec<u32> {
+    since.split('.').map_while(|n| n.parse().ok()).collect()
 }
 
 /// The features of `required` this kernel lacks (or that the test variable

@@ -37,13 +37,7 @@ use aya_obj::generated::{
 /// logic"). There, a pid's probes are perf links; probes for every process
 /// (pid 0) are not filtered and use multi links on any kernel with them.
 pub(crate) fn pid_filter_is_sound(release: &str) -> bool {
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|n| n.parse::<u32>().ok());
-    match (numbers.next().flatten(), numbers.next().flatten()) {
-        (Some(major), Some(minor)) => (major, minor) >= (6, 10),
-        _ => false,
-    }
+    super::features::release(release) >= super::features::release("6.10")
 }
 
 /// This kernel's release (`uname -r`).

@@ -38,6 +38,30 @@ pub(crate) fn build_go(
     release: &str,
     symbols: Symbols,
 ) -> Option<PathBuf> {
+    let suffix = match symbols {
+        Symbols::Kept => "",
+        Symbols::Stripped => "-stripped",
+    };
+    build_go_source(
+        test,
+        dir,
+        &format!("go/{name}.go"),
+        &format!("{name}-go{release}{suffix}"),
+        release,
+        symbols,
+    )
+}
+
+/// [`build_go`] of any fixture source (`SOURCE`, under `tests/fixtures`)
+/// into `dir/OUTPUT`.
+pub(crate) fn build_go_source(
+    test: &str,
+    dir: &TempDir,
+    source: &str,
+    output: &str,
+    release: &str,
+    symbols: Symbols,
+) -> Option<PathBuf> {
     let go = go_command(release);
     if !go.exists() {
         let package = if release == "1.19" {
@@ -54,18 +78,14 @@ pub(crate) fn build_go(
         );
         return None;
     }
-    let suffix = match symbols {
-        Symbols::Kept => "",
-        Symbols::Stripped => "-stripped",
-    };
-    let output = dir.join(&format!("{name}-go{release}{suffix}"));
+    let output = dir.join(output);
     let mut command = Command::new(&go);
     command.arg("build").arg("-o").arg(&output);
     if symbols == Symbols::Stripped {
         command.arg("-ldflags=-s -w");
     }
     let built = command
-        .arg(fixture_source(&format!("go/{name}.go")))
+        .arg(fixture_source(source))
         .env("GOCACHE", dir.join("gocache"))
         .env("GOPATH", dir.join("gopath"))
         .env("HOME", dir.join("home"))
@@ -75,7 +95,7 @@ pub(crate) fn build_go(
         .unwrap_or_else(|e| panic!("{test}: running {}: {e}", go.display()));
     assert!(
         built.status.success(),
-        "{test}: go {release} build of {name}.go: {}",
+        "{test}: go {release} build of {source}: {}",
         String::from_utf8_lossy(&built.stderr)
     );
     Some(output)

@@ -49,7 +49,7 @@ pub(crate) use fixtures::{
     start_spin,
 };
 #[allow(unused_imports)]
-pub(crate) use go::{GO_RELEASES, Symbols, build_go, go_command};
+pub(crate) use go::{GO_RELEASES, Symbols, build_go, build_go_source, go_command};
 #[allow(unused_imports)]
 pub(crate) use holder::Holder;
 #[allow(unused_imports)]
