@@ -130,19 +130,10 @@ impl ReportRequests {
         self.making = false;
         tracer.prepare_report();
         let mut timer = tokio::time::interval(period);
-        let mut rounds = 0;
+        self.rounds = 0;
         loop {
-            if !self.in_flight {
-                let Some(jobs) = &self.jobs else { break };
-                if rounds >= MAX_ROUNDS {
-                    break;
-                }
-                let wanted = tracer.symbols_wanted();
-                if wanted.is_empty() || !jobs.send(wanted.batch()) {
-                    break;
-                }
-                self.in_flight = true;
-                rounds += 1;
+            if !self.in_flight && !self.send_wanted(tracer) {
+                break;
             }
             let Some(answers) = answers.as_deref_mut() else {
                 break;
@@ -180,20 +171,33 @@ impl ReportRequests {
         if !self.making || self.in_flight {
             return Ok(false);
         }
-        if self.rounds < MAX_ROUNDS
-            && let Some(jobs) = &self.jobs
-        {
-            let wanted = tracer.symbols_wanted();
-            if !wanted.is_empty() {
-                if jobs.send(wanted.batch()) {
-                    self.in_flight = true;
-                    self.rounds += 1;
-                    return Ok(false);
-                }
-                self.jobs = None;
-            }
+        if self.send_wanted(tracer) {
+            return Ok(false);
         }
         self.finish(tracer, http)
+    }
+
+    /// Sends what the report being made lacks to the worker, as one more
+    /// of its `MAX_ROUNDS`. False when nothing went: nothing lacking,
+    /// rounds spent, or no worker (one found gone is let go).
+    fn send_wanted(&mut self, tracer: &mut Tracer) -> bool {
+        if self.rounds >= MAX_ROUNDS {
+            return false;
+        }
+        let Some(jobs) = &self.jobs else {
+            return false;
+        };
+        let wanted = tracer.symbols_wanted();
+        if wanted.is_empty() {
+            return false;
+        }
+        if !jobs.send(wanted.batch()) {
+            self.jobs = None;
+            return false;
+        }
+        self.in_flight = true;
+        self.rounds += 1;
+        true
     }
 
     /// Builds the report (its symbols now cached) and hands it to whoever
